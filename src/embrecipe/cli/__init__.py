@@ -1,0 +1,60 @@
+"""``embrecipe`` command line: a thin shell over the Python API.
+
+Every subcommand lives in its own module in this package and exposes ``register(subparsers)``, which adds
+its parser and sets ``func`` (a callable taking the parsed namespace and returning an exit code).
+User errors (:class:`~embrecipe.errors.EmbrecipeError`) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from ..errors import EmbrecipeError
+
+# Order is the order in --help: the pipeline, top-down.
+SUBCOMMANDS = ("testbed", "train", "embed", "eval", "sweep", "fit", "plan", "run", "report", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="embrecipe",
+        description="Compute-optimal contrastive fine-tuning of decoder LMs into embedding models.",
+    )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"embrecipe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:  # a stage not built yet
+            if exc.name == f"{__name__}.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except EmbrecipeError as exc:
+        print(f"embrecipe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("embrecipe: interrupted (resume with the same command and --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""One exception type for every user-facing failure.
+
+The CLI turns an :class:`EmbrecipeError` into a single line ``embrecipe: error: <message>`` and exit code 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class EmbrecipeError(Exception):
+    """A problem with the user's input (file, column, model, budget, config), stated in one line."""
+
+
+class InputError(EmbrecipeError):
+    """Malformed data or config. The message names the file and line where known."""
+
+
+class BudgetError(EmbrecipeError):
+    """A FLOP budget that cannot be spent as asked (e.g. less than one optimizer step)."""

@@ -1,0 +1,135 @@
+r"""FLOP accounting: the budget convention of embrecipe, as pure functions.
+
+No maintained library states the per-method training cost that the compute-optimal study budgets with, so
+these few formulas are written here, kept free of torch so that the planner and the tests can use them
+without a model.
+
+With :math:`N` the non-embedding parameters, :math:`N_t` the trainable non-embedding parameters and
+:math:`D` the training tokens actually processed (non-padding tokens of every text in every batch):
+
+.. math::
+
+    C_{\text{full}}   &= 6 N D                 \\
+    C_{\text{freeze}} &= (2N + 4N_t) D         \\
+    C_{\text{bias}} = C_{\text{lora}} &= (4N + 2N_t) D
+
+Forward costs :math:`2N` per token. Full fine-tuning's backward costs :math:`4N` (activation and weight
+gradients). Block freezing needs no backward at all into the frozen prefix, so only the trained suffix pays
+:math:`4N_t`. Bias-only and LoRA must propagate activation gradients through every layer (:math:`2N`) but
+compute weight gradients only for the trained parameters (:math:`2N_t`).
+
+Example::
+
+    >>> shape = ModelShape(name="toy", embedding_params=1000, block_params=(100, 100), final_norm_params=2,
+    ...                    bias_params=20, linear_in_out={"fc": 64})
+    >>> flops_per_token("full", shape.non_embedding_params, shape.non_embedding_params)
+    1212
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+METHOD_NAMES = ("full", "freeze", "bias", "lora")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the FLOP formulas and the planner need to know about one checkpoint, without loading it.
+
+    ``linear_in_out`` maps the last name component of every linear layer inside the blocks
+    (``query_key_value``, ``q_proj``, ``c_attn``, ...) to the sum of ``in_features + out_features`` over all
+    blocks: a LoRA of rank r on those layers trains ``r * linear_in_out[name]`` parameters.
+    """
+
+    name: str
+    embedding_params: int
+    block_params: tuple[int, ...]
+    final_norm_params: int
+    bias_params: int
+    linear_in_out: Mapping[str, int] = field(default_factory=dict)
+    other_params: int = 0  # non-embedding parameters outside blocks and final norm
+    hidden_size: int = 0
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.block_params)
+
+    @property
+    def non_embedding_params(self) -> int:
+        """N: every parameter except the (input and position) embeddings."""
+        return sum(self.block_params) + self.final_norm_params + self.other_params
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["block_params"] = list(self.block_params)
+        d["linear_in_out"] = dict(self.linear_in_out)
+        d["non_embedding_params"] = self.non_embedding_params
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelShape:
+        return cls(
+            name=str(d["name"]),
+            embedding_params=int(d["embedding_params"]),
+            block_params=tuple(int(x) for x in d["block_params"]),
+            final_norm_params=int(d["final_norm_params"]),
+            bias_params=int(d["bias_params"]),
+            linear_in_out={str(k): int(v) for k, v in dict(d.get("linear_in_out", {})).items()},
+            other_params=int(d.get("other_params", 0)),
+            hidden_size=int(d.get("hidden_size", 0)),
+        )
+
+
+def flops_per_token(method: str, n_params: int, n_trainable: int) -> int:
+    """Model FLOPs of one training token under ``method`` (see the module docstring)."""
+    if method == "full":
+        return 6 * n_params
+    if method == "freeze":
+        return 2 * n_params + 4 * n_trainable
+    if method in ("bias", "lora"):
+        return 4 * n_params + 2 * n_trainable
+    raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHOD_NAMES)}")
+
+
+def hardware_flops_per_token(
+    method: str,
+    n_params: int,
+    n_trainable: int,
+    *,
+    gradient_checkpointing: bool = False,
+    gradcache: bool = False,
+    n_recomputed: int | None = None,
+) -> int:
+    """Model FLOPs plus the work the hardware does on top of the budget convention.
+
+    GradCache embeds every text once without gradients and again with them (one extra forward, ``2N``).
+    Gradient checkpointing recomputes the forward of the layers that need gradients (``2 * n_recomputed``;
+    by default every layer for full/bias/LoRA and only the trained suffix for block freezing).
+    Padding is accounted separately by the trainer (it knows the padded token count).
+    """
+    total = flops_per_token(method, n_params, n_trainable)
+    if gradcache:
+        total += 2 * n_params
+    if gradient_checkpointing:
+        if n_recomputed is None:
+            n_recomputed = n_trainable if method == "freeze" else n_params
+        total += 2 * n_recomputed
+    return total
+
+
+def tokens_for_budget(budget: float, per_token: int) -> float:
+    """D affordable with ``budget`` model FLOPs."""
+    if per_token <= 0:
+        raise ValueError("per-token cost must be positive")
+    return budget / per_token
+
+
+def steps_for_budget(budget: float, per_token: int, tokens_per_step: float) -> int:
+    """Whole optimizer steps a budget affords at an expected ``tokens_per_step`` (floor)."""
+    if tokens_per_step <= 0:
+        raise ValueError("tokens per step must be positive")
+    return int(math.floor(budget / (per_token * tokens_per_step)))
