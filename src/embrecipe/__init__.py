@@ -1,7 +1,7 @@
 """embrecipe: compute-optimal recipes for turning decoder language models into text-embedding models.
 
 The pipeline, one module per stage: :mod:`~embrecipe.data` → :mod:`~embrecipe.family` /
-:mod:`~embrecipe.methods` → :mod:`~embrecipe.train` (with the FLOP meter of :mod:`~embrecipe.flops`) →
+:mod:`~embrecipe.methods` → :mod:`~embrecipe.trainer` (with the FLOP meter of :mod:`~embrecipe.flops`) →
 :mod:`~embrecipe.store` → :mod:`~embrecipe.sweep` → :mod:`~embrecipe.laws` → :mod:`~embrecipe.plan` →
 :mod:`~embrecipe.evaluate` / :mod:`~embrecipe.report`.
 """
@@ -12,9 +12,9 @@ __version__ = "0.1.0"
 
 # Heavy modules (torch, transformers) load lazily so that `import embrecipe` and the pure-math stages stay fast.
 _LAZY = {
-    "TrainConfig": "train",
-    "train": "train",
-    "RunRecord": "train",
+    "TrainConfig": "trainer",
+    "train": "trainer",
+    "RunRecord": "trainer",
     "load_pairs": "data",
     "PairData": "data",
     "parse_method": "methods",
