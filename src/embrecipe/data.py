@@ -1,0 +1,257 @@
+"""Contrastive pairs: load, validate strictly, split.
+
+Accepted inputs (each row is one ``(query, positive[, negatives])`` example):
+
+- JSONL (optionally ``.gz``) in the FlagEmbedding/BGE format ``{"query": str, "pos": str | [str], "neg": [str]}``;
+- CSV/TSV or Parquet with ``(anchor, positive[, negative])`` or ``(query, pos[, neg])`` columns;
+- a local Hugging Face ``datasets`` directory (``save_to_disk``), a ``DatasetDict`` choosing ``split``.
+
+Column names can be given explicitly; otherwise the first match of :data:`QUERY_COLUMNS`,
+:data:`POSITIVE_COLUMNS`, :data:`NEGATIVE_COLUMNS` is used. Every malformed row is reported as
+``FILE:LINE: what is wrong``.
+
+Example::
+
+    >>> from embrecipe.data import load_pairs          # doctest: +SKIP
+    >>> pairs = load_pairs("train.jsonl")              # doctest: +SKIP
+    >>> train, val = pairs.split_off(0.05, seed=0)     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+QUERY_COLUMNS = ("query", "anchor", "sentence1", "question", "text1")
+POSITIVE_COLUMNS = ("pos", "positive", "sentence2", "answer", "text2", "document")
+NEGATIVE_COLUMNS = ("neg", "negative", "negatives", "hard_negative")
+
+
+@dataclass
+class PairData:
+    """Parallel lists of queries, positives and (optionally) a fixed number of hard negatives per pair."""
+
+    queries: list[str]
+    positives: list[str]
+    negatives: list[list[str]] = field(default_factory=list)  # one list per pair, or empty
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        if len(self.queries) != len(self.positives):
+            raise InputError(f"{self.source}: {len(self.queries)} queries but {len(self.positives)} positives")
+        if self.negatives and len(self.negatives) != len(self.queries):
+            raise InputError(f"{self.source}: negatives given for {len(self.negatives)} of {len(self.queries)} rows")
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    @property
+    def num_negatives(self) -> int:
+        return min((len(n) for n in self.negatives), default=0)
+
+    def columns(self, hard_negatives: int = 0) -> list[list[str]]:
+        """Text columns for the loss: queries, positives, then ``hard_negatives`` negative columns."""
+        if hard_negatives > self.num_negatives:
+            raise InputError(
+                f"{self.source}: asked for {hard_negatives} hard negatives per pair but some rows have only "
+                f"{self.num_negatives}"
+            )
+        cols = [self.queries, self.positives]
+        cols += [[n[i] for n in self.negatives] for i in range(hard_negatives)]
+        return cols
+
+    def subset(self, indices: Sequence[int], source: str | None = None) -> PairData:
+        return PairData(
+            [self.queries[i] for i in indices],
+            [self.positives[i] for i in indices],
+            [self.negatives[i] for i in indices] if self.negatives else [],
+            source or self.source,
+        )
+
+    def split_off(self, fraction: float, seed: int = 0) -> tuple[PairData, PairData]:
+        """(rest, held-out) with ``fraction`` of the rows held out, chosen reproducibly by ``seed``."""
+        if not 0 < fraction < 1:
+            raise InputError(f"validation fraction must be in (0, 1), got {fraction}")
+        idx = list(range(len(self)))
+        random.Random(seed).shuffle(idx)
+        n_val = max(1, int(round(fraction * len(self))))
+        val, rest = sorted(idx[:n_val]), sorted(idx[n_val:])
+        return self.subset(rest, f"{self.source}[train]"), self.subset(val, f"{self.source}[validation]")
+
+    def fingerprint(self) -> str:
+        """Content hash (order-sensitive), for run keys: same file content ⇒ same fingerprint."""
+        h = hashlib.sha256()
+        for i in range(len(self)):
+            h.update(self.queries[i].encode())
+            h.update(b"\0")
+            h.update(self.positives[i].encode())
+            h.update(b"\0")
+            if self.negatives:
+                h.update("\0".join(self.negatives[i]).encode())
+            h.update(b"\1")
+        return h.hexdigest()[:16]
+
+
+def _pick(columns: Iterable[str], wanted: str | None, candidates: Sequence[str], what: str, where: str,
+          required: bool = True) -> str | None:
+    cols = list(columns)
+    if wanted is not None:
+        if wanted not in cols:
+            raise InputError(f"{where}: no column {wanted!r} for the {what}; columns are: {', '.join(cols)}")
+        return wanted
+    for c in candidates:
+        if c in cols:
+            return c
+    if required:
+        raise InputError(
+            f"{where}: no {what} column (looked for {', '.join(candidates)}); columns are: {', '.join(cols)}"
+        )
+    return None
+
+
+def _text(value: Any, what: str, where: str) -> str:
+    if isinstance(value, list):
+        if len(value) == 0:
+            raise InputError(f"{where}: {what!r} is an empty list")
+        value = value[0]  # BGE data stores positives as a (usually one-element) list
+    if not isinstance(value, str):
+        raise InputError(f"{where}: {what!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise InputError(f"{where}: {what!r} is empty")
+    return value
+
+
+def _negatives(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise InputError(f"{where}: 'neg' must be a list of non-empty strings")
+    return list(value)
+
+
+def _rows_from_records(records: Iterator[tuple[str, dict[str, Any]]], source: str, query_column: str | None,
+                       pos_column: str | None, neg_column: str | None) -> PairData:
+    queries: list[str] = []
+    positives: list[str] = []
+    negatives: list[list[str]] = []
+    qc = pc = nc = None
+    any_neg = False
+    for where, rec in records:
+        if qc is None:
+            qc = _pick(rec.keys(), query_column, QUERY_COLUMNS, "query", where)
+            pc = _pick(rec.keys(), pos_column, POSITIVE_COLUMNS, "positive", where)
+            nc = _pick(rec.keys(), neg_column, NEGATIVE_COLUMNS, "negatives", where, required=False)
+        if qc not in rec:
+            raise InputError(f"{where}: missing {qc!r}")
+        if pc not in rec:
+            raise InputError(f"{where}: missing {pc!r}")
+        queries.append(_text(rec[qc], qc, where))
+        positives.append(_text(rec[pc], pc, where))
+        negs = _negatives(rec.get(nc), where) if nc else []
+        any_neg = any_neg or bool(negs)
+        negatives.append(negs)
+    if not queries:
+        raise InputError(f"{source}: no rows")
+    return PairData(queries, positives, negatives if any_neg else [], source)
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{where}: invalid JSON ({exc.msg})") from None
+                if not isinstance(rec, dict):
+                    raise InputError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+                yield where, rec
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read ({exc})") from None
+
+
+def _table_records(path: Path, frame: Any, header_lines: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    for i, rec in enumerate(frame.to_dict(orient="records")):
+        rec = {k: (None if _isnan(v) else _maybe_list(v)) for k, v in rec.items()}
+        yield f"{path}:{i + 1 + header_lines}", rec
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and v != v
+
+
+def _maybe_list(v: Any) -> Any:
+    if hasattr(v, "tolist") and not isinstance(v, str):
+        return v.tolist()
+    return v
+
+
+def load_pairs(
+    path: str | Path,
+    *,
+    query_column: str | None = None,
+    pos_column: str | None = None,
+    neg_column: str | None = None,
+    split: str | None = None,
+) -> PairData:
+    """Load and validate pairs from JSONL / CSV / TSV / Parquet / a local ``datasets`` directory."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"data {path}: no such file or directory")
+    name = path.name.lower()
+    cols = dict(query_column=query_column, pos_column=pos_column, neg_column=neg_column)
+    if path.is_dir():
+        return _load_datasets_dir(path, split, **cols)
+    if name.endswith((".jsonl", ".jsonl.gz", ".json", ".ndjson")):
+        return _rows_from_records(_jsonl_records(path), str(path), **cols)
+    if name.endswith((".csv", ".tsv")):
+        import pandas as pd
+
+        try:
+            frame = pd.read_csv(path, sep="\t" if name.endswith(".tsv") else ",", dtype=str, keep_default_na=False)
+        except Exception as exc:
+            raise InputError(f"{path}: cannot parse as {'TSV' if name.endswith('.tsv') else 'CSV'} ({exc})") from None
+        frame = frame.replace("", None)
+        return _rows_from_records(_table_records(path, frame, header_lines=1), str(path), **cols)
+    if name.endswith(".parquet"):
+        import pandas as pd
+
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:
+            raise InputError(f"{path}: cannot read as Parquet ({exc})") from None
+        return _rows_from_records(_table_records(path, frame, header_lines=0), f"{path} (row)", **cols)
+    raise InputError(f"data {path}: unknown format; use .jsonl[.gz], .csv, .tsv, .parquet or a datasets directory")
+
+
+def _load_datasets_dir(path: Path, split: str | None, **cols: Any) -> PairData:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as exc:
+        raise InputError(f"data {path}: not a saved Hugging Face datasets directory ({exc})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        chosen = split or ("train" if "train" in ds else None)
+        if chosen not in ds:
+            raise InputError(f"data {path}: choose a split with --split ({', '.join(ds)})")
+        ds = ds[chosen]
+    source = f"{path}" + (f"[{split}]" if split else "")
+    records = ((f"{source} row {i + 1}", rec) for i, rec in enumerate(ds))
+    return _rows_from_records(records, source, **cols)

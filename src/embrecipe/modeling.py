@@ -1,0 +1,189 @@
+"""Load any HF decoder as a SentenceTransformer and apply a fine-tuning method to it.
+
+The model is ``models.Transformer`` + ``models.Pooling`` from sentence-transformers (mean pooling over
+non-padding tokens by default, as in the study). LoRA comes from peft: we wrap the inner HF model with
+``peft.get_peft_model`` directly because transformers 5.24's ``add_adapter`` (used by
+sentence-transformers' ``add_adapter``) requires peft >= 0.22, which this registry does not serve.
+
+Example::
+
+    >>> from embrecipe.modeling import load_sentence_transformer, apply_method
+    >>> from embrecipe.methods import LoRA
+    >>> model = load_sentence_transformer("EleutherAI/pythia-70m")   # doctest: +SKIP
+    >>> info = apply_method(model, LoRA(rank=32))                      # doctest: +SKIP
+    >>> info.n_trainable, info.n_params                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import InputError
+from .family import find_decoder_parts, shape_of
+from .flops import ModelShape
+from .methods import BiasOnly, BlockFreezing, FullFineTuning, LoRA, Method
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sentence_transformers import SentenceTransformer
+    from torch import nn
+
+POOLING_MODES = {"mean": "mean", "last-token": "lasttoken", "lasttoken": "lasttoken",
+                 "weighted-mean": "weightedmean", "weightedmean": "weightedmean"}
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def load_sentence_transformer(
+    model: str | os.PathLike,
+    *,
+    pooling: str = "mean",
+    max_seq_length: int = 75,
+    gguf_file: str | None = None,
+    dtype: Any = None,
+    attn_implementation: str | None = "sdpa",
+) -> SentenceTransformer:
+    """A decoder checkpoint (local dir, hub id, or GGUF file) as Transformer + Pooling.
+
+    ``model`` may be a path to a ``.gguf`` file (then ``gguf_file`` is its name inside its folder).
+    The tokenizer gets ``pad = EOS`` when it has no pad token, and pads on the right so mean pooling and
+    last-token pooling both see the real tokens first.
+    """
+    from sentence_transformers import SentenceTransformer, models
+
+    _quiet_transformers()
+    if pooling not in POOLING_MODES:
+        raise InputError(f"pooling {pooling!r} is not one of: mean, last-token, weighted-mean")
+    model = str(model)
+    if model.endswith(".gguf") and gguf_file is None:
+        p = Path(model)
+        if not p.is_file():
+            raise InputError(f"model {model}: GGUF file not found")
+        model, gguf_file = str(p.parent), p.name
+    looks_local = os.path.sep in model or model.startswith(".") or Path(model).exists()
+    if looks_local and not Path(model).exists():
+        raise InputError(f"model {model}: no such directory")
+    model_kwargs: dict[str, Any] = {}
+    if dtype is not None:
+        model_kwargs["dtype"] = dtype
+    if attn_implementation:
+        model_kwargs["attn_implementation"] = attn_implementation
+    extra: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        transformer = models.Transformer(
+            model,
+            max_seq_length=max_seq_length,
+            model_kwargs={**model_kwargs, **extra},
+            processor_kwargs={**extra},
+            config_kwargs={**extra},
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"model {model}: cannot load it as a Hugging Face decoder ({first})") from exc
+    tokenizer = transformer.tokenizer
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise InputError(f"model {model}: tokenizer has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    hf = transformer.auto_model
+    if getattr(hf.config, "pad_token_id", None) is None:
+        hf.config.pad_token_id = tokenizer.pad_token_id
+    find_decoder_parts(hf)  # fail now, not mid-training, if this is no decoder we understand
+    pool = models.Pooling(transformer.get_embedding_dimension(), pooling_mode=POOLING_MODES[pooling])
+    return SentenceTransformer(modules=[transformer, pool], device="cpu")
+
+
+def inner_model(st_model: SentenceTransformer) -> nn.Module:
+    """The HF base model inside a SentenceTransformer (unwrapping a peft wrapper if present)."""
+    hf = st_model[0].auto_model
+    base = getattr(hf, "base_model", None)
+    if base is not None and hasattr(base, "model") and type(hf).__name__.startswith("Peft"):
+        return base.model
+    return hf
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What :func:`apply_method` did: N and N_t counted on the actual model (embeddings excluded)."""
+
+    method: Method
+    shape: ModelShape
+    n_params: int
+    n_trainable: int
+    n_trainable_total: int  # including any trained embedding parameters (full fine-tuning)
+    trainable_names: tuple[str, ...]
+
+
+def _lora_regex(blocks_path: str, suffixes: list[str]) -> str:
+    # A full-match regex so that only linear layers *inside the blocks* are adapted, never an LM head.
+    prefix = re.escape(blocks_path) + r"\.\d+\.(?:.*\.)?"
+    return rf"(?:.*\.)?{prefix}(?:{'|'.join(re.escape(s) for s in suffixes)})"
+
+
+def apply_method(st_model: SentenceTransformer, method: Method) -> MethodInfo:
+    """Set ``requires_grad`` (or wrap with peft) according to ``method``; error if nothing is trainable."""
+    hf = st_model[0].auto_model
+    parts = find_decoder_parts(hf)
+    shape = shape_of(hf, name=str(getattr(hf.config, "_name_or_path", "")))
+    modules = dict(hf.named_modules())
+    embedding_ids = {id(p) for e in parts.embedding_paths for p in modules[e].parameters()}
+
+    if isinstance(method, FullFineTuning):
+        for p in hf.parameters():
+            p.requires_grad_(True)
+    elif isinstance(method, BlockFreezing):
+        k = method.blocks_to_train(parts.num_blocks)
+        for p in hf.parameters():
+            p.requires_grad_(False)
+        blocks = modules[parts.blocks_path]
+        for block in list(blocks)[parts.num_blocks - k :]:
+            for p in block.parameters():
+                p.requires_grad_(True)
+        for n in parts.final_norm_paths:
+            for p in modules[n].parameters():
+                p.requires_grad_(True)
+    elif isinstance(method, BiasOnly):
+        for name, p in hf.named_parameters():
+            p.requires_grad_(name.endswith("bias") and id(p) not in embedding_ids)
+    elif isinstance(method, LoRA):
+        from peft import LoraConfig, get_peft_model
+
+        suffixes = method.target_suffixes(sorted(shape.linear_in_out))
+        config = LoraConfig(
+            r=method.rank,
+            lora_alpha=method.lora_alpha,
+            lora_dropout=method.dropout,
+            target_modules=_lora_regex(parts.blocks_path, suffixes),
+            bias="none",
+        )
+        peft_model = get_peft_model(hf, config)
+        st_model[0].model = peft_model
+        hf = peft_model
+    else:  # pragma: no cover - Method is a closed union
+        raise InputError(f"unknown method {method!r}")
+
+    trainable = [(n, p) for n, p in hf.named_parameters() if p.requires_grad]
+    n_trainable = int(sum(p.numel() for _, p in trainable if id(p) not in embedding_ids))
+    n_total = int(sum(p.numel() for _, p in trainable))
+    if n_trainable == 0 and not isinstance(method, FullFineTuning):
+        raise InputError(f"method {method.key!r} leaves no trainable parameters in {type(hf).__name__}")
+    if isinstance(method, FullFineTuning):
+        n_trainable = shape.non_embedding_params
+    return MethodInfo(method, shape, shape.non_embedding_params, n_trainable, n_total,
+                      tuple(n for n, _ in trainable))
+
+
+def merge_adapters(st_model: SentenceTransformer) -> None:
+    """Merge LoRA weights into the base model (no-op without peft), so the export is a plain checkpoint."""
+    hf = st_model[0].auto_model
+    if hasattr(hf, "merge_and_unload") and type(hf).__name__.startswith("Peft"):
+        st_model[0].model = hf.merge_and_unload()
