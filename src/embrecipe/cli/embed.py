@@ -1,0 +1,65 @@
+"""``embrecipe embed``: texts (one per line) → embeddings as .npy or Parquet."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="embed texts (one per line) with a trained model",
+                       description="Read texts, one per line, from FILE or standard input and write their "
+                                   "embeddings to --out (.npy: a float32 matrix; .parquet: text + embedding).")
+    p.add_argument("--model", required=True, help="a SentenceTransformer directory (e.g. embrecipe train --out)")
+    p.add_argument("input", nargs="?", default="-", help="text file, one text per line (default: stdin)")
+    p.add_argument("--out", required=True, help="output file: .npy or .parquet")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-normalize", action="store_true", help="keep raw (unnormalised) embeddings")
+    p.set_defaults(func=run)
+
+
+def read_texts(source: str) -> list[str]:
+    if source == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            lines = Path(source).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise InputError(f"{source}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{source}: not UTF-8 text ({exc.reason})") from None
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise InputError(f"{'stdin' if source == '-' else source}: no texts to embed")
+    return texts
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    out = Path(args.out)
+    if out.suffix not in (".npy", ".parquet"):
+        raise InputError(f"--out {out}: use a .npy or .parquet file name")
+    if not (Path(args.model) / "modules.json").exists():
+        raise InputError(f"--model {args.model}: not a SentenceTransformer directory (no modules.json)")
+    texts = read_texts(args.input)
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(args.model, device=None)
+    emb = model.encode(texts, batch_size=args.batch_size, normalize_embeddings=not args.no_normalize,
+                       show_progress_bar=len(texts) > 1000, convert_to_numpy=True).astype(np.float32)
+    tmp = out.with_name(out.name + ".tmp")
+    if out.suffix == ".npy":
+        with open(tmp, "wb") as f:
+            np.save(f, emb)
+    else:
+        import pandas as pd
+
+        pd.DataFrame({"text": texts, "embedding": list(emb)}).to_parquet(tmp)
+    os.replace(tmp, out)
+    print(f"wrote {emb.shape[0]} embeddings of dimension {emb.shape[1]} to {out}", file=sys.stderr)
+    return 0

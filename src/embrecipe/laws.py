@@ -1,0 +1,727 @@
+r"""Scaling laws of the final contrastive loss, one per fine-tuning *variant*, with bootstrap uncertainty.
+
+The form (Hoffmann et al. 2022, used per method by the compute-optimal embedding study):
+
+.. math::
+
+    L(N, D) = E + \frac{A}{N^{\alpha}} + \frac{B}{D^{\beta}}
+
+with :math:`N` the non-embedding parameters and :math:`D` the training tokens. It is fitted by minimising the
+Huber loss (``delta = 1e-3``) between :math:`\log L_{pred}` and :math:`\log L_{obs}`,
+
+.. math::
+
+    \min_{e, a, b, \alpha, \beta} \sum_i \mathrm{Huber}_\delta\big(
+        \mathrm{LSE}(a - \alpha \log N_i,\; b - \beta \log D_i,\; e) - \log L_i \big),
+
+where :math:`e = \log E`, :math:`a = \log A`, :math:`b = \log B` and :math:`\alpha = e^{\tilde\alpha}`,
+:math:`\beta = e^{\tilde\beta}` (all five in log-space, so every fitted quantity is positive). N and D are
+divided by their geometric means before fitting so that the optimiser sees well-scaled numbers; the reported
+parameters are in original units. L-BFGS-B (scipy) with an analytic gradient runs from a grid of starts and
+the best optimum is kept.
+
+**Method hyper-parameters are separate fits.** Each LoRA rank and each block-freezing fraction is its own
+*variant* (``lora-r8``, ``freeze-f0.25``: :attr:`method.key <embrecipe.methods.LoRA.key>`), fitted on its
+own runs. Why not a joint law with the hyper-parameter as an extra variable? (1) The planner enumerates a
+discrete grid of ranks/fractions anyway, so a continuous law in the hyper-parameter buys nothing at plan
+time; (2) there is no established functional form for how rank or freeze depth enters the loss, and a wrong
+one would bias every variant; (3) separate fits make each variant's uncertainty honest: a variant with few
+runs gets wide bootstrap intervals instead of borrowing strength through an assumed form. The cost is more
+runs per variant (at least ``min_runs``, default 6, from two or more model sizes); variants with fewer runs
+are skipped and reported in :attr:`LawSet.skipped`.
+
+**Uncertainty.** :meth:`ScalingLaw.bootstrap` resamples the runs with replacement and refits (warm-started
+from the full fit plus a few grid starts), keeping the parameter samples; predictions at any (N, D) then
+come with percentile intervals and the planner computes the probability that each option is optimal.
+
+**Validation.** :func:`leave_largest_budget_out` refits every variant without its largest budget and
+reports the relative error of the predictions for the held-out runs.
+
+**The paper's simpler view.** :func:`best_loss_trends`: per variant, the best loss at each budget and a
+straight line :math:`\log L = c_0 + c_1 \log C` fitted through them.
+
+Example::
+
+    >>> import numpy as np
+    >>> N, D = np.meshgrid([1e6, 1e7, 1e8], [1e7, 1e8, 1e9])
+    >>> L = 0.5 + 400 / N**0.35 + 200 / D**0.3
+    >>> law = ScalingLaw().fit(N.ravel(), D.ravel(), L.ravel())
+    >>> round(law.params_["alpha"], 2), round(law.params_["beta"], 2)
+    (0.35, 0.3)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+
+from .errors import EmbrecipeError, InputError
+
+try:  # installed with scikit-learn (a sentence-transformers dependency); optional here
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
+
+FORM = "E + A/N^alpha + B/D^beta"
+PARAM_NAMES = ("E", "A", "alpha", "B", "beta")
+CARD_VERSION = 1
+
+# Bounds in the internal (log, normalised) coordinates. Exponents in [0.01, 5] cover every published
+# scaling exponent with a wide margin; E down to 1e-9 lets the fit say "no measurable floor".
+_LOG_EXP_BOUNDS = (math.log(0.01), math.log(5.0))
+_COEF_BOUNDS = (-40.0, 40.0)
+
+
+# ------------------------------------------------------------------------------------------------------
+# One law
+# ------------------------------------------------------------------------------------------------------
+def _as_1d(name: str, x: Any) -> np.ndarray:
+    arr = np.asarray(x, dtype=float).reshape(-1)
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"{name} contains non-finite values")
+    return arr
+
+
+@contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """L-BFGS-B calls BLAS on 5-vectors; a multi-threaded BLAS then spends 10-100x longer spinning threads
+    than computing, worst when other processes share the cores. One thread is always faster here."""
+    if threadpool_limits is None:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def _objective(theta: np.ndarray, ln_n: np.ndarray, ln_d: np.ndarray, ln_l: np.ndarray, delta: float):
+    """Huber loss of log-predictions and its gradient in the internal coordinates.
+
+    Hand-rolled log-sum-exp: scipy's generic one costs ~10x more on these tiny arrays, and the optimiser
+    calls this thousands of times per bootstrap.
+    """
+    e, a, la, b, lb = theta
+    alpha, beta = math.exp(la), math.exp(lb)
+    u0 = a - alpha * ln_n
+    u1 = b - beta * ln_d
+    m = np.maximum(np.maximum(u0, u1), e)
+    x0, x1, x2 = np.exp(u0 - m), np.exp(u1 - m), np.exp(e - m)
+    s = x0 + x1 + x2
+    r = m + np.log(s) - ln_l
+    absr = np.abs(r)
+    value = np.where(absr <= delta, 0.5 * r * r, delta * (absr - 0.5 * delta)).sum()
+    dr = np.clip(r, -delta, delta) / s  # Huber'(r) times the softmax normaliser
+    g0, g1 = dr * x0, dr * x1
+    grad = np.array([
+        (dr * x2).sum(),
+        g0.sum(),
+        -(g0 * ln_n).sum() * alpha,
+        g1.sum(),
+        -(g1 * ln_d).sum() * beta,
+    ])
+    return float(value), grad
+
+
+class ScalingLaw:
+    """``L(N, D) = E + A/N^alpha + B/D^beta`` fitted by Huber on log-loss (see the module docstring).
+
+    Scikit-learn-like: :meth:`fit` returns ``self`` and sets ``params_`` (dict of E, A, alpha, B, beta in
+    original units), ``residuals_`` (log observed − log predicted, per run), ``n_runs_``, ``ranges_``;
+    :meth:`bootstrap` sets ``samples_`` (array ``(n_boot, 5)`` in :data:`PARAM_NAMES` order).
+    """
+
+    def __init__(self, *, huber_delta: float = 1e-3, min_runs: int = 6, seed: int = 0) -> None:
+        if huber_delta <= 0:
+            raise InputError("huber_delta must be > 0")
+        self.huber_delta = float(huber_delta)
+        self.min_runs = int(min_runs)
+        self.seed = int(seed)
+        self.params_: dict[str, float] | None = None
+        self.samples_: np.ndarray | None = None
+        self.residuals_: np.ndarray | None = None
+        self.n_runs_ = 0
+        self.ranges_: dict[str, list[float]] = {}
+        self.objective_: float | None = None
+        self.warnings_: list[str] = []
+        # Internal state kept for warm-started bootstrap refits.
+        self._data: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._scale: tuple[float, float] = (1.0, 1.0)
+        self._theta: np.ndarray | None = None
+
+    # -- validation -------------------------------------------------------------------------------------
+    def _check(self, N: Any, D: Any, loss: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n, d, l_ = _as_1d("N", N), _as_1d("D", D), _as_1d("loss", loss)
+        if not (len(n) == len(d) == len(l_)):
+            raise InputError(f"N, D and loss must have the same length (got {len(n)}, {len(d)}, {len(l_)})")
+        if len(n) < self.min_runs:
+            raise InputError(
+                f"too few runs to fit {FORM}: have {len(n)}, need at least {self.min_runs} "
+                "(5 free parameters); add budgets or model sizes"
+            )
+        if np.any(l_ <= 0):
+            raise InputError("losses must be positive to fit on log-loss (found a loss <= 0)")
+        if np.any(n <= 0) or np.any(d <= 0):
+            raise InputError("N and D must be positive")
+        if len(np.unique(n)) < 2:
+            raise InputError(
+                f"only one model size (N={n[0]:.3g}) among the runs: A and alpha cannot be identified; "
+                "run at least two model sizes"
+            )
+        if len(np.unique(d)) < 2:
+            raise InputError("only one token count D among the runs: B and beta cannot be identified")
+        return n, d, l_
+
+    # -- fitting ----------------------------------------------------------------------------------------
+    def _starts(self, ln_n: np.ndarray, ln_d: np.ndarray, ln_l: np.ndarray, keep: int = 4) -> list[np.ndarray]:
+        """The ``keep`` best points of a coarse grid, by objective value.
+
+        Screening a few hundred grid points costs less than one L-BFGS run, so the optimiser only starts
+        from the promising basins (the same idea as Hoffmann et al.'s grid of initialisations, cheaper).
+        """
+        lmin, lmean = float(np.exp(ln_l.min())), float(np.exp(ln_l.mean()))
+        grid = []
+        for e_frac, alpha, beta, c_frac in itertools.product(
+            (0.02, 0.3, 0.6, 0.9), (0.1, 0.25, 0.5, 1.0), (0.1, 0.25, 0.5, 1.0), (0.1, 0.5, 1.0)
+        ):
+            e0 = e_frac * lmin
+            coef = math.log(max(c_frac * (lmean - e0) / 2.0, 1e-6))
+            grid.append(np.array([math.log(e0), coef, math.log(alpha), coef, math.log(beta)]))
+        values = [_objective(x, ln_n, ln_d, ln_l, self.huber_delta)[0] for x in grid]
+        return [grid[i] for i in np.argsort(values)[:keep]]
+
+    def _optimise(self, ln_n, ln_d, ln_l, starts: Iterable[np.ndarray]) -> tuple[np.ndarray, float]:
+        hi_e = float(ln_l.max()) + math.log(10.0)
+        bounds = [(math.log(1e-9), hi_e), _COEF_BOUNDS, _LOG_EXP_BOUNDS, _COEF_BOUNDS, _LOG_EXP_BOUNDS]
+        best_theta, best_val = None, math.inf
+        for x0 in starts:
+            x0 = np.clip(x0, [b[0] for b in bounds], [b[1] for b in bounds])
+            res = minimize(_objective, x0, args=(ln_n, ln_d, ln_l, self.huber_delta), jac=True,
+                           method="L-BFGS-B", bounds=bounds, options={"maxiter": 500})
+            if np.isfinite(res.fun) and res.fun < best_val:
+                best_theta, best_val = res.x, float(res.fun)
+        if best_theta is None:
+            raise EmbrecipeError("scaling-law fit failed to converge from every start")
+        return best_theta, best_val
+
+    def fit(self, N: Any, D: Any, loss: Any) -> ScalingLaw:
+        """Fit on arrays of non-embedding parameters, tokens and final losses (one entry per run)."""
+        n, d, l_ = self._check(N, D, loss)
+        self.warnings_ = []
+        if len(np.unique(n)) < 3:
+            self.warnings_.append(
+                "only two model sizes: the N-exponent is barely identified; trust predictions only "
+                "inside the fitted range of N"
+            )
+        n0, d0 = float(np.exp(np.log(n).mean())), float(np.exp(np.log(d).mean()))
+        self._scale = (n0, d0)
+        ln_n, ln_d, ln_l = np.log(n / n0), np.log(d / d0), np.log(l_)
+        self._data = (ln_n, ln_d, ln_l)
+        with _single_threaded_blas():
+            theta, val = self._optimise(ln_n, ln_d, ln_l, self._starts(ln_n, ln_d, ln_l))
+        self._theta = theta
+        self.objective_ = val
+        self.params_ = self._to_params(theta)
+        self.n_runs_ = len(n)
+        self.ranges_ = {"N": [float(n.min()), float(n.max())], "D": [float(d.min()), float(d.max())]}
+        self.residuals_ = ln_l - np.log(self.predict(n, d))
+        self.samples_ = None
+        return self
+
+    def _to_params(self, theta: np.ndarray) -> dict[str, float]:
+        e, a, la, b, lb = (float(t) for t in theta)
+        alpha, beta = math.exp(la), math.exp(lb)
+        n0, d0 = self._scale
+        # A/(N/n0)^alpha = (A * n0^alpha) / N^alpha; kept as log to avoid overflow in extreme fits.
+        return {
+            "E": math.exp(e),
+            "A": math.exp(a + alpha * math.log(n0)),
+            "alpha": alpha,
+            "B": math.exp(b + beta * math.log(d0)),
+            "beta": beta,
+        }
+
+    def bootstrap(self, n_boot: int = 200, *, seed: int | None = None, extra_starts: int = 0) -> ScalingLaw:
+        """Refit on ``n_boot`` resamples of the runs (with replacement); keep the parameter samples.
+
+        Each refit starts from the full-data optimum (a resample's optimum lies close to it; this is ~5x
+        cheaper than a fresh multi-start), plus ``extra_starts`` screened grid starts when asked.
+        Resamples with a single model size or token count (unidentifiable) are redrawn.
+        """
+        if self._data is None or self._theta is None:
+            raise EmbrecipeError("fit the law before bootstrapping it")
+        if n_boot < 1:
+            self.samples_ = None
+            return self
+        rng = np.random.default_rng(self.seed if seed is None else seed)
+        samples = np.empty((n_boot, len(PARAM_NAMES)))
+        with _single_threaded_blas():
+            self._bootstrap_into(samples, rng, extra_starts)
+        self.samples_ = samples
+        return self
+
+    def _bootstrap_into(self, samples: np.ndarray, rng: np.random.Generator, extra_starts: int) -> None:
+        ln_n, ln_d, ln_l = self._data
+        m = len(ln_l)
+        for i in range(len(samples)):
+            for _ in range(100):
+                idx = rng.integers(0, m, size=m)
+                if len(np.unique(ln_n[idx])) >= 2 and len(np.unique(ln_d[idx])) >= 2:
+                    break
+            starts = [self._theta]
+            if extra_starts:
+                starts += self._starts(ln_n[idx], ln_d[idx], ln_l[idx], keep=extra_starts)
+            theta, _ = self._optimise(ln_n[idx], ln_d[idx], ln_l[idx], starts)
+            p = self._to_params(theta)
+            samples[i] = [p[k] for k in PARAM_NAMES]
+
+    # -- prediction -------------------------------------------------------------------------------------
+    def _require_fit(self) -> dict[str, float]:
+        if self.params_ is None:
+            raise EmbrecipeError("this ScalingLaw is not fitted yet")
+        return self.params_
+
+    @staticmethod
+    def _eval(params: np.ndarray, N: np.ndarray, D: np.ndarray) -> np.ndarray:
+        """Loss for a ``(k, 5)`` array of parameter rows at ``m`` points: array ``(k, m)``."""
+        E, A, alpha, B, beta = (np.atleast_2d(params)[:, i, None] for i in range(len(PARAM_NAMES)))
+        return E + np.exp(np.log(A) - alpha * np.log(N)) + np.exp(np.log(B) - beta * np.log(D))
+
+    def predict(self, N: Any, D: Any) -> np.ndarray:
+        """Point prediction of the loss at each (N, D) pair (broadcast)."""
+        p = self._require_fit()
+        n, d = np.broadcast_arrays(np.asarray(N, dtype=float), np.asarray(D, dtype=float))
+        out = self._eval(np.array([p[k] for k in PARAM_NAMES]), n.reshape(-1), d.reshape(-1))[0]
+        return out.reshape(n.shape)
+
+    def predict_samples(self, N: Any, D: Any) -> np.ndarray:
+        """Predictions under every bootstrap sample: array ``(n_boot, *broadcast shape)``."""
+        self._require_fit()
+        if self.samples_ is None:
+            raise EmbrecipeError("no bootstrap samples: call .bootstrap(n) after .fit(...)")
+        n, d = np.broadcast_arrays(np.asarray(N, dtype=float), np.asarray(D, dtype=float))
+        out = self._eval(self.samples_, n.reshape(-1), d.reshape(-1))
+        return out.reshape((len(self.samples_), *n.shape))
+
+    def interval(self, N: Any, D: Any, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+        """Percentile bootstrap interval of the predicted loss."""
+        s = self.predict_samples(N, D)
+        q = (1 - level) / 2
+        return np.quantile(s, q, axis=0), np.quantile(s, 1 - q, axis=0)
+
+    def param_intervals(self, level: float = 0.9) -> dict[str, tuple[float, float]]:
+        if self.samples_ is None:
+            return {}
+        q = (1 - level) / 2
+        lo, hi = np.quantile(self.samples_, q, axis=0), np.quantile(self.samples_, 1 - q, axis=0)
+        return {k: (float(lo[i]), float(hi[i])) for i, k in enumerate(PARAM_NAMES)}
+
+    # -- serialisation ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        p = self._require_fit()
+        return {
+            "form": FORM,
+            "params": dict(p),
+            "huber_delta": self.huber_delta,
+            "n_runs": self.n_runs_,
+            "ranges": self.ranges_,
+            "residual_rms": float(np.sqrt(np.mean(self.residuals_ ** 2))) if self.residuals_ is not None else None,
+            "warnings": list(self.warnings_),
+            "bootstrap": None if self.samples_ is None else {
+                "order": list(PARAM_NAMES),
+                "samples": [[float(f"{v:.8g}") for v in row] for row in self.samples_],
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ScalingLaw:
+        if d.get("form", FORM) != FORM:
+            raise InputError(f"unsupported law form {d.get('form')!r}; this version knows {FORM!r}")
+        law = cls(huber_delta=float(d.get("huber_delta", 1e-3)))
+        law.params_ = {k: float(d["params"][k]) for k in PARAM_NAMES}
+        law.n_runs_ = int(d.get("n_runs", 0))
+        law.ranges_ = {k: [float(x) for x in v] for k, v in dict(d.get("ranges", {})).items()}
+        law.warnings_ = list(d.get("warnings", []))
+        boot = d.get("bootstrap")
+        if boot:
+            order = list(boot.get("order", PARAM_NAMES))
+            arr = np.asarray(boot["samples"], dtype=float)
+            law.samples_ = arr[:, [order.index(k) for k in PARAM_NAMES]]
+        return law
+
+
+# ------------------------------------------------------------------------------------------------------
+# Run records → points
+# ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunPoint:
+    """What the fit needs from one completed run."""
+
+    key: str
+    variant: str
+    method: dict[str, Any]
+    model: str
+    N: float
+    D: float
+    C: float
+    budget: float
+    loss: float
+    n_trainable: float | None = None
+    shape: dict[str, Any] | None = None
+    tokens_per_pair: float | None = None
+    batch_size: int | None = None
+    data_fingerprint: str | None = None
+
+
+LOSS_KEYS = ("final_val_loss", "val_loss", "eval_loss")
+
+
+def _get(record: Mapping[str, Any], *names: str) -> Any:
+    cfg = record.get("config") if isinstance(record.get("config"), Mapping) else {}
+    for src in (record, cfg):
+        for name in names:
+            if src.get(name) is not None:
+                return src[name]
+    return None
+
+
+def run_point(record: Mapping[str, Any], *, loss_key: str | None = None) -> RunPoint:
+    """Extract a :class:`RunPoint` from a run record (top-level fields, then ``record['config']``)."""
+    from .methods import method_from_dict, method_to_dict
+
+    key = str(record.get("key") or "?")
+    method_d = _get(record, "method")
+    if isinstance(method_d, str):
+        method_d = {"name": method_d}
+    if not isinstance(method_d, Mapping):
+        raise InputError(f"run {key}: record has no 'method'")
+    method = method_from_dict(method_d)
+    shape = _get(record, "shape", "model_shape")
+    n = _get(record, "n_params", "non_embedding_params", "N")
+    if n is None and isinstance(shape, Mapping):
+        n = shape.get("non_embedding_params")
+        if n is None:
+            from .flops import ModelShape
+
+            n = ModelShape.from_dict(shape).non_embedding_params
+    d = _get(record, "tokens", "train_tokens", "D")
+    loss = _get(record, loss_key) if loss_key else _get(record, *LOSS_KEYS)
+    c = _get(record, "model_flops", "flops")
+    budget = _get(record, "budget")
+    missing = [name for name, v in (("n_params", n), ("tokens", d), (loss_key or "final_val_loss", loss))
+               if v is None]
+    if c is None and budget is None:
+        missing.append("model_flops/budget")
+    if missing:
+        raise InputError(f"run {key}: record lacks {', '.join(missing)}")
+    c = float(c if c is not None else budget)
+    pairs = _get(record, "pairs", "train_pairs")
+    steps, bs = _get(record, "steps"), _get(record, "batch_size")
+    tpp = _get(record, "tokens_per_pair")
+    if tpp is None and pairs:
+        tpp = float(d) / float(pairs)
+    elif tpp is None and steps and bs:
+        tpp = float(d) / (float(steps) * float(bs))
+    return RunPoint(
+        key=key, variant=method.key, method=method_to_dict(method), model=str(_get(record, "model") or "?"),
+        N=float(n), D=float(d), C=c, budget=float(budget if budget is not None else c), loss=float(loss),
+        n_trainable=None if _get(record, "n_trainable") is None else float(_get(record, "n_trainable")),
+        shape=dict(shape) if isinstance(shape, Mapping) else None,
+        tokens_per_pair=None if tpp is None else float(tpp),
+        batch_size=None if bs is None else int(bs),
+        data_fingerprint=_get(record, "data_fingerprint"),
+    )
+
+
+# ------------------------------------------------------------------------------------------------------
+# Validation and the simple view
+# ------------------------------------------------------------------------------------------------------
+def leave_largest_budget_out(points: Sequence[RunPoint], *, huber_delta: float = 1e-3,
+                             min_runs: int = 6) -> dict[str, dict[str, Any]]:
+    """Per variant: fit without the largest budget, predict its runs, report relative errors.
+
+    Relative error is ``(predicted - observed) / observed``. A variant whose remaining runs cannot be
+    fitted gets ``{"skipped": reason}``.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for variant, pts in _group(points).items():
+        top = max(p.budget for p in pts)
+        train = [p for p in pts if p.budget < top]
+        test = [p for p in pts if p.budget == top]
+        try:
+            law = ScalingLaw(huber_delta=huber_delta, min_runs=min_runs).fit(
+                [p.N for p in train], [p.D for p in train], [p.loss for p in train])
+        except EmbrecipeError as exc:
+            out[variant] = {"held_out_budget": top, "skipped": str(exc)}
+            continue
+        pred = law.predict([p.N for p in test], [p.D for p in test])
+        rel = [(float(pr) - p.loss) / p.loss for pr, p in zip(pred, test)]
+        out[variant] = {
+            "held_out_budget": top,
+            "n_train": len(train),
+            "n_test": len(test),
+            "runs": [{"model": p.model, "N": p.N, "D": p.D, "observed": p.loss, "predicted": float(pr),
+                      "rel_error": r} for p, pr, r in zip(test, pred, rel)],
+            "mean_abs_rel_error": float(np.mean(np.abs(rel))),
+            "max_abs_rel_error": float(np.max(np.abs(rel))),
+        }
+    return out
+
+
+def best_loss_trends(points: Sequence[RunPoint]) -> dict[str, dict[str, Any]]:
+    """The paper's view: per variant, the best loss at each budget and a log–log straight line through them.
+
+    ``slope``/``intercept`` are for ``log10 L = intercept + slope * log10 C`` (None with fewer than two
+    budgets). Also an entry ``"frontier"``: the best variant at each budget.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    groups = _group(points)
+    for variant, pts in groups.items():
+        budgets = sorted({p.budget for p in pts})
+        best = [min((p for p in pts if p.budget == b), key=lambda p: p.loss) for b in budgets]
+        entry: dict[str, Any] = {
+            "budgets": budgets,
+            "flops": [p.C for p in best],
+            "best_loss": [p.loss for p in best],
+            "best_model": [p.model for p in best],
+            "slope": None,
+            "intercept": None,
+        }
+        if len(budgets) >= 2:
+            slope, intercept = np.polyfit(np.log10([p.C for p in best]), np.log10([p.loss for p in best]), 1)
+            entry["slope"], entry["intercept"] = float(slope), float(intercept)
+        out[variant] = entry
+    budgets = sorted({p.budget for p in points})
+    out["frontier"] = {
+        "budgets": budgets,
+        "best_variant": [min((p for p in points if p.budget == b), key=lambda p: p.loss).variant
+                         for b in budgets],
+        "best_loss": [min(p.loss for p in points if p.budget == b) for b in budgets],
+    }
+    return out
+
+
+def _group(points: Iterable[RunPoint]) -> dict[str, list[RunPoint]]:
+    groups: dict[str, list[RunPoint]] = {}
+    for p in points:
+        groups.setdefault(p.variant, []).append(p)
+    return dict(sorted(groups.items()))
+
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------------
+# A set of laws: what the planner consumes and what a law card stores
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class LawSet:
+    """Fitted laws keyed by variant, with everything the planner needs to plan from the card alone."""
+
+    laws: dict[str, ScalingLaw]
+    methods: dict[str, dict[str, Any]]
+    ranges: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    family: list[dict[str, Any]] = field(default_factory=list)
+    data_fingerprint: str | None = None
+    family_fingerprint: str | None = None
+    provenance: str = "unlabelled"
+    tokens_per_pair: float | None = None
+    batch_size: int | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    validation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trends: dict[str, dict[str, Any]] = field(default_factory=dict)
+    points: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    created_at: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.laws:
+            raise InputError("a LawSet needs at least one fitted law")
+
+    @property
+    def variants(self) -> list[str]:
+        return list(self.laws)
+
+    def predict(self, variant: str, N: Any, D: Any) -> np.ndarray:
+        return self[variant].predict(N, D)
+
+    def __getitem__(self, variant: str) -> ScalingLaw:
+        try:
+            return self.laws[variant]
+        except KeyError:
+            raise InputError(f"no law for variant {variant!r}; have: {', '.join(self.laws)}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        from . import __version__
+
+        return {
+            "card_version": CARD_VERSION,
+            "kind": "embrecipe-law-card",
+            "embrecipe_version": __version__,
+            "created_at": self.created_at,
+            "provenance": self.provenance,
+            "form": FORM,
+            "data_fingerprint": self.data_fingerprint,
+            "family_fingerprint": self.family_fingerprint,
+            "family": self.family,
+            "tokens_per_pair": self.tokens_per_pair,
+            "batch_size": self.batch_size,
+            "variants": {
+                v: {"method": self.methods[v], **law.to_dict(), "ranges": self.ranges.get(v, law.ranges_)}
+                for v, law in self.laws.items()
+            },
+            "skipped": self.skipped,
+            "validation": self.validation,
+            "trends": self.trends,
+            "points": self.points,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LawSet:
+        if d.get("kind") != "embrecipe-law-card":
+            raise InputError("not an embrecipe law card (missing kind: embrecipe-law-card)")
+        if int(d.get("card_version", 0)) > CARD_VERSION:
+            raise InputError(f"law card version {d.get('card_version')} is newer than this embrecipe reads")
+        variants = d.get("variants") or {}
+        return cls(
+            laws={v: ScalingLaw.from_dict(x) for v, x in variants.items()},
+            methods={v: dict(x["method"]) for v, x in variants.items()},
+            ranges={v: dict(x.get("ranges", {})) for v, x in variants.items()},
+            family=list(d.get("family") or []),
+            data_fingerprint=d.get("data_fingerprint"),
+            family_fingerprint=d.get("family_fingerprint"),
+            provenance=str(d.get("provenance", "unlabelled")),
+            tokens_per_pair=d.get("tokens_per_pair"),
+            batch_size=d.get("batch_size"),
+            skipped=dict(d.get("skipped") or {}),
+            validation=dict(d.get("validation") or {}),
+            trends=dict(d.get("trends") or {}),
+            points=dict(d.get("points") or {}),
+            created_at=str(d.get("created_at", "")),
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the law card: JSON, or YAML when the name ends in .yaml/.yml."""
+        path = Path(path)
+        data = self.to_dict()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            text = yaml.safe_dump(data, sort_keys=False)
+        else:
+            text = json.dumps(data, indent=1)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)  # a reader never sees half a card
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LawSet:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"law card {path} does not exist")
+        text = path.read_text()
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except (ValueError, Exception) as exc:  # yaml raises its own error types
+            if isinstance(exc, EmbrecipeError):
+                raise
+            raise InputError(f"law card {path} is not valid JSON/YAML: {exc}") from None
+        if not isinstance(data, Mapping):
+            raise InputError(f"law card {path} does not hold a mapping")
+        return cls.from_dict(data)
+
+
+def fit_laws(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    bootstrap: int = 200,
+    seed: int = 0,
+    loss_key: str | None = None,
+    huber_delta: float = 1e-3,
+    min_runs: int = 6,
+    provenance: str = "unlabelled",
+    family: Sequence[Mapping[str, Any]] | None = None,
+    validate: bool = True,
+) -> LawSet:
+    """Group completed run records by variant and fit one :class:`ScalingLaw` each (plus bootstrap).
+
+    Variants with too few runs or a single model size are skipped (reason in ``LawSet.skipped``); if no
+    variant can be fitted the error lists why for each.
+    """
+    points = [run_point(r, loss_key=loss_key) for r in records]
+    if not points:
+        raise InputError("no completed runs to fit")
+    laws: dict[str, ScalingLaw] = {}
+    skipped: dict[str, str] = {}
+    methods: dict[str, dict[str, Any]] = {}
+    ranges: dict[str, dict[str, list[float]]] = {}
+    groups = _group(points)
+    for i, (variant, pts) in enumerate(groups.items()):
+        methods[variant] = pts[0].method
+        try:
+            law = ScalingLaw(huber_delta=huber_delta, min_runs=min_runs, seed=seed + i).fit(
+                [p.N for p in pts], [p.D for p in pts], [p.loss for p in pts])
+        except InputError as exc:
+            skipped[variant] = str(exc)
+            continue
+        if bootstrap:
+            law.bootstrap(bootstrap)
+        laws[variant] = law
+        cs = [p.C for p in pts]
+        ranges[variant] = {**law.ranges_, "C": [min(cs), max(cs)]}
+    if not laws:
+        detail = "; ".join(f"{v}: {why}" for v, why in skipped.items())
+        raise InputError(f"no variant could be fitted ({detail})")
+    methods = {v: methods[v] for v in laws}
+
+    # The family: what the caller gives, else every distinct model shape the runs recorded.
+    fam: list[dict[str, Any]] = [dict(m) for m in family] if family else []
+    if not fam:
+        seen: dict[str, dict[str, Any]] = {}
+        for p in points:
+            if p.shape is not None and p.model not in seen:
+                seen[p.model] = {"name": p.shape.get("name", p.model), "path": p.model, "shape": p.shape}
+        fam = sorted(seen.values(), key=lambda m: float(m["shape"].get("non_embedding_params") or 0))
+    tpps = [p.tokens_per_pair for p in points if p.tokens_per_pair]
+    bss = [p.batch_size for p in points if p.batch_size]
+    fps = sorted({p.data_fingerprint for p in points if p.data_fingerprint})
+    return LawSet(
+        laws=laws,
+        methods=methods,
+        ranges=ranges,
+        family=fam,
+        data_fingerprint=fps[0] if len(fps) == 1 else (",".join(fps) if fps else None),
+        family_fingerprint=_fingerprint([m.get("shape") for m in fam]) if fam else None,
+        provenance=provenance,
+        tokens_per_pair=float(np.mean(tpps)) if tpps else None,
+        batch_size=max(set(bss), key=bss.count) if bss else None,
+        skipped=skipped,
+        validation=leave_largest_budget_out(points, huber_delta=huber_delta, min_runs=min_runs)
+        if validate else {},
+        trends=best_loss_trends(points),
+        points={v: [_point_summary(p, laws.get(v)) for p in pts] for v, pts in groups.items()},
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+
+
+def _point_summary(p: RunPoint, law: ScalingLaw | None) -> dict[str, Any]:
+    d = {"key": p.key, "model": p.model, "N": p.N, "D": p.D, "C": p.C, "budget": p.budget, "loss": p.loss}
+    if law is not None:
+        d["predicted"] = float(law.predict(p.N, p.D))
+    return d

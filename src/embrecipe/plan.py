@@ -1,0 +1,435 @@
+r"""The planner — the algorithm: a compute budget → the compute-optimal fine-tuning recipe.
+
+For a budget :math:`C` (model FLOPs, :mod:`embrecipe.flops` convention), a fitted
+:class:`~embrecipe.laws.LawSet` and a model family (the real checkpoints one can train), every option
+:math:`(m, v)` — family member :math:`m` with shape :math:`s_m`, fitted variant :math:`v` (method +
+hyper-parameters) — is costed and scored:
+
+.. math::
+
+    N = N(s_m),\quad N_t = N_t(v, s_m),\quad
+    D = \frac{C}{\mathrm{cost}_v(N, N_t)},\quad
+    \hat L = E_v + \frac{A_v}{N^{\alpha_v}} + \frac{B_v}{D^{\beta_v}}
+
+and the options are ranked by :math:`\hat L`. Uncertainty comes from the laws' bootstrap samples: sample
+:math:`b` of every variant gives one predicted loss per option; the percentile interval of those is the
+loss interval, and the share of samples in which an option has the lowest loss is its probability of being
+optimal. Steps are ``floor(D / (batch_size * tokens_per_pair))`` where ``tokens_per_pair`` is the measured
+mean number of (non-padding) tokens per training pair, query and positive together.
+
+Everything here is pure: no torch, no model loading. A family is read from a JSON/YAML family file
+(``{"name": ..., "members": [{"name", "path", "shape": ModelShape.to_dict()}]}``) or from the law card,
+which records the shapes of the models its runs used.
+
+Example::
+
+    >>> from embrecipe.laws import LawSet, ScalingLaw
+    >>> law = ScalingLaw(); law.params_ = {"E": 0.5, "A": 400.0, "alpha": 0.35, "B": 200.0, "beta": 0.3}
+    >>> shape = {"name": "toy", "embedding_params": 1000, "block_params": [10**6] * 4,
+    ...          "final_norm_params": 0, "bias_params": 1000}
+    >>> laws = LawSet(laws={"full": law}, methods={"full": {"name": "full"}},
+    ...               family=[{"name": "toy", "path": "toy", "shape": shape}], tokens_per_pair=78)
+    >>> p = plan(1e15, laws, batch_size=64)
+    >>> p.best.model, p.best.variant, p.best.steps
+    ('toy', 'full', 8346)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BudgetError, EmbrecipeError, InputError
+from .flops import ModelShape
+from .laws import LawSet, fit_laws
+from .methods import method_flops_per_token, method_from_dict
+
+# The study's assumption when the real mean is unknown; used only with a warning.
+ASSUMED_TOKENS_PER_PAIR = 78.0
+DEFAULT_BATCH_SIZE = 1024
+
+
+# ------------------------------------------------------------------------------------------------------
+# Family input (a tiny adapter: swap for embrecipe.family.Family once it exists)
+# ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FamilyMember:
+    name: str
+    path: str
+    shape: ModelShape
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.path, "shape": self.shape.to_dict()}
+
+
+def _members_from(entries: Iterable[Mapping[str, Any]], source: str) -> list[FamilyMember]:
+    members = []
+    for i, m in enumerate(entries):
+        if not isinstance(m, Mapping) or "shape" not in m:
+            raise InputError(f"{source}: member {i} has no 'shape' (a ModelShape dict)")
+        try:
+            shape = ModelShape.from_dict(m["shape"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{source}: member {i} has a malformed shape ({exc})") from None
+        name = str(m.get("name") or shape.name)
+        members.append(FamilyMember(name=name, path=str(m.get("path") or name), shape=shape))
+    if not members:
+        raise InputError(f"{source}: the family has no members")
+    return sorted(members, key=lambda m: m.shape.non_embedding_params)
+
+
+def load_family(path: str | os.PathLike[str]) -> list[FamilyMember]:
+    """Read a family file (JSON or YAML): ``{"name": ..., "members": [{"name", "path", "shape"}]}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"family file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # json and yaml raise different types
+        raise InputError(f"family file {path} is not valid JSON/YAML: {exc}") from None
+    if not isinstance(data, Mapping) or not isinstance(data.get("members"), list):
+        raise InputError(f"family file {path} must hold a mapping with a 'members' list")
+    return _members_from(data["members"], str(path))
+
+
+def family_from_laws(laws: LawSet) -> list[FamilyMember]:
+    if not laws.family:
+        raise InputError(
+            "the law card records no model shapes; pass --family FILE (a family file with ModelShapes)"
+        )
+    return _members_from(laws.family, "law card")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Law sources
+# ------------------------------------------------------------------------------------------------------
+def default_card_path() -> Path:
+    return Path(str(resources.files("embrecipe"))) / "data" / "laws" / "default.json"
+
+
+def load_laws(source: str | os.PathLike[str] | None, *, bootstrap: int = 200, seed: int = 0) -> LawSet:
+    """A law card file, or a run store (fitted on the fly), or the packaged default card."""
+    from .store import RunStore, is_store_path
+
+    if source is None:
+        card = default_card_path()
+        if not card.is_file():
+            raise InputError(
+                "no default law card ships with this version yet (none has been fitted on real runs); "
+                "pass --laws FILE (a card written by `embrecipe fit`) or --laws STORE (a run store)"
+            )
+        return LawSet.load(card)
+    if is_store_path(source):
+        with RunStore(source) as store:
+            records = store.records()
+        return fit_laws(records, bootstrap=bootstrap, seed=seed, provenance=f"fitted from store {source}")
+    return LawSet.load(source)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Results
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class Candidate:
+    """One (model, variant) option at a budget, costed and scored."""
+
+    model: str
+    path: str
+    variant: str
+    method: dict[str, Any]
+    n_params: int
+    n_trainable: int
+    flops_per_token: int
+    tokens: float
+    pairs: float
+    steps: int
+    loss: float
+    loss_low: float | None = None
+    loss_high: float | None = None
+    p_optimal: float | None = None
+    feasible: bool = True
+    rank: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Plan:
+    budget: float
+    batch_size: int
+    tokens_per_pair: float
+    level: float
+    n_bootstrap: int
+    candidates: list[Candidate]
+    warnings: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    provenance: str = ""
+
+    @property
+    def best(self) -> Candidate:
+        return self.candidates[0]
+
+    @property
+    def runner_up(self) -> Candidate | None:
+        return self.candidates[1] if len(self.candidates) > 1 and self.candidates[1].feasible else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "budget": self.budget,
+            "batch_size": self.batch_size,
+            "tokens_per_pair": self.tokens_per_pair,
+            "interval_level": self.level,
+            "n_bootstrap": self.n_bootstrap,
+            "provenance": self.provenance,
+            "best": self.best.to_dict(),
+            "runner_up": None if self.runner_up is None else self.runner_up.to_dict(),
+            "candidates": [c.to_dict() for c in self.candidates],
+            "warnings": list(self.warnings),
+            "skipped": list(self.skipped),
+        }
+
+    def format(self, top: int = 10) -> str:
+        """Human-readable plan: the optimum, the runner-up, a ranked table and the warnings."""
+        pct = f"{self.level:.0%}"
+        lines = [f"Budget {self.budget:.3g} model FLOPs — law card: {self.provenance or 'unlabelled'}"]
+        b = self.best
+        lines.append(f"Optimum:   {_describe(b, self)}")
+        if self.runner_up is not None:
+            lines.append(f"Runner-up: {_describe(self.runner_up, self)}")
+        lines.append("")
+        head = (f"{'#':>3} {'model':<22} {'variant':<14} {'N':>9} {'N_t':>9} {'tokens':>9} {'steps':>8} "
+                f"{'loss':>8} {pct + ' interval':>19} {'P(opt)':>7}")
+        lines.append(head)
+        lines.append("-" * len(head))
+        for c in self.candidates[:top]:
+            interval = "" if c.loss_low is None else f"[{c.loss_low:.4g}, {c.loss_high:.4g}]"
+            p = "" if c.p_optimal is None else f"{c.p_optimal:.2f}"
+            mark = "" if c.feasible else "  (cannot afford min steps)"
+            lines.append(
+                f"{c.rank:>3} {c.model[:22]:<22} {c.variant:<14} {c.n_params:>9.3g} {c.n_trainable:>9.3g} "
+                f"{c.tokens:>9.3g} {c.steps:>8} {c.loss:>8.4g} {interval:>19} {p:>7}{mark}"
+            )
+        if len(self.candidates) > top:
+            lines.append(f"... {len(self.candidates) - top} more options (--json lists all)")
+        lines.append(f"(steps at batch size {self.batch_size} and {self.tokens_per_pair:.1f} tokens per pair; "
+                     f"intervals and P(opt) over {self.n_bootstrap} bootstrap fits)")
+        for w in self.warnings:
+            lines.append(f"WARNING: {w}")
+        for s in self.skipped:
+            lines.append(f"note: skipped {s}")
+        return "\n".join(lines)
+
+
+def _describe(c: Candidate, p: Plan) -> str:
+    interval = "" if c.loss_low is None else f" [{c.loss_low:.4g}, {c.loss_high:.4g}]"
+    prob = "" if c.p_optimal is None else f", P(optimal) = {c.p_optimal:.2f}"
+    return (f"{c.variant} on {c.model} — {c.tokens:.3g} tokens = {c.steps} steps of {p.batch_size} pairs; "
+            f"predicted loss {c.loss:.4g}{interval}{prob}")
+
+
+@dataclass
+class RecipeTable:
+    """Plans across budgets: where the optimal method changes (the crossover)."""
+
+    plans: list[Plan]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plans": [p.to_dict() for p in self.plans], "crossovers": self.crossovers()}
+
+    def crossovers(self) -> list[dict[str, Any]]:
+        """Consecutive budgets between which the optimal variant changes."""
+        out = []
+        for a, b in zip(self.plans, self.plans[1:]):
+            if a.best.variant != b.best.variant:
+                out.append({"between": [a.budget, b.budget], "from": a.best.variant, "to": b.best.variant})
+        return out
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for p in self.plans:
+            b, r = p.best, p.runner_up
+            rows.append({
+                "budget": p.budget, "model": b.model, "variant": b.variant, "tokens": b.tokens,
+                "steps": b.steps, "loss": b.loss, "loss_low": b.loss_low, "loss_high": b.loss_high,
+                "p_optimal": b.p_optimal, "runner_up": None if r is None else f"{r.variant} on {r.model}",
+                "runner_up_loss": None if r is None else r.loss, "warnings": len(p.warnings),
+            })
+        return rows
+
+    def to_markdown(self) -> str:
+        level = f"{self.plans[0].level:.0%}" if self.plans else "90%"
+        lines = [f"| budget (FLOPs) | model | method | tokens | steps | predicted loss [{level}] | P(opt) | "
+                 "runner-up | warnings |",
+                 "|---:|---|---|---:|---:|---|---:|---|---:|"]
+        for r in self.rows():
+            interval = "" if r["loss_low"] is None else f" [{r['loss_low']:.4g}, {r['loss_high']:.4g}]"
+            p = "" if r["p_optimal"] is None else f"{r['p_optimal']:.2f}"
+            lines.append(
+                f"| {r['budget']:.3g} | {r['model']} | {r['variant']} | {r['tokens']:.3g} | {r['steps']} | "
+                f"{r['loss']:.4g}{interval} | {p} | {r['runner_up'] or ''} | {r['warnings']} |"
+            )
+        return "\n".join(lines)
+
+    def format(self) -> str:
+        out = [self.to_markdown()]
+        for c in self.crossovers():
+            out.append(f"crossover: {c['from']} → {c['to']} between {c['between'][0]:.3g} and "
+                       f"{c['between'][1]:.3g} FLOPs")
+        return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The algorithm
+# ------------------------------------------------------------------------------------------------------
+def _range_warning(what: str, value: float, lo_hi: Sequence[float] | None) -> str | None:
+    if not lo_hi:
+        return None
+    lo, hi = float(lo_hi[0]), float(lo_hi[1])
+    if value > hi * (1 + 1e-9):
+        return f"{what} = {value:.3g} is {value / hi:.3g}x above the largest fitted ({hi:.3g}): extrapolating"
+    if value < lo * (1 - 1e-9):
+        return f"{what} = {value:.3g} is {lo / value:.3g}x below the smallest fitted ({lo:.3g}): extrapolating"
+    return None
+
+
+def plan(
+    budget: float,
+    laws: LawSet,
+    family: Sequence[FamilyMember] | None = None,
+    *,
+    batch_size: int | None = None,
+    tokens_per_pair: float | None = None,
+    level: float = 0.9,
+    variants: Sequence[str] | None = None,
+    min_steps: int = 1,
+) -> Plan:
+    """Rank every (family member × fitted variant) at ``budget``; see the module docstring."""
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+        raise BudgetError(f"budget must be a positive number of FLOPs, got {budget!r}")
+    if not 0 < level < 1:
+        raise InputError(f"interval level must be in (0, 1), got {level}")
+    members = list(family) if family is not None else family_from_laws(laws)
+    warnings: list[str] = []
+    batch_size = int(batch_size or laws.batch_size or DEFAULT_BATCH_SIZE)
+    if tokens_per_pair is None:
+        tokens_per_pair = laws.tokens_per_pair
+        if tokens_per_pair is None:
+            tokens_per_pair = ASSUMED_TOKENS_PER_PAIR
+            warnings.append(f"tokens per pair unknown (not in the law card): assumed {ASSUMED_TOKENS_PER_PAIR:g} "
+                            "as in the study; pass --tokens-per-pair with your data's measured mean")
+    if tokens_per_pair <= 0 or batch_size <= 0:
+        raise InputError("batch size and tokens per pair must be positive")
+    chosen = list(variants) if variants else laws.variants
+    for v in chosen:
+        laws[v]  # noqa: B018 - raises a clear error for unknown variants
+
+    candidates: list[Candidate] = []
+    skipped: list[str] = []
+    for m in members:
+        for v in chosen:
+            method = method_from_dict(laws.methods[v])
+            try:
+                n_t = method.trainable_params(m.shape)
+                cost = method_flops_per_token(method, m.shape)
+            except EmbrecipeError as exc:
+                skipped.append(f"{v} on {m.name}: {exc}")
+                continue
+            n = m.shape.non_embedding_params
+            tokens = budget / cost
+            pairs = tokens / tokens_per_pair
+            steps = int(math.floor(pairs / batch_size))
+            loss = float(laws[v].predict(n, tokens))
+            cand = Candidate(model=m.name, path=m.path, variant=v, method=dict(laws.methods[v]), n_params=n,
+                             n_trainable=n_t, flops_per_token=cost, tokens=tokens, pairs=pairs, steps=steps,
+                             loss=loss, feasible=steps >= min_steps)
+            rng = laws.ranges.get(v, {})
+            for what, value, key in (("C", budget, "C"), ("N", n, "N"), ("D", tokens, "D")):
+                w = _range_warning(f"{what} ({v})", value, rng.get(key))
+                if w:
+                    cand.warnings.append(w)
+            candidates.append(cand)
+    if not candidates:
+        raise InputError("no (model, variant) option can be costed: " + "; ".join(skipped))
+
+    _attach_uncertainty(candidates, laws, level)
+    candidates.sort(key=lambda c: (not c.feasible, c.loss))
+    for i, c in enumerate(candidates, 1):
+        c.rank = i
+    best = candidates[0]
+    if not best.feasible:
+        raise BudgetError(
+            f"budget {budget:.3g} FLOPs affords fewer than {min_steps} step(s) of {batch_size} pairs with every "
+            "option; raise the budget or lower the batch size"
+        )
+    warnings.extend(f"optimum {best.variant} on {best.model}: {w}" for w in best.warnings)
+    if laws.family_fingerprint and family is not None:
+        from .laws import _fingerprint
+
+        if _fingerprint([m.shape.to_dict() for m in members]) != laws.family_fingerprint:
+            warnings.append("the family differs from the one the laws were fitted on (family fingerprint)")
+    n_boot = min((len(laws[v].samples_) for v in chosen if laws[v].samples_ is not None), default=0)
+    return Plan(budget=float(budget), batch_size=batch_size, tokens_per_pair=float(tokens_per_pair),
+                level=level, n_bootstrap=n_boot, candidates=candidates, warnings=warnings, skipped=skipped,
+                provenance=laws.provenance)
+
+
+def _attach_uncertainty(candidates: list[Candidate], laws: LawSet, level: float) -> None:
+    """Intervals and P(optimal) from the bootstrap samples, paired across variants by sample index."""
+    if any(laws[c.variant].samples_ is None for c in candidates):
+        return
+    n_boot = min(len(laws[c.variant].samples_) for c in candidates)
+    preds = np.empty((n_boot, len(candidates)))
+    for j, c in enumerate(candidates):
+        preds[:, j] = laws[c.variant].predict_samples(c.n_params, c.tokens)[:n_boot]
+    q = (1 - level) / 2
+    lo, hi = np.quantile(preds, q, axis=0), np.quantile(preds, 1 - q, axis=0)
+    feasible = np.array([c.feasible for c in candidates])
+    masked = np.where(feasible[None, :], preds, np.inf)
+    wins = np.bincount(np.argmin(masked, axis=1), minlength=len(candidates)) / n_boot
+    for j, c in enumerate(candidates):
+        c.loss_low, c.loss_high = float(lo[j]), float(hi[j])
+        c.p_optimal = float(wins[j]) if c.feasible else 0.0
+
+
+def plan_many(budgets: Iterable[float], laws: LawSet, family: Sequence[FamilyMember] | None = None,
+              **kwargs: Any) -> RecipeTable:
+    """:func:`plan` at each budget (sorted): the recipe table across budgets."""
+    budgets = sorted(float(b) for b in budgets)
+    if not budgets:
+        raise InputError("no budgets given")
+    return RecipeTable([plan(b, laws, family, **kwargs) for b in budgets])
+
+
+def parse_budgets(text: str) -> list[float]:
+    """``"1e15,1e16,4e16"`` → floats (a clear error for anything else)."""
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise InputError(f"budget {part!r} is not a number (write e.g. 1e17)") from None
+        if not (math.isfinite(value) and value > 0):
+            raise BudgetError(f"budget {part!r} must be a positive number of FLOPs")
+        out.append(value)
+    if not out:
+        raise InputError("no budgets given")
+    return out

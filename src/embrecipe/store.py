@@ -1,0 +1,503 @@
+r"""The run store: one row per training run, keyed by a stable hash of the run's full configuration.
+
+A sweep is hundreds of independent, expensive runs that may be interrupted at any moment (``kill -9``, a lost
+Ray node) and resumed, possibly by several workers at once. The store therefore has to be
+
+* **idempotent** — the key of a run is :func:`run_key` of its configuration (model, method and
+  hyper-parameters, budget, data fingerprint, seed, batch size, learning rate, code version, ...), so the
+  same cell always maps to the same row and a rerun never duplicates it;
+* **atomic and concurrent** — SQLite in WAL mode with a busy timeout; every state change is one
+  ``BEGIN IMMEDIATE`` transaction, so a process killed mid-write leaves the previous committed state;
+* **claim-based** — :meth:`RunStore.claim` moves a row to ``running`` for one worker only. A claim whose
+  worker is gone (same host and its pid no longer exists) or whose heartbeat is older than
+  ``stale_after`` seconds is *stale* and may be taken over, which is how a sweep recovers after a kill.
+
+Statuses: ``pending`` → ``running`` → ``completed`` | ``failed``.
+
+Run records (what the trainer returns, stored whole as JSON in ``record``) are plain dicts. The columns
+below are copied out of them for querying and export; the names the store looks for are the canonical
+record fields (``model``, ``method`` (a :func:`~embrecipe.methods.method_to_dict` dict), ``budget``,
+``model_flops``, ``tokens``, ``steps``, ``n_params``, ``n_trainable``, ``final_train_loss``,
+``final_val_loss``, ``loss_curve``, ``eval``, ``timings``), each also looked up inside ``record["config"]``.
+
+Example::
+
+    >>> store = RunStore(":memory:")
+    >>> cfg = {"model": "m", "method": {"name": "full"}, "budget": 1e15, "seed": 0}
+    >>> key = run_key(cfg)
+    >>> store.claim(key, cfg)
+    True
+    >>> store.claim(key, cfg)            # somebody (here: we) already holds it
+    False
+    >>> store.complete(key, {"config": cfg, "final_val_loss": 1.23, "tokens": 1e9})
+    >>> store.get(key)["status"]
+    'completed'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import EmbrecipeError, InputError
+
+STATUSES = ("pending", "running", "completed", "failed")
+
+# Keys that name *where* a run writes or how it is watched, not *what* it computes: two configs that differ
+# only in these are the same experiment and must share a row.
+NON_IDENTITY_KEYS = frozenset({"out", "output_dir", "log_every", "progress", "resume", "store"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    key TEXT PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'completed', 'failed')),
+    model TEXT,
+    method TEXT,
+    variant TEXT,
+    budget REAL,
+    seed INTEGER,
+    n_params INTEGER,
+    n_trainable INTEGER,
+    model_flops REAL,
+    tokens REAL,
+    steps INTEGER,
+    final_train_loss REAL,
+    final_val_loss REAL,
+    loss_curve TEXT,
+    eval TEXT,
+    timings TEXT,
+    config TEXT NOT NULL,
+    record TEXT,
+    error TEXT,
+    worker TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    heartbeat_at REAL
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
+"""
+_SCHEMA_VERSION = "1"
+
+# Scalar columns copied out of a record; JSON columns are stored as text.
+_SCALAR_COLUMNS = (
+    "model", "budget", "seed", "n_params", "n_trainable", "model_flops", "tokens", "steps",
+    "final_train_loss", "final_val_loss",
+)
+_JSON_COLUMNS = ("loss_curve", "eval", "timings")
+
+
+def _canonical(value: Any) -> Any:
+    """Normalise a config value so equal experiments serialise identically (1e15 == 1000000000000000)."""
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InputError(f"run config contains a non-finite number ({value!r})")
+        return int(value) if value.is_integer() and abs(value) < 2**63 else value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item"):  # numpy scalars
+        return _canonical(value.item())
+    raise InputError(f"run config value of type {type(value).__name__} is not JSON-serialisable: {value!r}")
+
+
+def _canonical_method(method: Any) -> Any:
+    # A LoRA given as {"name": "lora", "rank": 8} and one with every default spelled out are the same run.
+    if isinstance(method, Mapping):
+        from .methods import method_from_dict, method_to_dict
+
+        return method_to_dict(method_from_dict(method))
+    return method
+
+
+def run_key(config: Mapping[str, Any]) -> str:
+    """Stable identity of a run: SHA-256 (first 20 hex digits) of the canonical JSON of its config.
+
+    Key order, ``1e15`` vs ``1000000000000000``, and defaulted method hyper-parameters do not change the
+    key; keys in :data:`NON_IDENTITY_KEYS` (output directory, logging) are ignored.
+    """
+    if not isinstance(config, Mapping):
+        raise InputError(f"run config must be a mapping, got {type(config).__name__}")
+    ident = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
+    if "method" in ident:
+        ident["method"] = _canonical_method(ident["method"])
+    text = json.dumps(_canonical(ident), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+def _lookup(record: Mapping[str, Any], name: str) -> Any:
+    if name in record and record[name] is not None:
+        return record[name]
+    cfg = record.get("config")
+    if isinstance(cfg, Mapping):
+        return cfg.get(name)
+    return None
+
+
+def _variant_of(method: Any) -> str | None:
+    if not isinstance(method, Mapping):
+        return None if method is None else str(method)
+    try:
+        from .methods import method_from_dict
+
+        return method_from_dict(method).key
+    except EmbrecipeError:
+        return str(method.get("name"))
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _parse_location(url_or_path: str | os.PathLike[str]) -> str:
+    text = os.fspath(url_or_path)
+    if "://" not in text:
+        return text
+    if text.startswith("sqlite:///"):
+        # sqlite:///relative.db and sqlite:////abs/path.db, as SQLAlchemy spells them.
+        rest = text[len("sqlite:///") :]
+        return rest or ":memory:"
+    if text in ("sqlite://", "sqlite:///:memory:"):
+        return ":memory:"
+    scheme = text.split("://", 1)[0]
+    raise EmbrecipeError(
+        f"store URL scheme {scheme!r} is not supported yet; use a file path or sqlite:///path/to/runs.sqlite"
+    )
+
+
+class RunStore:
+    """SQLite-backed run store (see the module docstring). Safe to open from many processes at once.
+
+    ``stale_after``: seconds without a heartbeat after which another worker may take over a ``running``
+    claim even when the owner cannot be checked (another host). Workers on the same host are checked by pid,
+    so a killed sweep's cells are reclaimed immediately.
+    """
+
+    def __init__(self, url_or_path: str | os.PathLike[str], *, stale_after: float = 6 * 3600.0,
+                 timeout: float = 60.0) -> None:
+        self.location = _parse_location(url_or_path)
+        self.stale_after = float(stale_after)
+        if self.location != ":memory:":
+            parent = Path(self.location).parent
+            if not parent.exists():
+                raise InputError(f"store directory {parent} does not exist")
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so that each write takes the lock up front
+        # instead of upgrading a read lock (which is where SQLite's 'database is locked' deadlocks come from).
+        self._conn = sqlite3.connect(self.location, timeout=timeout, isolation_level=None,
+                                     check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        if self.location != ":memory:":
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+        with self._tx():
+            for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                self._conn.execute(stmt)
+            self._conn.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', ?)", (_SCHEMA_VERSION,)
+            )
+
+    # -- plumbing ---------------------------------------------------------------------------------------
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        else:
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+
+    def __contains__(self, key: object) -> bool:
+        return self._conn.execute("SELECT 1 FROM runs WHERE key = ?", (key,)).fetchone() is not None
+
+    @staticmethod
+    def _row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
+        d = dict(row)
+        for col in (*_JSON_COLUMNS, "config", "record"):
+            if d.get(col) is not None:
+                d[col] = json.loads(d[col])
+        return d
+
+    def _is_stale(self, row: sqlite3.Row, now: float) -> bool:
+        worker = row["worker"] or ""
+        host, _, pid = worker.rpartition(":")
+        if host == socket.gethostname() and pid.isdigit():
+            if int(pid) == os.getpid():
+                return False
+            if not _pid_alive(int(pid)):
+                return True
+        beat = row["heartbeat_at"] or row["updated_at"]
+        return now - float(beat) > self.stale_after
+
+    # -- writes -----------------------------------------------------------------------------------------
+    def add_pending(self, configs: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Register cells (idempotently) as ``pending``; rows that exist keep their status. Returns keys."""
+        now = time.time()
+        keys = []
+        with self._tx() as c:
+            for cfg in configs:
+                key = run_key(cfg)
+                keys.append(key)
+                c.execute(
+                    "INSERT OR IGNORE INTO runs (key, status, model, method, variant, budget, seed, config,"
+                    " created_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key, _str_or_none(cfg.get("model")), _method_name(cfg.get("method")),
+                     _variant_of(cfg.get("method")), _float_or_none(cfg.get("budget")),
+                     _int_or_none(cfg.get("seed")), _dumps(cfg), now, now),
+                )
+        return keys
+
+    def claim(self, key: str, config: Mapping[str, Any] | None = None, *, worker: str | None = None) -> bool:
+        """Take ``key`` for this worker. True iff the caller now owns it and should train it.
+
+        A row that is ``pending``/``failed``, absent (then ``config`` is required), or ``running`` with a
+        stale claim is claimed; ``completed`` and live ``running`` rows are not.
+        """
+        worker = worker or _worker_id()
+        now = time.time()
+        with self._tx() as c:
+            row = c.execute("SELECT * FROM runs WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                if config is None:
+                    raise InputError(f"run {key} is not in the store and no config was given to claim it")
+                if run_key(config) != key:
+                    raise InputError(f"run key {key} does not match its config (expected {run_key(config)})")
+                c.execute(
+                    "INSERT INTO runs (key, status, model, method, variant, budget, seed, config, worker,"
+                    " attempts, created_at, updated_at, heartbeat_at)"
+                    " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
+                    (key, _str_or_none(config.get("model")), _method_name(config.get("method")),
+                     _variant_of(config.get("method")), _float_or_none(config.get("budget")),
+                     _int_or_none(config.get("seed")), _dumps(config), worker, now, now, now),
+                )
+                return True
+            status = row["status"]
+            if status == "completed":
+                return False
+            if status == "running" and not self._is_stale(row, now):
+                return False
+            c.execute(
+                "UPDATE runs SET status = 'running', worker = ?, attempts = attempts + 1, error = NULL,"
+                " updated_at = ?, heartbeat_at = ? WHERE key = ?",
+                (worker, now, now, key),
+            )
+            return True
+
+    def heartbeat(self, key: str) -> None:
+        """Tell other workers the claim on ``key`` is alive (call every few minutes during long runs)."""
+        now = time.time()
+        with self._tx() as c:
+            c.execute("UPDATE runs SET heartbeat_at = ? WHERE key = ? AND status = 'running'", (now, key))
+
+    def complete(self, key: str, record: Mapping[str, Any]) -> None:
+        """Store a finished run's record and mark it ``completed`` (inserting the row if needed)."""
+        now = time.time()
+        values = {col: _lookup(record, col) for col in _SCALAR_COLUMNS}
+        method = _lookup(record, "method")
+        cfg = record.get("config") if isinstance(record.get("config"), Mapping) else None
+        with self._tx() as c:
+            exists = c.execute("SELECT config FROM runs WHERE key = ?", (key,)).fetchone()
+            if exists is None:
+                if cfg is None:
+                    raise InputError(f"run {key} is not in the store and its record has no 'config'")
+                c.execute(
+                    "INSERT INTO runs (key, status, config, created_at, updated_at) VALUES (?, 'pending', ?, ?, ?)",
+                    (key, _dumps(cfg), now, now),
+                )
+            c.execute(
+                "UPDATE runs SET status = 'completed', model = COALESCE(?, model), method = COALESCE(?, method),"
+                " variant = COALESCE(?, variant), budget = COALESCE(?, budget), seed = COALESCE(?, seed),"
+                " n_params = ?, n_trainable = ?, model_flops = ?, tokens = ?, steps = ?,"
+                " final_train_loss = ?, final_val_loss = ?, loss_curve = ?, eval = ?, timings = ?,"
+                " record = ?, error = NULL, updated_at = ?, heartbeat_at = ? WHERE key = ?",
+                (
+                    _str_or_none(values["model"]), _method_name(method), _variant_of(method),
+                    _float_or_none(values["budget"]), _int_or_none(values["seed"]),
+                    _int_or_none(values["n_params"]), _int_or_none(values["n_trainable"]),
+                    _float_or_none(values["model_flops"]), _float_or_none(values["tokens"]),
+                    _int_or_none(values["steps"]), _float_or_none(values["final_train_loss"]),
+                    _float_or_none(values["final_val_loss"]),
+                    *(_dumps_or_none(_lookup(record, col)) for col in _JSON_COLUMNS),
+                    _dumps(record), now, now, key,
+                ),
+            )
+
+    def fail(self, key: str, error: str) -> None:
+        """Mark a claimed run ``failed`` with its error message (a rerun of the sweep retries it)."""
+        now = time.time()
+        with self._tx() as c:
+            c.execute(
+                "UPDATE runs SET status = 'failed', error = ?, updated_at = ? WHERE key = ?",
+                (str(error)[:4000], now, key),
+            )
+
+    def release(self, key: str) -> None:
+        """Give a claim back (status ``pending``), e.g. on Ctrl-C before the run produced anything."""
+        now = time.time()
+        with self._tx() as c:
+            c.execute("UPDATE runs SET status = 'pending', worker = NULL, updated_at = ? "
+                      "WHERE key = ? AND status = 'running'", (now, key))
+
+    def put(self, record: Mapping[str, Any]) -> str:
+        """Insert or replace a completed run from its record alone (key from ``record['config']``)."""
+        cfg = record.get("config")
+        if not isinstance(cfg, Mapping):
+            raise InputError("record has no 'config' mapping to derive its key from")
+        key = str(record.get("key") or run_key(cfg))
+        self.complete(key, record)
+        return key
+
+    # -- reads ------------------------------------------------------------------------------------------
+    def get(self, key: str) -> dict[str, Any] | None:
+        row = self._conn.execute("SELECT * FROM runs WHERE key = ?", (key,)).fetchone()
+        return None if row is None else self._row_to_dict(row)
+
+    def status(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT status FROM runs WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def rows(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Every row (or those with ``status``) as dicts with JSON columns decoded, oldest first."""
+        if status is not None and status not in STATUSES:
+            raise InputError(f"unknown status {status!r}; expected one of {', '.join(STATUSES)}")
+        sql = "SELECT * FROM runs" + (" WHERE status = ?" if status else "") + " ORDER BY created_at, key"
+        return [self._row_to_dict(r) for r in self._conn.execute(sql, (status,) if status else ())]
+
+    def records(self) -> list[dict[str, Any]]:
+        """The full records of completed runs, each with its ``key`` added (what the law fit consumes)."""
+        out = []
+        for row in self.rows("completed"):
+            rec = dict(row["record"] or {})
+            rec.setdefault("key", row["key"])
+            rec.setdefault("config", row["config"])
+            out.append(rec)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(STATUSES, 0)
+        for status, n in self._conn.execute("SELECT status, COUNT(*) FROM runs GROUP BY status"):
+            out[status] = int(n)
+        return out
+
+    def integrity_ok(self) -> bool:
+        return self._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    # -- export -----------------------------------------------------------------------------------------
+    def to_dataframe(self, status: str | None = None):
+        """All columns as a :class:`pandas.DataFrame` (JSON columns kept as JSON text for flat export)."""
+        import pandas as pd
+
+        sql = "SELECT * FROM runs" + (" WHERE status = ?" if status else "") + " ORDER BY created_at, key"
+        return pd.read_sql_query(sql, self._conn, params=(status,) if status else None)
+
+    def export(self, path: str | os.PathLike[str], status: str | None = None) -> Path:
+        """Write the runs table to ``.csv`` or ``.parquet`` (chosen by the file suffix)."""
+        path = Path(path)
+        df = self.to_dataframe(status)
+        if path.suffix == ".csv":
+            df.to_csv(path, index=False)
+        elif path.suffix in (".parquet", ".pq"):
+            df.to_parquet(path, index=False)
+        else:
+            raise InputError(f"cannot export to {path}: use a .csv or .parquet file name")
+        return path
+
+
+def open_store(url_or_path: str | os.PathLike[str], **kwargs: Any) -> RunStore:
+    """Open (creating if needed) the store at a path or ``sqlite:///`` URL."""
+    return RunStore(url_or_path, **kwargs)
+
+
+def is_store_path(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` names an existing SQLite file (by its magic header) or a ``sqlite://`` URL."""
+    text = os.fspath(path)
+    if text.startswith("sqlite://"):
+        return True
+    p = Path(text)
+    if not p.is_file():
+        return False
+    with p.open("rb") as fh:
+        return fh.read(16) == b"SQLite format 3\x00"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=_json_default)
+
+
+def _dumps_or_none(value: Any) -> str | None:
+    return None if value is None else _dumps(value)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _method_name(method: Any) -> str | None:
+    if isinstance(method, Mapping):
+        return _str_or_none(method.get("name") or method.get("method"))
+    return _str_or_none(method)
+
+
+def _str_or_none(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+def _float_or_none(v: Any) -> float | None:
+    try:
+        return None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int_or_none(v: Any) -> int | None:
+    try:
+        return None if v is None else int(v)
+    except (TypeError, ValueError):
+        return None

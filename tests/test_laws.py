@@ -1,0 +1,222 @@
+"""Scaling-law fitting on synthetic data from known laws (pure math: no torch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embrecipe.errors import EmbrecipeError, InputError
+from embrecipe.laws import (
+    LawSet,
+    ScalingLaw,
+    best_loss_trends,
+    fit_laws,
+    leave_largest_budget_out,
+    run_point,
+)
+from embrecipe.synthetic import synthetic_train, true_loss
+
+TRUE = {"E": 0.5, "A": 40.0, "alpha": 0.35, "B": 1000.0, "beta": 0.5}
+
+
+def law_value(N, D, p=TRUE):
+    return p["E"] + p["A"] / np.asarray(N) ** p["alpha"] + p["B"] / np.asarray(D) ** p["beta"]
+
+
+def grid(sizes=(1e5, 4e5, 1.6e6, 6.4e6, 2.56e7), tokens=np.geomspace(1e6, 1e9, 6)):
+    N, D = np.meshgrid(np.asarray(sizes, float), np.asarray(tokens, float))
+    return N.ravel(), D.ravel()
+
+
+def test_parameter_recovery_exact_data():
+    N, D = grid()
+    law = ScalingLaw().fit(N, D, law_value(N, D))
+    p = law.params_
+    # Noise-free data: every parameter within 1 % (relative) of the truth.
+    for k, v in TRUE.items():
+        assert p[k] == pytest.approx(v, rel=0.01), k
+    assert np.max(np.abs(law.residuals_)) < 1e-3
+
+
+def test_parameter_recovery_with_noise():
+    rng = np.random.default_rng(1)
+    N, D = grid()
+    loss = law_value(N, D) * np.exp(rng.normal(0, 0.01, N.size))  # 1 % multiplicative noise
+    p = ScalingLaw().fit(N, D, loss).params_
+    # Tolerances for 30 runs at 1 % noise: exponents within ±0.03, E within 10 %, A and B within 35 %
+    # (A and B trade off against their exponents, so they are the least identified).
+    assert abs(p["alpha"] - TRUE["alpha"]) < 0.03
+    assert abs(p["beta"] - TRUE["beta"]) < 0.03
+    assert p["E"] == pytest.approx(TRUE["E"], rel=0.10)
+    assert p["A"] == pytest.approx(TRUE["A"], rel=0.35)
+    assert p["B"] == pytest.approx(TRUE["B"], rel=0.35)
+
+
+def test_predict_broadcasts_and_requires_fit():
+    with pytest.raises(EmbrecipeError, match="not fitted"):
+        ScalingLaw().predict(1e6, 1e8)
+    N, D = grid()
+    law = ScalingLaw().fit(N, D, law_value(N, D))
+    out = law.predict(np.array([1e6, 1e7]), 1e8)
+    assert out.shape == (2,)
+    assert np.allclose(out, law_value([1e6, 1e7], 1e8), rtol=1e-3)
+    with pytest.raises(EmbrecipeError, match="bootstrap"):
+        law.predict_samples(1e6, 1e8)
+
+
+def test_bootstrap_intervals_cover_truth_at_nominal_rate():
+    """40 simulated studies × 50 bootstrap refits; the 90 % interval of L at an interior point should cover
+    the true value about 90 % of the time. Binomial sd at n=40 is ~0.05; we accept [0.75, 1.0] (3 sd below),
+    and check the intervals are not absurdly wide (which would cover trivially)."""
+    rng = np.random.default_rng(7)
+    N, D = grid(sizes=(1e5, 1e6, 1e7, 2.56e7), tokens=np.geomspace(1e6, 1e9, 4))
+    n0, d0 = 3e6, 3e7
+    truth = float(law_value(n0, d0))
+    covered, widths = 0, []
+    for sim in range(40):
+        loss = law_value(N, D) * np.exp(rng.normal(0, 0.02, N.size))
+        law = ScalingLaw(seed=sim).fit(N, D, loss).bootstrap(50)
+        lo, hi = law.interval(n0, d0, level=0.9)
+        covered += bool(lo <= truth <= hi)
+        widths.append(float(hi - lo) / truth)
+    rate = covered / 40
+    assert 0.75 <= rate <= 1.0, rate
+    assert np.median(widths) < 0.1
+
+
+def test_bootstrap_samples_shape_and_param_intervals():
+    rng = np.random.default_rng(3)
+    N, D = grid()
+    law = ScalingLaw().fit(N, D, law_value(N, D) * np.exp(rng.normal(0, 0.01, N.size))).bootstrap(20)
+    assert law.samples_.shape == (20, 5)
+    assert law.predict_samples([1e6, 1e7], 1e8).shape == (20, 2)
+    ci = law.param_intervals(0.9)
+    assert ci["alpha"][0] <= law.params_["alpha"] <= ci["alpha"][1] + 1e-9
+
+
+@pytest.mark.parametrize(
+    ("N", "D", "loss", "match"),
+    [
+        ([1e6, 1e7, 1e8], [1e7, 1e8, 1e9], [1.0, 0.9, 0.8], "too few runs"),
+        ([1e6] * 8, np.geomspace(1e6, 1e9, 8), np.linspace(2, 1, 8), "one model size"),
+        ([1e6, 1e7] * 4, [1e8] * 8, np.linspace(2, 1, 8), "one token count"),
+        ([1e6, 1e7] * 4, np.geomspace(1e6, 1e9, 8), [1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.0], "positive"),
+        ([1e6, 1e7] * 4, np.geomspace(1e6, 1e9, 8), [1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, np.nan], "non-finite"),
+        ([1e6, 1e7] * 4, np.geomspace(1e6, 1e9, 7), np.linspace(2, 1, 8), "same length"),
+    ],
+)
+def test_degenerate_inputs_raise_clear_errors(N, D, loss, match):
+    with pytest.raises(InputError, match=match):
+        ScalingLaw().fit(N, D, loss)
+
+
+def _synthetic_records(methods, models=("toy-h64-l2", "toy-h128-l4", "toy-h256-l6", "toy-h512-l8"),
+                       budgets=(1e13, 4e13, 1.6e14, 6.4e14, 2.56e15), noise=0.01):
+    out = []
+    for m in models:
+        for meth in methods:
+            for b in budgets:
+                rec = synthetic_train({"model": m, "method": meth, "budget": b, "batch_size": 32, "seed": 0,
+                                       "noise": noise})
+                rec["key"] = f"{m}-{meth['name']}-{b:g}"
+                out.append(rec)
+    return out
+
+
+def test_fit_laws_groups_by_variant_and_recovers_synthetic_laws():
+    recs = _synthetic_records([{"name": "full"}, {"name": "lora", "rank": 8}], noise=0.0)
+    laws = fit_laws(recs, bootstrap=0)
+    assert set(laws.variants) == {"full", "lora-r8"}
+    for v, meth in (("full", {"name": "full"}), ("lora-r8", {"name": "lora", "rank": 8})):
+        pts = [run_point(r) for r in recs if run_point(r).variant == v]
+        pred = laws[v].predict([p.N for p in pts], [p.D for p in pts])
+        truth = [true_loss(meth, p.N, p.D) for p in pts]
+        assert np.allclose(pred, truth, rtol=2e-3)
+    assert laws.ranges["full"]["N"][0] < laws.ranges["full"]["N"][1]
+    assert len(laws.family) == 4 and all("shape" in m for m in laws.family)
+    assert laws.tokens_per_pair == pytest.approx(60.0)
+
+
+def test_fit_laws_skips_thin_variants_and_fails_when_none_fit():
+    recs = _synthetic_records([{"name": "full"}])
+    thin = _synthetic_records([{"name": "bias"}], models=("toy-h64-l2",), budgets=(1e13, 1e14))
+    laws = fit_laws(recs + thin, bootstrap=0)
+    assert "bias" in laws.skipped and "bias" not in laws.laws
+    with pytest.raises(InputError, match="no variant could be fitted"):
+        fit_laws(thin, bootstrap=0)
+    with pytest.raises(InputError, match="no completed runs"):
+        fit_laws([], bootstrap=0)
+
+
+def test_run_point_names_missing_fields():
+    with pytest.raises(InputError, match="tokens"):
+        run_point({"key": "k", "method": {"name": "full"}, "n_params": 10, "final_val_loss": 1.0,
+                   "budget": 1e9})
+    p = run_point({"key": "k", "config": {"method": {"name": "lora", "rank": 4}, "budget": 1e12},
+                   "n_params": 10, "tokens": 100, "final_val_loss": 1.0, "steps": 2, "batch_size": 5})
+    assert p.variant == "lora-r4" and p.C == 1e12 and p.tokens_per_pair == 10
+
+
+def test_leave_largest_budget_out():
+    recs = _synthetic_records([{"name": "full"}], budgets=(1e13, 4e13, 1.6e14, 6.4e14), noise=0.0)
+    val = leave_largest_budget_out([run_point(r) for r in recs])["full"]
+    assert val["held_out_budget"] == 6.4e14
+    assert val["n_test"] == 4 and val["n_train"] == 12
+    assert val["max_abs_rel_error"] < 0.01
+    # A law that changes at the top budget must show up as a large held-out error.
+    bent = [dict(r) for r in recs]
+    for r in bent:
+        if r["budget"] == 6.4e14:
+            r["final_val_loss"] *= 1.3
+    assert leave_largest_budget_out([run_point(r) for r in bent])["full"]["max_abs_rel_error"] > 0.2
+
+
+def test_best_loss_trends_straight_line():
+    # Best loss exactly 10 * C^-0.1 at each budget; a worse run at each budget must be ignored.
+    recs = []
+    for i, c in enumerate((1e12, 1e13, 1e14, 1e15)):
+        for extra in (1.0, 1.5):
+            recs.append({"key": f"{i}-{extra}", "method": {"name": "full"}, "model": f"m{extra}",
+                         "n_params": 1e6, "tokens": c / 6e6, "model_flops": c, "budget": c,
+                         "final_val_loss": 10 * c ** -0.1 * extra})
+    trends = best_loss_trends([run_point(r) for r in recs])
+    assert trends["full"]["slope"] == pytest.approx(-0.1, abs=1e-9)
+    assert trends["full"]["best_model"] == ["m1.0"] * 4
+    assert trends["frontier"]["best_variant"] == ["full"] * 4
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_law_card_round_trip(tmp_path, suffix):
+    recs = _synthetic_records([{"name": "full"}, {"name": "lora", "rank": 8}])
+    laws = fit_laws(recs, bootstrap=10, provenance="synthetic test")
+    path = laws.save(tmp_path / f"card{suffix}")
+    back = LawSet.load(path)
+    assert back.provenance == "synthetic test"
+    assert back.variants == laws.variants
+    assert back.family_fingerprint == laws.family_fingerprint
+    for v in laws.variants:
+        assert np.allclose(back[v].predict(1e6, 1e8), laws[v].predict(1e6, 1e8), rtol=1e-12)
+        assert np.allclose(back[v].samples_, laws[v].samples_, rtol=1e-7)
+        assert back.ranges[v] == laws.ranges[v]
+    assert back.methods["lora-r8"]["rank"] == 8
+
+
+def test_law_card_rejects_other_files(tmp_path):
+    (tmp_path / "x.json").write_text('{"a": 1}')
+    with pytest.raises(InputError, match="not an embrecipe law card"):
+        LawSet.load(tmp_path / "x.json")
+    (tmp_path / "y.json").write_text("{not json")
+    with pytest.raises(InputError, match="not valid"):
+        LawSet.load(tmp_path / "y.json")
+    with pytest.raises(InputError, match="does not exist"):
+        LawSet.load(tmp_path / "missing.json")
+
+
+def test_pure_math_modules_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, embrecipe.laws, embrecipe.plan, embrecipe.store, embrecipe.synthetic, "
+            "embrecipe.report, embrecipe.sweep; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,159 @@
+"""The planner on synthetic laws: known optimum, crossover, uncertainty, warnings, errors (no torch)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from embrecipe.errors import BudgetError, InputError
+from embrecipe.flops import ModelShape, flops_per_token
+from embrecipe.laws import LawSet, ScalingLaw, fit_laws
+from embrecipe.plan import FamilyMember, load_family, load_laws, parse_budgets, plan, plan_many
+from embrecipe.synthetic import synthetic_train, toy_shape, true_loss, variant_params
+
+MODELS = ("toy-h64-l2", "toy-h128-l4", "toy-h256-l6", "toy-h512-l8")
+METHODS = {"full": {"name": "full"}, "lora-r8": {"name": "lora", "rank": 8}}
+
+
+def family():
+    return [FamilyMember(name=m, path=m, shape=toy_shape(int(m.split("-")[1][1:]), int(m.split("-")[2][1:])))
+            for m in MODELS]
+
+
+def true_laws(with_samples: bool = False) -> LawSet:
+    laws = {}
+    for v, meth in METHODS.items():
+        law = ScalingLaw()
+        law.params_ = dict(zip(("E", "A", "alpha", "B", "beta"), variant_params(meth)))
+        if with_samples:  # a tight cloud around the truth
+            rng = np.random.default_rng(0)
+            base = np.array(variant_params(meth))
+            law.samples_ = base * np.exp(rng.normal(0, 0.002, (100, 5)))
+        laws[v] = law
+    return LawSet(laws=laws, methods=dict(METHODS), family=[m.to_dict() for m in family()],
+                  tokens_per_pair=60.0, batch_size=32)
+
+
+def brute_force(budget: float):
+    """Independent optimum: the FLOP formulas written out by hand, the true synthetic law."""
+    best = None
+    for m in family():
+        n = m.shape.non_embedding_params
+        for v, meth in METHODS.items():
+            if meth["name"] == "full":
+                cost = flops_per_token("full", n, n)
+            else:
+                n_t = 8 * sum(m.shape.linear_in_out.values())
+                cost = 4 * n + 2 * n_t
+            loss = true_loss(meth, n, budget / cost)
+            if best is None or loss < best[0]:
+                best = (loss, m.name, v)
+    return best
+
+
+@pytest.mark.parametrize("budget", [1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18])
+def test_planner_picks_the_known_optimum(budget):
+    p = plan(budget, true_laws())
+    loss, model, variant = brute_force(budget)
+    assert (p.best.model, p.best.variant) == (model, variant)
+    assert p.best.loss == pytest.approx(loss, rel=1e-9)
+    assert [c.loss for c in p.candidates] == sorted(c.loss for c in p.candidates)
+
+
+def test_crossover_between_full_and_lora():
+    budgets = [10 ** e for e in np.arange(12, 19, 0.5)]
+    table = plan_many(budgets, true_laws())
+    winners = [p.best.variant for p in table.plans]
+    expected = [brute_force(b)[2] for b in budgets]
+    assert winners == expected
+    # Full fine-tuning wins the small budgets, LoRA the large ones, with exactly one switch.
+    assert winners[0] == "full" and winners[-1] == "lora-r8"
+    assert len(table.crossovers()) == 1 and table.crossovers()[0]["from"] == "full"
+    md = table.to_markdown()
+    assert md.count("\n") == len(budgets) + 1 and "lora-r8" in md
+
+
+def test_planner_finds_optimum_from_fitted_synthetic_runs():
+    recs = [synthetic_train({"model": m, "method": meth, "budget": b, "batch_size": 32, "seed": 0})
+            for m in MODELS for meth in METHODS.values() for b in (1e13, 4e13, 1.6e14, 6.4e14, 2.56e15)]
+    laws = fit_laws(recs, bootstrap=50)
+    for budget in (2e13, 3e14, 2e15):  # inside the fitted range
+        p = plan(budget, laws)
+        _, model, variant = brute_force(budget)
+        assert (p.best.model, p.best.variant) == (model, variant), budget
+        assert p.best.p_optimal > 0.5
+        assert p.best.loss_low <= p.best.loss <= p.best.loss_high
+        assert not p.warnings
+
+
+def test_probabilities_and_steps():
+    p = plan(1e15, true_laws(with_samples=True))
+    probs = [c.p_optimal for c in p.candidates]
+    assert sum(probs) == pytest.approx(1.0)
+    assert p.best.p_optimal > 0.9  # tight samples: the optimum is clear
+    c = p.best
+    assert c.steps == math.floor(c.tokens / 60.0 / 32)
+    assert c.tokens * c.flops_per_token == pytest.approx(1e15)
+    json.dumps(p.to_dict())  # --json must serialise
+    text = p.format()
+    assert "Optimum:" in text and "Runner-up:" in text
+
+
+def test_extrapolation_warnings():
+    laws = true_laws()
+    for v in laws.variants:
+        laws.ranges[v] = {"N": [1e5, 5e6], "D": [1e6, 1e9], "C": [1e13, 1e15]}
+    p = plan(1e18, laws)
+    assert any("C (" in w and "above the largest fitted" in w for w in p.warnings)
+    assert any("N (" in w for w in p.warnings)  # the chosen 25M model is above the fitted 5M
+    inside = plan(1e14, laws, family=[m for m in family() if m.shape.non_embedding_params < 5e6])
+    assert not any("extrapolating" in w for w in inside.warnings)
+
+
+def test_budget_errors():
+    with pytest.raises(BudgetError):
+        plan(-1.0, true_laws())
+    with pytest.raises(BudgetError, match="fewer than 1 step"):
+        plan(1e6, true_laws())
+    with pytest.raises(InputError, match="no law for variant"):
+        plan(1e15, true_laws(), variants=["bias"])
+    assert parse_budgets("1e15, 4e15") == [1e15, 4e15]
+    with pytest.raises(InputError, match="not a number"):
+        parse_budgets("1e15,lots")
+    with pytest.raises(BudgetError):
+        parse_budgets("0")
+
+
+def test_unaffordable_methods_are_skipped_with_a_note():
+    shape = ModelShape(name="nobias", embedding_params=100, block_params=(10**6,) * 2, final_norm_params=0,
+                       bias_params=0, linear_in_out={"fc": 1000})
+    laws = true_laws()
+    law = laws.laws["full"]
+    laws.laws["bias"] = law
+    laws.methods["bias"] = {"name": "bias"}
+    p = plan(1e15, laws, family=[FamilyMember("nobias", "nobias", shape)])
+    assert any("bias on nobias" in s for s in p.skipped)
+
+
+def test_family_file_and_law_sources(tmp_path):
+    fam = {"name": "toys", "members": [m.to_dict() for m in family()]}
+    (tmp_path / "fam.json").write_text(json.dumps(fam))
+    members = load_family(tmp_path / "fam.json")
+    assert [m.name for m in members] == list(MODELS)
+    (tmp_path / "bad.json").write_text(json.dumps({"members": [{"name": "x"}]}))
+    with pytest.raises(InputError, match="no 'shape'"):
+        load_family(tmp_path / "bad.json")
+    with pytest.raises(InputError, match="no default law card"):
+        load_laws(None)
+    laws = true_laws(with_samples=True)
+    laws.save(tmp_path / "card.json")
+    assert load_laws(tmp_path / "card.json").variants == laws.variants
+    # A family that differs from the card's is flagged.
+    other = [FamilyMember("x", "x", toy_shape(96, 3))]
+    assert any("family differs" in w for w in plan(1e15, laws, other).warnings)
+    no_family = LawSet(laws=laws.laws, methods=laws.methods)
+    with pytest.raises(InputError, match="--family"):
+        plan(1e15, no_family)

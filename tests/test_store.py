@@ -1,0 +1,165 @@
+"""Run store: idempotent keys, claims, concurrency, stale-claim recovery, export."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from embrecipe.errors import EmbrecipeError, InputError
+from embrecipe.store import RunStore, is_store_path, run_key
+
+CFG = {"model": "m", "method": {"name": "lora", "rank": 8}, "budget": 1e15, "seed": 0, "lr": 1e-3,
+       "batch_size": 32, "data_fingerprint": "abc", "code_version": "0.1.0"}
+
+
+def test_run_key_is_stable_and_canonical():
+    k = run_key(CFG)
+    assert len(k) == 20
+    reordered = dict(reversed(list(CFG.items())))
+    assert run_key(reordered) == k
+    assert run_key({**CFG, "budget": 1000000000000000}) == k  # 1e15 == int
+    spelled_out = {**CFG, "method": {"name": "lora", "rank": 8, "alpha": 8.0, "dropout": 0.0,
+                                     "targets": "all-linear"}}
+    assert run_key(spelled_out) == k  # defaulted hparams do not change identity
+    assert run_key({**CFG, "out": "/tmp/elsewhere"}) == k  # where it writes is not what it computes
+    for change in ({"seed": 1}, {"budget": 2e15}, {"lr": 2e-3}, {"data_fingerprint": "x"},
+                   {"method": {"name": "lora", "rank": 16}}, {"code_version": "0.2.0"}):
+        assert run_key({**CFG, **change}) != k, change
+    with pytest.raises(InputError):
+        run_key({"budget": float("nan")})
+
+
+def test_claim_complete_lifecycle(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    key = run_key(CFG)
+    assert store.claim(key, CFG)
+    assert store.status(key) == "running"
+    assert not store.claim(key, CFG)  # our own live claim
+    store.complete(key, {"config": CFG, "final_val_loss": 0.5, "tokens": 1e9, "model_flops": 9e14,
+                         "loss_curve": [{"step": 1, "loss": 2.0}], "eval": {"sts": 0.7}})
+    row = store.get(key)
+    assert row["status"] == "completed" and row["final_val_loss"] == 0.5 and row["variant"] == "lora-r8"
+    assert row["loss_curve"] == [{"step": 1, "loss": 2.0}] and row["eval"] == {"sts": 0.7}
+    assert not store.claim(key, CFG)  # completed runs are never retrained
+    assert len(store) == 1
+    assert store.records()[0]["key"] == key
+
+
+def test_add_pending_is_idempotent_and_keeps_status(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    cfgs = [{**CFG, "seed": s} for s in range(5)]
+    keys = store.add_pending(cfgs)
+    store.complete(keys[0], {"config": cfgs[0], "final_val_loss": 1.0})
+    assert store.add_pending(cfgs) == keys
+    assert len(store) == 5
+    assert store.counts() == {"pending": 4, "running": 0, "completed": 1, "failed": 0}
+
+
+def test_failed_runs_are_retried(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    key = run_key(CFG)
+    store.claim(key, CFG)
+    store.fail(key, "boom")
+    assert store.get(key)["error"] == "boom"
+    assert store.claim(key)
+    assert store.get(key)["attempts"] == 2
+
+
+def test_claim_rejects_mismatched_config(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    with pytest.raises(InputError, match="does not match"):
+        store.claim("0" * 20, CFG)
+    with pytest.raises(InputError, match="no config"):
+        store.claim("0" * 20)
+
+
+def test_stale_claim_of_dead_process_is_recovered(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    key = run_key(CFG)
+    code = ("import sys, json; from embrecipe.store import RunStore; "
+            f"s = RunStore({str(path)!r}); print(s.claim({key!r}, json.loads(sys.argv[1])))")
+    import json
+
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(CFG)], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "True"
+    store = RunStore(path)
+    assert store.status(key) == "running"
+    assert store.claim(key)  # the claiming process is gone: its claim is stale
+
+
+def test_live_claim_of_other_worker_is_respected_until_heartbeat_expires(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    key = run_key(CFG)
+    other_host = RunStore(path)
+    assert other_host.claim(key, CFG, worker="some-other-host:123")
+    assert not RunStore(path).claim(key)
+    # Same host, a live pid (ours' parent): still respected.
+    key2 = run_key({**CFG, "seed": 2})
+    assert other_host.claim(key2, {**CFG, "seed": 2}, worker=f"{socket.gethostname()}:{os.getppid()}")
+    assert not RunStore(path).claim(key2)
+    # Without heartbeats for longer than stale_after, another worker takes over.
+    assert RunStore(path, stale_after=0.0).claim(key)
+
+
+def _worker(path: str, keys: list[str], cfgs: list[dict], q) -> None:
+    store = RunStore(path)
+    mine = []
+    for key, cfg in zip(keys, cfgs):
+        if store.claim(key, cfg):
+            mine.append(key)
+            store.complete(key, {"config": cfg, "final_val_loss": 1.0, "worker_pid": os.getpid()})
+    q.put(mine)
+
+
+def test_concurrent_writers_never_train_the_same_cell(tmp_path):
+    path = str(tmp_path / "runs.sqlite")
+    cfgs = [{**CFG, "seed": s} for s in range(40)]
+    keys = [run_key(c) for c in cfgs]
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(path, keys, cfgs, q)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    claimed = [q.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    flat = [k for part in claimed for k in part]
+    assert sorted(flat) == sorted(keys)  # every cell exactly once, none twice
+    store = RunStore(path)
+    assert len(store) == 40 and store.counts()["completed"] == 40
+    assert store.integrity_ok()
+
+
+def test_export_csv_and_parquet(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    for s in range(3):
+        cfg = {**CFG, "seed": s}
+        store.put({"config": cfg, "final_val_loss": 1.0 + s, "tokens": 1e6, "loss_curve": [1, 2]})
+    csv = store.export(tmp_path / "runs.csv")
+    pq = store.export(tmp_path / "runs.parquet")
+    for df in (pd.read_csv(csv), pd.read_parquet(pq)):
+        assert len(df) == 3
+        assert sorted(df["final_val_loss"]) == [1.0, 2.0, 3.0]
+        assert {"key", "status", "variant", "record"} <= set(df.columns)
+    with pytest.raises(InputError, match="csv or .parquet"):
+        store.export(tmp_path / "runs.xlsx")
+
+
+def test_urls(tmp_path):
+    path = tmp_path / "u.sqlite"
+    store = RunStore(f"sqlite:///{path}")
+    store.put({"config": CFG, "final_val_loss": 1.0})
+    assert is_store_path(path) and not is_store_path(tmp_path / "nope.sqlite")
+    assert len(RunStore(str(path))) == 1
+    with pytest.raises(EmbrecipeError, match="not supported yet"):
+        RunStore("postgresql://user@host/db")
+    with pytest.raises(InputError, match="does not exist"):
+        RunStore(tmp_path / "no" / "such" / "dir.sqlite")
