@@ -1,0 +1,176 @@
+import json
+
+import pytest
+
+from embrecipe.errors import BudgetError, InputError
+from embrecipe.methods import BiasOnly, BlockFreezing, FullFineTuning, LoRA
+from embrecipe.trainer import TrainConfig, default_lr, lr_lambda, train
+
+
+def _cfg(model, data, **kw):
+    base = dict(model=model, data=data, budget=1.5e9, batch_size=16, progress=False, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_lr_schedule_warmup_cosine_and_clamped():
+    total = 100
+    values = [lr_lambda(s, total, 0.1) for s in range(130)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert values[10] == pytest.approx(1.0)
+    assert values[55] == pytest.approx(0.5, abs=0.02)
+    assert values[100] == pytest.approx(0.0, abs=1e-9)
+    assert all(v == pytest.approx(0.0, abs=1e-9) for v in values[100:])  # never climbs back after the plan
+
+
+def test_default_lr_is_a_tenth_of_pretraining():
+    assert default_lr("EleutherAI/pythia-160m") == pytest.approx(6e-4)
+    assert default_lr("EleutherAI/pythia-1.4b") == pytest.approx(2e-4)
+    assert default_lr("/x/smollm2-L8") == pytest.approx(3e-4)
+    assert default_lr("some/unknown") == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "llama"])
+@pytest.mark.parametrize("method", [FullFineTuning(), BlockFreezing(1), BiasOnly(), LoRA(rank=2)],
+                         ids=lambda m: m.key)
+def test_budget_stop_overshoot_less_than_one_step(tiny_models, tiny_pair_data, arch, method):
+    if arch == "llama" and isinstance(method, BiasOnly):
+        pytest.skip("no biases in Llama")
+    rec = train(_cfg(tiny_models[arch], tiny_pair_data, method=method, budget=1e9))
+    assert rec["model_flops"] <= rec["budget"]
+    # the step that was not taken would have exceeded the budget: unspent < one step's cost
+    max_step_cost = rec["flops_per_token"] * 16 * 3 * 75  # upper bound on one batch's tokens
+    assert rec["budget"] - rec["model_flops"] < max_step_cost
+    assert rec["model_flops"] == pytest.approx(rec["flops_per_token"] * rec["tokens"])
+    assert abs(rec["steps"] - rec["planned_steps"]) <= max(2, 0.1 * rec["planned_steps"])
+    assert rec["hardware_flops"] >= rec["model_flops"]
+    assert rec["loss_curve"][-1][0] == rec["model_flops"]
+
+
+def test_too_small_budget_states_minimum(tiny_models, tiny_pair_data):
+    with pytest.raises(BudgetError, match="minimum is about"):
+        train(_cfg(tiny_models["llama"], tiny_pair_data, budget=1e4))
+
+
+def test_no_repeat_limits_budget(tiny_models, tiny_pair_data):
+    with pytest.raises(BudgetError, match="allow repetition"):
+        train(_cfg(tiny_models["llama"], tiny_pair_data, budget=1e11, allow_repeat=False))
+
+
+def test_bad_config_values(tiny_models, tiny_pair_data):
+    for kw in (dict(budget=-1), dict(batch_size=1), dict(lr=0.0), dict(precision="fp8")):
+        with pytest.raises((InputError, BudgetError)):
+            train(_cfg(tiny_models["llama"], tiny_pair_data, **kw))
+    with pytest.raises(InputError, match="fewer than one batch"):
+        train(_cfg(tiny_models["llama"], tiny_pair_data, batch_size=1000))
+
+
+def test_deterministic_on_cpu(tiny_models, tiny_pair_data):
+    a = train(_cfg(tiny_models["gpt_neox"], tiny_pair_data, budget=4e8))
+    b = train(_cfg(tiny_models["gpt_neox"], tiny_pair_data, budget=4e8))
+    assert a["loss_curve"] == b["loss_curve"]
+
+
+def test_training_reduces_validation_loss(tiny_models, tiny_pair_data):
+    rec = train(_cfg(tiny_models["gpt_neox"], tiny_pair_data, budget=3e9, val_fraction=0.25, lr=3e-3))
+    first = rec["loss_curve"][0][1]
+    assert rec["final_train_loss"] < first
+    assert rec["final_val_loss"] is not None
+
+
+def test_gradcache_equals_uncached_loss_and_gradients(tiny_models, tiny_pair_data):
+    import torch
+
+    from embrecipe.loss import symmetric_infonce
+    from embrecipe.modeling import apply_method, load_sentence_transformer
+
+    results = []
+    for mini in (None, 3):
+        model = load_sentence_transformer(tiny_models["gpt_neox"])
+        apply_method(model, FullFineTuning())
+        q = model.preprocess(tiny_pair_data.queries[:10])
+        p = model.preprocess(tiny_pair_data.positives[:10])
+        feats = [{k: v for k, v in f.items() if k != "modality"} for f in (q, p)]
+        loss = symmetric_infonce(model, mini_batch_size=mini)(feats, None)
+        loss.backward()
+        results.append((float(loss), {n: t.grad.clone() for n, t in model.named_parameters() if t.grad is not None}))
+    (l0, g0), (l1, g1) = results
+    assert l0 == pytest.approx(l1, rel=1e-5)
+    assert g0.keys() == g1.keys() and len(g0) > 0
+    for n in g0:
+        torch.testing.assert_close(g0[n], g1[n], rtol=1e-3, atol=1e-5)  # fp32 summation order differs
+
+
+def test_gradcache_run_matches_plain_run(tiny_models, tiny_pair_data):
+    a = train(_cfg(tiny_models["llama"], tiny_pair_data, budget=5e8))
+    b = train(_cfg(tiny_models["llama"], tiny_pair_data, budget=5e8, mini_batch_size=4))
+    assert a["model_flops"] == b["model_flops"]
+    assert b["hardware_flops"] > a["hardware_flops"]  # the extra forward is metered as hardware FLOPs
+    assert a["final_train_loss"] == pytest.approx(b["final_train_loss"], rel=1e-3)
+
+
+def test_resume_after_interruption_matches_uninterrupted(tiny_models, tiny_pair_data, tmp_path):
+    kw = dict(budget=1.2e9, method=LoRA(rank=2), lr=2e-3)
+    full = train(_cfg(tiny_models["gpt_neox"], tiny_pair_data, out=str(tmp_path / "a"), **kw))
+    part = train(_cfg(tiny_models["gpt_neox"], tiny_pair_data, out=str(tmp_path / "b"), checkpoint_every=3,
+                      stop_after_steps=7, **kw))
+    assert part["status"] == "interrupted" and part["step"] == 7
+    assert (tmp_path / "b" / "checkpoint" / "state.pt").exists()
+    resumed = train(_cfg(tiny_models["gpt_neox"], tiny_pair_data, out=str(tmp_path / "b"), checkpoint_every=3,
+                         resume=True, **kw))
+    assert resumed["model_flops"] == full["model_flops"]
+    assert resumed["steps"] == full["steps"]
+    assert resumed["final_train_loss"] == pytest.approx(full["final_train_loss"], rel=0.01)
+    assert not (tmp_path / "b" / "checkpoint").exists()  # cleaned up after export
+
+
+def test_resume_refuses_other_config(tiny_models, tiny_pair_data, tmp_path):
+    train(_cfg(tiny_models["llama"], tiny_pair_data, out=str(tmp_path / "r"), checkpoint_every=2,
+               stop_after_steps=3))
+    with pytest.raises(InputError, match="different configuration"):
+        train(_cfg(tiny_models["llama"], tiny_pair_data, out=str(tmp_path / "r"), resume=True, lr=1e-2))
+
+
+@pytest.mark.parametrize("method", [FullFineTuning(), LoRA(rank=2)], ids=lambda m: m.key)
+def test_export_reloads_as_sentence_transformer(tiny_models, tiny_pair_data, tmp_path, method):
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / method.key
+    rec = train(_cfg(tiny_models["gpt_neox"], tiny_pair_data, method=method, budget=4e8, out=str(out)))
+    model = SentenceTransformer(str(out))
+    emb = model.encode(["hello world"])
+    assert emb.shape == (1, 32)
+    saved = json.loads((out / "run.json").read_text())
+    assert saved["model_flops"] == rec["model_flops"] and saved["budget"] == 4e8
+    assert {"config", "versions", "seed", "tokens", "loss_curve", "final_train_loss", "final_val_loss",
+            "wall_time_s"} <= saved.keys()
+    card = (out / "README.md").read_text()
+    assert "model FLOPs spent" in card and method.name in card
+    assert not (out / "adapter_config.json").exists()  # LoRA merged by default
+    # the reloaded model embeds exactly as the trained one did
+    import numpy as np
+
+    model2 = SentenceTransformer(str(out))
+    np.testing.assert_allclose(model2.encode(["abc def"]), model.encode(["abc def"]), rtol=1e-5)
+    with pytest.raises(InputError, match="already holds a finished run"):
+        train(_cfg(tiny_models["gpt_neox"], tiny_pair_data, method=method, budget=4e8, out=str(out)))
+
+
+def test_keep_adapter_saves_adapter_only(tiny_models, tiny_pair_data, tmp_path):
+    out = tmp_path / "adapter"
+    train(_cfg(tiny_models["llama"], tiny_pair_data, method=LoRA(rank=2), budget=4e8, out=str(out),
+               keep_adapter=True))
+    assert (out / "adapter_config.json").exists() and (out / "run.json").exists()
+
+
+def test_hard_negatives(tiny_models, tmp_path):
+    from embrecipe.testing import tiny_pairs
+
+    rows = tiny_pairs(40)
+    p = tmp_path / "neg.jsonl"
+    p.write_text("".join(json.dumps({**r, "neg": [rows[(i + 7) % 40]["pos"]]}) + "\n" for i, r in enumerate(rows)))
+    plain = train(_cfg(tiny_models["llama"], str(p), budget=4e8))
+    hard = train(_cfg(tiny_models["llama"], str(p), budget=4e8, hard_negatives=1))
+    # a negative column adds tokens per pair, so the same budget buys fewer steps
+    assert hard["data"]["mean_tokens_per_pair"] > plain["data"]["mean_tokens_per_pair"]
+    assert hard["steps"] < plain["steps"]
