@@ -194,6 +194,17 @@ class _Dist:
                 dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
                 p.grad.div_(self.world)
 
+    def mean(self, value: float) -> float:
+        """The mean of a scalar over ranks (each rank's loss covers only its shard of the queries)."""
+        if not self.enabled:
+            return value
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return float(t) / self.world
+
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as dist
@@ -418,7 +429,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         state["hardware_flops"] += hw_per_token * padded
         state["tokens"] += real
         state["padded_tokens"] += padded
-        lval = float(loss.detach())
+        lval = dist.mean(float(loss.detach()))
         if state["step"] % config.log_every == 0 or state["step"] == 1:
             state["loss_curve"].append([state["model_flops"], lval])
         now = time.time()
