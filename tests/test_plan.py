@@ -27,7 +27,7 @@ def true_laws(with_samples: bool = False) -> LawSet:
     laws = {}
     for v, meth in METHODS.items():
         law = ScalingLaw()
-        law.params_ = dict(zip(("E", "A", "alpha", "B", "beta"), variant_params(meth)))
+        law.params_ = dict(zip(("E", "A", "alpha", "B", "beta"), variant_params(meth), strict=True))
         if with_samples:  # a tight cloud around the truth
             rng = np.random.default_rng(0)
             base = np.array(variant_params(meth))
@@ -144,7 +144,7 @@ def test_family_file_and_law_sources(tmp_path):
     members = load_family(tmp_path / "fam.json")
     assert [m.name for m in members] == list(MODELS)
     (tmp_path / "bad.json").write_text(json.dumps({"members": [{"name": "x"}]}))
-    with pytest.raises(InputError, match="no 'shape'"):
+    with pytest.raises(InputError, match="members"):
         load_family(tmp_path / "bad.json")
     with pytest.raises(InputError, match="no default law card"):
         load_laws(None)

@@ -111,7 +111,7 @@ def test_live_claim_of_other_worker_is_respected_until_heartbeat_expires(tmp_pat
 def _worker(path: str, keys: list[str], cfgs: list[dict], q) -> None:
     store = RunStore(path)
     mine = []
-    for key, cfg in zip(keys, cfgs):
+    for key, cfg in zip(keys, cfgs, strict=True):
         if store.claim(key, cfg):
             mine.append(key)
             store.complete(key, {"config": cfg, "final_val_loss": 1.0, "worker_pid": os.getpid()})
@@ -149,7 +149,7 @@ def test_export_csv_and_parquet(tmp_path):
         assert len(df) == 3
         assert sorted(df["final_val_loss"]) == [1.0, 2.0, 3.0]
         assert {"key", "status", "variant", "record"} <= set(df.columns)
-    with pytest.raises(InputError, match="csv or .parquet"):
+    with pytest.raises(InputError, match=r"csv or \.parquet"):
         store.export(tmp_path / "runs.xlsx")
 
 
@@ -163,3 +163,34 @@ def test_urls(tmp_path):
         RunStore("postgresql://user@host/db")
     with pytest.raises(InputError, match="does not exist"):
         RunStore(tmp_path / "no" / "such" / "dir.sqlite")
+
+
+# The nested layout embrecipe.trainer returns (trimmed from a real run on a tiny GPT-NeoX).
+TRAINER_RECORD = {
+    "schema": 1, "status": "completed", "budget": 2e9, "batch_size": 8, "seed": 0, "steps": 53,
+    "config": {"model": "/x/m2", "data": "/x/pairs.jsonl", "method": {"name": "lora", "rank": 4},
+               "budget": 2e9, "batch_size": 8, "seed": 0, "out": "/x/runs/k"},
+    "data": {"fingerprint": "05d24de45cadf6d4", "mean_tokens_per_pair": 45.9, "pairs": 300},
+    "method": "lora", "method_key": "lora-r4", "hparams": {"rank": 4, "alpha": 4.0},
+    "model": {"name": "/x/m2", "non_embedding_params": 17152, "trainable_params": 3072,
+              "shape": {"name": "/x/m2", "embedding_params": 10752, "block_params": [8544, 8544],
+                        "final_norm_params": 64, "bias_params": 608, "hidden_size": 32,
+                        "linear_in_out": {"dense": 128, "query_key_value": 256}}},
+    "model_flops": 1999580160.0, "tokens": 19430, "final_train_loss": 0.67, "final_val_loss": 0.62,
+    "loss_curve": [[35195904, 4.03], [68436480, 4.45]], "train_time_s": 22.4, "wall_time_s": 22.8,
+}
+
+
+def test_normalize_trainer_record_layout(tmp_path):
+    from embrecipe.store import normalize_record
+
+    v = normalize_record(TRAINER_RECORD)
+    assert v["model"] == "/x/m2" and v["n_params"] == 17152 and v["n_trainable"] == 3072
+    assert v["method"] == {"name": "lora", "rank": 4} and v["variant"] == "lora-r4"
+    assert v["data_fingerprint"] == "05d24de45cadf6d4" and v["tokens_per_pair"] == 45.9
+    assert v["timings"] == {"train_time_s": 22.4, "wall_time_s": 22.8}
+    store = RunStore(tmp_path / "runs.sqlite")
+    key = store.put(TRAINER_RECORD)
+    row = store.get(key)
+    assert row["variant"] == "lora-r4" and row["n_params"] == 17152 and row["final_val_loss"] == 0.62
+    assert row["model"] == "/x/m2" and row["method"] == "lora" and row["tokens"] == 19430

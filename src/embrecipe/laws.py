@@ -396,50 +396,47 @@ def _get(record: Mapping[str, Any], *names: str) -> Any:
 
 
 def run_point(record: Mapping[str, Any], *, loss_key: str | None = None) -> RunPoint:
-    """Extract a :class:`RunPoint` from a run record (top-level fields, then ``record['config']``)."""
+    """Extract a :class:`RunPoint` from a run record (any layout :func:`~embrecipe.store.normalize_record`
+    understands). ``loss_key`` picks the loss field (default: the final validation loss)."""
+    from .flops import ModelShape
     from .methods import method_from_dict, method_to_dict
+    from .store import normalize_record
 
     key = str(record.get("key") or "?")
-    method_d = _get(record, "method")
-    if isinstance(method_d, str):
-        method_d = {"name": method_d}
-    if not isinstance(method_d, Mapping):
+    v = normalize_record(record)
+    if v["method"] is None:
         raise InputError(f"run {key}: record has no 'method'")
-    method = method_from_dict(method_d)
-    shape = _get(record, "shape", "model_shape")
-    n = _get(record, "n_params", "non_embedding_params", "N")
+    method = method_from_dict(v["method"])
+    shape, n = v["shape"], v["n_params"]
     if n is None and isinstance(shape, Mapping):
-        n = shape.get("non_embedding_params")
-        if n is None:
-            from .flops import ModelShape
-
-            n = ModelShape.from_dict(shape).non_embedding_params
-    d = _get(record, "tokens", "train_tokens", "D")
-    loss = _get(record, loss_key) if loss_key else _get(record, *LOSS_KEYS)
-    c = _get(record, "model_flops", "flops")
-    budget = _get(record, "budget")
-    missing = [name for name, v in (("n_params", n), ("tokens", d), (loss_key or "final_val_loss", loss))
-               if v is None]
+        n = shape.get("non_embedding_params") or ModelShape.from_dict(shape).non_embedding_params
+    if loss_key:
+        loss = v.get(loss_key) if loss_key in v else _get(record, loss_key)
+    else:
+        loss = next((x for x in (v["final_val_loss"], _get(record, *LOSS_KEYS[1:])) if x is not None), None)
+    d, c, budget = v["tokens"], v["model_flops"], v["budget"]
+    missing = [name for name, x in (("n_params", n), ("tokens", d), (loss_key or "final_val_loss", loss))
+               if x is None]
     if c is None and budget is None:
         missing.append("model_flops/budget")
     if missing:
-        raise InputError(f"run {key}: record lacks {', '.join(missing)}")
+        hint = " (no validation loss: fit with loss_key='final_train_loss' or add validation data)" \
+            if "final_val_loss" in missing else ""
+        raise InputError(f"run {key}: record lacks {', '.join(missing)}{hint}")
     c = float(c if c is not None else budget)
-    pairs = _get(record, "pairs", "train_pairs")
-    steps, bs = _get(record, "steps"), _get(record, "batch_size")
-    tpp = _get(record, "tokens_per_pair")
-    if tpp is None and pairs:
-        tpp = float(d) / float(pairs)
-    elif tpp is None and steps and bs:
-        tpp = float(d) / (float(steps) * float(bs))
+    tpp = v["tokens_per_pair"]
+    if tpp is None and v["pairs"]:
+        tpp = float(d) / float(v["pairs"])
+    elif tpp is None and v["steps"] and v["batch_size"]:
+        tpp = float(d) / (float(v["steps"]) * float(v["batch_size"]))
     return RunPoint(
-        key=key, variant=method.key, method=method_to_dict(method), model=str(_get(record, "model") or "?"),
+        key=key, variant=method.key, method=method_to_dict(method), model=str(v["model"] or "?"),
         N=float(n), D=float(d), C=c, budget=float(budget if budget is not None else c), loss=float(loss),
-        n_trainable=None if _get(record, "n_trainable") is None else float(_get(record, "n_trainable")),
+        n_trainable=None if v["n_trainable"] is None else float(v["n_trainable"]),
         shape=dict(shape) if isinstance(shape, Mapping) else None,
         tokens_per_pair=None if tpp is None else float(tpp),
-        batch_size=None if bs is None else int(bs),
-        data_fingerprint=_get(record, "data_fingerprint"),
+        batch_size=None if v["batch_size"] is None else int(v["batch_size"]),
+        data_fingerprint=v["data_fingerprint"],
     )
 
 
@@ -465,13 +462,13 @@ def leave_largest_budget_out(points: Sequence[RunPoint], *, huber_delta: float =
             out[variant] = {"held_out_budget": top, "skipped": str(exc)}
             continue
         pred = law.predict([p.N for p in test], [p.D for p in test])
-        rel = [(float(pr) - p.loss) / p.loss for pr, p in zip(pred, test)]
+        rel = [(float(pr) - p.loss) / p.loss for pr, p in zip(pred, test, strict=True)]
         out[variant] = {
             "held_out_budget": top,
             "n_train": len(train),
             "n_test": len(test),
             "runs": [{"model": p.model, "N": p.N, "D": p.D, "observed": p.loss, "predicted": float(pr),
-                      "rel_error": r} for p, pr, r in zip(test, pred, rel)],
+                      "rel_error": r} for p, pr, r in zip(test, pred, rel, strict=True)],
             "mean_abs_rel_error": float(np.mean(np.abs(rel))),
             "max_abs_rel_error": float(np.max(np.abs(rel))),
         }
@@ -522,6 +519,14 @@ def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def family_fingerprint(shapes: Iterable[Mapping[str, Any] | None]) -> str:
+    """Fingerprint of a family's shapes, normalised through ModelShape so equivalent dicts agree."""
+    from .flops import ModelShape
+
+    norm = [None if s is None else ModelShape.from_dict(s).to_dict() for s in shapes]
+    return _fingerprint(sorted(norm, key=lambda d: json.dumps(d, sort_keys=True)))
+
+
 # ------------------------------------------------------------------------------------------------------
 # A set of laws: what the planner consumes and what a law card stores
 # ------------------------------------------------------------------------------------------------------
@@ -547,6 +552,8 @@ class LawSet:
     def __post_init__(self) -> None:
         if not self.laws:
             raise InputError("a LawSet needs at least one fitted law")
+        if self.family and self.family_fingerprint is None:
+            self.family_fingerprint = family_fingerprint(m.get("shape") for m in self.family)
 
     @property
     def variants(self) -> list[str]:
@@ -664,9 +671,13 @@ def fit_laws(
     Variants with too few runs or a single model size are skipped (reason in ``LawSet.skipped``); if no
     variant can be fitted the error lists why for each.
     """
+    records = list(records)
     points = [run_point(r, loss_key=loss_key) for r in records]
     if not points:
         raise InputError("no completed runs to fit")
+    if any(r.get("synthetic") for r in records) and "SYNTHETIC" not in provenance:
+        # Fake-trainer runs must never pass for measurements, whatever label the caller chose.
+        provenance = f"SYNTHETIC (fake trainer, not measurements): {provenance}"
     laws: dict[str, ScalingLaw] = {}
     skipped: dict[str, str] = {}
     methods: dict[str, dict[str, Any]] = {}
@@ -683,8 +694,12 @@ def fit_laws(
         if bootstrap:
             law.bootstrap(bootstrap)
         laws[variant] = law
-        cs = [p.C for p in pts]
-        ranges[variant] = {**law.ranges_, "C": [min(cs), max(cs)]}
+        # Actual FLOPs stop just short of the nominal budget (whole steps); span both so that planning at a
+        # budget the sweep ran is not reported as extrapolation.
+        # Likewise D: the tokens the nominal budget affords (cost = C / D) as well as those processed.
+        cs = [p.C for p in pts] + [p.budget for p in pts]
+        ds = [p.D for p in pts] + [p.D * p.budget / p.C for p in pts]
+        ranges[variant] = {**law.ranges_, "C": [min(cs), max(cs)], "D": [min(ds), max(ds)]}
     if not laws:
         detail = "; ".join(f"{v}: {why}" for v, why in skipped.items())
         raise InputError(f"no variant could be fitted ({detail})")
@@ -696,7 +711,9 @@ def fit_laws(
         seen: dict[str, dict[str, Any]] = {}
         for p in points:
             if p.shape is not None and p.model not in seen:
-                seen[p.model] = {"name": p.shape.get("name", p.model), "path": p.model, "shape": p.shape}
+                name = str(p.shape.get("name") or p.model)
+                # Trainer records name models by their path; the planner's tables want the short name.
+                seen[p.model] = {"name": Path(name).name or name, "path": p.model, "shape": p.shape}
         fam = sorted(seen.values(), key=lambda m: float(m["shape"].get("non_embedding_params") or 0))
     tpps = [p.tokens_per_pair for p in points if p.tokens_per_pair]
     bss = [p.batch_size for p in points if p.batch_size]
@@ -707,7 +724,7 @@ def fit_laws(
         ranges=ranges,
         family=fam,
         data_fingerprint=fps[0] if len(fps) == 1 else (",".join(fps) if fps else None),
-        family_fingerprint=_fingerprint([m.get("shape") for m in fam]) if fam else None,
+        family_fingerprint=family_fingerprint(m.get("shape") for m in fam) if fam else None,
         provenance=provenance,
         tokens_per_pair=float(np.mean(tpps)) if tpps else None,
         batch_size=max(set(bss), key=bss.count) if bss else None,

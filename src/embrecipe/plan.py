@@ -36,6 +36,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -87,10 +88,21 @@ def _members_from(entries: Iterable[Mapping[str, Any]], source: str) -> list[Fam
 
 
 def load_family(path: str | os.PathLike[str]) -> list[FamilyMember]:
-    """Read a family file (JSON or YAML): ``{"name": ..., "members": [{"name", "path", "shape"}]}``."""
+    """Read a family file (JSON or YAML): ``{"name": ..., "members": [{"name", "path", "shape"}]}``.
+
+    Delegates to :meth:`embrecipe.family.Family.load` (which resolves relative paths and can introspect a
+    member without a ``shape``); the local reader remains for installs where that module cannot import.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"family file {path} does not exist")
+    try:
+        from .family import Family
+    except ImportError:  # pragma: no cover - family.py is part of the package
+        Family = None
+    if Family is not None:
+        fam = Family.load(path)
+        return [FamilyMember(name=m.name, path=m.path, shape=m.shape) for m in fam.members]
     text = path.read_text()
     try:
         if path.suffix in (".yaml", ".yml"):
@@ -255,7 +267,7 @@ class RecipeTable:
     def crossovers(self) -> list[dict[str, Any]]:
         """Consecutive budgets between which the optimal variant changes."""
         out = []
-        for a, b in zip(self.plans, self.plans[1:]):
+        for a, b in itertools.pairwise(self.plans):
             if a.best.variant != b.best.variant:
                 out.append({"between": [a.budget, b.budget], "from": a.best.variant, "to": b.best.variant})
         return out
@@ -337,7 +349,7 @@ def plan(
         raise InputError("batch size and tokens per pair must be positive")
     chosen = list(variants) if variants else laws.variants
     for v in chosen:
-        laws[v]  # noqa: B018 - raises a clear error for unknown variants
+        laws[v]
 
     candidates: list[Candidate] = []
     skipped: list[str] = []
@@ -353,7 +365,7 @@ def plan(
             n = m.shape.non_embedding_params
             tokens = budget / cost
             pairs = tokens / tokens_per_pair
-            steps = int(math.floor(pairs / batch_size))
+            steps = math.floor(pairs / batch_size)
             loss = float(laws[v].predict(n, tokens))
             cand = Candidate(model=m.name, path=m.path, variant=v, method=dict(laws.methods[v]), n_params=n,
                              n_trainable=n_t, flops_per_token=cost, tokens=tokens, pairs=pairs, steps=steps,
@@ -379,9 +391,9 @@ def plan(
         )
     warnings.extend(f"optimum {best.variant} on {best.model}: {w}" for w in best.warnings)
     if laws.family_fingerprint and family is not None:
-        from .laws import _fingerprint
+        from .laws import family_fingerprint
 
-        if _fingerprint([m.shape.to_dict() for m in members]) != laws.family_fingerprint:
+        if family_fingerprint(m.shape.to_dict() for m in members) != laws.family_fingerprint:
             warnings.append("the family differs from the one the laws were fitted on (family fingerprint)")
     n_boot = min((len(laws[v].samples_) for v in chosen if laws[v].samples_ is not None), default=0)
     return Plan(budget=float(budget), batch_size=batch_size, tokens_per_pair=float(tokens_per_pair),

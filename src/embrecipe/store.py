@@ -14,11 +14,10 @@ Ray node) and resumed, possibly by several workers at once. The store therefore 
 
 Statuses: ``pending`` → ``running`` → ``completed`` | ``failed``.
 
-Run records (what the trainer returns, stored whole as JSON in ``record``) are plain dicts. The columns
-below are copied out of them for querying and export; the names the store looks for are the canonical
-record fields (``model``, ``method`` (a :func:`~embrecipe.methods.method_to_dict` dict), ``budget``,
-``model_flops``, ``tokens``, ``steps``, ``n_params``, ``n_trainable``, ``final_train_loss``,
-``final_val_loss``, ``loss_curve``, ``eval``, ``timings``), each also looked up inside ``record["config"]``.
+Run records (what the trainer returns, stored whole as JSON in ``record``) are plain dicts. Query columns
+(model, method, variant, budget, seed, N, N_t, model FLOPs, tokens, steps, final train/val loss, loss curve,
+eval, timings) are copied out of them by :func:`normalize_record`, which understands both a flat layout and
+the trainer's nested one.
 
 Example::
 
@@ -89,11 +88,7 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
 """
 _SCHEMA_VERSION = "1"
 
-# Scalar columns copied out of a record; JSON columns are stored as text.
-_SCALAR_COLUMNS = (
-    "model", "budget", "seed", "n_params", "n_trainable", "model_flops", "tokens", "steps",
-    "final_train_loss", "final_val_loss",
-)
+# Columns kept as JSON text.
 _JSON_COLUMNS = ("loss_curve", "eval", "timings")
 
 
@@ -149,6 +144,51 @@ def _lookup(record: Mapping[str, Any], name: str) -> Any:
     if isinstance(cfg, Mapping):
         return cfg.get(name)
     return None
+
+
+def normalize_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat canonical fields of a run record, whichever of the known layouts it uses.
+
+    Accepted: flat records (``model`` a name, ``method`` a dict, ``n_params``, ``shape``) and the trainer's
+    nested layout (``model: {name, non_embedding_params, trainable_params, shape}``, ``method`` a name with
+    ``hparams``, ``data: {fingerprint, pairs, mean_tokens_per_pair}``); every field is also looked up in
+    ``record["config"]``. Missing fields are None.
+    """
+    out: dict[str, Any] = {}
+    model = _lookup(record, "model")
+    if isinstance(model, Mapping):
+        out["model"] = model.get("name") or model.get("path")
+        out["n_params"] = model.get("non_embedding_params")
+        out["n_trainable"] = model.get("trainable_params")
+        out["shape"] = model.get("shape")
+    else:
+        out["model"] = model
+    for name, aliases in (("n_params", ("n_params", "non_embedding_params")),
+                          ("n_trainable", ("n_trainable", "trainable_params")),
+                          ("shape", ("shape", "model_shape"))):
+        if out.get(name) is None:
+            out[name] = next((v for a in aliases if (v := _lookup(record, a)) is not None), None)
+    method = record.get("method")
+    cfg = record.get("config") if isinstance(record.get("config"), Mapping) else {}
+    if not isinstance(method, Mapping):
+        if isinstance(cfg.get("method"), Mapping):
+            method = cfg["method"]
+        elif isinstance(method, str):
+            method = {"name": method, **dict(record.get("hparams") or {})}
+    out["method"] = dict(method) if isinstance(method, Mapping) else None
+    out["variant"] = record.get("method_key") or _variant_of(out["method"])
+    data = record.get("data") if isinstance(record.get("data"), Mapping) else {}
+    out["data_fingerprint"] = _lookup(record, "data_fingerprint") or data.get("fingerprint")
+    out["pairs"] = _lookup(record, "pairs") or _lookup(record, "train_pairs")
+    out["tokens_per_pair"] = _lookup(record, "tokens_per_pair") or data.get("mean_tokens_per_pair")
+    for name in ("budget", "seed", "model_flops", "tokens", "steps", "batch_size", "final_train_loss",
+                 "final_val_loss", "loss_curve", "eval", "status"):
+        out[name] = _lookup(record, name)
+    timings = _lookup(record, "timings")
+    if timings is None:
+        timings = {k: record[k] for k in ("train_time_s", "wall_time_s", "tokens_per_s") if k in record} or None
+    out["timings"] = timings
+    return out
 
 
 def _variant_of(method: Any) -> str | None:
@@ -333,8 +373,7 @@ class RunStore:
     def complete(self, key: str, record: Mapping[str, Any]) -> None:
         """Store a finished run's record and mark it ``completed`` (inserting the row if needed)."""
         now = time.time()
-        values = {col: _lookup(record, col) for col in _SCALAR_COLUMNS}
-        method = _lookup(record, "method")
+        v = normalize_record(record)
         cfg = record.get("config") if isinstance(record.get("config"), Mapping) else None
         with self._tx() as c:
             exists = c.execute("SELECT config FROM runs WHERE key = ?", (key,)).fetchone()
@@ -352,13 +391,13 @@ class RunStore:
                 " final_train_loss = ?, final_val_loss = ?, loss_curve = ?, eval = ?, timings = ?,"
                 " record = ?, error = NULL, updated_at = ?, heartbeat_at = ? WHERE key = ?",
                 (
-                    _str_or_none(values["model"]), _method_name(method), _variant_of(method),
-                    _float_or_none(values["budget"]), _int_or_none(values["seed"]),
-                    _int_or_none(values["n_params"]), _int_or_none(values["n_trainable"]),
-                    _float_or_none(values["model_flops"]), _float_or_none(values["tokens"]),
-                    _int_or_none(values["steps"]), _float_or_none(values["final_train_loss"]),
-                    _float_or_none(values["final_val_loss"]),
-                    *(_dumps_or_none(_lookup(record, col)) for col in _JSON_COLUMNS),
+                    _str_or_none(v["model"]), _method_name(v["method"]), v["variant"],
+                    _float_or_none(v["budget"]), _int_or_none(v["seed"]),
+                    _int_or_none(v["n_params"]), _int_or_none(v["n_trainable"]),
+                    _float_or_none(v["model_flops"]), _float_or_none(v["tokens"]),
+                    _int_or_none(v["steps"]), _float_or_none(v["final_train_loss"]),
+                    _float_or_none(v["final_val_loss"]),
+                    *(_dumps_or_none(v[col]) for col in _JSON_COLUMNS),
                     _dumps(record), now, now, key,
                 ),
             )

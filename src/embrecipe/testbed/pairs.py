@@ -84,6 +84,7 @@ _SECTION = re.compile(
 )
 _FIELD = re.compile(r"^\s*(:\w[^:]*:|@param|@return|>>>|\.\. |\$ |In \[\d+\])")
 _UNDERLINE = re.compile(r"^\s*([-=~^*+#])\1{2,}\s*$")
+_TABLE = re.compile(r"^\s*(\|.*|[=+-]{3,}(\s+[=+-]{3,})*\s*)$")
 _SIGNATURE_LINE = re.compile(r"^[\w.]+\s*\(.*\)\s*(->.*)?$")
 _STOPWORDS = frozenset(
     "a an the of to in for on with by from as at is are be been being was were it its this that these those "
@@ -168,23 +169,25 @@ def _split_doc(doc: str) -> tuple[str, str]:
     summary = " ".join(first)
     body: list[str] = []
     for para in paras[1:]:
-        stop = next((i for i in range(len(para)) if _is_section_start(para, i)), None)
-        indented = para[0].startswith((" ", "\t"))
-        if indented:  # code or a literal block
+        if para[0].startswith((" ", "\t")):  # code or a literal block
             break
+        # Inside prose, an indented line, a table border or a table row starts something that is not prose.
+        stop = next((i for i in range(len(para)) if _is_section_start(para, i) or _TABLE.match(para[i])
+                     or (i > 0 and para[i].startswith((" ", "\t")))), None)
         keep = para if stop is None else para[:stop]
         text = " ".join(keep)
         if text.rstrip().endswith("::"):
-            text = text.rstrip()[:-1]
-            body.append(text)
+            body.append(text.rstrip()[:-1])
             break
         if keep:
             body.append(text)
         if stop is not None:
             break
     text = _clean(" ".join(body))
-    if text.endswith(":"):  # an introduction to a list or example that was cut off
-        text = re.sub(r"(^|(?<=[.!?]) )[^.!?]*:$", "", text).strip()
+    if text and not text.endswith((".", "!", "?", ")", '"', "'")):
+        # The prose was cut (by a list, example or table it introduces): keep whole sentences only.
+        m = re.match(r"(.*[.!?])\s", text + " ", re.S)
+        text = m.group(1) if m else ""
     return _clean(summary), text
 
 
@@ -193,7 +196,7 @@ def _words(text: str) -> list[str]:
 
 
 def _english(text: str, min_words: int, min_stop_ratio: float) -> bool:
-    if not text or not text[0].isalpha() and text[0] not in "\"'(":
+    if not text or (not text[0].isalpha() and text[0] not in "\"'("):
         return False
     non_ascii = sum(1 for c in text if ord(c) > 127 and c != "…")
     if non_ascii > 0.03 * len(text):

@@ -1,0 +1,93 @@
+"""``embrecipe fit STORE --out laws.json``: fit one scaling law per variant on a run store's completed runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit", help="fit per-variant scaling laws (with bootstrap) on a run store → law card",
+        description="Fit L(N, D) = E + A/N^alpha + B/D^beta per variant (method + hyper-parameters) by Huber "
+                    "loss on log-loss, bootstrap the runs, validate by leaving the largest budget out, and "
+                    "write a law card for `embrecipe plan`.",
+    )
+    p.add_argument("store", help="run store (runs.sqlite or sqlite:///path)")
+    p.add_argument("--out", required=True, help="law card to write (.json, or .yaml/.yml)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap refits per variant (default: 200; 0 = none)")
+    p.add_argument("--loss-key", default=None,
+                   help="record field to fit (default: final_val_loss; e.g. final_train_loss)")
+    p.add_argument("--label", default=None, help="provenance label stored in the card")
+    p.add_argument("--family", default=None, help="family file whose shapes go into the card "
+                   "(default: the shapes recorded by the runs)")
+    p.add_argument("--min-runs", type=int, default=6, help="fewest runs to fit a variant (default: 6)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    p.add_argument("--json", action="store_true", help="print the card as JSON instead of the summary")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..laws import fit_laws
+    from ..plan import load_family
+    from ..store import RunStore, is_store_path
+
+    if not is_store_path(args.store):
+        raise InputError(f"{args.store} is not a run store (an SQLite file written by `embrecipe sweep`)")
+    if args.bootstrap < 0:
+        raise InputError("--bootstrap must be >= 0")
+    with RunStore(args.store) as store:
+        records = store.records()
+        counts = store.counts()
+    family = [m.to_dict() for m in load_family(args.family)] if args.family else None
+    label = args.label or f"fitted on {len(records)} completed runs of {args.store}"
+    laws = fit_laws(records, bootstrap=args.bootstrap, seed=args.seed, loss_key=args.loss_key,
+                    min_runs=args.min_runs, provenance=label, family=family)
+    path = laws.save(args.out)
+    if args.json:
+        print(json.dumps(laws.to_dict(), indent=1))
+        return 0
+    print(format_summary(laws, counts))
+    print(f"\nwrote law card {path}")
+    return 0
+
+
+def format_summary(laws, counts: dict[str, int] | None = None) -> str:
+    from ..laws import FORM, PARAM_NAMES
+
+    lines = []
+    if counts:
+        lines.append("runs: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    lines.append(f"law: L(N, D) = {FORM}   (Huber on log-loss; brackets: 90% bootstrap intervals)")
+    for v, law in laws.laws.items():
+        ci = law.param_intervals(0.9)
+        parts = []
+        for k in PARAM_NAMES:
+            s = f"{k}={law.params_[k]:.4g}"
+            if ci:
+                s += f" [{ci[k][0]:.3g}, {ci[k][1]:.3g}]"
+            parts.append(s)
+        d = law.to_dict()
+        rms = d["residual_rms"]
+        r = laws.ranges.get(v, {})
+        lines.append(f"\n{v}: {law.n_runs_} runs, N {r['N'][0]:.3g}..{r['N'][1]:.3g}, "
+                     f"C {r['C'][0]:.3g}..{r['C'][1]:.3g}")
+        lines.append("  " + "  ".join(parts))
+        res = ", ".join(f"{100 * x:+.2f}%" for x in law.residuals_) if law.residuals_ is not None else ""
+        lines.append(f"  residuals (log obs - log fit): rms {100 * rms:.2f}%  [{res}]")
+        val = laws.validation.get(v, {})
+        if "mean_abs_rel_error" in val:
+            lines.append(f"  leave-largest-budget-out ({val['held_out_budget']:.3g} held out, {val['n_test']} runs): "
+                         f"mean |error| {100 * val['mean_abs_rel_error']:.2f}%, max {100 * val['max_abs_rel_error']:.2f}%")
+        elif val:
+            lines.append(f"  leave-largest-budget-out: n/a ({val.get('skipped')})")
+        t = laws.trends.get(v, {})
+        if t.get("slope") is not None:
+            lines.append(f"  best-loss trend: log10 L = {t['intercept']:.3f} + {t['slope']:.4f} log10 C")
+        for w in law.warnings_:
+            lines.append(f"  warning: {w}")
+    for v, why in laws.skipped.items():
+        lines.append(f"\nnot fitted: {v}: {why}")
+    return "\n".join(lines)

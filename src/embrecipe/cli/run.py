@@ -1,0 +1,92 @@
+"""``embrecipe run --budget C``: plan the compute-optimal recipe, train it, evaluate it (step 5 of the algorithm)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run", help="plan the optimal recipe for a budget, then train and evaluate it",
+        description="`embrecipe plan` for one budget, then train the optimum with `embrecipe train`'s trainer "
+                    "(budget-exact), record it in a store if given, and evaluate the exported model.",
+    )
+    p.add_argument("--budget", required=True, help="model FLOPs to spend, e.g. 1e15")
+    p.add_argument("--data", required=True, help="training pairs (JSONL / Parquet / CSV / datasets dir)")
+    p.add_argument("--out", required=True, help="output directory: the trained model, plan.json, eval/")
+    p.add_argument("--laws", default=None, help="law card or run store (default: the packaged card)")
+    p.add_argument("--family", default=None, help="family file (default: the card's models)")
+    p.add_argument("--variants", default=None, help="comma-separated variants to consider (default: all)")
+    p.add_argument("--batch-size", type=int, default=None, help="pairs per step (default: the card's)")
+    p.add_argument("--mini-batch-size", type=int, default=None, help="GradCache mini-batch (default: none)")
+    p.add_argument("--max-seq-length", type=int, default=None, help="tokens per text (trainer default: 75)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (trainer default: by model)")
+    p.add_argument("--val-fraction", type=float, default=None, help="held-out fraction of --data")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokens-per-pair", type=float, default=None,
+                   help="mean tokens per pair for planning (default: the card's measured value)")
+    p.add_argument("--store", default=None, help="also record the run in this run store")
+    p.add_argument("--eval", default="local", dest="eval_tasks",
+                   help="evaluation tasks for `embrecipe eval` (default: local; 'none' to skip)")
+    p.add_argument("--eval-pairs", default=None, help="held-out pairs for evaluation (default: the testbed's)")
+    p.add_argument("--train-fn", default=None,
+                   help="module:function to train with (default: embrecipe.trainer:train_from_dict; "
+                        "'synthetic' = fake trainer for testing)")
+    p.add_argument("--dry-run", action="store_true", help="plan and print the training config; train nothing")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..plan import load_family, load_laws, parse_budgets, plan
+    from ..store import RunStore
+    from ..sweep import resolve_train_fn
+
+    budgets = parse_budgets(args.budget)
+    if len(budgets) != 1:
+        raise InputError("--budget takes one number")
+    budget = budgets[0]
+    if not Path(args.data).exists():
+        raise InputError(f"data {args.data} does not exist")
+    laws = load_laws(args.laws)
+    family = load_family(args.family) if args.family else None
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    result = plan(budget, laws, family, batch_size=args.batch_size, tokens_per_pair=args.tokens_per_pair,
+                  variants=variants)
+    print(result.format(top=5))
+    best = result.best
+    config = {"model": best.path, "data": args.data, "method": best.method, "budget": budget,
+              "batch_size": result.batch_size, "seed": args.seed, "out": args.out}
+    for key, value in (("mini_batch_size", args.mini_batch_size), ("max_seq_length", args.max_seq_length),
+                       ("lr", args.lr), ("val_fraction", args.val_fraction)):
+        if value is not None:
+            config[key] = value
+    print("\ntraining config: " + json.dumps(config))
+    if args.dry_run:
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plan.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+    record = resolve_train_fn(args.train_fn)(config)
+    if record.get("status", "completed") != "completed":
+        raise InputError(f"training did not complete (status {record.get('status')!r})")
+    achieved = record.get("final_val_loss")
+    print(f"\ntrained {best.variant} on {best.model}: {record.get('steps')} steps, "
+          f"{float(record.get('model_flops') or 0):.3g} model FLOPs; predicted loss {best.loss:.4g}"
+          + (f" [{best.loss_low:.4g}, {best.loss_high:.4g}]" if best.loss_low is not None else "")
+          + (f", held-out loss {achieved:.4g}" if achieved is not None else " (no validation split: "
+             "pass --val-fraction to compare with the prediction)"))
+    if args.store:
+        with RunStore(args.store) as store:
+            key = store.put(record)
+        print(f"recorded run {key} in {args.store}")
+    if args.eval_tasks != "none" and not record.get("synthetic"):
+        from ..evaluate import evaluate, format_table
+
+        ev = evaluate(out, tasks=args.eval_tasks, pairs=args.eval_pairs, out=out / "eval",
+                      max_seq_length=args.max_seq_length or 75)
+        print(format_table(ev))
+    return 0

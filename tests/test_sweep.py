@@ -1,0 +1,174 @@
+"""Sweeps with the SYNTHETIC fake trainer (checks the machinery only): expansion, skipping, resume after a
+real SIGKILL, process pool, and the Ray executor on a local instance."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from embrecipe.cli import main
+from embrecipe.errors import InputError
+from embrecipe.store import RunStore
+from embrecipe.sweep import expand, expand_methods, grid_from_dict, load_grid, run_sweep
+from embrecipe.synthetic import synthetic_train
+
+BASE = {
+    "name": "toy",
+    "trainer": "synthetic",
+    "models": ["toy-h64-l2", "toy-h128-l4"],
+    "methods": {"full": {}, "lora": {"rank": [8, 32]}},
+    "budgets": [1e12, 1e13, 1e14],
+    "tokens_per_pair": 60,
+    "min_steps": 10,
+    "train": {"batch_size": 32, "seed": 0},
+}
+
+
+def write_grid(tmp_path: Path, **overrides) -> Path:
+    import yaml
+
+    grid = {**BASE, **overrides}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def test_expand_methods():
+    ms = expand_methods({"full": {}, "lora": {"rank": [8, 32]}, "freeze": {"trainable_blocks": [0.25, 0.5]},
+                         "bias": {}})
+    keys = [m["name"] + str(m.get("rank", m.get("trainable_blocks", ""))) for m in ms]
+    assert keys == ["full", "lora8", "lora32", "freeze0.25", "freeze0.5", "bias"]
+    with pytest.raises(InputError, match="unknown method"):
+        expand_methods({"prefix": {}})
+    with pytest.raises(InputError, match="rank"):
+        expand_methods({"lora": {"rank": [0]}})
+
+
+def test_expansion_and_skips(tmp_path):
+    grid = load_grid(write_grid(tmp_path, budgets=[5e9, 1e13, 1e16], dataset_pairs=2_000_000))
+    cells, skipped = expand(grid)
+    reasons = [str(s) for s in skipped]
+    # 5e9 affords < 10 steps everywhere; 1e16 needs more tokens than 2M pairs × 60 tokens hold.
+    assert all(c.budget == 1e13 for c in cells) and len(cells) == 6
+    assert any("min_steps" in r and "5e+09" in r for r in reasons)
+    assert any("allow_repeat" in r and "1e+16" in r for r in reasons)
+    assert len({c.key for c in cells}) == len(cells)
+    c = cells[0]
+    assert c.planned_tokens * c.flops_per_token == pytest.approx(c.budget)
+    assert "data" not in c.key_config and c.key_config["code_version"]
+    repeat = load_grid(write_grid(tmp_path, budgets=[1e16], dataset_pairs=2_000_000, allow_repeat=True))
+    assert len(expand(repeat)[0]) == 6
+
+
+def test_grid_errors(tmp_path):
+    with pytest.raises(InputError, match="unknown key"):
+        grid_from_dict({**BASE, "modelz": []})
+    with pytest.raises(InputError, match="budgets"):
+        grid_from_dict({**BASE, "budgets": []})
+    with pytest.raises(InputError, match="set per cell"):
+        grid_from_dict({**BASE, "train": {"budget": 1}})
+    with pytest.raises(InputError, match="does not exist"):
+        load_grid(tmp_path / "missing.yaml")
+
+
+def test_run_only_missing_cells_and_retry_failures(tmp_path):
+    grid = load_grid(write_grid(tmp_path))
+    calls = []
+    broken = {"on": True}
+
+    def flaky(config):
+        calls.append(config["budget"])
+        if broken["on"] and config["method"]["name"] == "full" and config["budget"] == 1e14:
+            raise RuntimeError("out of memory (simulated)")
+        return synthetic_train(config)
+
+    store = tmp_path / "runs.sqlite"
+    r1 = run_sweep(grid, store=store, train_fn=flaky, progress=False, log=lambda s: None)
+    assert r1.total == 18 and len(r1.ran) == 16 and len(r1.failed) == 2
+    assert all("out of memory" in e for e in r1.failed.values())
+    assert calls == sorted(calls)  # cheapest budgets first
+    broken["on"] = False
+    r2 = run_sweep(grid, store=store, train_fn=flaky, progress=False, log=lambda s: None)
+    assert r2.already_done == 16 and len(r2.ran) == 2 and not r2.failed  # only the failed cells reran
+    assert len(calls) == 20
+    r3 = run_sweep(grid, store=store, train_fn=flaky, progress=False, log=lambda s: None)
+    assert not r3.ran and len(calls) == 20
+    st = RunStore(store)
+    assert len(st) == 18 and st.counts()["completed"] == 18
+
+
+def test_process_pool(tmp_path):
+    grid = load_grid(write_grid(tmp_path, models=["toy-h64-l2"]))
+    res = run_sweep(grid, store=tmp_path / "runs.sqlite", workers=2, progress=False, log=lambda s: None)
+    assert len(res.ran) == 9 and not res.failed
+    assert RunStore(tmp_path / "runs.sqlite").counts()["completed"] == 9
+
+
+def test_sweep_resumes_after_sigkill(tmp_path):
+    grid_path = write_grid(tmp_path, budgets=[1e12, 1e13, 1e14, 1e15],
+                           train={"batch_size": 32, "seed": 0, "sleep": 0.15})
+    store = tmp_path / "runs.sqlite"
+    cmd = [sys.executable, "-m", "embrecipe.cli", "sweep", str(grid_path), "--store", str(store), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        completed = 0
+        while time.time() < deadline:
+            if store.exists():
+                try:
+                    completed = RunStore(store).counts()["completed"]
+                except Exception:
+                    completed = 0
+                if completed >= 4:
+                    break
+            time.sleep(0.05)
+        assert completed >= 4, "sweep did not make progress"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    st = RunStore(store)
+    assert st.integrity_ok()
+    before = st.counts()
+    assert before["completed"] < 24  # it really was killed mid-way
+    done_before = {r["key"] for r in st.rows("completed")}
+
+    result = run_sweep(load_grid(grid_path), store=store, progress=False, log=lambda s: None)
+    assert result.already_done == len(done_before)
+    assert len(result.ran) == 24 - len(done_before)  # only the missing cells ran
+    assert not set(result.ran) & done_before
+    st = RunStore(store)
+    assert len(st) == 24 and st.counts()["completed"] == 24  # no duplicate rows
+    attempts = {r["key"]: r["attempts"] for r in st.rows()}
+    assert all(attempts[k] == 1 for k in done_before)
+    assert sum(a == 2 for a in attempts.values()) <= 1  # at most the cell that was running when killed
+    assert st.integrity_ok()
+
+
+def test_cli_sweep_dry_run(tmp_path, capsys):
+    grid_path = write_grid(tmp_path, budgets=[5e9, 1e13])
+    assert main(["sweep", str(grid_path), "--dry-run", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("would run") == 6 and "min_steps" in out
+    assert not (tmp_path / "toy.sqlite").exists()  # a dry run writes nothing
+
+
+def test_ray_executor_on_local_instance(tmp_path):
+    ray = pytest.importorskip("ray", reason="ray is not installed (optional extra: embrecipe[ray])")
+    grid = load_grid(write_grid(tmp_path, models=["toy-h64-l2"], methods={"full": {}, "lora": {"rank": 8}}))
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        res = run_sweep(grid, store=tmp_path / "runs.sqlite", executor="ray", progress=False, log=lambda s: None)
+    finally:
+        ray.shutdown()
+    assert len(res.ran) == 6 and not res.failed
+    st = RunStore(tmp_path / "runs.sqlite")
+    assert st.counts()["completed"] == 6
+    assert all(r["synthetic"] for r in st.records())
