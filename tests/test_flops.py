@@ -2,7 +2,13 @@
 
 import pytest
 
-from embrecipe.flops import ModelShape, flops_per_token, hardware_flops_per_token, steps_for_budget, tokens_for_budget
+from embrecipe.flops import (
+    ModelShape,
+    flops_per_token,
+    hardware_flops_per_token,
+    steps_for_budget,
+    tokens_for_budget,
+)
 
 
 def test_formulas_match_design():

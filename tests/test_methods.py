@@ -1,7 +1,15 @@
 import pytest
 
 from embrecipe.errors import InputError
-from embrecipe.methods import BiasOnly, BlockFreezing, FullFineTuning, LoRA, method_from_dict, method_to_dict, parse_method
+from embrecipe.methods import (
+    BiasOnly,
+    BlockFreezing,
+    FullFineTuning,
+    LoRA,
+    method_from_dict,
+    method_to_dict,
+    parse_method,
+)
 
 
 def test_parse_and_roundtrip():

@@ -73,7 +73,7 @@ def find_decoder_parts(model: nn.Module) -> DecoderParts:
     embeddings = tuple(n for n, m in model.named_modules() if isinstance(m, nn.Embedding))
     if not embeddings:
         raise InputError(f"could not find an input embedding in {type(model).__name__}")
-    inside = (blocks_path + ".",) + tuple(e + "." for e in embeddings)
+    inside = (blocks_path + ".", *(e + "." for e in embeddings))
     norms = []
     for name, module in model.named_modules():
         if not name or name == blocks_path or name.startswith(inside) or name in embeddings:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 from .errors import InputError
 from .flops import ModelShape, flops_per_token
@@ -160,7 +160,7 @@ class LoRA:
         return total
 
 
-Method = Union[FullFineTuning, BlockFreezing, BiasOnly, LoRA]
+Method = FullFineTuning | BlockFreezing | BiasOnly | LoRA
 _CLASSES: dict[str, type] = {"full": FullFineTuning, "freeze": BlockFreezing, "bias": BiasOnly, "lora": LoRA}
 
 
