@@ -19,10 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the built-in end-to-end job: testbed model → budgeted training → evaluation",
                        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=2, help="testbed ladder depth to train (default: 2)")
-    p.add_argument("--budget", type=parse_budget, default=1.2e13, help="model-FLOP budget (default: 1.2e13)")
-    p.add_argument("--batch-size", type=int, default=128, help="pairs per step (default: 128)")
+    p.add_argument("--budget", type=parse_budget, default=6e12, help="model-FLOP budget (default: 6e12)")
+    p.add_argument("--batch-size", type=int, default=64, help="pairs per step (default: 64)")
     p.add_argument("--method", default="full", choices=["full", "freeze", "bias", "lora"])
-    p.add_argument("--eval-pairs", type=int, default=1000, help="held-out test pairs to evaluate on")
+    p.add_argument("--eval-pairs", type=int, default=500, help="held-out test pairs to evaluate on")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
