@@ -95,11 +95,23 @@ def load_sentence_transformer(
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     hf = transformer.auto_model
+    if gguf_file:
+        _forget_gguf_quantization(hf)
     if getattr(hf.config, "pad_token_id", None) is None:
         hf.config.pad_token_id = tokenizer.pad_token_id
     find_decoder_parts(hf)  # fail now, not mid-training, if this is no decoder we understand
     pool = models.Pooling(transformer.get_embedding_dimension(), pooling_mode=POOLING_MODES[pooling])
     return SentenceTransformer(modules=[transformer, pool], device="cpu")
+
+
+def _forget_gguf_quantization(hf: nn.Module) -> None:
+    # transformers de-quantizes GGUF tensors to ordinary float weights on load but keeps the GGUF "quantizer",
+    # which makes save_pretrained refuse ("quantized with gguf"). The weights are plain; drop the marker so the
+    # trained model exports as a normal checkpoint.
+    hf.hf_quantizer = None
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    hf.is_quantized = False
 
 
 def inner_model(st_model: SentenceTransformer) -> nn.Module:
