@@ -363,7 +363,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                                 else None, gather_across_devices=dist.enabled)
 
     state = {"step": 0, "epoch": 0, "pos": 0, "model_flops": 0, "hardware_flops": 0, "tokens": 0,
-             "padded_tokens": 0, "loss_curve": [], "train_time_s": 0.0}
+             "padded_tokens": 0, "loss_curve": [], "train_time_s": 0.0, "step_times": [], "step_flops": []}
     ckpt_dir = out / "checkpoint" if out else None
     if config.resume:
         if ckpt_dir is None:
@@ -379,6 +379,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
             state = saved["state"]
+            state.setdefault("step_times", [])
+            state.setdefault("step_flops", [])
             torch.set_rng_state(saved["rng"])
     elif dist.main and out and (out / "run.json").exists():
         raise InputError(f"{out} already holds a finished run (run.json); choose another --out or delete it")
@@ -434,6 +436,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
             state["loss_curve"].append([state["model_flops"], lval])
         now = time.time()
         state["train_time_s"] += now - step_t0
+        state["step_times"].append(round(now - step_t0, 6))
+        state["step_flops"].append(per_token * real)
         step_t0 = now
         bar.update(per_token * real)
         bar.set_postfix(step=state["step"], loss=f"{lval:.4f}",
@@ -481,6 +485,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "data": {"source": data.source, "pairs": len(data), "fingerprint": data.fingerprint(),
                  "mean_tokens_per_pair": mean_pair_tokens},
         "loss_curve": state["loss_curve"],
+        "step_times_s": state["step_times"],
         "final_train_loss": state["loss_curve"][-1][1],
         "final_val_loss": val_loss,
         "val_pairs": (min(len(val), config.val_size_cap) if val is not None else 0),

@@ -1,0 +1,369 @@
+"""embrecipe benchmarks: measured numbers, written to benchmarks/results.{md,json}.
+
+    python benchmarks/run.py              # the full suite (about 30 min on 2 CPU cores)
+    python benchmarks/run.py --smoke      # seconds: tiny models, correctness of the harness only (CI)
+
+Every timing is the median of repeated measurements in this one process; ratios are computed pair by pair
+(same model, method, batch size, sequence length, precision, data pool) from medians of the same run.
+Runs unchanged on a CUDA GPU (bf16 where supported); the device is recorded with the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+HERE = Path(__file__).resolve().parent
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({os.cpu_count()} cores, torch CPU capability {torch.backends.cpu.get_cpu_capability()})"
+
+
+def gemm_peak(dtype_name: str, n: int, reps: int) -> dict:
+    """Median GFLOP/s of an n×n×n matmul (the utilisation denominator)."""
+    import torch
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = getattr(torch, dtype_name)
+    a = torch.randn(n, n, dtype=dtype, device=dev)
+    b = torch.randn(n, n, dtype=dtype, device=dev)
+    a @ b
+    times = []
+    for _ in range(reps):
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    return {"dtype": dtype_name, "n": n, "reps": reps, "median_s": med, "gflops": 2 * n**3 / med / 1e9}
+
+
+def pool(n_pairs: int):
+    from embrecipe.data import load_pairs
+    from embrecipe.testbed.pairs import testbed_pairs_path
+
+    data = load_pairs(testbed_pairs_path("train"))
+    return data.subset(range(n_pairs))
+
+
+def _precision() -> str:
+    import torch
+
+    from embrecipe.trainer import _bf16_supported
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return "bf16" if _bf16_supported(dev) else "fp32"
+
+
+def embrecipe_steps(model_dir: str, method, data, batch: int, steps: int, precision: str, **kw) -> dict:
+    """Train ``steps`` steps with embrecipe's trainer; medians over steps 2.. (step 1 is warm-up)."""
+    from embrecipe.trainer import TrainConfig, train
+
+    state = train(TrainConfig(model=model_dir, data=data, budget=1e30, method=method, batch_size=batch,
+                              stop_after_steps=steps + 1, progress=False, lr=1e-4, precision=precision,
+                              allow_repeat=True, **kw))
+    times = state["step_times"][1:]
+    flops = state["step_flops"][1:]
+    return {"step_s_median": statistics.median(times), "pairs_per_s": batch / statistics.median(times),
+            "model_flops_per_s": sum(flops) / sum(times), "steps_timed": len(times),
+            "padded_over_real": state["padded_tokens"] / state["tokens"]}
+
+
+def st_baseline_steps(model_dir: str, method, data, batch: int, steps: int, precision: str) -> dict:
+    """The plain sentence-transformers trainer: same model and method, MNRL in both directions, scale 40."""
+    import datasets
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from transformers import TrainerCallback
+
+    from embrecipe.modeling import apply_method, load_sentence_transformer
+
+    model = load_sentence_transformer(model_dir)
+    apply_method(model, method)
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t)
+
+    ds = datasets.Dataset.from_dict({"anchor": data.queries, "positive": data.positives})
+    loss = MultipleNegativesRankingLoss(model, scale=40.0, directions=("query_to_doc", "doc_to_query"),
+                                        partition_mode="per_direction")
+    with tempfile.TemporaryDirectory() as tmp:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=batch, max_steps=steps + 1, learning_rate=1e-4,
+            weight_decay=0.1, warmup_steps=0.1, lr_scheduler_type="cosine", logging_steps=10_000,
+            save_strategy="no", report_to=[], dataloader_drop_last=True, bf16=precision == "bf16", seed=0,
+            disable_tqdm=True, use_cpu=not __import__("torch").cuda.is_available(),
+        )
+        SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss,
+                                   callbacks=[Timer()]).train()
+    med = statistics.median(times[1:])
+    return {"step_s_median": med, "pairs_per_s": batch / med, "steps_timed": len(times) - 1}
+
+
+def per_pair_model_flops(model_dir: str, method, data, max_len: int = 75) -> float:
+    """Model FLOPs of one average pair of the pool (the same estimate for both trainers)."""
+    from embrecipe.flops import flops_per_token
+    from embrecipe.modeling import apply_method, load_sentence_transformer
+    from embrecipe.trainer import _tokenize
+
+    model = load_sentence_transformer(model_dir)
+    info = apply_method(model, method)
+    tok = model[0].tokenizer
+    n_tokens = sum(len(x) for col in (data.queries, data.positives) for x in _tokenize(tok, col, max_len))
+    return flops_per_token(method.name, info.n_params, info.n_trainable) * n_tokens / len(data)
+
+
+def memory_child(model_dir: str, batch: int, mini: int | None) -> None:
+    from embrecipe.trainer import TrainConfig, train
+
+    train(TrainConfig(model=model_dir, data=pool(batch), budget=1e30, batch_size=batch, stop_after_steps=1,
+                      progress=False, precision="fp32", mini_batch_size=mini))
+    print(json.dumps({"max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def peak_rss(model_dir: str, batch: int, mini: int | None) -> float:
+    cmd = [sys.executable, __file__, "--memory-child", model_dir, str(batch), str(mini or 0)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    return json.loads(out)["max_rss_mib"]
+
+
+def embed_throughput(model_dir: str, texts: list[str], reps: int) -> dict:
+    from sentence_transformers import SentenceTransformer
+
+    from embrecipe.cli import main as cli_main
+
+    st_times, cli_times, proc_times = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "texts.txt"
+        src.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n")
+        for _ in range(reps):
+            t = time.perf_counter()
+            m = SentenceTransformer(model_dir)
+            m.encode(texts, batch_size=64, normalize_embeddings=True)
+            st_times.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            cli_main(["embed", "--model", model_dir, str(src), "--out", str(Path(tmp) / "e.npy")])
+            cli_times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "embrecipe.cli", "embed", "--model", model_dir, str(src),
+                        "--out", str(Path(tmp) / "e.npy")], check=True, capture_output=True)
+        proc_times.append(time.perf_counter() - t)
+    return {"texts": len(texts), "st_encode_s_median": statistics.median(st_times),
+            "embrecipe_embed_s_median": statistics.median(cli_times),
+            "embrecipe_embed_new_process_s": proc_times[0],
+            "note": "in one process, both including loading the model (the CLI also reads the text file and "
+                    "writes the .npy); the new-process figure adds Python start-up and importing torch"}
+
+
+def fit_plan_latency(n_runs: int, reps: int, n_boot: int = 200) -> dict:
+    from embrecipe.laws import fit_laws
+    from embrecipe.plan import plan
+    from embrecipe.synthetic import synthetic_train
+
+    records = []
+    sizes = [(64, 2), (96, 4), (128, 6), (192, 8), (256, 12)]
+    methods = [{"name": "full"}, {"name": "lora", "rank": 8}, {"name": "lora", "rank": 32},
+               {"name": "freeze", "trainable_blocks": 0.5}]
+    budgets = [1e12 * 2**i for i in range(10)]
+    i = 0
+    while len(records) < n_runs:
+        h, layer = sizes[i % len(sizes)]
+        m = methods[(i // len(sizes)) % len(methods)]
+        b = budgets[(i // (len(sizes) * len(methods))) % len(budgets)]
+        records.append(synthetic_train({"model": f"toy-h{h}-l{layer}", "method": m, "budget": b,
+                                        "batch_size": 64, "seed": i}))
+        i += 1
+    fit_t, plan_t = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        laws = fit_laws(records, bootstrap=n_boot, provenance="benchmark (synthetic)")
+        fit_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        plan(1e16, laws)
+        plan_t.append(time.perf_counter() - t)
+    return {"runs": len(records), "bootstrap": n_boot, "fit_s_median": statistics.median(fit_t),
+            "plan_s_median": statistics.median(plan_t)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="seconds-long correctness run on tiny models (CI)")
+    ap.add_argument("--out", default=str(HERE / "results"), help="output stem (.md and .json are written)")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per trainer (after one warm-up step)")
+    ap.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        d, b, m = args.memory_child
+        memory_child(d, int(b), int(m) or None)
+        return 0
+
+    import torch
+
+    from embrecipe.methods import BiasOnly, BlockFreezing, FullFineTuning, LoRA
+
+    if args.smoke:
+        from embrecipe.testing import make_tiny_decoder
+
+        tmp = Path(tempfile.mkdtemp())
+        models = {"tiny-neox": str(make_tiny_decoder(tmp / "neox", "gpt_neox"))}
+        batch, steps, big, mem_batch, gemm_n, reps, texts, runs = 8, 2, None, 16, 256, 3, 50, 40
+    else:
+        from embrecipe.testbed.models import ensure_model
+
+        models = {f"smollm2-L{k}": str(ensure_model(k)) for k in (2, 8)}
+        batch, steps, big, mem_batch, gemm_n, reps, texts, runs = 64, args.steps, 256, 1024, 2048, 7, 2000, 200
+    precision = _precision()
+    results: dict = {"device": device_name(), "precision": precision, "smoke": args.smoke,
+                     "versions": {p: __import__("importlib.metadata").metadata.version(p) for p in
+                                  ("embrecipe", "torch", "transformers", "sentence-transformers", "peft")},
+                     "python": platform.python_version(), "threads": torch.get_num_threads(),
+                     "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    print(f"device: {results['device']}, precision {precision}", flush=True)
+
+    # 1. peak
+    results["peak"] = [gemm_peak("float32", gemm_n, reps)]
+    bf16_n = gemm_n if (torch.cuda.is_available() or precision == "bf16") else 256  # emulated bf16 is slow
+    results["peak"].append(gemm_peak("bfloat16", bf16_n, reps))
+    peak = {p["dtype"]: p["gflops"] for p in results["peak"]}
+    print("peak GFLOP/s:", {k: round(v, 1) for k, v in peak.items()}, flush=True)
+
+    # 2. training throughput, side by side
+    data = pool(max(batch * (steps + 2), 256) if not args.smoke else 64)
+    rows = []
+    methods = [FullFineTuning(), BlockFreezing(0.5), BiasOnly(), LoRA(rank=8)]
+    if args.smoke:
+        methods = [FullFineTuning(), LoRA(rank=8)]
+    combos = [(name, m, batch) for name in models for m in methods]
+    if big:
+        combos.append(("smollm2-L8", FullFineTuning(), big))
+    for name, method, bs in combos:
+        d = data if len(data) >= bs * (steps + 2) else pool(bs * (steps + 2))
+        try:
+            ours = embrecipe_steps(models[name], method, d, bs, steps, precision)
+        except Exception as exc:  # e.g. bias-only on a model without biases
+            print(f"skip {name} {method.key}: {exc}", flush=True)
+            continue
+        base = st_baseline_steps(models[name], method, d, bs, steps, precision)
+        fpp = per_pair_model_flops(models[name], method, d)
+        denom = peak["bfloat16"] if precision == "bf16" else peak["float32"]
+        row = {"model": name, "method": method.key, "batch": bs, "seq": 75,
+               "embrecipe_pairs_s": ours["pairs_per_s"], "baseline_pairs_s": base["pairs_per_s"],
+               "ratio": ours["pairs_per_s"] / base["pairs_per_s"],
+               "embrecipe_model_gflops": ours["model_flops_per_s"] / 1e9,
+               "baseline_model_gflops_est": base["pairs_per_s"] * fpp / 1e9,
+               "util_vs_fp32_peak": ours["model_flops_per_s"] / 1e9 / peak["float32"],
+               "util_vs_bf16_peak": ours["model_flops_per_s"] / 1e9 / peak["bfloat16"],
+               "util_vs_precision_peak": ours["model_flops_per_s"] / 1e9 / denom,
+               "padded_over_real": ours["padded_over_real"], "steps_timed": ours["steps_timed"]}
+        rows.append(row)
+        print(f"{name:12s} {method.key:12s} b={bs:4d}  embrecipe {row['embrecipe_pairs_s']:7.2f} pairs/s  "
+              f"ST {row['baseline_pairs_s']:7.2f} pairs/s  ratio {row['ratio']:.2f}  "
+              f"{row['embrecipe_model_gflops']:.1f} GFLOP/s", flush=True)
+    results["training"] = rows
+
+    # 3. memory
+    first = next(iter(models.values()))
+    mini = 32 if not args.smoke else 4
+    results["memory"] = {"model": next(iter(models)), "batch": mem_batch,
+                         "peak_rss_mib_plain": peak_rss(first, mem_batch, None),
+                         "peak_rss_mib_gradcache": peak_rss(first, mem_batch, mini), "mini_batch": mini}
+    print("memory:", results["memory"], flush=True)
+
+    # 4. embedding
+    from embrecipe.modeling import load_sentence_transformer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        st_dir = Path(tmp) / "st"
+        load_sentence_transformer(first).save(str(st_dir))
+        results["embedding"] = {"model": next(iter(models)),
+                                **embed_throughput(str(st_dir), pool(texts).queries, 3)}
+    print("embedding:", results["embedding"], flush=True)
+
+    # 5. fit and planner latency
+    results["fit_plan"] = fit_plan_latency(runs, 3 if not args.smoke else 1, 200 if not args.smoke else 10)
+    print("fit/plan:", results["fit_plan"], flush=True)
+
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    out.with_suffix(".md").write_text(render_markdown(results))
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    return 0
+
+
+def render_markdown(r: dict) -> str:
+    lines = [
+        "# embrecipe benchmarks" + (" (SMOKE RUN: tiny models, not representative)" if r["smoke"] else ""),
+        "",
+        f"Measured {r['date']} on **{r['device']}**, {r['threads']} threads, precision {r['precision']}; "
+        f"Python {r['python']}, " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".",
+        "Command: `python benchmarks/run.py`. Medians of repeated measurements in one run; ratios pair by pair.",
+        "",
+        "## Peak (matmul)",
+        "",
+        "| dtype | n | median GFLOP/s |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {p['dtype']} | {p['n']} | {p['gflops']:.1f} |" for p in r["peak"]]
+    lines += ["", "## Training throughput: embrecipe vs plain sentence-transformers trainer", "",
+              "Same model, method, data pool, batch size, max length 75, precision; symmetric MNRL scale 40. "
+              "Model FLOP/s use the budget convention (6N/token for full, etc.); utilisation = model FLOP/s ÷ "
+              "measured peak. Baseline model FLOP/s are estimated from its pairs/s × the pool's mean FLOPs per pair.",
+              "",
+              "| model | method | batch | embrecipe pairs/s | ST pairs/s | ratio | embrecipe model GFLOP/s | "
+              "ST model GFLOP/s (est.) | util. vs fp32 peak | util. vs bf16 peak | padded/real tokens |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for x in r["training"]:
+        lines.append(f"| {x['model']} | {x['method']} | {x['batch']} | {x['embrecipe_pairs_s']:.2f} | "
+                     f"{x['baseline_pairs_s']:.2f} | **{x['ratio']:.2f}×** | {x['embrecipe_model_gflops']:.1f} | "
+                     f"{x['baseline_model_gflops_est']:.1f} | {x['util_vs_fp32_peak']:.0%} | "
+                     f"{x['util_vs_bf16_peak']:.0%} | {x['padded_over_real']:.2f} |")
+    m = r["memory"]
+    e = r["embedding"]
+    f = r["fit_plan"]
+    lines += ["", "## Memory (one full fine-tuning step, fp32)", "",
+              f"{m['model']}, batch {m['batch']} pairs: peak RSS **{m['peak_rss_mib_plain']:.0f} MiB** without "
+              f"GradCache, **{m['peak_rss_mib_gradcache']:.0f} MiB** with GradCache (mini-batch {m['mini_batch']}).",
+              "", "## Embedding", "",
+              f"{e['texts']} texts with {e['model']}: `SentenceTransformer(...).encode` {e['st_encode_s_median']:.2f} s, "
+              f"`embrecipe embed` {e['embrecipe_embed_s_median']:.2f} s ({e['note']}); as a new process "
+              f"{e['embrecipe_embed_new_process_s']:.2f} s.",
+              "", "## Law fitting and planning", "",
+              f"{f['runs']} (synthetic) runs, {f['bootstrap']} bootstrap refits per variant: fit "
+              f"{f['fit_s_median']:.2f} s, plan {f['plan_s_median'] * 1000:.1f} ms (medians).", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
