@@ -86,6 +86,7 @@ class TrainConfig:
     log_every: int = 1
     progress: bool = True
     length_bucketing: bool = True
+    attn_implementation: str = "sdpa"  # "eager" is the slow reference path
     stop_after_steps: int | None = None  # for tests/benchmarks: simulate a kill after this many steps
 
     def validate(self) -> None:
@@ -307,7 +308,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     # -- model and method
     model = load_sentence_transformer(config.model, pooling=config.pooling, max_seq_length=config.max_seq_length,
-                                      gguf_file=config.gguf_file)
+                                      gguf_file=config.gguf_file, attn_implementation=config.attn_implementation)
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
         else torch.device("cpu")
     model.to(device)
