@@ -21,7 +21,7 @@ def test_benchmark_smoke_writes_results(tmp_path):
     assert {r["method"] for r in data["training"]} == {"full", "lora-r8"}
     for row in data["training"]:
         assert row["embrecipe_pairs_s"] > 0 and row["baseline_pairs_s"] > 0
-        assert row["ratio"] == pytest.approx(row["embrecipe_pairs_s"] / row["baseline_pairs_s"])
+        assert row["ratio"] == pytest.approx(row["embrecipe_model_gflops"] / row["baseline_model_gflops_est"])
     assert data["memory"]["peak_rss_mib_plain"] > 0
     assert data["fit_plan"]["runs"] == 40
     md = out.with_suffix(".md").read_text()
