@@ -19,6 +19,10 @@ exactly the cells that are not ``completed`` (a killed run's claim is stale beca
 Only the driver process writes to the store; workers (a local process pool or Ray tasks) just train and
 return records, so the SQLite file never needs to be shared between machines.
 
+With ``adaptive`` (grid key or :func:`run_sweep` argument) the budgets run as rungs, smallest first, and after
+each rung :func:`embrecipe.adaptive.decide` drops the configurations (model × variant) that the laws fitted
+so far predict to be confidently worse at the target budget; their later cells are never registered.
+
 The grid format is documented in ``docs/sweep.md``. Example::
 
     from embrecipe.sweep import load_grid, run_sweep
@@ -43,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .adaptive import AdaptiveReport, AdaptiveSpec
 from .errors import EmbrecipeError, InputError
 from .flops import ModelShape
 from .methods import method_flops_per_token, method_to_dict, parse_method
@@ -52,7 +57,7 @@ DEFAULT_TRAIN_FN = "embrecipe.trainer:train_from_dict"
 SYNTHETIC_TRAIN_FN = "embrecipe.synthetic:synthetic_train"
 _GRID_KEYS = {"name", "models", "family", "methods", "budgets", "train", "min_steps", "allow_repeat",
               "tokens_per_pair", "dataset_pairs", "store", "out", "trainer", "executor", "workers",
-              "ray", "heartbeat_s"}
+              "ray", "heartbeat_s", "adaptive"}
 _METHOD_ALIASES = {"full": "full", "lora": "lora", "freeze": "freeze", "bias": "bias", "bitfit": "bias"}
 
 
@@ -78,6 +83,7 @@ class Grid:
     heartbeat_s: float = 60.0
     ray: dict[str, Any] = field(default_factory=dict)
     base_dir: Path = Path(".")
+    adaptive: AdaptiveSpec | None = None  # set: run rung by rung and drop dominated configurations
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -186,6 +192,7 @@ def grid_from_dict(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] =
         heartbeat_s=float(raw.get("heartbeat_s", 60.0)),
         ray=dict(raw.get("ray") or {}),
         base_dir=base,
+        adaptive=AdaptiveSpec.from_value(raw.get("adaptive"), source=source),
     )
 
 
@@ -418,12 +425,16 @@ class SweepResult:
     flops_planned: float = 0.0
     flops_spent: float = 0.0
     elapsed_s: float = 0.0
+    adaptive: AdaptiveReport | None = None  # what the adaptive policy did (adaptive sweeps only)
 
     def summary(self) -> str:
-        return (f"{self.total} cells: {self.already_done} already completed, {len(self.ran)} ran now, "
+        text = (f"{self.total} cells: {self.already_done} already completed, {len(self.ran)} ran now, "
                 f"{len(self.failed)} failed, {len(self.busy)} held by other workers, {len(self.skipped)} skipped; "
                 f"{self.flops_spent:.3g} of {self.flops_planned:.3g} planned FLOPs spent this session "
                 f"in {self.elapsed_s:.1f} s")
+        if self.adaptive is not None:
+            text += "\n" + self.adaptive.summary()
+        return text
 
 
 class _Progress:
@@ -452,6 +463,19 @@ class _Progress:
         self.bar.update(1)
         self._post()
 
+    def reused(self, cells: int, flops: float) -> None:
+        """Cells found completed (adaptive rungs): counted as done, but not in the FLOP rate for the ETA."""
+        self.flops_done += flops
+        self.bar.update(cells)
+        self._post()
+
+    def shrink(self, cells: int, flops: float) -> None:
+        """Cells the adaptive policy will not run leave the totals."""
+        self.bar.total = max(0, (self.bar.total or 0) - cells)
+        self.flops_total -= flops
+        self.bar.refresh()
+        self._post()
+
     def close(self) -> None:
         self.bar.close()
 
@@ -467,14 +491,21 @@ def run_sweep(
     dry_run: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    adaptive: bool | Mapping[str, Any] | AdaptiveSpec | None = None,
 ) -> SweepResult:
-    """Expand the grid, register the cells, and train the ones not completed yet (see the module docstring)."""
+    """Expand the grid, register the cells, and train the ones not completed yet (see the module docstring).
+
+    ``adaptive``: None follows the grid's ``adaptive`` key; True turns the adaptive policy on (the grid's
+    settings, else the defaults); False runs the full grid; a mapping or :class:`AdaptiveSpec` gives the
+    settings. Adaptive sweeps run rung by rung and drop dominated configurations (:mod:`embrecipe.adaptive`).
+    """
     from .store import RunStore
 
     if executor not in ("local", "ray"):
         raise InputError(f"unknown executor {executor!r}; expected local or ray")
     if workers < 1:
         raise InputError("workers must be >= 1")
+    spec = resolve_adaptive(adaptive, grid)
     location = str(store or grid.store or (grid.base_dir / f"{grid.name}.sqlite"))
     fn = resolve_train_fn(train_fn or grid.trainer)
     cells, skipped = expand(grid)
@@ -487,6 +518,12 @@ def run_sweep(
         location = ":memory:"  # a dry run reports; it must not create the store
     st = RunStore(location)
     try:
+        if spec is not None and not dry_run:
+            result = _run_adaptive(st, cells, skipped, spec, fn, grid, executor, workers, ray_address,
+                                   progress, log, location)
+            result.elapsed_s = time.time() - t0
+            log(result.summary())
+            return result
         if not dry_run:
             st.add_pending(c.key_config for c in cells)
         status = {c.key: st.status(c.key) for c in cells}
@@ -498,6 +535,9 @@ def run_sweep(
         log(f"sweep {grid.name}: {len(cells)} cells ({len(done)} completed, {len(todo)} to run), "
             f"{len(skipped)} skipped; store {location}")
         if dry_run:
+            if spec is not None:
+                log("adaptive: rungs after the first run only for the configurations still in the race, so "
+                    "this list is an upper bound")
             for c in todo:
                 steps = "?" if c.planned_steps is None else c.planned_steps
                 log(f"  would run {c.variant:<14} {c.model:<24} budget {c.budget:.3g}  "
@@ -505,12 +545,7 @@ def run_sweep(
             return result
         bar = _Progress(len(cells), len(done), result.flops_planned, sum(c.budget for c in done), progress)
         try:
-            if executor == "ray":
-                _run_ray(st, todo, fn, result, bar, grid, workers, ray_address, log)
-            elif workers > 1:
-                _run_pool(st, todo, fn, result, bar, grid, workers, log)
-            else:
-                _run_sequential(st, todo, fn, result, bar, grid, log)
+            _run_cells(st, todo, fn, result, bar, grid, executor, workers, ray_address, log)
         finally:
             bar.close()
         result.elapsed_s = time.time() - t0
@@ -518,6 +553,99 @@ def run_sweep(
         return result
     finally:
         st.close()
+
+
+def resolve_adaptive(adaptive: bool | Mapping[str, Any] | AdaptiveSpec | None, grid: Grid) -> AdaptiveSpec | None:
+    """The adaptive settings a sweep runs with (see :func:`run_sweep`), or None for the full grid."""
+    if adaptive is None:
+        return grid.adaptive
+    if adaptive is True:
+        return grid.adaptive or AdaptiveSpec()
+    return AdaptiveSpec.from_value(adaptive, source="adaptive")
+
+
+def _run_cells(st, todo, fn, result, bar, grid, executor, workers, ray_address, log) -> None:
+    if executor == "ray":
+        _run_ray(st, todo, fn, result, bar, grid, workers, ray_address, log)
+    elif workers > 1:
+        _run_pool(st, todo, fn, result, bar, grid, workers, log)
+    else:
+        _run_sequential(st, todo, fn, result, bar, grid, log)
+
+
+def _config_of(cell: Cell) -> tuple[str, str]:
+    # The same (model, variant) identity adaptive.config_id reads back from the cell's record.
+    return str(cell.config["model"]), cell.variant
+
+
+def _stored_record(st: Any, key: str) -> dict[str, Any]:
+    row = st.get(key)
+    rec = dict(row["record"] or {})
+    rec.setdefault("key", key)
+    rec.setdefault("config", row["config"])
+    return rec
+
+
+def _run_adaptive(st, cells, skipped, spec, fn, grid, executor, workers, ray_address, progress, log,
+                  location) -> SweepResult:
+    """Rung by rung, smallest budget first: run the alive configurations' cells, then let
+    :func:`embrecipe.adaptive.decide` drop the dominated ones. Cells are registered in the store only when
+    their rung comes, so dropped configurations leave no pending rows behind."""
+    from .adaptive import decide
+
+    rungs = sorted({c.budget for c in cells})
+    targets = spec.targets or (max(grid.budgets),)
+    report = AdaptiveReport(spec=spec, targets=tuple(targets), cells_grid=len(cells),
+                            flops_grid=sum(c.budget for c in cells))
+    result = SweepResult(total=len(cells), skipped=skipped, already_done=0, flops_planned=report.flops_grid,
+                         adaptive=report)
+    alive = {_config_of(c) for c in cells}
+    # One Ray session for all rungs (otherwise each rung would start and stop a local instance).
+    ray_started = executor == "ray" and _start_ray(workers, ray_address)
+    log(f"sweep {grid.name} (adaptive, {len(rungs)} rungs, decisions for "
+        f"{', '.join(f'{t:.3g}' for t in targets)}): {len(cells)} grid cells, {len(skipped)} skipped; "
+        f"store {location}")
+    bar = _Progress(len(cells), 0, report.flops_grid, 0.0, progress)
+    try:
+        for k, budget in enumerate(rungs, 1):
+            rung = sorted((c for c in cells if c.budget == budget and _config_of(c) in alive),
+                          key=lambda c: c.n_params)
+            st.add_pending(c.key_config for c in rung)
+            done = [c for c in rung if st.status(c.key) == "completed"]
+            todo = [c for c in rung if st.status(c.key) != "completed"]
+            result.already_done += len(done)
+            bar.reused(len(done), sum(c.budget for c in done))
+            log(f"rung {k}/{len(rungs)} ({budget:.3g} FLOPs): {len(rung)} cells of {len(alive)} configurations "
+                f"({len(done)} completed, {len(todo)} to run)")
+            _run_cells(st, todo, fn, result, bar, grid, executor, workers, ray_address, log)
+            report.cells_selected += len(rung)
+            report.flops_selected += sum(c.budget for c in rung)
+            report.selected_keys += [c.key for c in rung]
+            missing = [c for c in rung if st.status(c.key) != "completed"]
+            if missing:
+                # A decision on a partial rung would differ from the one a complete rerun takes; stop here.
+                log(f"adaptive: rung {k} has {len(missing)} cell(s) not completed (failed or held by another "
+                    "worker); stopping before deciding — rerun the sweep to retry and go on")
+                return result
+            if k == len(rungs):
+                break
+            records = [_stored_record(st, key) for key in report.selected_keys]
+            decision = decide(records, alive, rung=k, budget=budget, targets=targets, spec=spec)
+            report.decisions.append(decision)
+            for line in decision.lines():
+                log(line)
+            if decision.dropped:
+                alive -= set(decision.dropped)
+                gone = [c for c in cells if c.budget > budget and _config_of(c) in decision.dropped]
+                bar.shrink(len(gone), sum(c.budget for c in gone))
+        report.complete = True
+        return result
+    finally:
+        bar.close()
+        if ray_started:
+            import ray
+
+            ray.shutdown()
 
 
 def _finish(st: Any, cell: Cell, record: dict[str, Any], result: SweepResult, bar: _Progress,
@@ -594,18 +722,24 @@ def _run_pool(st, todo, fn, result, bar, grid, workers, log) -> None:
             raise
 
 
-def _run_ray(st, todo, fn, result, bar, grid, workers, ray_address, log) -> None:
+def _start_ray(workers: int, ray_address: str | None) -> bool:
+    """Connect to (or start) Ray unless it is up; True when this call started it (and must shut it down)."""
     try:
         import ray
     except ImportError:
         raise EmbrecipeError("the ray executor needs Ray: pip install 'embrecipe[ray]'") from None
-    started = False
-    if not ray.is_initialized():
-        if ray_address:
-            ray.init(address=ray_address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-        started = True
+    if ray.is_initialized():
+        return False
+    if ray_address:
+        ray.init(address=ray_address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def _run_ray(st, todo, fn, result, bar, grid, workers, ray_address, log) -> None:
+    started = _start_ray(workers, ray_address)
+    import ray
     opts = {"num_cpus": float(grid.ray.get("num_cpus", 1)), "num_gpus": float(grid.ray.get("num_gpus", 0)),
             "max_retries": int(grid.ray.get("max_retries", 0))}
     remote = ray.remote(**opts)(_call_train)
