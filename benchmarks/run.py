@@ -150,13 +150,18 @@ def memory_child(model_dir: str, batch: int, mini: int | None) -> None:
 
     train(TrainConfig(model=model_dir, data=pool(batch), budget=1e30, batch_size=batch, stop_after_steps=1,
                       progress=False, precision="fp32", mini_batch_size=mini))
-    print(json.dumps({"max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    import torch
+
+    # on a GPU the batch lives in device memory, so that peak is the number that matters there
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    print(json.dumps({"max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "gpu_mib": gpu}))
 
 
-def peak_rss(model_dir: str, batch: int, mini: int | None) -> float:
+def peak_memory(model_dir: str, batch: int, mini: int | None) -> dict:
+    """Peak RSS (and peak CUDA memory on a GPU) of one training step, in a fresh process."""
     cmd = [sys.executable, __file__, "--memory-child", model_dir, str(batch), str(mini or 0)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    return json.loads(out)["max_rss_mib"]
+    return json.loads(out)
 
 
 def embed_throughput(model_dir: str, texts: list[str], reps: int) -> dict:
@@ -227,10 +232,12 @@ def main() -> int:
     args = ap.parse_args()
     if args.render:
         data = json.loads(Path(args.render).read_text())
-        for row in data["training"]:
-            derive(row)
+        data = data if "runs" in data else {"runs": [data]}
+        for run in data["runs"]:
+            for row in run["training"]:
+                derive(row)
         Path(args.render).write_text(json.dumps(data, indent=2) + "\n")
-        Path(args.render).with_suffix(".md").write_text(render_markdown(data))
+        Path(args.render).with_suffix(".md").write_text(render_file(data))
         return 0
     if args.memory_child:
         d, b, m = args.memory_child
@@ -304,9 +311,10 @@ def main() -> int:
     # 3. memory
     first = next(iter(models.values()))
     mini = 32 if not args.smoke else 4
-    results["memory"] = {"model": next(iter(models)), "batch": mem_batch,
-                         "peak_rss_mib_plain": peak_rss(first, mem_batch, None),
-                         "peak_rss_mib_gradcache": peak_rss(first, mem_batch, mini), "mini_batch": mini}
+    plain, cached = peak_memory(first, mem_batch, None), peak_memory(first, mem_batch, mini)
+    results["memory"] = {"model": next(iter(models)), "batch": mem_batch, "mini_batch": mini,
+                         "peak_rss_mib_plain": plain["max_rss_mib"], "peak_rss_mib_gradcache": cached["max_rss_mib"],
+                         "peak_gpu_mib_plain": plain["gpu_mib"], "peak_gpu_mib_gradcache": cached["gpu_mib"]}
     print("memory:", results["memory"], flush=True)
 
     # 4. embedding
@@ -324,8 +332,9 @@ def main() -> int:
     print("fit/plan:", results["fit_plan"], flush=True)
 
     out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    out.with_suffix(".md").write_text(render_markdown(results))
+    data = merge_runs(out.with_suffix(".json"), results)
+    out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+    out.with_suffix(".md").write_text(render_file(data))
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
     return 0
 
@@ -345,21 +354,37 @@ def derive(row: dict) -> dict:
     return row
 
 
+def merge_runs(path: Path, results: dict) -> dict:
+    """One results file for every machine: a new run replaces only the earlier run on the same device."""
+    runs = []
+    if path.exists():
+        old = json.loads(path.read_text())
+        runs = old["runs"] if "runs" in old else [old]
+    runs = [r for r in runs if (r["device"], r["smoke"]) != (results["device"], results["smoke"])]
+    return {"runs": [*runs, results]}
+
+
+def render_file(data: dict) -> str:
+    parts = ["# embrecipe benchmarks", "",
+             "Command: `python benchmarks/run.py` (one section per machine; a rerun replaces its machine's section). "
+             "Medians of repeated measurements in one run; ratios pair by pair from the same run.", ""]
+    return "\n".join(parts) + "\n".join(render_markdown(r) for r in data["runs"])
+
+
 def render_markdown(r: dict) -> str:
     lines = [
-        "# embrecipe benchmarks" + (" (SMOKE RUN: tiny models, not representative)" if r["smoke"] else ""),
+        f"## {r['device']}" + (" (SMOKE RUN: tiny models, not representative)" if r["smoke"] else ""),
         "",
         f"Measured {r['date']} on **{r['device']}**, {r['threads']} threads, precision {r['precision']}; "
         f"Python {r['python']}, " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".",
-        "Command: `python benchmarks/run.py`. Medians of repeated measurements in one run; ratios pair by pair.",
         "",
-        "## Peak (matmul)",
+        "### Peak (matmul)",
         "",
         "| dtype | n | median GFLOP/s |",
         "|---|---:|---:|",
     ]
     lines += [f"| {p['dtype']} | {p['n']} | {p['gflops']:.1f} |" for p in r["peak"]]
-    lines += ["", "## Training throughput: embrecipe vs plain sentence-transformers trainer", "",
+    lines += ["", "### Training throughput: embrecipe vs plain sentence-transformers trainer", "",
               "Same model, method, data pool, batch size, max length 75, precision; symmetric MNRL scale 40; "
               "medians over the timed steps after one warm-up step. Model FLOP/s use the budget convention "
               "(6N/token for full, etc.): exact per step for embrecipe, pairs/s × the pool's mean FLOPs per pair for "
@@ -382,14 +407,16 @@ def render_markdown(r: dict) -> str:
     m = r["memory"]
     e = r["embedding"]
     f = r["fit_plan"]
-    lines += ["", "## Memory (one full fine-tuning step, fp32)", "",
+    lines += ["", "### Memory (one full fine-tuning step, fp32)", "",
               f"{m['model']}, batch {m['batch']} pairs: peak RSS **{m['peak_rss_mib_plain']:.0f} MiB** without "
-              f"GradCache, **{m['peak_rss_mib_gradcache']:.0f} MiB** with GradCache (mini-batch {m['mini_batch']}).",
-              "", "## Embedding", "",
+              f"GradCache, **{m['peak_rss_mib_gradcache']:.0f} MiB** with GradCache (mini-batch {m['mini_batch']})"
+              + (f"; peak GPU memory {m['peak_gpu_mib_plain']:.0f} MiB vs {m['peak_gpu_mib_gradcache']:.0f} MiB."
+                 if m.get("peak_gpu_mib_plain") else "."),
+              "", "### Embedding", "",
               f"{e['texts']} texts with {e['model']}: `SentenceTransformer(...).encode` {e['st_encode_s_median']:.2f} s, "
               f"`embrecipe embed` {e['embrecipe_embed_s_median']:.2f} s ({e['note']}); as a new process "
               f"{e['embrecipe_embed_new_process_s']:.2f} s.",
-              "", "## Law fitting and planning", "",
+              "", "### Law fitting and planning", "",
               f"{f['runs']} (synthetic) runs, {f['bootstrap']} bootstrap refits per variant: fit "
               f"{f['fit_s_median']:.2f} s, plan {f['plan_s_median'] * 1000:.1f} ms (medians).", ""]
     return "\n".join(lines)

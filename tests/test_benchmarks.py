@@ -14,7 +14,7 @@ def test_benchmark_smoke_writes_results(tmp_path):
     out = tmp_path / "results"
     subprocess.run([sys.executable, str(root / "benchmarks" / "run.py"), "--smoke", "--out", str(out)],
                    check=True, capture_output=True, timeout=600)
-    data = json.loads(out.with_suffix(".json").read_text())
+    data = json.loads(out.with_suffix(".json").read_text())["runs"][0]
     assert data["smoke"] is True
     assert {p["dtype"] for p in data["peak"]} == {"float32", "bfloat16"}
     assert all(p["gflops"] > 0 for p in data["peak"])
