@@ -73,6 +73,31 @@ def pool(n_pairs: int):
     return data.subset(range(n_pairs))
 
 
+def biased_twin(smollm_dir: str, out: Path) -> str:
+    """A GPT-NeoX (Pythia-style, every linear and norm has a bias) of the same width and depth as a testbed model.
+
+    SmolLM2 is a Llama: it has no bias parameters, so bias-only tuning cannot run on the testbed. Throughput does
+    not depend on the weights' values, so a random-initialised twin with the same tokenizer, hidden size, heads and
+    layer count (MLP width chosen so the block has about as many parameters) measures the bias-only method on the
+    same data at the same scale. The twin is labelled as such in the results.
+    """
+    from transformers import AutoConfig, AutoTokenizer, GPTNeoXConfig, GPTNeoXModel
+
+    if (out / "config.json").exists():
+        return str(out)
+    import torch
+
+    src = AutoConfig.from_pretrained(smollm_dir)
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(vocab_size=src.vocab_size, hidden_size=src.hidden_size,
+                           num_attention_heads=src.num_attention_heads, num_hidden_layers=src.num_hidden_layers,
+                           intermediate_size=src.intermediate_size * 3 // 2, max_position_embeddings=2048,
+                           rotary_pct=1.0, use_parallel_residual=True, tie_word_embeddings=False)
+    GPTNeoXModel(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(smollm_dir).save_pretrained(out)
+    return str(out)
+
+
 def _precision() -> str:
     import torch
 
@@ -154,14 +179,33 @@ def memory_child(model_dir: str, batch: int, mini: int | None) -> None:
 
     # on a GPU the batch lives in device memory, so that peak is the number that matters there
     gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    print(json.dumps({"max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "gpu_mib": gpu}))
+    print(json.dumps({"max_rss_mib": _peak_rss_mib(), "gpu_mib": gpu}))
+
+
+def _peak_rss_mib() -> float:
+    """This process's own peak RSS.
+
+    Not ``getrusage``: on Linux its ``ru_maxrss`` survives ``exec`` and so starts at the RSS of the parent at
+    fork time (a benchmark process that has already trained an 8-layer model at batch 256 is ~17 GB), which
+    masked the GradCache saving in an earlier run. ``VmHWM`` belongs to the new address space.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def peak_memory(model_dir: str, batch: int, mini: int | None) -> dict:
     """Peak RSS (and peak CUDA memory on a GPU) of one training step, in a fresh process."""
     cmd = [sys.executable, __file__, "--memory-child", model_dir, str(batch), str(mini or 0)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    return json.loads(out)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:  # e.g. SIGKILL from the kernel's OOM killer: a result too, recorded as such
+        why = "killed (out of memory)" if proc.returncode == -9 else f"failed (exit {proc.returncode})"
+        return {"max_rss_mib": None, "gpu_mib": None, "error": why}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def embed_throughput(model_dir: str, texts: list[str], reps: int) -> dict:
@@ -258,6 +302,8 @@ def main() -> int:
         from embrecipe.testbed.models import ensure_model
 
         models = {f"smollm2-L{k}": str(ensure_model(k)) for k in (2, 8)}
+        twins = Path(tempfile.mkdtemp())
+        models.update({f"neox-twin-L{k}": biased_twin(models[f"smollm2-L{k}"], twins / f"L{k}") for k in (2, 8)})
         batch, steps, big, mem_batch, gemm_n, reps, texts, runs = 64, args.steps, 256, 1024, 2048, 7, 2000, 200
     precision = _precision()
     results: dict = {"device": device_name(), "precision": precision, "smoke": args.smoke,
@@ -274,13 +320,26 @@ def main() -> int:
     peak = {p["dtype"]: p["gflops"] for p in results["peak"]}
     print("peak GFLOP/s:", {k: round(v, 1) for k, v in peak.items()}, flush=True)
 
-    # 2. training throughput, side by side
+    # 2. memory first, while this process is small: a child forked from a large parent can be OOM-killed
+    first = next(iter(models.values()))
+    mini = 32 if not args.smoke else 4
+    plain, cached = peak_memory(first, mem_batch, None), peak_memory(first, mem_batch, mini)
+    results["memory"] = {"model": next(iter(models)), "batch": mem_batch, "mini_batch": mini,
+                         "peak_rss_mib_plain": plain["max_rss_mib"], "peak_rss_mib_gradcache": cached["max_rss_mib"],
+                         "peak_gpu_mib_plain": plain["gpu_mib"], "peak_gpu_mib_gradcache": cached["gpu_mib"],
+                         "errors": {k: v["error"] for k, v in (("plain", plain), ("gradcache", cached))
+                                    if "error" in v}}
+    print("memory:", results["memory"], flush=True)
+
+    # 3. training throughput, side by side
     data = pool(max(batch * (steps + 2), 256) if not args.smoke else 64)
     rows = []
     methods = [FullFineTuning(), BlockFreezing(0.5), BiasOnly(), LoRA(rank=8)]
     if args.smoke:
         methods = [FullFineTuning(), LoRA(rank=8)]
-    combos = [(name, m, batch) for name in models for m in methods]
+    # the twins exist only for bias-only, which the (bias-free) testbed models cannot take
+    combos = [(name, m, batch) for name in models for m in methods
+              if name.startswith("neox-twin") == isinstance(m, BiasOnly)]
     if big:
         combos.append(("smollm2-L8", FullFineTuning(), big))
     for name, method, bs in combos:
@@ -307,15 +366,8 @@ def main() -> int:
               f"ST {row['baseline_pairs_s']:7.2f} pairs/s  ratio {row['ratio']:.2f}  "
               f"{row['embrecipe_model_gflops']:.1f} GFLOP/s", flush=True)
     results["training"] = rows
-
-    # 3. memory
-    first = next(iter(models.values()))
-    mini = 32 if not args.smoke else 4
-    plain, cached = peak_memory(first, mem_batch, None), peak_memory(first, mem_batch, mini)
-    results["memory"] = {"model": next(iter(models)), "batch": mem_batch, "mini_batch": mini,
-                         "peak_rss_mib_plain": plain["max_rss_mib"], "peak_rss_mib_gradcache": cached["max_rss_mib"],
-                         "peak_gpu_mib_plain": plain["gpu_mib"], "peak_gpu_mib_gradcache": cached["gpu_mib"]}
-    print("memory:", results["memory"], flush=True)
+    # the slow part is done: keep it even if a later section fails
+    Path(args.out).with_suffix(".partial.json").write_text(json.dumps(results, indent=2) + "\n")
 
     # 4. embedding
     from embrecipe.modeling import load_sentence_transformer
@@ -335,6 +387,7 @@ def main() -> int:
     data = merge_runs(out.with_suffix(".json"), results)
     out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
     out.with_suffix(".md").write_text(render_file(data))
+    out.with_suffix(".partial.json").unlink(missing_ok=True)
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
     return 0
 
@@ -368,7 +421,12 @@ def render_file(data: dict) -> str:
     parts = ["# embrecipe benchmarks", "",
              "Command: `python benchmarks/run.py` (one section per machine; a rerun replaces its machine's section). "
              "Medians of repeated measurements in one run; ratios pair by pair from the same run.", ""]
-    return "\n".join(parts) + "\n".join(render_markdown(r) for r in data["runs"])
+    return "\n".join(parts) + "\n" + "\n".join(render_markdown(r) for r in data["runs"])
+
+
+def _mib(m: dict, which: str) -> str:
+    value = m[f"peak_rss_mib_{which}"]
+    return f"{value:.0f} MiB" if value is not None else m.get("errors", {}).get(which, "n/a")
 
 
 def render_markdown(r: dict) -> str:
@@ -391,11 +449,13 @@ def render_markdown(r: dict) -> str:
               "the baseline (its batches are random, so unbiased). **ratio** = embrecipe model FLOP/s ÷ baseline "
               "model FLOP/s, i.e. the speed-up over an epoch of the same pool; the pairs/s of the few timed "
               "bucketed batches (last column) depend on which lengths were drawn and are shown for transparency. "
-              "Utilisation = model FLOP/s ÷ measured peak.",
+              "Utilisation = model FLOP/s ÷ measured peak. SmolLM2 (a Llama) has no biases, so bias-only runs on "
+              "`neox-twin-Lk`: a random-initialised GPT-NeoX with smollm2-Lk's width, depth, heads and tokenizer "
+              "(throughput does not depend on the weights' values).",
               "",
               "| model | method | batch | embrecipe pairs/s (epoch-equiv.) | ST pairs/s | ratio | "
               "embrecipe model GFLOP/s | ST model GFLOP/s | util. vs fp32 peak | util. vs bf16 peak | "
-              "padded/real tokens | pairs/s ratio on timed batches |",
+              "padded/real tokens (timed batches) | pairs/s ratio on timed batches |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for x in r["training"]:
         derive(x)
@@ -408,8 +468,8 @@ def render_markdown(r: dict) -> str:
     e = r["embedding"]
     f = r["fit_plan"]
     lines += ["", "### Memory (one full fine-tuning step, fp32)", "",
-              f"{m['model']}, batch {m['batch']} pairs: peak RSS **{m['peak_rss_mib_plain']:.0f} MiB** without "
-              f"GradCache, **{m['peak_rss_mib_gradcache']:.0f} MiB** with GradCache (mini-batch {m['mini_batch']})"
+              f"{m['model']}, batch {m['batch']} pairs: peak RSS **{_mib(m, 'plain')}** without "
+              f"GradCache, **{_mib(m, 'gradcache')}** with GradCache (mini-batch {m['mini_batch']})"
               + (f"; peak GPU memory {m['peak_gpu_mib_plain']:.0f} MiB vs {m['peak_gpu_mib_gradcache']:.0f} MiB."
                  if m.get("peak_gpu_mib_plain") else "."),
               "", "### Embedding", "",
