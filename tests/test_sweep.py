@@ -172,3 +172,19 @@ def test_ray_executor_on_local_instance(tmp_path):
     st = RunStore(tmp_path / "runs.sqlite")
     assert st.counts()["completed"] == 6
     assert all(r["synthetic"] for r in st.records())
+
+
+def test_tokens_per_pair_estimate_is_not_biased_by_a_sorted_file(tiny_models, tmp_path):
+    """A file sorted short-to-long (the testbed's is sorted by package) must not be measured by its head."""
+    import json
+
+    from embrecipe.data import load_pairs
+    from embrecipe.sweep import _measure_tokens_per_pair
+
+    rows = [{"query": "sum " * (1 + i // 50), "pos": "the sum of two arrays " * (1 + i // 50)} for i in range(300)]
+    path = tmp_path / "sorted.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = load_pairs(path)
+    exact = _measure_tokens_per_pair(data, tiny_models["llama"], 75, 0, sample=len(rows))
+    sampled = _measure_tokens_per_pair(data, tiny_models["llama"], 75, 0, sample=60)
+    assert abs(sampled - exact) / exact < 0.05

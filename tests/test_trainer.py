@@ -174,3 +174,19 @@ def test_hard_negatives(tiny_models, tmp_path):
     # a negative column adds tokens per pair, so the same budget buys fewer steps
     assert hard["data"]["mean_tokens_per_pair"] > plain["data"]["mean_tokens_per_pair"]
     assert hard["steps"] < plain["steps"]
+
+
+def test_tokenization_cache_reuses_only_identical_inputs(tiny_models):
+    from transformers import AutoTokenizer
+
+    from embrecipe import trainer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_models["llama"]))
+    texts = ["return the sum of two arrays", "load a model from a local directory"]
+    trainer._TOKEN_CACHE.clear()
+    first = trainer._tokenize(tok, texts, 75)
+    assert first == trainer._tokenize_uncached(tok, texts, 75)
+    assert trainer._tokenize(tok, list(texts), 75) is first  # equal texts, same tokenizer: a hit
+    assert trainer._tokenize(tok, texts, 3) == trainer._tokenize_uncached(tok, texts, 3)  # other length: a miss
+    assert all(len(ids) <= 3 for ids in trainer._tokenize(tok, texts, 3))
+    assert trainer._tokenize(tok, texts[::-1], 75) == first[::-1]

@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -120,14 +121,18 @@ def figure1(points: Sequence[RunPoint], laws: LawSet | None, path_stem: str | os
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("model FLOPs (training budget)")
     ax.set_ylabel("final contrastive loss (held-out)")
-    title = "Contrastive loss vs compute, per fine-tuning method"
+    ax.set_title("Contrastive loss vs compute, per fine-tuning method", fontsize=11)
     if laws is not None and laws.provenance:
-        title += f"\n{laws.provenance}"
-    ax.set_title(title, fontsize=11)
+        # A law card's label can be long (family, data, hardware): wrap it under the plot, never over it.
+        lines = textwrap.wrap(laws.provenance, 110)
+        fig.text(0.01, 0.005, "\n".join(lines[:4] + (["…"] if len(lines) > 4 else [])), fontsize=6.5,
+                 color="#555555", va="bottom", ha="left")
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
     ax.legend(fontsize=8.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
+    n_lines = len(textwrap.wrap(laws.provenance, 110)) if laws is not None and laws.provenance else 0
+    footer = 0.03 + 0.022 * min(n_lines, 5) if n_lines else 0.0
+    fig.tight_layout(rect=(0, footer, 1, 1))
     return _save(fig, plt, path_stem)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -263,7 +264,37 @@ def _pad(seqs: list[list[int]], pad_id: int) -> dict[str, Any]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
+# A sweep worker trains many cells on the same data with the same tokenizer (every member of a depth ladder
+# shares it); tokenizing ~57k texts costs seconds per run, so a worker keeps the last few results.
+_TOKEN_CACHE: dict[tuple[str, int, str], list[list[int]]] = {}
+_TOKEN_CACHE_MAX = 4
+
+
+def _tokenizer_fingerprint(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # truncation/padding are call-time state of the backend, not part of what the tokenizer is
+        spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        text = json.dumps(spec, sort_keys=True)
+    else:
+        text = repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha1(f"{type(tokenizer).__name__}|{text}".encode()).hexdigest()
+
+
 def _tokenize(tokenizer: Any, texts: list[str], max_len: int) -> list[list[int]]:
+    key = (_tokenizer_fingerprint(tokenizer), int(max_len),
+           hashlib.sha1("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest())
+    hit = _TOKEN_CACHE.get(key)
+    if hit is not None:
+        return hit
+    out = _tokenize_uncached(tokenizer, texts, max_len)
+    if len(_TOKEN_CACHE) >= _TOKEN_CACHE_MAX:
+        _TOKEN_CACHE.pop(next(iter(_TOKEN_CACHE)))
+    _TOKEN_CACHE[key] = out
+    return out
+
+
+def _tokenize_uncached(tokenizer: Any, texts: list[str], max_len: int) -> list[list[int]]:
     out: list[list[int]] = []
     for start in range(0, len(texts), 4096):
         enc = tokenizer(texts[start : start + 4096], truncation=True, max_length=max_len, padding=False)

