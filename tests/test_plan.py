@@ -138,7 +138,7 @@ def test_unaffordable_methods_are_skipped_with_a_note():
     assert any("bias on nobias" in s for s in p.skipped)
 
 
-def test_family_file_and_law_sources(tmp_path):
+def test_family_file_and_law_sources(tmp_path, monkeypatch):
     fam = {"name": "toys", "members": [m.to_dict() for m in family()]}
     (tmp_path / "fam.json").write_text(json.dumps(fam))
     members = load_family(tmp_path / "fam.json")
@@ -146,6 +146,11 @@ def test_family_file_and_law_sources(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"members": [{"name": "x"}]}))
     with pytest.raises(InputError, match="members"):
         load_family(tmp_path / "bad.json")
+    import embrecipe.plan as plan_module
+
+    packaged = load_laws(None)  # the study's card ships with the package
+    assert packaged.family and "smollm2" in packaged.provenance
+    monkeypatch.setattr(plan_module, "default_card_path", lambda: tmp_path / "none.json")
     with pytest.raises(InputError, match="no default law card"):
         load_laws(None)
     laws = true_laws(with_samples=True)

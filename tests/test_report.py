@@ -83,9 +83,13 @@ def test_cli_fit_plan_report(store_path, tmp_path, capsys):
     assert (rep / "figure1.png").is_file() and (rep / "runs.csv").is_file() and (rep / "runs.parquet").is_file()
 
 
-def test_cli_errors(store_path, tmp_path, capsys):
+def test_cli_errors(store_path, tmp_path, capsys, monkeypatch):
+    from embrecipe import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "default_card_path", lambda: tmp_path / "no-card.json")
     assert main(["plan", "--budget", "1e15"]) == 2
     assert "no default law card" in capsys.readouterr().err
+    monkeypatch.undo()
     assert main(["plan", "--budget", "-5", "--laws", str(store_path)]) == 2
     assert main(["fit", str(tmp_path / "nope.sqlite"), "--out", str(tmp_path / "x.json")]) == 2
     assert "not a run store" in capsys.readouterr().err
@@ -110,3 +114,14 @@ def test_cli_run_plans_trains_and_records(store_path, tmp_path, capsys):
     assert rec[0]["method"] == plan["best"]["method"] and rec[0]["budget"] == 3e14
     assert main(["run", "--budget", "3e14", "--laws", str(card), "--data", str(tmp_path / "missing"),
                  "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_plan_works_out_of_the_box_with_the_packaged_card(capsys):
+    """The study's card ships: `embrecipe plan --budget` needs nothing else, and says what the card is."""
+    assert main(["plan", "--budget", "5e13"]) == 0
+    out = capsys.readouterr().out
+    assert "Optimum:" in out and "smollm2-L" in out
+    for label in ("smollm2-135m-depth-ladder", "docstring pairs", "H100"):  # family, data, hardware
+        assert label in out
+    assert main(["plan", "--budgets", "1e13,1e15"]) == 0
+    assert capsys.readouterr().out.count("| smollm2-L") == 2
