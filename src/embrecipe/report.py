@@ -39,6 +39,8 @@ def _matplotlib():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
+    # Same runs, same files: fixed SVG element ids (and no dates, in _save) keep committed reports diff-free.
+    matplotlib.rcParams["svg.hashsalt"] = "embrecipe"
     import matplotlib.pyplot as plt
 
     return plt
@@ -168,7 +170,7 @@ def _save(fig: Any, plt: Any, stem: str | os.PathLike[str]) -> list[Path]:
     out = []
     for ext in ("png", "svg"):
         path = stem.with_suffix(f".{ext}")
-        fig.savefig(path, bbox_inches="tight")
+        fig.savefig(path, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else None)
         out.append(path)
     plt.close(fig)
     return out

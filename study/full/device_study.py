@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check-workers", type=int, default=6)
     ap.add_argument("--eval-limit", type=int, default=500)
     ap.add_argument("--bootstrap", type=int, default=100)
+    ap.add_argument("--store-from", default=None,
+                    help="start from a copy of this run store (e.g. the committed study/full/study.sqlite), so the "
+                         "sweep trains only its missing cells")
     args = ap.parse_args(argv)
 
     import yaml
@@ -122,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- 1. sweep
     store = work / "study.sqlite"
+    if args.store_from and not store.exists():
+        backup(Path(args.store_from), store)
+        log(f"resuming from {args.store_from}")
     grid_raw = yaml.safe_load(Path(args.grid).read_text())
     t0 = time.time()
     rc = run_until([[sys.executable, "-m", "embrecipe.cli", "sweep", args.grid, "--store", str(store),

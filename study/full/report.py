@@ -18,6 +18,7 @@ import json
 import math
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
              f"{'/'.join(cost['precision'])}; {len(records)} runs, budgets {_fmt_budget(cost['budgets'][0])}"
              f"..{_fmt_budget(cost['budgets'][-1])} FLOPs (study/full/study.sqlite)")
     laws = fit_laws(records, bootstrap=BOOTSTRAP, seed=0, provenance=label)
+    # The card's date is the study's (its newest run), not the day the report was regenerated.
+    with RunStore(HERE / "study.sqlite") as st:
+        newest = max(float(r["updated_at"]) for r in st.rows("completed"))
+    laws.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(newest))
     paths = write_report(records, report_dir, laws=laws)
     card_path.parent.mkdir(parents=True, exist_ok=True)
     laws.save(card_path)
