@@ -150,20 +150,26 @@ ADAPTIVE_SETTINGS = [  # the default policy first; then looser ones, to show wha
 ]
 
 
-def score_embeddings(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def score_embeddings(checks: list[dict[str, Any]], check: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """mteb scores of every check model's stored test embeddings, ordered by check budget and plan rank."""
     from embrecipe.evaluate import evaluate_embeddings
 
     out = []
     by_key = {r["key"]: r for r in checks}
     for npz in sorted((HERE / "emb").glob("*.npz")):
         r = by_key.get(npz.stem)
-        name = (f"{r['method_key']} on {Path(str(r['config']['model'])).name} @ {r['budget']:.3g}"
-                if r else npz.stem)
+        if r is None:
+            raise SystemExit(f"{npz}: no run with this key in check.sqlite")
+        model = Path(str(r["config"]["model"])).name
+        rank = next((row["rank"] for c in check if _same(c["budget"], r["budget"]) for row in c["rows"]
+                     if row["model"] == model and row["variant"] == r["method_key"]), None)
+        name = (f"{r['method_key']} on {model} @ {r['budget']:.3g}"
+                + (" — **planned**" if rank == 1 else f" (plan rank {rank})"))
         rec = evaluate_embeddings(npz, name=name)
-        out.append({"name": name, "key": npz.stem, "budget": r["budget"] if r else None,
+        out.append({"name": name, "key": npz.stem, "budget": r["budget"], "rank": rank,
                     "heldout_loss": rec["heldout_loss"],
                     "tasks": {t: v["main_score"] for t, v in rec["tasks"].items()}})
-    return out
+    return sorted(out, key=lambda e: (-e["budget"], e["rank"] or 99))
 
 
 def table(head: list[str], rows: list[list[Any]], align: str | None = None) -> str:
@@ -210,13 +216,17 @@ def render_tables(res: dict[str, Any]) -> dict[str, str]:
           "–" if c["regret"] is None else f"{c['regret']:.4f}", _pct(c["relative_regret"])]
          for c in res["recipe_check"]],
         "---|---|---|---:|---:")
-    base = res["baselines"]
-    task_names = sorted({k for b in base for k in b["tasks"]} | {k for e in res["mteb"] for k in e["tasks"]})
+    order = {"all-MiniLM-L6-v2": 0}
+    base = sorted(res["baselines"], key=lambda b: (order.get(b["name"], 1), b["name"]))
+    task_names = sorted({k for b in base for k in b["tasks"]} | {k for e in res["mteb"] for k in e["tasks"]},
+                        reverse=True)  # retrieval first
     rows = [[b["name"], f"{b['heldout_loss']:.4f}"] + [f"{b['tasks'].get(k, math.nan):.4f}" for k in task_names]
             for b in base]
     rows += [[e["name"], f"{e['heldout_loss']:.4f}"] + [f"{e['tasks'].get(k, math.nan):.4f}" for k in task_names]
              for e in res["mteb"]]
-    t["MTEB"] = table(["model", "held-out loss", *task_names], rows, "---|---:" + "|---:" * len(task_names))
+    metric = {"LocalDocRetrieval": "LocalDocRetrieval (nDCG@10)", "LocalDocRelatedness": "LocalDocRelatedness (Spearman)"}
+    t["MTEB"] = table(["model", "held-out loss", *(metric.get(k, k) for k in task_names)], rows,
+                      "---|---:" + "|---:" * len(task_names))
     a = res["adaptive"]
     t["ADAPTIVE"] = table(
         ["policy", "target budget", "runs (adaptive / grid)", "model FLOPs (adaptive / grid)", "fraction",
@@ -311,11 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         "recipe_table": recipe.to_dict(),
         "recipe_table_md": recipe.to_markdown(),
         "crossovers": recipe.crossovers(),
-        "recipe_check": recipe_check(plans, checks),
+        "recipe_check": (check := recipe_check(plans, checks)),
         "plan_reproduction": plan_reproduces(records, plan_time, plans),
         "empirical": empirical_winners(records),
         "adaptive": adaptive,
-        "mteb": score_embeddings(checks),
+        "mteb": score_embeddings(checks, check),
         "baselines": [{"name": b["name"], "heldout_loss": b["heldout_loss"],
                        "tasks": {t: v["main_score"] for t, v in b["tasks"].items()}} for b in baselines],
         "law_card": str(CARD.relative_to(ROOT)),
