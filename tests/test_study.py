@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from embrecipe.laws import LawSet, fit_laws
+from embrecipe.laws import LawSet, fit_laws, run_point
 from embrecipe.plan import default_card_path
 from embrecipe.store import RunStore
 
@@ -61,3 +61,39 @@ def test_study_doc_is_rendered_from_the_committed_results(report_module, results
     doc = report_module.render_doc(results, (STUDY / "study.md.in").read_text())
     assert doc == (ROOT / "docs" / "study.md").read_text()
     assert "{{" not in doc
+
+
+def test_device_study_runs_sweep_fit_plan_and_check_against_a_deadline(tmp_path, monkeypatch):
+    """The GPU-lease driver, end to end on the fake trainer: a sweep, a fit, plans at an inside and an x3-above
+    budget, and the planned configuration + two alternatives trained at each (no GPU, no real training)."""
+    import time
+
+    import yaml
+
+    grid = {"name": "toy", "trainer": "synthetic", "models": ["toy-h64-l2", "toy-h128-l4"],
+            "methods": {"full": {}, "lora": {"rank": [8]}}, "budgets": [1e12, 3e12, 9e12, 2.7e13],
+            "tokens_per_pair": 60, "min_steps": 1, "train": {"batch_size": 32, "seed": 0}}
+    grid_path = tmp_path / "grid.yaml"
+    grid_path.write_text(yaml.safe_dump(grid))
+    spec = importlib.util.spec_from_file_location("device_study", STUDY / "device_study.py")
+    device_study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(device_study)
+    monkeypatch.setenv("STUDY_WORK", str(tmp_path / "work"))
+    out = tmp_path / "out"
+    rc = device_study.main(["--grid", str(grid_path), "--out", str(out), "--until", str(time.time() + 240),
+                            "--reserve", "150", "--workers", "2", "--bootstrap", "5"])
+    assert rc == 0
+    with RunStore(out / "study.sqlite") as st:
+        assert st.counts()["completed"] == 16
+    plans = json.loads((out / "plans.json").read_text())
+    assert plans["check_budgets"]["above"] == pytest.approx(3 * 2.7e13)
+    assert 3e12 < plans["check_budgets"]["inside"] < 9e12
+    with RunStore(out / "check.sqlite") as st:
+        checks = st.records()
+    assert len(checks) == 6 and all(r.get("synthetic") for r in checks)
+    for label, p in plans["plans"].items():
+        trained = {(Path(str(r["config"]["model"])).name, run_point(r).variant) for r in checks
+                   if math.isclose(r["budget"], p["budget"], rel_tol=1e-9)}
+        assert trained == {(c["model"], c["variant"]) for c in p["candidates"][:3]}, label
+    session = json.loads((out / "session.json").read_text())
+    assert session["sweep"]["counts"]["completed"] == 16 and "finished" in session

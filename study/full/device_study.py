@@ -175,11 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     cmds, logs = [], []
     train = dict(grid_raw["train"])
     for k in ("data", "val_data"):
-        train[k] = str((Path(args.grid).parent / train[k]).resolve())
+        if k in train:
+            train[k] = str((Path(args.grid).parent / train[k]).expanduser().resolve())
     for i, (label, budget, c) in enumerate(cells):
         g = {"name": f"check-{label}-{i}", "models": [{"name": c.model, "path": c.path}],
              "methods": method_spec(c.method), "budgets": [budget], "train": train, "out": str(models_dir),
-             "min_steps": 1, "allow_repeat": True}
+             "min_steps": 1, "allow_repeat": True,
+             # the check trains exactly like the grid did (same trainer, same data statistics)
+             **{k: grid_raw[k] for k in ("trainer", "tokens_per_pair", "dataset_pairs") if k in grid_raw}}
         gp = work / f"check_{i}.yaml"
         gp.write_text(json.dumps(g))
         cmds.append([sys.executable, "-m", "embrecipe.cli", "sweep", str(gp), "--store", str(check_store),
