@@ -456,6 +456,20 @@ def run_mteb(model: SentenceTransformer | Any, tasks: Sequence[Any], out: Path |
     return scores
 
 
+def _tasks_for(tasks: str, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The task list of ``tasks``; local tasks are built from the held-out ``rows``."""
+    needs_rows = any(t.strip() in ("local", *LOCAL_TASKS) for t in tasks.split(","))
+    return resolve_tasks(tasks, rows if needs_rows else None)
+
+
+def _write_record(out_dir: Path, record: Mapping[str, Any]) -> None:
+    """``OUT/eval.json``, atomically (temporary file, then renamed)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "eval.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(out_dir / "eval.json")
+
+
 def evaluate(
     model_path: str | os.PathLike[str],
     *,
@@ -472,9 +486,8 @@ def evaluate(
     """Held-out loss + MTEB tasks for one model; writes ``OUT/eval.json`` and ``OUT/mteb`` when ``out``."""
 
     start = time.time()
-    needs_rows = any(t.strip() in ("local", *LOCAL_TASKS) for t in tasks.split(","))
     rows = load_split(split, pairs, limit)
-    task_list = resolve_tasks(tasks, rows if needs_rows else None)
+    task_list = _tasks_for(tasks, rows)
     st = model if model is not None else load_model(model_path, max_seq_length=max_seq_length, pooling=pooling)
     if not st.model_card_data.model_name:
         # mteb files results under the model's name; without one every local model shares one folder.
@@ -495,10 +508,7 @@ def evaluate(
         "seconds": round(time.time() - start, 1),
     }
     if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / "eval.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.replace(out_dir / "eval.json")
+        _write_record(out_dir, record)
     return record
 
 
@@ -677,8 +687,7 @@ def evaluate_embeddings(
     for texts, vecs in (([r["query"] for r in rows], q), ([r["pos"] for r in rows], p), (extra, x)):
         for t, v in zip(texts, vecs if texts else (), strict=True):
             table.setdefault(t, v)
-    needs_rows = any(t.strip() in ("local", *LOCAL_TASKS) for t in tasks.split(","))
-    task_list = resolve_tasks(tasks, rows if needs_rows else None)
+    task_list = _tasks_for(tasks, rows)
     model_name = str(meta.get("model") or path.stem)
     encoder = _lookup_encoder(table, name=name or Path(model_name).name or path.stem,
                               similarity=meta.get("similarity_fn_name") or "cosine", source=path)
@@ -700,10 +709,7 @@ def evaluate_embeddings(
         "seconds": round(time.time() - start, 1),
     }
     if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / "eval.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.replace(out_dir / "eval.json")
+        _write_record(out_dir, record)
     return record
 
 

@@ -301,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_report(records, report_dir, laws=laws)
     card_path.parent.mkdir(parents=True, exist_ok=True)
     laws.save(card_path)
+    paths["laws"].unlink()  # the packaged card is that same card: keep one copy in the repository
 
     check_budgets = [float(p["budget"]) for p in plans["plans"].values()]
     table_budgets = sorted(set(cost["budgets"]) | set(check_budgets) | {1e12, 1e15, 3e15, 1e16})
