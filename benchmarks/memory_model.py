@@ -6,11 +6,13 @@ the AdamW states already allocated: the steady state the formula describes) on p
 ``--seq`` tokens (so the number of live activation tokens is known: 2 x batch x seq), in fp32 on the CPU,
 and reports the process's peak RSS (``VmHWM``, see benchmarks/run.py for why not ``getrusage``). A
 ``baseline`` process imports the same libraries and loads nothing: the formula's fixed overhead on this
-machine. The activation coefficient kappa is fitted on the full fine-tuning rows only (least squares of
-measured-minus-static on the formula's activation term); every other row is a validation point.
+machine. The activation coefficient kappa and a constant c (memory the formula does not model: the loaded
+checkpoint's buffers, tokenizer, allocator arenas) are fitted on the plain full fine-tuning rows only (least
+squares of measured-minus-static on the formula's activation term); every other row is a validation point.
 
     python benchmarks/memory_model.py --model $EMBRECIPE_HOME/testbed/smollm2-L2
     python benchmarks/memory_model.py --compare     # re-print the table from memory_model.json
+    (a rerun measures only the configurations missing from memory_model.json: delete it to start over)
 
 Writes benchmarks/memory_model.json (measurements, fitted kappa, relative errors).
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,14 +30,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "memory_model.json"
 
-CONFIGS = [  # (method dict, batch, mini-batch or None)
+LORA8 = {"name": "lora", "rank": 8, "alpha": 8.0, "targets": "all-linear"}
+LORA32 = {"name": "lora", "rank": 32, "alpha": 32.0, "targets": "all-linear"}
+CONFIGS = [  # (method dict, batch, mini-batch or None); calibration: plain full rows and LoRA r8 at 64
     ({"name": "full"}, 16, None),
     ({"name": "full"}, 64, None),
     ({"name": "full"}, 128, None),
     ({"name": "freeze", "trainable_blocks": 0.5}, 64, None),
-    ({"name": "lora", "rank": 8, "alpha": 8.0, "targets": "all-linear"}, 64, None),
+    (LORA8, 64, None),
     ({"name": "full"}, 64, 8),
+    (LORA8, 128, None),
+    (LORA32, 64, None),
+    ({"name": "freeze", "trainable_blocks": 0.5}, 128, None),
 ]
+CALIBRATION_LORA = (LORA8, 64)
 
 
 def _peak_rss_bytes() -> int:
@@ -65,12 +74,16 @@ def child(model: str, method: str, batch: int, mini: int, seq: int, data: str) -
     print(json.dumps({"peak_bytes": _peak_rss_bytes()}))
 
 
-def measure(model: str, seq: int) -> dict:
-    rows = []
+def measure(model: str, seq: int, done: dict | None = None) -> dict:
+    """Measure every configuration not already in ``done`` (a previous result of the same model and seq)."""
+    rows = list(done["rows"]) if done else []
+    have = {(json.dumps(r["method"]), r["batch"], r["mini_batch"]) for r in rows}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "long.jsonl"
         _long_pairs(data, 256)
         for method, batch, mini in [("baseline", 0, None), *CONFIGS]:
+            if (json.dumps(method), batch, mini) in have:
+                continue
             spec = method if method == "baseline" else json.dumps(method)
             cmd = [sys.executable, __file__, "--child", model, spec, str(batch), str(mini or 0), str(seq), str(data)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -79,7 +92,15 @@ def measure(model: str, seq: int) -> dict:
             peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"]
             rows.append({"method": method, "batch": batch, "mini_batch": mini, "peak_bytes": peak})
             print(rows[-1], flush=True)
-    return {"model": model, "seq": seq, "precision": "fp32", "device": "cpu", "rows": rows}
+            RESULTS.write_text(json.dumps({"model": model, "seq": seq, "rows": rows}, indent=1))  # resumable
+    return {"model": model, "seq": seq, "precision": "fp32", "device": _device(), "rows": rows}
+
+
+def _device() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    return "cpu"
 
 
 def compare(result: dict) -> dict:
@@ -90,20 +111,26 @@ def compare(result: dict) -> dict:
     base = next(r for r in result["rows"] if r["method"] == "baseline")["peak_bytes"]
     rows = [r for r in result["rows"] if r["method"] != "baseline"]
 
-    def est(r: dict, kappa: float) -> dict:
+    def est(r: dict, kappa: float, extra: float = 0.0, lora_excess: float = 0.0) -> dict:
         return training_memory(shape, method_from_dict(r["method"]), batch_size=r["batch"], seq_len=result["seq"],
                                mini_batch=r["mini_batch"], param_bytes=4, activation_bytes=4,
-                               overhead_bytes=base, kappa=kappa)
+                               overhead_bytes=base + extra, kappa=kappa, lora_excess=lora_excess)
 
     calib = [r for r in rows if r["method"]["name"] == "full" and not r["mini_batch"]]
-    kappa = fit_activation_coefficient(
+    kappa, unmodelled = fit_activation_coefficient(
         [(r["peak_bytes"] - est(r, 0.0)["total"], est(r, 1.0)["activations"]) for r in calib])
+    lora_row = next(r for r in rows if (r["method"], r["batch"]) == CALIBRATION_LORA and not r["mini_batch"])
+    # lambda: the LoRA row's excess over the formula without it, per unit of its activation term
+    lora_excess = (lora_row["peak_bytes"] - est(lora_row, kappa, unmodelled)["total"]) / \
+        est(lora_row, kappa, unmodelled)["activations"]
+    calib.append(lora_row)
     for r in rows:
-        e = est(r, kappa)
+        e = est(r, kappa, unmodelled, lora_excess)
         r["estimate_bytes"] = e["total"]
         r["relative_error"] = e["total"] / r["peak_bytes"] - 1
+        r["estimate_without_unmodelled_bytes"] = e["total"] - unmodelled
         r["used_for_calibration"] = r in calib
-    result.update(baseline_bytes=base, kappa=kappa)
+    result.update(baseline_bytes=base, kappa=kappa, lora_excess=lora_excess, unmodelled_bytes=unmodelled)
     return result
 
 
@@ -115,7 +142,9 @@ def _shape(model: str):
 
 def table(result: dict) -> str:
     lines = [f"model {result['model']}, seq {result['seq']}, {result['precision']} on {result['device']}; "
-             f"baseline (imports only) {result['baseline_bytes'] / 2**20:.0f} MiB; fitted kappa = {result['kappa']:.3f}",
+             f"baseline (imports only) {result['baseline_bytes'] / 2**20:.0f} MiB; fitted kappa = {result['kappa']:.3f}, "
+             f"LoRA excess lambda = {result['lora_excess']:.3f}, "
+             f"unmodelled fixed memory c = {result['unmodelled_bytes'] / 2**20:.0f} MiB",
              "| method | batch | mini-batch | measured peak MiB | estimate MiB | error | role |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
@@ -143,7 +172,10 @@ def main() -> None:
     else:
         if not args.model:
             raise SystemExit("--model DIR (e.g. $EMBRECIPE_HOME/testbed/smollm2-L2) is required")
-        result = measure(args.model, args.seq)
+        done = json.loads(RESULTS.read_text()) if RESULTS.is_file() else None
+        if done and (done.get("model"), done.get("seq")) != (args.model, args.seq):
+            done = None
+        result = measure(args.model, args.seq, done)
         RESULTS.write_text(json.dumps(result, indent=1))
     result = compare(result)
     RESULTS.write_text(json.dumps(result, indent=1))

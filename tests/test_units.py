@@ -142,6 +142,9 @@ def test_memory_formula_term_by_term():
     f = training_memory(s, FREEZE, batch_size=10, seq_len=5, activation_bytes=2, kappa=1.0, overhead_bytes=0)
     assert f["activations"] == e["activations"] / 2  # only the trained half saves activations
     assert f["optimizer"] == 8 * 2008  # the trained blocks and the final norm
+    lo = training_memory(s, LORA8, batch_size=10, seq_len=5, activation_bytes=2, kappa=1.0, lora_excess=0.5)
+    assert lo["activations"] == 1.5 * e["activations"]  # peft's LoRA layers keep more per token
+    assert lo["optimizer"] == 8 * 8 * 160  # rank x in+out of the adapted layers
     g = training_memory(s, FULL, batch_size=10, seq_len=5, mini_batch=2, activation_bytes=2, kappa=1.0,
                         overhead_bytes=100)
     assert g["activations"] == e["activations"] / 5 and g["gradcache"] == 2 * 2 * 10 * 8 * 4
@@ -186,9 +189,9 @@ def test_plan_drops_what_does_not_fit_and_sizes_gradcache():
 
 
 def test_kappa_fit():
-    assert fit_activation_coefficient([(2.0, 1.0), (4.0, 2.0)]) == pytest.approx(2.0)
+    assert fit_activation_coefficient([(3.0, 1.0), (5.0, 2.0), (9.0, 4.0)]) == pytest.approx((2.0, 1.0))
     with pytest.raises(InputError):
-        fit_activation_coefficient([])
+        fit_activation_coefficient([(1.0, 1.0), (2.0, 1.0)])
 
 
 # -------------------------------------------------------------------------------------------- serving
@@ -277,3 +280,14 @@ def test_cli_refuses_bad_unit_flags(tmp_path, capsys, argv, message):
     assert main(["plan", "--laws", str(_card(tmp_path)), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and re.search(message, err), err
+
+
+def test_trainer_records_the_device_name(tiny_models, tiny_pair_data):
+    # --hours picks throughput per device type; "cpu"/"cuda" alone cannot tell an A100 from an H100
+    from embrecipe.trainer import TrainConfig, train
+
+    rec = train(TrainConfig(model=tiny_models["llama"], data=tiny_pair_data, budget=4e8, batch_size=16,
+                            progress=False, seed=0))
+    assert rec["device"] == "cpu" and rec["device_name"] and rec["device_name"] != "unknown"
+    t = ThroughputTable.from_records([dict(rec, status="completed")], device=rec["device_name"][:6])
+    assert t.flops_per_s("full", "full", 1.0)[0] == pytest.approx(rec["model_flops_per_s"])

@@ -284,8 +284,9 @@ def _header(p: Plan) -> str:
     u = p.units
     if u.get("hours") is not None:
         budgets = [c.budget for c in p.candidates if c.budget is not None]
-        head = (f"Budget {u['hours']:g} device-hours = {min(budgets):.3g}..{max(budgets):.3g} model FLOPs "
-                f"(each option at its own measured throughput; {u.get('throughput', '')}) — {card}")
+        span = f"{min(budgets):.3g}" if min(budgets) == max(budgets) else f"{min(budgets):.3g}..{max(budgets):.3g}"
+        head = (f"Budget {u['hours']:g} device-hours = {span} model FLOPs "
+                f"(each option at its measured throughput; {u.get('throughput', '')}) — {card}")
     else:
         head = f"Budget {p.budget:.3g} model FLOPs — {card}"
     if u.get("embed_tokens"):

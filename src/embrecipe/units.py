@@ -30,13 +30,15 @@ hidden size:
 
     M = \underbrace{b_w P}_{\text{weights}} + \underbrace{b_w P_t}_{\text{grads}}
       + \underbrace{8 P_t}_{\text{AdamW } m, v}
-      + \underbrace{\kappa\, b_a\, 2 m S \textstyle\sum_{\ell \in \mathcal B} a_\ell}_{\text{activations}}
+      + \underbrace{\kappa\, (1 + \lambda [v = \text{LoRA}])\, b_a\, 2 m S
+        \textstyle\sum_{\ell \in \mathcal B} a_\ell}_{\text{activations}}
       + \underbrace{[m < B]\; 2 \cdot 2 B h \cdot 4}_{\text{GradCache's cached embeddings + grads}}
       + M_0
 
 :math:`\kappa` (attention, norms, residuals and the allocator's slack relative to the linear-layer
-inputs/outputs) is calibrated against measured peaks by ``benchmarks/memory_model.py`` and :math:`M_0` is a
-fixed overhead (CUDA context and workspace; the imported libraries on a CPU). GradCache keeps only one
+inputs/outputs) is calibrated against measured peaks by ``benchmarks/memory_model.py``; :math:`\lambda` is
+the extra activation memory measured for peft's LoRA layers (which keep more per adapted layer than a plain
+linear: about one more copy of its input), fitted there on one LoRA row; :math:`M_0` is a fixed overhead (CUDA context and workspace; the imported libraries on a CPU). GradCache keeps only one
 mini-batch's activations alive, so :func:`auto_mini_batch` picks the largest power of two (≤ B) that fits.
 
 **Serving cost.** Embedding :math:`T` tokens afterwards costs :math:`2 N_{\text{all}} T` FLOPs, where
@@ -71,8 +73,10 @@ from .errors import InputError
 from .flops import ModelShape
 
 GIB = 2**30
-# kappa fitted by benchmarks/memory_model.py (smollm2-L2, fp32, CPU; see docs/planner.md for the errors).
-DEFAULT_KAPPA = 1.3
+# kappa and the LoRA excess lambda, fitted by benchmarks/memory_model.py (smollm2-L2, fp32, CPU; the fit and
+# the validation errors are in benchmarks/memory_model.json and docs/planner.md).
+DEFAULT_KAPPA = 1.67
+DEFAULT_LORA_EXCESS = 0.47
 # Fixed memory a GPU process needs besides the tensors (CUDA context, cuBLAS workspace, allocator slack).
 # An assumption, not a measurement from this project: ~0.5-1 GiB is typical.
 DEFAULT_OVERHEAD_BYTES = GIB
@@ -143,6 +147,8 @@ class ThroughputTable:
 
     def flops_per_s(self, variant: str, kind: str, n_params: float) -> tuple[float, list[str]]:
         """Model FLOP/s for ``variant`` at ``n_params`` and the warnings that qualify it."""
+        if self.single:  # one benchmark row: the same FLOP/s for every option, said once by the planner
+            return self.measurements[0].flops_per_s, []
         notes: list[str] = []
         rows = [m for m in self.measurements if m.variant == variant]
         if not rows:
@@ -295,7 +301,8 @@ def blocks_with_saved_activations(shape: ModelShape, method: Any) -> int:
 
 def training_memory(shape: ModelShape, method: Any, *, batch_size: int, seq_len: int,
                     mini_batch: int | None = None, param_bytes: int = 4, activation_bytes: int = 2,
-                    overhead_bytes: float = DEFAULT_OVERHEAD_BYTES, kappa: float = DEFAULT_KAPPA) -> dict[str, float]:
+                    overhead_bytes: float = DEFAULT_OVERHEAD_BYTES, kappa: float = DEFAULT_KAPPA,
+                    lora_excess: float = DEFAULT_LORA_EXCESS) -> dict[str, float]:
     """The memory formula of the module docstring, term by term (bytes), with ``total``.
 
     ``activation_bytes`` is 2 under bf16 autocast (the default on GPUs) and 4 in fp32.
@@ -312,7 +319,8 @@ def training_memory(shape: ModelShape, method: Any, *, batch_size: int, seq_len:
         "weights": float(param_bytes * p_all),
         "gradients": float(param_bytes * p_t),
         "optimizer": float(8 * p_t),
-        "activations": float(kappa * activation_bytes * 2 * live * seq_len * saved),
+        "activations": float(kappa * (1 + (lora_excess if method.name == "lora" else 0.0)) * activation_bytes
+                             * 2 * live * seq_len * saved),
         "gradcache": float(2 * 2 * batch_size * shape.hidden_size * 4) if live < batch_size else 0.0,
         "overhead": float(overhead_bytes),
     }
@@ -341,13 +349,21 @@ def auto_mini_batch(shape: ModelShape, method: Any, *, batch_size: int, seq_len:
     return None
 
 
-def fit_activation_coefficient(points: Iterable[tuple[float, float]]) -> float:
-    """Least-squares :math:`\\kappa` through the origin: ``points`` are (measured − static, activations at κ=1)."""
+def fit_activation_coefficient(points: Iterable[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares ``y = c + kappa * x`` over calibration points ``(y, x)``.
+
+    ``y`` is measured peak minus the formula's static terms (weights, gradients, optimizer, fixed overhead)
+    and ``x`` the activation term at :math:`\\kappa = 1`; returns ``(kappa, c)``, where ``c`` is memory the
+    formula does not model (on a CPU: the loaded checkpoint's buffers, tokenizer, allocator arenas). Needs
+    two or more distinct activation sizes (e.g. the same model at several batch sizes).
+    """
     pts = list(points)
-    den = sum(x * x for _, x in pts)
-    if not pts or den <= 0:
-        raise InputError("no calibration points with activations")
-    return sum(y * x for y, x in pts) / den
+    xs = [x for _, x in pts]
+    if len(set(xs)) < 2:
+        raise InputError("calibration needs measurements at two or more activation sizes")
+    mx, my = sum(xs) / len(xs), sum(y for y, _ in pts) / len(pts)
+    kappa = sum((x - mx) * (y - my) for y, x in pts) / sum((x - mx) ** 2 for x in xs)
+    return kappa, my - kappa * mx
 
 
 # ------------------------------------------------------------------------------------------------------
