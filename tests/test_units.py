@@ -184,6 +184,8 @@ def test_plan_drops_what_does_not_fit_and_sizes_gradcache():
     assert all(c.model in (family()[0].name, family()[1].name) for c in q.candidates)
     assert any("does not fit" in s for s in q.skipped)
     assert len(q.candidates) < len(free.candidates)
+    assert free.best.model == family()[-1].name  # the largest without a limit, so the limit moved it
+    assert any(n.startswith("the memory limit moves the optimum to a smaller model") for n in q.notes)
     with pytest.raises(BudgetError, match="no option fits"):
         plan(1e17, laws, device_memory_gib=1e-6, **kw)
 

@@ -559,12 +559,15 @@ def plan(
                          "(use --throughput-from STORE for per-method, per-size throughput)")
     if device_memory_gib is not None:
         units.update(device_memory_gib=float(device_memory_gib), seq_len=int(seq_len), precision=precision)
+    same = dict(batch_size=batch_size, tokens_per_pair=tokens_per_pair, level=level, variants=variants,
+                min_steps=min_steps, hours=hours, throughput=throughput, seq_len=seq_len, precision=precision,
+                memory_overhead_gib=memory_overhead_gib)
     if embed_tokens:
         units.update(embed_tokens=float(embed_tokens))
-        notes.extend(_serving_shift(best, budget, laws, family, batch_size=batch_size,
-                                    tokens_per_pair=tokens_per_pair, level=level, variants=variants,
-                                    min_steps=min_steps, device_memory_gib=device_memory_gib, seq_len=seq_len,
-                                    precision=precision, memory_overhead_gib=memory_overhead_gib))
+        notes.extend(_shift_note("the serving cost", best, budget, laws, family,
+                                 **same, device_memory_gib=device_memory_gib))
+    if device_memory_gib is not None:
+        notes.extend(_shift_note("the memory limit", best, budget, laws, family, **same, embed_tokens=embed_tokens))
     # With hours the budget differs per option; the plan's budget is then the optimum's.
     plan_budget = float(budget) if budget is not None else float(best.budget)
     return Plan(budget=plan_budget, batch_size=batch_size, tokens_per_pair=float(tokens_per_pair),
@@ -572,20 +575,21 @@ def plan(
                 provenance=laws.provenance, units=units, notes=notes)
 
 
-def _serving_shift(best: Candidate, budget: float, laws: LawSet, family: Sequence[FamilyMember] | None,
-                   **kwargs: Any) -> list[str]:
-    """A note when paying for serving moves the optimum (to a smaller model, usually)."""
+def _shift_note(what: str, best: Candidate, budget: float | None, laws: LawSet,
+                family: Sequence[FamilyMember] | None, **kwargs: Any) -> list[str]:
+    """A note on whether ``what`` (the serving cost, the memory limit) moves the optimum: the plan is made
+    again without it (``kwargs`` carry everything else) and the two choices compared."""
     try:
         base = plan(budget, laws, family, **kwargs).best
     except EmbrecipeError:
         return []
     if (base.model, base.variant) == (best.model, best.variant):
-        return [f"the serving cost does not change the choice ({best.variant} on {best.model})"]
+        return [f"{what} does not change the choice ({best.variant} on {best.model})"]
     if best.n_params == base.n_params:
         where = "changes the method at the same model size"
     else:
         where = f"moves the optimum to a {'smaller' if best.n_params < base.n_params else 'larger'} model"
-    return [f"the serving cost {where}: {best.variant} on {best.model} (N = {best.n_params:.3g}) instead of "
+    return [f"{what} {where}: {best.variant} on {best.model} (N = {best.n_params:.3g}) instead of "
             f"{base.variant} on {base.model} (N = {base.n_params:.3g}) without it"]
 
 
