@@ -293,3 +293,24 @@ def test_trainer_records_the_device_name(tiny_models, tiny_pair_data):
     assert rec["device"] == "cpu" and rec["device_name"] and rec["device_name"] != "unknown"
     t = ThroughputTable.from_records([dict(rec, status="completed")], device=rec["device_name"][:6])
     assert t.flops_per_s("full", "full", 1.0)[0] == pytest.approx(rec["model_flops_per_s"])
+
+
+def test_cli_run_dry_run_trains_on_what_serving_leaves_at_the_planned_mini_batch(tmp_path, capsys):
+    card = _card(tmp_path)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"query": "a", "pos": "b"}\n')
+    laws = true_laws()
+    big = family()[-1]
+    # memory for the largest model's weights and optimizer but not its plain batch of 1024
+    lo = training_memory(big.shape, LORA8, batch_size=1024, seq_len=75, mini_batch=1)["total"]
+    hi = training_memory(big.shape, LORA8, batch_size=1024, seq_len=75)["total"]
+    gib = (lo + hi) / 2 / GIB
+    expect = plan(1e17, laws, batch_size=1024, embed_tokens=1e6, device_memory_gib=gib).best
+    assert expect.mini_batch is not None
+    assert main(["run", "--budget", "1e17", "--laws", str(card), "--data", str(data), "--out",
+                 str(tmp_path / "out"), "--batch-size", "1024", "--embed-tokens", "1e6", "--device-memory",
+                 str(gib), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    config = json.loads(out.split("training config: ", 1)[1].splitlines()[0])
+    assert config["budget"] == pytest.approx(1e17 - 2 * expect.n_params * 1e6)
+    assert config["mini_batch_size"] == expect.mini_batch and config["model"] == expect.path
