@@ -260,6 +260,10 @@ def test_cli_hours_memory_serving(tmp_path, capsys):
     assert main(["plan", "--hours", "2", "--laws", str(card), "--throughput-from", str(store)]) == 0
     text = capsys.readouterr().out
     assert "2 device-hours" in text and "FLOP/s" in text
+    assert "measured at batch size" not in text  # the store's runs record no batch size here
+    assert main(["plan", "--hours", "2", "--laws", str(card), "--throughput-row", "smollm2-L8/full/64"]) == 0
+    text = capsys.readouterr().out
+    assert "measured at batch size 64, the plan is at 32" in text and "same FLOP budget" in text
     assert main(["plan", "--budget", "1e17", "--laws", str(card), "--device-memory", "80", "--batch-size",
                  "1024"]) == 0
     assert "Memory: 80 GiB" in capsys.readouterr().out

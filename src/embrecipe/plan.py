@@ -554,6 +554,9 @@ def plan(
     notes: list[str] = []
     if hours is not None:
         units.update(hours=float(hours), throughput=throughput.label)
+        if throughput.batch_sizes and batch_size not in throughput.batch_sizes:
+            warnings.append(f"throughput was measured at batch size {', '.join(map(str, throughput.batch_sizes))}, "
+                            f"the plan is at {batch_size}: FLOP/s depend on the batch size (measure at yours)")
         if throughput.single:
             notes.append("one benchmark row gives one throughput for every option: all get the same FLOP budget "
                          "(use --throughput-from STORE for per-method, per-size throughput)")

@@ -94,6 +94,7 @@ class Measurement:
     n_params: float
     flops_per_s: float
     source: str = ""
+    batch_size: int | None = None
 
 
 def hours_to_flops(hours: float, flops_per_s: float) -> float:
@@ -194,8 +195,9 @@ class ThroughputTable:
             kind = method.get("name") if isinstance(method, Mapping) else str(method)
             variant = r.get("method_key") or r.get("variant") or kind
             if _num(n):
+                batch = r.get("batch_size") or (r.get("config") or {}).get("batch_size")
                 out.append(Measurement(str(variant), str(kind), float(n), float(r["model_flops_per_s"]),
-                                       record_device(r)))
+                                       record_device(r), int(batch) if _num(batch) else None))
         dev = names[0] if len(names) == 1 and not device else (device or "")
         return cls(out, label=f"{label} ({dev})" if dev else label)
 
@@ -229,7 +231,12 @@ class ThroughputTable:
         section, t = hits[0]
         fps = float(t["embrecipe_model_gflops"]) * 1e9
         tag = f"{t['model']}/{t['method']}/{t['batch']} on {section.get('device')} ({section.get('precision')})"
-        return cls([Measurement("*", "*", 1.0, fps, tag)], label=f"benchmark row {tag}")
+        batch = int(t["batch"]) if _num(t.get("batch")) else None
+        return cls([Measurement("*", "*", 1.0, fps, tag, batch)], label=f"benchmark row {tag}")
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return sorted({m.batch_size for m in self.measurements if m.batch_size})
 
     @property
     def single(self) -> bool:
