@@ -141,6 +141,8 @@ def _shape(model: str):
 
 
 def table(result: dict) -> str:
+    from embrecipe.methods import method_from_dict
+
     lines = [f"model {result['model']}, seq {result['seq']}, {result['precision']} on {result['device']}; "
              f"baseline (imports only) {result['baseline_bytes'] / 2**20:.0f} MiB; fitted kappa = {result['kappa']:.3f}, "
              f"LoRA excess lambda = {result['lora_excess']:.3f}, "
@@ -149,7 +151,9 @@ def table(result: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
         m = r["method"]
-        name = m["name"] + "".join(f"-{k}{v}" for k, v in m.items() if k in ("rank", "trainable_blocks"))
+        if m == "baseline":
+            continue
+        name = method_from_dict(m).key
         lines.append(f"| {name} | {r['batch']} | {r['mini_batch'] or '-'} | {r['peak_bytes'] / 2**20:.0f} | "
                      f"{r['estimate_bytes'] / 2**20:.0f} | {r['relative_error']:+.1%} | "
                      f"{'calibration' if r['used_for_calibration'] else 'validation'} |")
