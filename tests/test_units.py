@@ -277,6 +277,8 @@ def test_cli_hours_memory_serving(tmp_path, capsys):
     (["--budget", "1e17", "--throughput-row", "smollm2-L8/full/64"], "only apply"),
     (["--hours", "1", "--throughput-row", "smollm2-L8/full/64", "--embed-tokens", "1e6"], "not supported"),
     (["--hours", "0", "--throughput-row", "smollm2-L8/full/64"], "positive"),
+    (["--hours", "1", "--throughput-from", "missing.sqlite"], "not a run store"),
+    (["--hours", "1", "--throughput-row", "smollm2-L8/full"], "add /BATCH"),
     (["--budget", "1e17", "--device-memory", "-3"], "device memory"),
     (["--budget", "1e17", "--embed-tokens", "-1"], "non-negative"),
 ])
