@@ -52,6 +52,15 @@ from .errors import BudgetError, EmbrecipeError, InputError
 from .flops import ModelShape
 from .laws import LawSet, fit_laws
 from .methods import method_flops_per_token, method_from_dict
+from .units import (
+    DEFAULT_OVERHEAD_BYTES,
+    GIB,
+    ThroughputTable,
+    auto_mini_batch,
+    hours_to_flops,
+    serving_flops,
+    training_memory,
+)
 
 # The study's assumption when the real mean is unknown; used only with a warning.
 ASSUMED_TOKENS_PER_PAIR = 78.0
@@ -176,6 +185,14 @@ class Candidate:
     feasible: bool = True
     rank: int = 0
     warnings: list[str] = field(default_factory=list)
+    # Plans in the user's units (embrecipe.units): this option's own training budget (with --hours or
+    # --embed-tokens it differs per option), its measured throughput, the serving cost taken out of the
+    # budget, and the estimated memory at the GradCache mini-batch chosen to fit the device.
+    budget: float | None = None
+    flops_per_s: float | None = None
+    serving_flops: float | None = None
+    memory_gib: float | None = None
+    mini_batch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,6 +209,8 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     provenance: str = ""
+    units: dict[str, Any] = field(default_factory=dict)  # hours / device memory / embed tokens asked for
+    notes: list[str] = field(default_factory=list)
 
     @property
     def best(self) -> Candidate:
@@ -214,12 +233,14 @@ class Plan:
             "candidates": [c.to_dict() for c in self.candidates],
             "warnings": list(self.warnings),
             "skipped": list(self.skipped),
+            "units": dict(self.units),
+            "notes": list(self.notes),
         }
 
     def format(self, top: int = 10) -> str:
         """Human-readable plan: the optimum, the runner-up, a ranked table and the warnings."""
         pct = f"{self.level:.0%}"
-        lines = [f"Budget {self.budget:.3g} model FLOPs — law card: {self.provenance or 'unlabelled'}"]
+        lines = [_header(self)]
         b = self.best
         lines.append(f"Optimum:   {_describe(b, self)}")
         if self.runner_up is not None:
@@ -227,6 +248,7 @@ class Plan:
         lines.append("")
         head = (f"{'#':>3} {'model':<22} {'variant':<14} {'N':>9} {'N_t':>9} {'tokens':>9} {'steps':>8} "
                 f"{'loss':>8} {pct + ' interval':>19} {'P(opt)':>7}")
+        head += _unit_head(self)
         lines.append(head)
         lines.append("-" * len(head))
         for c in self.candidates[:top]:
@@ -235,7 +257,7 @@ class Plan:
             mark = "" if c.feasible else "  (cannot afford min steps)"
             lines.append(
                 f"{c.rank:>3} {c.model[:22]:<22} {c.variant:<14} {c.n_params:>9.3g} {c.n_trainable:>9.3g} "
-                f"{c.tokens:>9.3g} {c.steps:>8} {c.loss:>8.4g} {interval:>19} {p:>7}{mark}"
+                f"{c.tokens:>9.3g} {c.steps:>8} {c.loss:>8.4g} {interval:>19} {p:>7}{_unit_cells(c, self)}{mark}"
             )
         if len(self.candidates) > top:
             lines.append(f"... {len(self.candidates) - top} more options (--json lists all)")
@@ -245,6 +267,8 @@ class Plan:
             lines.append(f"WARNING: {w}")
         for s in self.skipped:
             lines.append(f"note: skipped {s}")
+        for n in self.notes:
+            lines.append(f"note: {n}")
         return "\n".join(lines)
 
 
@@ -252,7 +276,60 @@ def _describe(c: Candidate, p: Plan) -> str:
     interval = "" if c.loss_low is None else f" [{c.loss_low:.4g}, {c.loss_high:.4g}]"
     prob = "" if c.p_optimal is None else f", P(optimal) = {c.p_optimal:.2f}"
     return (f"{c.variant} on {c.model} — {c.tokens:.3g} tokens = {c.steps} steps of {p.batch_size} pairs; "
-            f"predicted loss {c.loss:.4g}{interval}{prob}")
+            f"predicted loss {c.loss:.4g}{interval}{prob}{_unit_describe(c, p)}")
+
+
+def _header(p: Plan) -> str:
+    card = f"law card: {p.provenance or 'unlabelled'}"
+    u = p.units
+    if u.get("hours") is not None:
+        budgets = [c.budget for c in p.candidates if c.budget is not None]
+        span = f"{min(budgets):.3g}" if min(budgets) == max(budgets) else f"{min(budgets):.3g}..{max(budgets):.3g}"
+        head = (f"Budget {u['hours']:g} device-hours = {span} model FLOPs "
+                f"(each option at its measured throughput; {u.get('throughput', '')}) — {card}")
+    else:
+        head = f"Budget {p.budget:.3g} model FLOPs — {card}"
+    if u.get("embed_tokens"):
+        head += (f"\nServing: embedding {u['embed_tokens']:.3g} tokens afterwards costs 2 x N x tokens; "
+                 "each option trains on the budget left after it")
+    if u.get("device_memory_gib"):
+        head += (f"\nMemory: {u['device_memory_gib']:g} GiB device, batch {p.batch_size} x "
+                 f"{u['seq_len']} tokens, {u['precision']} activations (GradCache mini-batch sized to fit)")
+    return head
+
+
+def _unit_head(p: Plan) -> str:
+    u, out = p.units, ""
+    if u.get("hours") is not None:
+        out += f" {'FLOPs':>9} {'FLOP/s':>9}"
+    if u.get("embed_tokens"):
+        out += f" {'serve':>9}"
+    if u.get("device_memory_gib"):
+        out += f" {'GiB':>6} {'mini':>5}"
+    return out
+
+
+def _unit_cells(c: Candidate, p: Plan) -> str:
+    u, out = p.units, ""
+    if u.get("hours") is not None:
+        out += f" {c.budget:>9.3g} {c.flops_per_s:>9.3g}"
+    if u.get("embed_tokens"):
+        out += f" {c.serving_flops:>9.3g}"
+    if u.get("device_memory_gib"):
+        out += f" {c.memory_gib:>6.3g} {c.mini_batch or '-':>5}"
+    return out
+
+
+def _unit_describe(c: Candidate, p: Plan) -> str:
+    u, out = p.units, ""
+    if u.get("hours") is not None:
+        out += f"; {c.budget:.3g} FLOPs in {u['hours']:g} h at {c.flops_per_s:.3g} model FLOP/s"
+    if u.get("embed_tokens"):
+        out += f"; training {c.budget:.3g} FLOPs + serving {c.serving_flops:.3g}"
+    if u.get("device_memory_gib"):
+        gc = f"GradCache mini-batch {c.mini_batch}" if c.mini_batch else "no GradCache"
+        out += f"; ~{c.memory_gib:.3g} GiB with {gc}"
+    return out
 
 
 @dataclass
@@ -321,7 +398,7 @@ def _range_warning(what: str, value: float, lo_hi: Sequence[float] | None) -> st
 
 
 def plan(
-    budget: float,
+    budget: float | None,
     laws: LawSet,
     family: Sequence[FamilyMember] | None = None,
     *,
@@ -330,10 +407,48 @@ def plan(
     level: float = 0.9,
     variants: Sequence[str] | None = None,
     min_steps: int = 1,
+    hours: float | None = None,
+    throughput: ThroughputTable | None = None,
+    embed_tokens: float | None = None,
+    device_memory_gib: float | None = None,
+    seq_len: int = 75,
+    precision: str = "bf16",
+    memory_overhead_gib: float = DEFAULT_OVERHEAD_BYTES / GIB,
 ) -> Plan:
-    """Rank every (family member × fitted variant) at ``budget``; see the module docstring."""
-    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+    """Rank every (family member × fitted variant) at ``budget``; see the module docstring.
+
+    In the user's units (:mod:`embrecipe.units`): ``hours`` (with ``throughput``, and ``budget=None``) gives
+    every option its own FLOP budget, ``3600 * hours * measured FLOP/s`` of that variant and size, so the
+    options compete at equal wall time. ``embed_tokens`` makes ``budget`` the total of training and serving:
+    each option trains on ``budget - 2 * N * embed_tokens``. ``device_memory_gib`` drops the options whose
+    estimated training memory at ``batch_size`` x ``seq_len`` does not fit, after trying GradCache
+    mini-batches (the largest power of two that fits is recorded as ``Candidate.mini_batch``).
+
+    Example (hours; ``laws`` as in the module docstring, one full fine-tuning run measured at 2e12 FLOP/s)::
+
+        from embrecipe.units import Measurement, ThroughputTable
+        t = ThroughputTable([Measurement("full", "full", 4e6, 2e12)])
+        plan(None, laws, hours=2.0, throughput=t).best.budget      # 3600 * 2 * 2e12 = 1.44e16
+    """
+    if hours is not None:
+        if budget is not None:
+            raise InputError("give a FLOP budget or hours, not both")
+        if not (isinstance(hours, (int, float)) and math.isfinite(hours) and hours > 0):
+            raise BudgetError(f"hours must be a positive number, got {hours!r}")
+        if throughput is None:
+            raise InputError("a plan in hours needs measured throughput: --throughput-from STORE or "
+                             "--throughput-row NAME")
+        if embed_tokens:
+            raise InputError("--embed-tokens with --hours is not supported: serving time would need a measured "
+                             "inference throughput, which runs do not record; plan in FLOPs (--budget) instead")
+    elif not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
         raise BudgetError(f"budget must be a positive number of FLOPs, got {budget!r}")
+    if embed_tokens is not None and not (math.isfinite(embed_tokens) and embed_tokens >= 0):
+        raise InputError(f"tokens to embed must be a non-negative number, got {embed_tokens!r}")
+    if device_memory_gib is not None and not (math.isfinite(device_memory_gib) and device_memory_gib > 0):
+        raise InputError(f"device memory must be a positive number of GiB, got {device_memory_gib!r}")
+    if precision not in ("bf16", "fp32"):
+        raise InputError(f"precision must be bf16 or fp32, got {precision!r}")
     if not 0 < level < 1:
         raise InputError(f"interval level must be in (0, 1), got {level}")
     members = list(family) if family is not None else family_from_laws(laws)
@@ -363,19 +478,57 @@ def plan(
                 skipped.append(f"{v} on {m.name}: {exc}")
                 continue
             n = m.shape.non_embedding_params
-            tokens = budget / cost
+            unit_notes: list[str] = []
+            cand_budget, fps, serve = budget, None, None
+            if hours is not None:
+                fps, unit_notes = throughput.flops_per_s(v, method.name, n)
+                cand_budget = hours_to_flops(hours, fps)
+            if embed_tokens:
+                serve = serving_flops(n, embed_tokens)
+                if serve >= cand_budget:
+                    skipped.append(f"{v} on {m.name}: serving {embed_tokens:.3g} tokens costs {serve:.3g} FLOPs, "
+                                   f"the whole budget {cand_budget:.3g} or more")
+                    continue
+                cand_budget -= serve
+            fit = None
+            if device_memory_gib is not None:
+                fit = auto_mini_batch(m.shape, method, batch_size=batch_size, seq_len=seq_len,
+                                      memory_bytes=device_memory_gib * GIB,
+                                      activation_bytes=2 if precision == "bf16" else 4,
+                                      overhead_bytes=memory_overhead_gib * GIB)
+                if fit is None:
+                    need = training_memory(m.shape, method, batch_size=batch_size, seq_len=seq_len, mini_batch=1,
+                                           activation_bytes=2 if precision == "bf16" else 4,
+                                           overhead_bytes=memory_overhead_gib * GIB)["total"]
+                    skipped.append(f"{v} on {m.name}: does not fit in {device_memory_gib:g} GiB (needs "
+                                   f"~{need / GIB:.3g} GiB even with a GradCache mini-batch of 1)")
+                    continue
+            tokens = cand_budget / cost
             pairs = tokens / tokens_per_pair
             steps = math.floor(pairs / batch_size)
             loss = float(laws[v].predict(n, tokens))
             cand = Candidate(model=m.name, path=m.path, variant=v, method=dict(laws.methods[v]), n_params=n,
                              n_trainable=n_t, flops_per_token=cost, tokens=tokens, pairs=pairs, steps=steps,
                              loss=loss, feasible=steps >= min_steps)
+            if hours is not None or embed_tokens:
+                cand.budget, cand.flops_per_s, cand.serving_flops = cand_budget, fps, serve
+            if fit is not None:
+                cand.mini_batch, cand.memory_gib = fit[0], fit[1]["total"] / GIB
+            cand.warnings.extend(unit_notes)
             rng = laws.ranges.get(v, {})
-            for what, value, key in (("C", budget, "C"), ("N", n, "N"), ("D", tokens, "D")):
+            for what, value, key in (("C", cand_budget, "C"), ("N", n, "N"), ("D", tokens, "D")):
                 w = _range_warning(f"{what} ({v})", value, rng.get(key))
                 if w:
                     cand.warnings.append(w)
             candidates.append(cand)
+    if not candidates and embed_tokens and all(": serving " in x for x in skipped):
+        smallest = min(members, key=lambda m: m.shape.non_embedding_params)
+        raise BudgetError(
+            f"budget {budget:.3g} FLOPs cannot pay for embedding {embed_tokens:.3g} tokens with any model (the "
+            f"smallest, {smallest.name}, needs {serving_flops(smallest.shape.non_embedding_params, embed_tokens):.3g}"
+            " for serving alone); raise --budget or lower --embed-tokens")
+    if not candidates and device_memory_gib is not None and all("does not fit" in x for x in skipped):
+        raise BudgetError(f"no option fits in {device_memory_gib:g} GiB even with GradCache: " + skipped[0])
     if not candidates:
         raise InputError("no (model, variant) option can be costed: " + "; ".join(skipped))
 
@@ -386,7 +539,7 @@ def plan(
     best = candidates[0]
     if not best.feasible:
         raise BudgetError(
-            f"budget {budget:.3g} FLOPs affords fewer than {min_steps} step(s) of {batch_size} pairs with every "
+            f"budget {best.budget or budget:.3g} FLOPs affords fewer than {min_steps} step(s) of {batch_size} pairs with every "
             "option; raise the budget or lower the batch size"
         )
     warnings.extend(f"optimum {best.variant} on {best.model}: {w}" for w in best.warnings)
@@ -396,9 +549,50 @@ def plan(
         if family_fingerprint(m.shape.to_dict() for m in members) != laws.family_fingerprint:
             warnings.append("the family differs from the one the laws were fitted on (family fingerprint)")
     n_boot = min((len(laws[v].samples_) for v in chosen if laws[v].samples_ is not None), default=0)
-    return Plan(budget=float(budget), batch_size=batch_size, tokens_per_pair=float(tokens_per_pair),
+    units: dict[str, Any] = {}
+    notes: list[str] = []
+    if hours is not None:
+        units.update(hours=float(hours), throughput=throughput.label)
+        if throughput.batch_sizes and batch_size not in throughput.batch_sizes:
+            warnings.append(f"throughput was measured at batch size {', '.join(map(str, throughput.batch_sizes))}, "
+                            f"the plan is at {batch_size}: FLOP/s depend on the batch size (measure at yours)")
+        if throughput.single:
+            notes.append("one benchmark row gives one throughput for every option: all get the same FLOP budget "
+                         "(use --throughput-from STORE for per-method, per-size throughput)")
+    if device_memory_gib is not None:
+        units.update(device_memory_gib=float(device_memory_gib), seq_len=int(seq_len), precision=precision)
+    same = dict(batch_size=batch_size, tokens_per_pair=tokens_per_pair, level=level, variants=variants,
+                min_steps=min_steps, hours=hours, throughput=throughput, seq_len=seq_len, precision=precision,
+                memory_overhead_gib=memory_overhead_gib)
+    if embed_tokens:
+        units.update(embed_tokens=float(embed_tokens))
+        notes.extend(_shift_note("the serving cost", best, budget, laws, family,
+                                 **same, device_memory_gib=device_memory_gib))
+    if device_memory_gib is not None:
+        notes.extend(_shift_note("the memory limit", best, budget, laws, family, **same, embed_tokens=embed_tokens))
+    # With hours the budget differs per option; the plan's budget is then the optimum's.
+    plan_budget = float(budget) if budget is not None else float(best.budget)
+    return Plan(budget=plan_budget, batch_size=batch_size, tokens_per_pair=float(tokens_per_pair),
                 level=level, n_bootstrap=n_boot, candidates=candidates, warnings=warnings, skipped=skipped,
-                provenance=laws.provenance)
+                provenance=laws.provenance, units=units, notes=notes)
+
+
+def _shift_note(what: str, best: Candidate, budget: float | None, laws: LawSet,
+                family: Sequence[FamilyMember] | None, **kwargs: Any) -> list[str]:
+    """A note on whether ``what`` (the serving cost, the memory limit) moves the optimum: the plan is made
+    again without it (``kwargs`` carry everything else) and the two choices compared."""
+    try:
+        base = plan(budget, laws, family, **kwargs).best
+    except EmbrecipeError:
+        return []
+    if (base.model, base.variant) == (best.model, best.variant):
+        return [f"{what} does not change the choice ({best.variant} on {best.model})"]
+    if best.n_params == base.n_params:
+        where = "changes the method at the same model size"
+    else:
+        where = f"moves the optimum to a {'smaller' if best.n_params < base.n_params else 'larger'} model"
+    return [f"{what} {where}: {best.variant} on {best.model} (N = {best.n_params:.3g}) instead of "
+            f"{base.variant} on {base.model} (N = {base.n_params:.3g}) without it"]
 
 
 def _attach_uncertainty(candidates: list[Candidate], laws: LawSet, level: float) -> None:

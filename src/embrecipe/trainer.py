@@ -530,11 +530,27 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "model_flops_per_s": state["model_flops"] / max(state["train_time_s"], 1e-9),
         "versions": _versions(),
         "device": device.type,
+        "device_name": _device_name(device),  # the planner's --hours picks throughput per device type
     }
     if out and dist.main:
         _export(model, config, record, out)
     dist.barrier()
     return record
+
+
+def _device_name(device: Any) -> str:
+    """"NVIDIA H100 80GB HBM3" on a GPU, the CPU's model name otherwise (throughput is per device type)."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or device.type
 
 
 def _fingerprint(config: TrainConfig, data: PairData) -> str:

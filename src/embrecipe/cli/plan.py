@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--budget", help="one budget in model FLOPs, e.g. 1e17")
     g.add_argument("--budgets", help="comma-separated budgets for the recipe table, e.g. 1e15,1e16,1e17")
+    g.add_argument("--hours", type=float, default=None,
+                   help="a budget in device-hours: each option gets 3600 x H x its measured model FLOP/s "
+                        "(needs --throughput-from or --throughput-row)")
     p.add_argument("--laws", default=None,
                    help="law card (from `embrecipe fit`) or a run store to fit on the fly "
                         "(default: the packaged card, when one ships)")
@@ -32,21 +35,58 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="bootstrap refits when --laws is a store (default: 200)")
     p.add_argument("--top", type=int, default=10, help="ranked options to print (default: 10)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    u = p.add_argument_group("plans in your units (docs/planner.md)")
+    u.add_argument("--throughput-from", metavar="STORE", default=None,
+                   help="with --hours: a run store; median model FLOP/s per (variant, model size) of its "
+                        "completed runs, interpolated across sizes")
+    u.add_argument("--throughput-row", metavar="NAME", default=None,
+                   help="with --hours: one row of benchmarks/results.json, MODEL/METHOD[/BATCH] (optionally "
+                        "DEVICE: first), e.g. smollm2-L8/full/64; one throughput for every option")
+    u.add_argument("--throughput-device", metavar="NAME", default=None,
+                   help="with --throughput-from: use runs on the device whose name contains NAME")
+    u.add_argument("--device-memory", type=float, metavar="GIB", default=None,
+                   help="drop options whose estimated training memory at the batch size does not fit in GIB; "
+                        "size the GradCache mini-batch automatically where that makes them fit")
+    u.add_argument("--seq-len", type=int, default=75, help="max sequence length for the memory estimate (75)")
+    u.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                   help="activation precision for the memory estimate (default bf16, the trainer's GPU default)")
+    u.add_argument("--memory-overhead", type=float, metavar="GIB", default=1.0,
+                   help="fixed per-process memory (CUDA context, workspaces) in the estimate (default 1)")
+    u.add_argument("--embed-tokens", type=float, metavar="T", default=None,
+                   help="tokens you will embed afterwards: each option's budget pays 2 x N x T for serving "
+                        "first and trains on the rest; a note says when that changes the chosen model")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..plan import load_family, load_laws, parse_budgets, plan, plan_many
+    from ..units import load_throughput
 
     # Parse the budgets first: a typo should not cost a bootstrap fit of a whole store.
-    budgets = parse_budgets(args.budget if args.budget is not None else args.budgets)
+    throughput = None
+    if args.hours is not None:
+        if not (args.hours > 0 and args.hours != float("inf")):
+            raise InputError(f"--hours must be a positive number, got {args.hours}")
+        throughput = load_throughput(args.throughput_from, args.throughput_row, device=args.throughput_device)
+        budgets = []
+    else:
+        if args.throughput_from or args.throughput_row:
+            raise InputError("--throughput-from/--throughput-row only apply to a plan in --hours")
+        budgets = parse_budgets(args.budget if args.budget is not None else args.budgets)
     if args.budget is not None and len(budgets) != 1:
         raise InputError("--budget takes one number; use --budgets for several")
+    if args.seq_len < 1:
+        raise InputError(f"--seq-len must be positive, got {args.seq_len}")
     laws = load_laws(args.laws, bootstrap=args.bootstrap)
     family = load_family(args.family) if args.family else None
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     kwargs = dict(batch_size=args.batch_size, tokens_per_pair=args.tokens_per_pair, level=args.level,
-                  variants=variants)
+                  variants=variants, embed_tokens=args.embed_tokens, device_memory_gib=args.device_memory,
+                  seq_len=args.seq_len, precision=args.precision, memory_overhead_gib=args.memory_overhead)
+    if args.hours is not None:
+        result = plan(None, laws, family, hours=args.hours, throughput=throughput, **kwargs)
+        print(json.dumps(result.to_dict(), indent=1) if args.json else result.format(top=args.top))
+        return 0
     if args.budget is not None:
         result = plan(budgets[0], laws, family, **kwargs)
         print(json.dumps(result.to_dict(), indent=1) if args.json else result.format(top=args.top))
@@ -60,4 +100,6 @@ def run(args: argparse.Namespace) -> int:
     for p in table.plans:
         for w in p.warnings:
             print(f"WARNING at {p.budget:.3g}: {w}")
+        for n in p.notes:
+            print(f"note at {p.budget:.3g}: {n}")
     return 0

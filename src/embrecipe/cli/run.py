@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="module:function to train with (default: embrecipe.trainer:train_from_dict; "
                         "'synthetic' = fake trainer for testing)")
     p.add_argument("--dry-run", action="store_true", help="plan and print the training config; train nothing")
+    p.add_argument("--device-memory", type=float, metavar="GIB", default=None,
+                   help="plan only options that fit in GIB; trains with the GradCache mini-batch the plan sized "
+                        "(unless --mini-batch-size is given)")
+    p.add_argument("--embed-tokens", type=float, metavar="T", default=None,
+                   help="--budget is training + embedding T tokens afterwards (2 x N x T); trains on the rest")
     p.set_defaults(func=run)
 
 
@@ -55,11 +60,16 @@ def run(args: argparse.Namespace) -> int:
     family = load_family(args.family) if args.family else None
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     result = plan(budget, laws, family, batch_size=args.batch_size, tokens_per_pair=args.tokens_per_pair,
-                  variants=variants)
+                  variants=variants, device_memory_gib=args.device_memory, embed_tokens=args.embed_tokens,
+                  seq_len=args.max_seq_length or 75)
     print(result.format(top=5))
     best = result.best
-    config = {"model": best.path, "data": args.data, "method": best.method, "budget": budget,
+    # With --embed-tokens the option's own budget is what remains for training after serving.
+    config = {"model": best.path, "data": args.data, "method": best.method,
+              "budget": best.budget if best.budget is not None else budget,
               "batch_size": result.batch_size, "seed": args.seed, "out": args.out}
+    if best.mini_batch and args.mini_batch_size is None:
+        config["mini_batch_size"] = best.mini_batch
     for key, value in (("mini_batch_size", args.mini_batch_size), ("max_seq_length", args.max_seq_length),
                        ("lr", args.lr), ("val_fraction", args.val_fraction)):
         if value is not None:

@@ -1,0 +1,383 @@
+r"""Plans in the user's units: GPU-hours, device memory, and the cost of serving the embedding model.
+
+The planner (:mod:`embrecipe.plan`) works in model FLOPs. Users budget in hours on a device, are bounded by
+its memory, and pay again for every token they embed afterwards. Three small, pure conversions (no torch)
+bring those units in. No library measures or converts these for a training recipe, so they are written here.
+
+**Hours → FLOPs, per candidate.** Throughput differs per method and model size (LoRA and freezing do less
+work per token than they seem to; small models under-fill a GPU), so a plan in hours compares candidates at
+equal *wall time*, and each candidate :math:`(m, v)` gets its own budget
+
+.. math::  C_{m,v} = 3600 \cdot H \cdot F_v(N_m)
+
+where :math:`F_v(N)` is the measured model-FLOP/s (budget convention, :mod:`embrecipe.flops`) of variant
+:math:`v` at size :math:`N`: the median over the store's completed runs on the chosen device, interpolated
+linearly in :math:`(\log N, \log F)` between measured sizes and held at the nearest measured size outside
+them (a warning says so and by how much). A variant with no measurement borrows the median of its method
+kind (e.g. another LoRA rank), then of all variants, again with a warning.
+
+**Memory.** Training memory of one step (bytes), with :math:`P` all parameters (embeddings included: they
+sit in memory), :math:`P_t` trained parameters, :math:`b_w` bytes per weight (fp32 master weights: 4, also
+under bf16 autocast), :math:`b_a` bytes per saved activation value, :math:`S` the max sequence length,
+:math:`B` the batch (pairs), :math:`m` the GradCache mini-batch (:math:`m = B` without GradCache),
+:math:`a_\ell` the activation values one token saves in block :math:`\ell` (the sum of in+out features of
+the block's linear layers: every linear keeps its input for the weight gradient and its output feeds the
+next op), :math:`\mathcal B` the blocks autograd saves activations for (all blocks for full, bias and LoRA
+— gradients flow through all of them — and only the trained suffix for block freezing) and :math:`h` the
+hidden size:
+
+.. math::
+
+    M = \underbrace{b_w P}_{\text{weights}} + \underbrace{b_w P_t}_{\text{grads}}
+      + \underbrace{8 P_t}_{\text{AdamW } m, v}
+      + \underbrace{\kappa\, (1 + \lambda [v = \text{LoRA}])\, b_a\, 2 m S
+        \textstyle\sum_{\ell \in \mathcal B} a_\ell}_{\text{activations}}
+      + \underbrace{[m < B]\; 2 \cdot 2 B h \cdot 4}_{\text{GradCache's cached embeddings + grads}}
+      + M_0
+
+:math:`\kappa` (attention, norms, residuals and the allocator's slack relative to the linear-layer
+inputs/outputs) is calibrated against measured peaks by ``benchmarks/memory_model.py``; :math:`\lambda` is
+the extra activation memory measured for peft's LoRA layers (which keep more per adapted layer than a plain
+linear: about one more copy of its input), fitted there on one LoRA row; :math:`M_0` is a fixed overhead (CUDA context and workspace; the imported libraries on a CPU). GradCache keeps only one
+mini-batch's activations alive, so :func:`auto_mini_batch` picks the largest power of two (≤ B) that fits.
+
+**Serving cost.** Embedding :math:`T` tokens afterwards costs :math:`2 N_{\text{all}} T` FLOPs, where
+:math:`N_{\text{all}}` is *every* non-embedding parameter of the served model — frozen and trained alike
+(a LoRA adapter is merged before serving, so it adds nothing). The input-embedding table is *excluded*: a
+lookup is a gather, not a matrix product, and an embedding model runs no LM head. With ``embed_tokens``
+the plan's budget :math:`C` is the total: training gets :math:`C - 2 N_{\text{all}} T`, and the objective
+stays the predicted loss of the trained model at that remaining budget.
+
+Example::
+
+    >>> serving_flops(1_000_000, 1e9)
+    2000000000000000.0
+    >>> t = ThroughputTable([Measurement("full", "full", 1e6, 1e12), Measurement("full", "full", 4e6, 4e12)])
+    >>> round(t.flops_per_s("full", "full", 2e6)[0] / 1e12, 6)  # the geometric midpoint
+    2.0
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .flops import ModelShape
+
+GIB = 2**30
+# kappa and the LoRA excess lambda, fitted by benchmarks/memory_model.py (smollm2-L2, fp32, CPU; the fit and
+# the validation errors are in benchmarks/memory_model.json and docs/planner.md).
+DEFAULT_KAPPA = 1.67
+DEFAULT_LORA_EXCESS = 0.47
+# Fixed memory a GPU process needs besides the tensors (CUDA context, cuBLAS workspace, allocator slack).
+# An assumption, not a measurement from this project: ~0.5-1 GiB is typical.
+DEFAULT_OVERHEAD_BYTES = GIB
+
+
+# ------------------------------------------------------------------------------------------------------
+# Hours
+# ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Measurement:
+    """One measured training throughput: model FLOP/s of ``variant`` (of method ``kind``) at size ``n_params``."""
+
+    variant: str
+    kind: str
+    n_params: float
+    flops_per_s: float
+    source: str = ""
+    batch_size: int | None = None
+
+
+def hours_to_flops(hours: float, flops_per_s: float) -> float:
+    """Model FLOPs a device delivers in ``hours`` at a measured ``flops_per_s``."""
+    return 3600.0 * float(hours) * float(flops_per_s)
+
+
+def flops_to_hours(flops: float, flops_per_s: float) -> float:
+    return float(flops) / (3600.0 * float(flops_per_s))
+
+
+def interpolate_loglog(xs: Sequence[float], ys: Sequence[float], x: float) -> tuple[float, float]:
+    """Piecewise-linear interpolation in (log x, log y); outside the range, the nearest end's y.
+
+    Returns ``(y, factor)`` where ``factor`` is how far outside the measured range x lies (1.0 inside; e.g.
+    4.0 for four times above the largest measured x or below the smallest). Holding the end value rather
+    than extending the slope is deliberate: throughput saturates with size on a device, and a slope fitted
+    over a few sizes extrapolates badly.
+    """
+    pts = sorted(zip(xs, ys, strict=True))
+    if not pts:
+        raise InputError("no throughput measurements to interpolate")
+    if x <= pts[0][0]:
+        return float(pts[0][1]), pts[0][0] / x
+    if x >= pts[-1][0]:
+        return float(pts[-1][1]), x / pts[-1][0]
+    for (x0, y0), (x1, y1) in itertools.pairwise(pts):
+        if x0 <= x <= x1:
+            if x1 == x0:
+                return float(y0), 1.0
+            t = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return float(math.exp(math.log(y0) + t * (math.log(y1) - math.log(y0)))), 1.0
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class ThroughputTable:
+    """Measured model-FLOP/s per (variant, size); :meth:`flops_per_s` answers for any (variant, N)."""
+
+    def __init__(self, measurements: Iterable[Measurement], label: str = "") -> None:
+        self.measurements = [m for m in measurements if m.flops_per_s > 0 and m.n_params > 0]
+        if not self.measurements:
+            raise InputError(f"no usable throughput measurements ({label or 'empty table'})")
+        self.label = label
+
+    def _curve(self, rows: list[Measurement]) -> tuple[list[float], list[float]]:
+        by_size: dict[float, list[float]] = {}
+        for m in rows:
+            by_size.setdefault(float(m.n_params), []).append(m.flops_per_s)
+        sizes = sorted(by_size)
+        return sizes, [statistics.median(by_size[s]) for s in sizes]
+
+    def flops_per_s(self, variant: str, kind: str, n_params: float) -> tuple[float, list[str]]:
+        """Model FLOP/s for ``variant`` at ``n_params`` and the warnings that qualify it."""
+        if self.single:  # one benchmark row: the same FLOP/s for every option, said once by the planner
+            return self.measurements[0].flops_per_s, []
+        notes: list[str] = []
+        rows = [m for m in self.measurements if m.variant == variant]
+        if not rows:
+            rows = [m for m in self.measurements if m.kind == kind]
+            if rows:
+                notes.append(f"no throughput measured for {variant}: used the median of {kind} runs")
+            else:
+                rows = self.measurements
+                notes.append(f"no throughput measured for any {kind} variant: used the median of all runs")
+        sizes, values = self._curve(rows)
+        value, factor = interpolate_loglog(sizes, values, float(n_params))
+        if factor > 1 + 1e-9:
+            side = "above the largest" if n_params > sizes[-1] else "below the smallest"
+            notes.append(f"throughput at N = {n_params:.3g} held from the nearest measured size: {factor:.3g}x "
+                         f"{side} measured ({sizes[-1] if n_params > sizes[-1] else sizes[0]:.3g})")
+        return value, notes
+
+    # -- sources --------------------------------------------------------------------------------------
+    @classmethod
+    def from_records(cls, records: Iterable[Mapping[str, Any]], device: str | None = None,
+                     label: str = "") -> ThroughputTable:
+        """Completed runs of a store → measurements, on the device whose name contains ``device``.
+
+        A record's device is its ``device_name`` (e.g. "NVIDIA H100 80GB HBM3") when the trainer wrote one,
+        else its ``device`` ("cuda", "cpu"). Without ``device`` the store must hold runs of one device only.
+        """
+        usable = [r for r in records if r.get("status", "completed") == "completed"
+                  and _num(r.get("model_flops_per_s")) and _num(r.get("train_time_s"))]
+        names = sorted({record_device(r) for r in usable})
+        if device:
+            usable = [r for r in usable if device.lower() in record_device(r).lower()]
+            if not usable:
+                raise InputError(f"no completed run with a measured throughput on a device matching {device!r} "
+                                 f"in {label or 'the store'} (devices there: {', '.join(names) or 'none'})")
+        elif len(names) > 1:
+            raise InputError(f"{label or 'the store'} holds runs from several devices ({', '.join(names)}): "
+                             "pick one with --throughput-device NAME")
+        out = []
+        for r in usable:
+            model = r.get("model")
+            n = model.get("non_embedding_params") if isinstance(model, Mapping) else r.get("n_params")
+            method = r.get("method")
+            kind = method.get("name") if isinstance(method, Mapping) else str(method)
+            variant = r.get("method_key") or r.get("variant") or kind
+            if _num(n):
+                batch = r.get("batch_size") or (r.get("config") or {}).get("batch_size")
+                out.append(Measurement(str(variant), str(kind), float(n), float(r["model_flops_per_s"]),
+                                       record_device(r), int(batch) if _num(batch) else None))
+        dev = names[0] if len(names) == 1 and not device else (device or "")
+        return cls(out, label=f"{label} ({dev})" if dev else label)
+
+    @classmethod
+    def from_benchmark_row(cls, results: Mapping[str, Any], name: str, label: str = "") -> ThroughputTable:
+        """One named row of ``benchmarks/results.json``: ``MODEL/METHOD`` or ``MODEL/METHOD/BATCH``.
+
+        A single row is one throughput: every candidate gets the same model FLOP/s (and so the same FLOP
+        budget); the planner says so. ``name`` may be prefixed ``DEVICE:`` to pick a machine section when
+        the file holds several.
+        """
+        dev, _, row = name.rpartition(":")
+        parts = row.split("/")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise InputError(f"--throughput-row {name!r}: expected MODEL/METHOD[/BATCH], e.g. smollm2-L8/full/64")
+        hits = []
+        for section in results.get("runs", []):
+            if dev and dev.lower() not in str(section.get("device", "")).lower():
+                continue
+            for t in section.get("training", []):
+                if (t.get("model"), t.get("method")) == (parts[0], parts[1]) and \
+                        (len(parts) == 2 or str(t.get("batch")) == parts[2]):
+                    hits.append((section, t))
+        if not hits:
+            rows = sorted({f"{t.get('model')}/{t.get('method')}/{t.get('batch')}"
+                           for s in results.get("runs", []) for t in s.get("training", [])})
+            raise InputError(f"--throughput-row {name!r} matches no row of {label or 'the benchmark results'} "
+                             f"(rows: {', '.join(rows) or 'none'})")
+        if len(hits) > 1:
+            raise InputError(f"--throughput-row {name!r} matches {len(hits)} rows: add /BATCH or a DEVICE: prefix")
+        section, t = hits[0]
+        fps = float(t["embrecipe_model_gflops"]) * 1e9
+        tag = f"{t['model']}/{t['method']}/{t['batch']} on {section.get('device')} ({section.get('precision')})"
+        batch = int(t["batch"]) if _num(t.get("batch")) else None
+        return cls([Measurement("*", "*", 1.0, fps, tag, batch)], label=f"benchmark row {tag}")
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return sorted({m.batch_size for m in self.measurements if m.batch_size})
+
+    @property
+    def single(self) -> bool:
+        return len(self.measurements) == 1 and self.measurements[0].variant == "*"
+
+
+def record_device(r: Mapping[str, Any]) -> str:
+    return str(r.get("device_name") or r.get("device") or "unknown")
+
+
+def _num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def default_benchmark_results() -> Path:
+    """``benchmarks/results.json`` of a source checkout (the package does not ship it)."""
+    return Path(__file__).resolve().parents[2] / "benchmarks" / "results.json"
+
+
+def load_throughput(store: str | os.PathLike[str] | None = None, row: str | None = None, *,
+                    device: str | None = None, results: str | os.PathLike[str] | None = None) -> ThroughputTable:
+    """The throughput table from a run store, or from one named benchmark row."""
+    if (store is None) == (row is None):
+        raise InputError("give exactly one throughput source: --throughput-from STORE or --throughput-row NAME")
+    if store is not None:
+        from .store import RunStore, is_store_path
+
+        if not is_store_path(store):
+            raise InputError(f"--throughput-from {store}: not a run store (a .sqlite file written by a sweep)")
+        with RunStore(store) as s:
+            records = s.records()
+        return ThroughputTable.from_records(records, device=device, label=f"store {store}")
+    path = Path(results) if results else default_benchmark_results()
+    if not path.is_file():
+        raise InputError(f"benchmark results {path} do not exist (run benchmarks/run.py, or use --throughput-from)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    return ThroughputTable.from_benchmark_row(data, str(row), label=str(path))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Memory
+# ------------------------------------------------------------------------------------------------------
+def activation_values_per_token(shape: ModelShape) -> list[float]:
+    """:math:`a_\\ell` per block: the in+out features of the block's linear layers (values saved per token)."""
+    if shape.linear_in_out:
+        per_block = sum(shape.linear_in_out.values()) / max(shape.num_blocks, 1)
+    elif shape.hidden_size:
+        per_block = 18.0 * shape.hidden_size  # a Llama-like block with MLP 2.7x wide (the testbed's ratio)
+    else:
+        raise InputError(f"model shape {shape.name!r} records neither linear_in_out nor hidden_size: "
+                         "cannot estimate its activation memory")
+    return [per_block] * shape.num_blocks
+
+
+def trained_params_in_memory(shape: ModelShape, method: Any) -> int:
+    """Parameters with a gradient and AdamW state: for full fine-tuning the embeddings too (the trainer trains them)."""
+    n_t = int(method.trainable_params(shape))
+    return n_t + (shape.embedding_params if method.name == "full" else 0)
+
+
+def blocks_with_saved_activations(shape: ModelShape, method: Any) -> int:
+    if method.name == "freeze":
+        return int(method.blocks_to_train(shape.num_blocks))
+    return shape.num_blocks
+
+
+def training_memory(shape: ModelShape, method: Any, *, batch_size: int, seq_len: int,
+                    mini_batch: int | None = None, param_bytes: int = 4, activation_bytes: int = 2,
+                    overhead_bytes: float = DEFAULT_OVERHEAD_BYTES, kappa: float = DEFAULT_KAPPA,
+                    lora_excess: float = DEFAULT_LORA_EXCESS) -> dict[str, float]:
+    """The memory formula of the module docstring, term by term (bytes), with ``total``.
+
+    ``activation_bytes`` is 2 under bf16 autocast (the default on GPUs) and 4 in fp32.
+    """
+    if batch_size < 1 or seq_len < 1:
+        raise InputError("batch size and sequence length must be positive")
+    live = batch_size if not mini_batch or mini_batch >= batch_size else int(mini_batch)
+    p_all = shape.embedding_params + shape.non_embedding_params
+    p_t = trained_params_in_memory(shape, method)
+    a = activation_values_per_token(shape)
+    k = blocks_with_saved_activations(shape, method)
+    saved = sum(a[len(a) - k:]) if k else 0.0
+    terms = {
+        "weights": float(param_bytes * p_all),
+        "gradients": float(param_bytes * p_t),
+        "optimizer": float(8 * p_t),
+        "activations": float(kappa * (1 + (lora_excess if method.name == "lora" else 0.0)) * activation_bytes
+                             * 2 * live * seq_len * saved),
+        "gradcache": float(2 * 2 * batch_size * shape.hidden_size * 4) if live < batch_size else 0.0,
+        "overhead": float(overhead_bytes),
+    }
+    terms["total"] = sum(terms.values())
+    return terms
+
+
+def auto_mini_batch(shape: ModelShape, method: Any, *, batch_size: int, seq_len: int, memory_bytes: float,
+                    **kwargs: Any) -> tuple[int | None, dict[str, float]] | None:
+    """The GradCache mini-batch that makes a step fit in ``memory_bytes``.
+
+    Returns ``(None, estimate)`` when the plain batch fits, ``(m, estimate)`` with the largest power of two
+    ``m < batch_size`` that fits, or ``None`` when nothing fits (weights and optimizer alone are too big,
+    or even a mini-batch of 1).
+    """
+    plain = training_memory(shape, method, batch_size=batch_size, seq_len=seq_len, **kwargs)
+    if plain["total"] <= memory_bytes:
+        return None, plain
+    m = 1 << max(int(math.log2(max(batch_size - 1, 1))), 0)
+    while m >= 1:
+        if m < batch_size:
+            est = training_memory(shape, method, batch_size=batch_size, seq_len=seq_len, mini_batch=m, **kwargs)
+            if est["total"] <= memory_bytes:
+                return m, est
+        m //= 2
+    return None
+
+
+def fit_activation_coefficient(points: Iterable[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares ``y = c + kappa * x`` over calibration points ``(y, x)``.
+
+    ``y`` is measured peak minus the formula's static terms (weights, gradients, optimizer, fixed overhead)
+    and ``x`` the activation term at :math:`\\kappa = 1`; returns ``(kappa, c)``, where ``c`` is memory the
+    formula does not model (on a CPU: the loaded checkpoint's buffers, tokenizer, allocator arenas). Needs
+    two or more distinct activation sizes (e.g. the same model at several batch sizes).
+    """
+    pts = list(points)
+    xs = [x for _, x in pts]
+    if len(set(xs)) < 2:
+        raise InputError("calibration needs measurements at two or more activation sizes")
+    mx, my = sum(xs) / len(xs), sum(y for y, _ in pts) / len(pts)
+    kappa = sum((x - mx) * (y - my) for y, x in pts) / sum((x - mx) ** 2 for x in xs)
+    return kappa, my - kappa * mx
+
+
+# ------------------------------------------------------------------------------------------------------
+# Serving
+# ------------------------------------------------------------------------------------------------------
+def serving_flops(n_params: float, tokens: float) -> float:
+    """FLOPs of embedding ``tokens`` tokens with a model of ``n_params`` non-embedding parameters: 2·N·T."""
+    if not (math.isfinite(tokens) and tokens >= 0):
+        raise InputError(f"tokens to embed must be a non-negative number, got {tokens!r}")
+    return 2.0 * float(n_params) * float(tokens)
