@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="module:function to train with (default: embrecipe.trainer:train_from_dict; "
                         "'synthetic' = fake trainer for testing)")
     p.add_argument("--dry-run", action="store_true", help="plan and print the training config; train nothing")
+    from .train import add_feature_arguments
+
+    add_feature_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -61,9 +64,17 @@ def run(args: argparse.Namespace) -> int:
     config = {"model": best.path, "data": args.data, "method": best.method, "budget": budget,
               "batch_size": result.batch_size, "seed": args.seed, "out": args.out}
     for key, value in (("mini_batch_size", args.mini_batch_size), ("max_seq_length", args.max_seq_length),
-                       ("lr", args.lr), ("val_fraction", args.val_fraction)):
+                       ("lr", args.lr), ("val_fraction", args.val_fraction),
+                       ("query_prompt", args.query_prompt), ("doc_prompt", args.doc_prompt),
+                       ("tracking_dir", args.logging_dir)):
         if value is not None:
             config[key] = value
+    if args.report_to != "auto":
+        config["report_to"] = args.report_to
+    if args.push_to_hub:
+        from .train import check_repo_id
+
+        check_repo_id(args.push_to_hub)
     print("\ntraining config: " + json.dumps(config))
     if args.dry_run:
         return 0
@@ -89,4 +100,8 @@ def run(args: argparse.Namespace) -> int:
         ev = evaluate(out, tasks=args.eval_tasks, pairs=args.eval_pairs, out=out / "eval",
                       max_seq_length=args.max_seq_length or 75)
         print(format_table(ev))
+    if args.push_to_hub and not record.get("synthetic"):
+        from ..hub import push_run
+
+        print(f"pushed to the Hub: {push_run(out, args.push_to_hub, private=args.hub_private or None)}")
     return 0
