@@ -327,3 +327,35 @@ def test_flop_meter_counts_hard_negative_tokens_exactly(tiny_models, tmp_path):
         assert runs[k]["tokens"] - runs[0]["tokens"] == neg_tokens(k) > 0
         assert runs[k]["model_flops"] - runs[0]["model_flops"] == pytest.approx(per_token * neg_tokens(k),
                                                                                 rel=1e-12)
+
+
+@pytest.mark.slow
+def test_run_trains_with_prompts_and_pushes_the_planned_model(tmp_path, monkeypatch, capsys):
+    """`embrecipe run`: prompts reach the trainer, and --push-to-hub uploads the trained folder (faked push)."""
+    from sentence_transformers import SentenceTransformer
+
+    from embrecipe.family import shape_of_checkpoint
+    from embrecipe.laws import LawSet, ScalingLaw
+    from embrecipe.testing import make_tiny_decoder, tiny_pairs
+
+    pushed = {}
+    monkeypatch.setattr(SentenceTransformer, "push_to_hub",
+                        lambda self, repo_id, **kw: pushed.update(repo_id=repo_id, **kw) or "fake-url")
+    model = make_tiny_decoder(tmp_path / "m2", layers=2, hidden=32)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in tiny_pairs(120)))
+    law = ScalingLaw()
+    law.params_ = {"E": 0.5, "A": 10.0, "alpha": 0.3, "B": 100.0, "beta": 0.4}
+    laws = LawSet(laws={"full": law}, methods={"full": {"name": "full"}},
+                  family=[{"name": "m2", "path": str(model), "shape": shape_of_checkpoint(str(model)).to_dict()}],
+                  tokens_per_pair=40.0, batch_size=8, provenance="hand-made test card")
+    card = laws.save(tmp_path / "card.json")
+    out = tmp_path / "out"
+    rc = main(["run", "--budget", "3e8", "--laws", str(card), "--data", str(data), "--out", str(out),
+               "--max-seq-length", "32", "--eval", "none", "--query-prompt", "query: ", "--report-to", "none",
+               "--push-to-hub", "me/planned"])
+    assert rc == 0 and "pushed to the Hub: fake-url" in capsys.readouterr().out
+    assert pushed["repo_id"] == "me/planned" and pushed["local_model_path"] == str(out)
+    record = json.loads((out / "run.json").read_text())
+    assert record["config"]["query_prompt"] == "query: " and record["tracking"]["backends"] == []
+    assert json.loads((out / "config_sentence_transformers.json").read_text())["prompts"]["query"] == "query: "
