@@ -144,6 +144,16 @@ def test_sweep_tracks_one_run_per_cell_grouped_by_sweep(tmp_path):
     assert [c.key for c in tracked] == [c.key for c in cells]
 
 
+def test_new_settings_leave_existing_run_keys_alone():
+    from embrecipe.store import run_key
+
+    d = TrainConfig(model="m", data="d.jsonl", budget=1e9).to_dict()
+    assert not {"query_prompt", "doc_prompt", "report_to", "tracking_dir", "run_name", "tracking_group"} & d.keys()
+    tracked = {**d, "report_to": "wandb", "tracking_dir": "x", "run_name": "r", "tracking_group": "g"}
+    assert run_key(tracked) == run_key(d)  # where and how a run is tracked is not what the run is
+    assert run_key({**d, "query_prompt": "query: "}) != run_key(d)  # a prompt is
+
+
 # ------------------------------------------------------------------------------------------- the Hub
 def test_push_to_hub_uses_sentence_transformers_and_card_carries_run_facts(tiny_models, tiny_pairs_file, tmp_path,
                                                                            monkeypatch):

@@ -126,7 +126,16 @@ class TrainConfig:
         for k in ("data", "val_data"):
             if isinstance(d[k], PairData):
                 d[k] = d[k].source
+        # Settings added after runs were first recorded appear only when set, so a run that does not use them
+        # keeps the config (and store key) it had before they existed.
+        for k, default in _OPTIONAL_DEFAULTS.items():
+            if d.get(k) == default:
+                del d[k]
         return d
+
+
+_OPTIONAL_DEFAULTS: dict[str, Any] = {"query_prompt": None, "doc_prompt": None, "report_to": "auto",
+                                      "tracking_dir": None, "run_name": None, "tracking_group": None}
 
 
 def train_from_dict(config: dict[str, Any]) -> dict[str, Any]:
