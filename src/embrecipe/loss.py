@@ -59,21 +59,25 @@ def heldout_loss(
     batch_size: int = 1024,
     scale: float = 40.0,
     encode_batch_size: int = 128,
+    query_prompt: str | None = None,
+    doc_prompt: str | None = None,
 ) -> float:
     """Mean symmetric InfoNCE over consecutive batches of ``batch_size`` held-out pairs (no gradients).
 
     In-batch negatives make the value depend on the batch size: compare runs at the same ``batch_size``
     (the trainer uses its training batch size, capped at the held-out set's size). The last, smaller batch
-    is weighted by its size.
+    is weighted by its size. ``query_prompt``/``doc_prompt``: the prompts the model was trained with (prepended
+    and excluded from pooling as in training).
     """
     import torch
 
     if len(queries) != len(positives) or not queries:
         raise ValueError("heldout_loss needs equally many (>0) queries and positives")
     loss_fn = symmetric_infonce(model, scale=scale)
-    q = model.encode(list(queries), batch_size=encode_batch_size, convert_to_tensor=True, show_progress_bar=False)
+    q = model.encode(list(queries), batch_size=encode_batch_size, convert_to_tensor=True, show_progress_bar=False,
+                     prompt=query_prompt or None)
     p = model.encode(list(positives), batch_size=encode_batch_size, convert_to_tensor=True,
-                     show_progress_bar=False)
+                     show_progress_bar=False, prompt=doc_prompt or None)
     total, count = 0.0, 0
     bs = max(2, min(batch_size, len(queries)))
     with torch.no_grad():

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from sentence_transformers import SentenceTransformer
     from torch import nn
 
+TEXT_ONLY_MODALITY = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
 POOLING_MODES = {"mean": "mean", "last-token": "lasttoken", "lasttoken": "lasttoken",
                  "weighted-mean": "weightedmean", "weightedmean": "weightedmean"}
 
@@ -84,6 +85,10 @@ def load_sentence_transformer(
             model_kwargs={**model_kwargs, **extra},
             processor_kwargs={**extra},
             config_kwargs={**extra},
+            # Plain text only: with a chat template (SmolLM2, most instruct tokenizers) sentence-transformers 6
+            # would otherwise wrap every text in it at encode time, while the trainer tokenizes the raw text.
+            modality_config=TEXT_ONLY_MODALITY,
+            module_output_name="token_embeddings",
         )
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -100,8 +105,81 @@ def load_sentence_transformer(
     if getattr(hf.config, "pad_token_id", None) is None:
         hf.config.pad_token_id = tokenizer.pad_token_id
     find_decoder_parts(hf)  # fail now, not mid-training, if this is no decoder we understand
+    if POOLING_MODES[pooling] == "lasttoken":
+        append_eos(tokenizer, where=f"model {model}")
     pool = models.Pooling(transformer.get_embedding_dimension(), pooling_mode=POOLING_MODES[pooling])
     return SentenceTransformer(modules=[transformer, pool], device="cpu")
+
+
+def append_eos(tokenizer: Any, *, where: str = "tokenizer") -> bool:
+    """Make ``tokenizer`` end every text with EOS (for last-token pooling); True if it had to be changed.
+
+    Last-token pooling reads the hidden state of the final real token. A decoder tokenizer usually ends a text
+    with its last word, so the pooled token would be an arbitrary word; appending EOS (as e5-mistral and the
+    LLM2Vec/mteb EOS fixes do) makes it the same special token in training and at inference. transformers 5
+    rebuilds the post-processor from ``add_bos_token``/``add_eos_token``; we keep the BOS behaviour the
+    tokenizer already had and check the result on a probe text. :func:`save_tokenizer_flags` stores the flags
+    in the exported model so ``SentenceTransformer(path)`` appends EOS too (some tokenizer classes, e.g.
+    GPT-NeoX, rebuild their post-processor on load and would drop it otherwise).
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise InputError(f"{where}: last-token pooling needs an EOS token and the tokenizer has none")
+    probe = "embrecipe probe text"
+    before = list(tokenizer(probe)["input_ids"])
+    if before and before[-1] == eos:
+        return False
+    adds_bos = tokenizer.bos_token_id is not None and bool(before) and before[0] == tokenizer.bos_token_id
+    try:
+        tokenizer.add_bos_token = adds_bos
+        tokenizer.add_eos_token = True
+    except (AttributeError, ValueError, TypeError) as exc:
+        raise InputError(f"{where}: cannot make the tokenizer append EOS for last-token pooling ({exc})") from None
+    after = list(tokenizer(probe)["input_ids"])
+    if after != [*before, eos]:
+        raise InputError(f"{where}: cannot make the tokenizer append EOS for last-token pooling "
+                         f"({type(tokenizer).__name__} gave {after[-3:]} after setting add_eos_token)")
+    return True
+
+
+def save_tokenizer_flags(st_model: SentenceTransformer, path: str | os.PathLike) -> None:
+    """Record ``add_bos_token``/``add_eos_token`` in the saved model's ``sentence_bert_config.json``.
+
+    sentence-transformers passes that file's ``processor_kwargs`` to ``AutoTokenizer.from_pretrained``, where
+    explicit flags win over the class's defaults; without this a reloaded GPT-NeoX tokenizer stops appending
+    EOS and last-token pooling would read a different token than in training.
+    """
+    import json
+
+    tokenizer = st_model[0].tokenizer
+    if not getattr(tokenizer, "add_eos_token", False):
+        return
+    config_path = Path(path) / "sentence_bert_config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    config.setdefault("processor_kwargs", {}).update(
+        {"add_bos_token": bool(getattr(tokenizer, "add_bos_token", False)), "add_eos_token": True})
+    config_path.write_text(json.dumps(config, indent=4) + "\n")
+
+
+def set_prompts(st_model: SentenceTransformer, query_prompt: str | None, doc_prompt: str | None) -> None:
+    """Give the model sentence-transformers' ``query``/``document`` prompts and keep them out of pooling.
+
+    The prompts are saved with the model (``config_sentence_transformers.json``), so ``encode_query`` and
+    ``encode_document`` (or ``encode(..., prompt_name="query")``) prepend them at inference as training did;
+    ``Pooling(include_prompt=False)`` drops the prompt's tokens from mean pooling, given the prompt length
+    that the Transformer module (or the trainer) passes in the features.
+    """
+    if not (query_prompt or doc_prompt):
+        return
+    st_model.prompts = {**st_model.prompts, "query": query_prompt or "", "document": doc_prompt or ""}
+    st_model.set_pooling_include_prompt(include_prompt=False)
+
+
+def prompt_length(st_model: SentenceTransformer, prompt: str | None) -> int | None:
+    """Tokens of ``prompt`` as sentence-transformers counts them for ``include_prompt=False`` (None: no prompt)."""
+    if not prompt:
+        return None
+    return st_model[0]._get_prompt_length(prompt)
 
 
 def _forget_gguf_quantization(hf: nn.Module) -> None:

@@ -53,7 +53,8 @@ STATUSES = ("pending", "running", "completed", "failed")
 
 # Keys that name *where* a run writes or how it is watched, not *what* it computes: two configs that differ
 # only in these are the same experiment and must share a row.
-NON_IDENTITY_KEYS = frozenset({"out", "output_dir", "log_every", "progress", "resume", "store"})
+NON_IDENTITY_KEYS = frozenset({"out", "output_dir", "log_every", "progress", "resume", "store",
+                               "report_to", "tracking_dir", "run_name", "tracking_group"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

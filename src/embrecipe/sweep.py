@@ -344,17 +344,27 @@ def expand(grid: Grid, stats: DataStats | None = None) -> tuple[list[Cell], list
                         f"({tokens / data_tokens:.2g} epochs); set allow_repeat: true to repeat data"))
                     continue
                 config = {**grid.train, "model": model["path"], "method": mdict, "budget": budget}
-                key_config = {k: v for k, v in config.items() if k not in ("data", "out")}
+                key_config = {k: v for k, v in config.items() if k not in ("data", "out", "report_to")}
                 key_config["data_fingerprint"] = stats.fingerprint
                 key_config["code_version"] = __version__
                 key = run_key(key_config)
                 if out_root is not None:
                     config["out"] = str(out_root / key)
+                config.update(_tracking_settings(grid, model["name"], method.key, budget, key))
                 cells.append(Cell(model=model["name"], path=str(model["path"]), method=mdict, variant=method.key,
                                   budget=budget, n_params=n, n_trainable=n_t, flops_per_token=cost,
                                   planned_tokens=tokens, planned_steps=steps, config=config,
                                   key_config=key_config, key=key))
     return cells, skipped
+
+
+def _tracking_settings(grid: Grid, model_name: str, variant: str, budget: float, key: str) -> dict[str, Any]:
+    """One tracked run per cell, grouped by sweep: logs in ``<out or grid dir>/runs/<sweep>/<cell key>``, the
+    sweep's name as the W&B group / MLflow experiment. Added after the run key is computed: where a run logs
+    is an operational setting, not part of what the run is."""
+    root = Path(grid.out) if grid.out else grid.base_dir
+    return {"tracking_dir": str(root / "runs" / grid.name / key), "tracking_group": grid.name,
+            "run_name": f"{model_name}-{variant}-{budget:.3g}"}
 
 
 # ------------------------------------------------------------------------------------------------------

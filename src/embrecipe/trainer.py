@@ -34,6 +34,7 @@ from .data import PairData, load_pairs
 from .errors import BudgetError, InputError
 from .flops import flops_per_token, hardware_flops_per_token
 from .methods import FullFineTuning, LoRA, Method, method_from_dict, method_to_dict
+from .tracking import step_metrics
 
 RECORD_SCHEMA = 1
 
@@ -89,6 +90,14 @@ class TrainConfig:
     length_bucketing: bool = True
     attn_implementation: str = "sdpa"  # "eager" is the slow reference path
     stop_after_steps: int | None = None  # for tests/benchmarks: simulate a kill after this many steps
+    # instruction prompts (sentence-transformers' "query"/"document" prompts), saved with the model
+    query_prompt: str | None = None
+    doc_prompt: str | None = None
+    # experiment tracking (embrecipe.tracking): HF-style report_to; logs under tracking_dir (default out/runs)
+    report_to: str = "auto"
+    tracking_dir: str | None = None
+    run_name: str | None = None
+    tracking_group: str | None = None  # a sweep's name: groups its cells (W&B group, MLflow experiment)
 
     def validate(self) -> None:
         if not (isinstance(self.budget, (int, float)) and math.isfinite(self.budget) and self.budget > 0):
@@ -107,6 +116,9 @@ class TrainConfig:
             raise InputError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        from .tracking import resolve_report_to
+
+        resolve_report_to(self.report_to)  # an unknown or missing backend fails before the model loads
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -114,7 +126,16 @@ class TrainConfig:
         for k in ("data", "val_data"):
             if isinstance(d[k], PairData):
                 d[k] = d[k].source
+        # Settings added after runs were first recorded appear only when set, so a run that does not use them
+        # keeps the config (and store key) it had before they existed.
+        for k, default in _OPTIONAL_DEFAULTS.items():
+            if d.get(k) == default:
+                del d[k]
         return d
+
+
+_OPTIONAL_DEFAULTS: dict[str, Any] = {"query_prompt": None, "doc_prompt": None, "report_to": "auto",
+                                      "tracking_dir": None, "run_name": None, "tracking_group": None}
 
 
 def train_from_dict(config: dict[str, Any]) -> dict[str, Any]:
@@ -319,7 +340,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from .loss import heldout_loss, symmetric_infonce
-    from .modeling import apply_method, load_sentence_transformer
+    from .modeling import apply_method, load_sentence_transformer, set_prompts
 
     config.validate()
     dist = _Dist()
@@ -345,6 +366,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
         else torch.device("cpu")
     model.to(device)
+    set_prompts(model, config.query_prompt, config.doc_prompt)
     _seed_everything(config.seed)  # peft initialises LoRA weights from the global RNG
     info = apply_method(model, config.method)
     if config.gradient_checkpointing:
@@ -359,6 +381,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # -- tokens and the FLOP meter
     tokenizer = model[0].tokenizer
     fingerprint = _tokenizer_fingerprint(tokenizer)  # once per run, not once per column
+    columns, prompt_lengths = _prompted_columns(model, columns, config.query_prompt, config.doc_prompt)
     tok_cols = [_tokenize(tokenizer, col, config.max_seq_length, fingerprint) for col in columns]
     pair_tokens = [sum(len(c[i]) for c in tok_cols) for i in range(len(data))]
     per_token = flops_per_token(config.method.name, info.n_params, info.n_trainable)
@@ -421,6 +444,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         raise InputError(f"{out} already holds a finished run (run.json); choose another --out or delete it")
 
     # -- the loop
+    tracker = _open_tracker(config, dist.main, out)
     model.train()
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     world, rank = dist.world, dist.rank
@@ -450,6 +474,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             f = _pad([col[i] for i in shard], tokenizer.pad_token_id)
             padded += f["input_ids"].numel() * world
             feats.append({k: v.to(device) for k, v in f.items()})
+        _add_prompt_lengths(feats, prompt_lengths)
         optimizer.zero_grad(set_to_none=True)
         with autocast():
             loss = loss_fn(feats, None)
@@ -457,6 +482,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         dist.average_gradients(params)
         if config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        step_lr = optimizer.param_groups[0]["lr"]  # for the tracker: the LR this step used
         optimizer.step()
         scheduler.step()
         state["step"] += 1
@@ -474,6 +500,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
         state["step_times"].append(round(now - step_t0, 6))
         state["step_flops"].append(per_token * real)
         step_t0 = now
+        if state["step"] % config.log_every == 0 or state["step"] == 1:
+            tracker.log(state["step"], step_metrics(loss=lval, lr=step_lr, model_flops=state["model_flops"],
+                                                    tokens=state["tokens"], train_time_s=state["train_time_s"]))
         bar.update(per_token * real)
         bar.set_postfix(step=state["step"], loss=f"{lval:.4f}",
                         tok_s=f"{state['tokens'] / max(state['train_time_s'], 1e-9):.0f}")
@@ -481,6 +510,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             _save_checkpoint(ckpt_dir, model, optimizer, scheduler, state, _fingerprint(config, data))
     bar.close()
     if stopped_early:
+        tracker.close()
         return {"status": "interrupted", **state}
     if state["step"] == 0:
         raise BudgetError(f"budget {config.budget:.3g} FLOPs is smaller than the first batch's cost")
@@ -494,7 +524,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
         vsub = val if len(val) <= config.val_size_cap else val.subset(range(config.val_size_cap))
         with autocast():
             val_loss = heldout_loss(model, vsub.queries, vsub.positives, batch_size=config.batch_size,
-                                    scale=config.scale)
+                                    scale=config.scale, query_prompt=config.query_prompt,
+                                    doc_prompt=config.doc_prompt)
+    if val_loss is not None:
+        tracker.log(state["step"], {"eval/loss": val_loss})
+    tracker.close()
     record = {
         "schema": RECORD_SCHEMA,
         "status": "completed",
@@ -531,9 +565,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "versions": _versions(),
         "device": device.type,
         "device_name": _device_name(device),  # the planner's --hours picks throughput per device type
+        "tracking": {"backends": tracker.backends, "log_dir": getattr(tracker, "log_dir", None)},
     }
     if out and dist.main:
-        _export(model, config, record, out)
+        _export(model, config, record, out, loss_fn)
     dist.barrier()
     return record
 
@@ -553,9 +588,44 @@ def _device_name(device: Any) -> str:
     return platform.processor() or device.type
 
 
+def _prompted_columns(model: Any, columns: list[list[str]], query_prompt: str | None,
+                      doc_prompt: str | None) -> tuple[list[list[str]], list[int | None]]:
+    """Prepend the query prompt to the first column and the document prompt to the others.
+
+    Returns the texts the loss sees (the FLOP meter counts their tokens, prompt included) and, per column, the
+    prompt's token count that ``Pooling(include_prompt=False)`` excludes — measured by sentence-transformers
+    itself, so training pools exactly the tokens ``encode_query``/``encode_document`` pool later."""
+    from .modeling import prompt_length
+
+    prompts = [query_prompt] + [doc_prompt] * (len(columns) - 1)
+    texts = [[p + t for t in col] if p else col for p, col in zip(prompts, columns, strict=True)]
+    return texts, [prompt_length(model, p) for p in prompts]
+
+
+def _add_prompt_lengths(feats: list[dict[str, Any]], prompt_lengths: list[int | None]) -> None:
+    for f, n in zip(feats, prompt_lengths, strict=True):
+        if n:
+            f["prompt_length"] = n
+
+
+def _open_tracker(config: TrainConfig, main_rank: bool, out: Path | None) -> Any:
+    """The run's tracker (:mod:`embrecipe.tracking`); other ranks of a multi-device run get a no-op."""
+    from .tracking import MultiTracker, open_tracker
+
+    if not main_rank:
+        return MultiTracker([])
+    log_dir = config.tracking_dir or (str(out / "runs") if out else None)
+    name = config.run_name or (out.name if out else None)
+    tracker = open_tracker(config.report_to, log_dir=log_dir, run_name=name, group=config.tracking_group,
+                           config=config.to_dict())
+    tracker.log_dir = log_dir if tracker.trackers else None
+    return tracker
+
+
 def _fingerprint(config: TrainConfig, data: PairData) -> str:
     keep = {k: v for k, v in config.to_dict().items()
-            if k not in ("resume", "progress", "checkpoint_every", "stop_after_steps", "out", "log_every")}
+            if k not in ("resume", "progress", "checkpoint_every", "stop_after_steps", "out", "log_every",
+                         "report_to", "tracking_dir", "run_name", "tracking_group")}
     return json.dumps(keep, sort_keys=True, default=str) + data.fingerprint()
 
 
@@ -578,21 +648,27 @@ def _save_checkpoint(ckpt_dir: Path, model: Any, optimizer: Any, scheduler: Any,
         shutil.rmtree(old)
 
 
-def _export(model: Any, config: TrainConfig, record: dict[str, Any], out: Path) -> None:
-    """Write the SentenceTransformer (LoRA merged unless keep_adapter), model card and run.json atomically."""
-    from .modeling import merge_adapters
+def _export(model: Any, config: TrainConfig, record: dict[str, Any], out: Path, loss_fn: Any = None) -> None:
+    """Write the SentenceTransformer (LoRA merged unless keep_adapter), model card and run.json atomically.
+
+    The card is sentence-transformers' own README, rendered from ``model.model_card_data`` filled with the run's
+    facts (:mod:`embrecipe.card`)."""
+    from .card import apply_card_data
+    from .modeling import merge_adapters, save_tokenizer_flags
 
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".export.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     hf = model[0].auto_model
+    apply_card_data(model, record, loss_fn)
     if config.keep_adapter and isinstance(config.method, LoRA):
         hf.save_pretrained(tmp)
+        model._create_model_card(str(tmp))
     else:
         merge_adapters(model)
         model.save(str(tmp))
-    (tmp / "README.md").write_text(model_card(record))
+        save_tokenizer_flags(model, tmp)
     _atomic_write_json(tmp / "run.json", record)
     for item in tmp.iterdir():
         dest = out / item.name
@@ -603,40 +679,3 @@ def _export(model: Any, config: TrainConfig, record: dict[str, Any], out: Path) 
     if (out / "checkpoint").exists():
         shutil.rmtree(out / "checkpoint")
 
-
-def model_card(record: dict[str, Any]) -> str:
-    c = record["config"]
-    hp = ", ".join(f"{k}={v}" for k, v in record["hparams"].items()) or "—"
-    val = record["final_val_loss"]
-    return f"""---
-library_name: sentence-transformers
-tags: [sentence-transformers, embrecipe, contrastive]
-base_model: {c['model']}
----
-# Embedding model trained by embrecipe
-
-| | |
-|---|---|
-| base model | `{c['model']}` |
-| method | `{record['method']}` ({hp}) |
-| pooling | {c['pooling']} |
-| budget (model FLOPs) | {record['budget']:.4g} |
-| model FLOPs spent | {record['model_flops']:.4g} ({record['model_flops'] / record['budget']:.2%} of budget) |
-| hardware FLOPs (incl. padding, recompute) | {record['hardware_flops']:.4g} |
-| non-embedding params N / trainable N_t | {record['model']['non_embedding_params']:,} / {record['model']['trainable_params']:,} |
-| tokens | {record['tokens']:,} |
-| steps (planned) | {record['steps']} ({record['planned_steps']}) |
-| batch size / max length | {c['batch_size']} / {c['max_seq_length']} |
-| lr / weight decay / warm-up | {record['lr']:g} / {c['weight_decay']} / {c['warmup_ratio']:.0%} then cosine to 0 |
-| loss | symmetric InfoNCE, scale {c['scale']} |
-| final train loss | {record['final_train_loss']:.4f} |
-| final validation loss | {"—" if val is None else f"{val:.4f}"} |
-| data | `{record['data']['source']}` ({record['data']['pairs']:,} pairs, fingerprint {record['data']['fingerprint']}) |
-| precision / device | {record['precision']} / {record['device']} |
-
-```python
-from sentence_transformers import SentenceTransformer
-model = SentenceTransformer("PATH_TO_THIS_FOLDER")
-embeddings = model.encode(["a query", "a document"])
-```
-"""

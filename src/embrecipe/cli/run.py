@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(unless --mini-batch-size is given)")
     p.add_argument("--embed-tokens", type=float, metavar="T", default=None,
                    help="--budget is training + embedding T tokens afterwards (2 x N x T); trains on the rest")
+    from .train import add_feature_arguments
+
+    add_feature_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -71,9 +74,17 @@ def run(args: argparse.Namespace) -> int:
     if best.mini_batch and args.mini_batch_size is None:
         config["mini_batch_size"] = best.mini_batch
     for key, value in (("mini_batch_size", args.mini_batch_size), ("max_seq_length", args.max_seq_length),
-                       ("lr", args.lr), ("val_fraction", args.val_fraction)):
+                       ("lr", args.lr), ("val_fraction", args.val_fraction),
+                       ("query_prompt", args.query_prompt), ("doc_prompt", args.doc_prompt),
+                       ("tracking_dir", args.logging_dir)):
         if value is not None:
             config[key] = value
+    if args.report_to != "auto":
+        config["report_to"] = args.report_to
+    if args.push_to_hub:
+        from .train import check_repo_id
+
+        check_repo_id(args.push_to_hub)
     print("\ntraining config: " + json.dumps(config))
     if args.dry_run:
         return 0
@@ -99,4 +110,8 @@ def run(args: argparse.Namespace) -> int:
         ev = evaluate(out, tasks=args.eval_tasks, pairs=args.eval_pairs, out=out / "eval",
                       max_seq_length=args.max_seq_length or 75)
         print(format_table(ev))
+    if args.push_to_hub and not record.get("synthetic"):
+        from ..hub import push_run
+
+        print(f"pushed to the Hub: {push_run(out, args.push_to_hub, private=args.hub_private or None)}")
     return 0

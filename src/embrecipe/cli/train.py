@@ -87,7 +87,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--warmup-ratio", type=float, default=0.1)
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 disables)")
     g.add_argument("--scale", type=float, default=40.0, help="InfoNCE inverse temperature (default: 40)")
-    g.add_argument("--pooling", choices=["mean", "last-token", "weighted-mean"], default="mean")
+    g.add_argument("--pooling", choices=["mean", "lasttoken", "last-token", "weighted-mean"], default="mean",
+                   help="mean (default) or lasttoken (EOS is appended to every text, in training and in the "
+                        "saved model)")
     g.add_argument("--hard-negatives", type=int, default=0, help="use this many 'neg' texts per pair")
     g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto: bf16 autocast where the hardware supports it")
@@ -99,7 +101,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--resume", action="store_true", help="continue a killed run from --out/checkpoint")
     g.add_argument("--keep-adapter", action="store_true", help="lora: save the adapter only, not merged")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_feature_arguments(p)
     p.set_defaults(func=run)
+
+
+def add_feature_arguments(p: argparse.ArgumentParser, *, prompts: bool = True) -> None:
+    """Prompts, tracking and Hub flags (shared by ``train`` and ``run``)."""
+    if prompts:
+        g = p.add_argument_group("prompts")
+        g.add_argument("--query-prompt", default=None,
+                       help="instruction prepended to every query, e.g. 'query: ' (saved with the model as its "
+                            "'query' prompt; its tokens are excluded from mean pooling but count as FLOPs)")
+        g.add_argument("--doc-prompt", default=None,
+                       help="prepended to positives and negatives, e.g. 'passage: ' (the 'document' prompt)")
+    g = p.add_argument_group("tracking and the Hub")
+    g.add_argument("--report-to", default="auto",
+                   help="none, tensorboard, wandb, mlflow, trackio, all, or a comma list (default: auto = "
+                        "TensorBoard when installed, logs in OUT/runs)")
+    g.add_argument("--logging-dir", default=None, help="tracking log directory (default: OUT/runs)")
+    g.add_argument("--push-to-hub", default=None, metavar="REPO",
+                   help="after training, upload the model and its card to this Hugging Face repo (needs a network "
+                        "and a token: huggingface-cli login or HF_TOKEN)")
+    g.add_argument("--hub-private", action="store_true", help="create the Hub repository as private")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,11 +140,24 @@ def run(args: argparse.Namespace) -> int:
         gradient_checkpointing=args.gradient_checkpointing, allow_repeat=not args.no_repeat,
         length_bucketing=not args.no_bucketing, seed=args.seed, out=args.out,
         checkpoint_every=args.checkpoint_every, resume=args.resume, keep_adapter=args.keep_adapter,
-        progress=not args.quiet,
+        progress=not args.quiet, query_prompt=args.query_prompt, doc_prompt=args.doc_prompt,
+        report_to=args.report_to, tracking_dir=args.logging_dir,
     )
+    if args.push_to_hub:
+        check_repo_id(args.push_to_hub)
     record = train(config)
     summary = {k: record[k] for k in ("method_key", "budget", "model_flops", "hardware_flops", "tokens", "steps",
                                       "final_train_loss", "final_val_loss", "tokens_per_s", "model_flops_per_s")}
     print(json.dumps(summary, indent=2))
     print(f"saved to {args.out}")
+    if args.push_to_hub:
+        from ..hub import push_run
+
+        print(f"pushed to the Hub: {push_run(args.out, args.push_to_hub, private=args.hub_private or None)}")
     return 0
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Fail before training, not after, when ``--push-to-hub`` is not a repository id."""
+    if not repo_id or repo_id.count("/") > 1 or any(c.isspace() for c in repo_id):
+        raise InputError(f"--push-to-hub {repo_id!r}: expected a repository id like 'user/name'")
