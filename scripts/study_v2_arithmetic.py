@@ -43,6 +43,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--min-steps", type=float, default=20)
     ap.add_argument("--max-epochs", type=float, default=4)
+    ap.add_argument("--lr-candidates", type=int, default=3,
+                    help="learning rates tried per (size, variant) at its lowest kept budget (LR protocol)")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds at the noise cells")
+    ap.add_argument("--seed-cells", type=int, default=3, help="cells repeated with extra seeds")
+    ap.add_argument("--seed-budget", type=float, default=None,
+                    help="budget of the noise cells (default: the middle budget)")
     ap.add_argument("--flops-per-s", type=float, required=True,
                     help="aggregate model FLOP/s of the sweep on the GPU: a PLACEHOLDER until measured")
     args = ap.parse_args()
@@ -56,12 +62,13 @@ def main() -> None:
     print()
     print("| model | variant | FLOPs/token | " + " | ".join(f"{b:.3g}" for b in budgets) + " |")
     print("|---|---|---:|" + "---:|" * len(budgets))
-    kept_flops, kept, dropped = 0.0, 0, 0
+    kept_flops, kept, dropped, lr_flops = 0.0, 0, 0, 0.0
     per_budget = dict.fromkeys(budgets, 0.0)
     for shape in shapes:
         for label, (name, hp) in VARIANTS.items():
             c = method_flops_per_token(parse_method(name, **hp), shape)
             cells = []
+            lowest = None
             for b in budgets:
                 _, steps, epochs = cell(b, c, args.batch, t, args.tokens)
                 if steps < args.min_steps:
@@ -70,19 +77,28 @@ def main() -> None:
                     continue
                 kept += 1
                 kept_flops += b
+                lowest = b if lowest is None else lowest
                 per_budget[b] += b
                 flag = " **!**" if epochs > args.max_epochs else ""
                 cells.append(f"{steps:,.0f} st / {epochs:.2g} ep{flag}")
             print(f"| {shape.name} | {label} | {c / 1e6:.1f}M | " + " | ".join(cells) + " |")
+            lr_flops += (args.lr_candidates - 1) * (lowest or 0.0)
     print()
     print(f"kept cells: {kept} (dropped, < {args.min_steps:g} steps: {dropped}); "
           f"model FLOPs of one seed of the kept grid: {kept_flops:.3g}")
     for b, f in per_budget.items():
         print(f"  budget {b:.3g}: {f:.3g} FLOPs, {f / args.flops_per_s / 60:.1f} min at the placeholder "
               f"{args.flops_per_s:.3g} FLOP/s")
-    minutes = kept_flops / args.flops_per_s / 60
+    seed_budget = args.seed_budget or budgets[len(budgets) // 2]
+    seed_flops = (args.seeds - 1) * args.seed_cells * seed_budget
+    total = kept_flops + lr_flops + seed_flops
+    print(f"LR protocol: {args.lr_candidates - 1} extra LRs per (size, variant) at its lowest kept budget: "
+          f"{lr_flops:.3g} FLOPs; noise: {args.seeds - 1} extra seeds x {args.seed_cells} cells at {seed_budget:.3g}: "
+          f"{seed_flops:.3g} FLOPs; total {total:.3g} model FLOPs")
+    minutes = total / args.flops_per_s / 60
     print(f"wall time at the placeholder throughput {args.flops_per_s:.3g} FLOP/s (TO BE MEASURED): "
-          f"{minutes:.1f} min; two 9-minute runs hold {2 * 9 * 60 * args.flops_per_s:.3g} FLOPs")
+          f"{minutes:.1f} min for the total; two 9-minute runs hold {2 * 9 * 60 * args.flops_per_s:.3g} FLOPs; "
+          f"the total needs {total / (2 * 9 * 60):.3g} FLOP/s to fit them (no overheads counted)")
     ceiling = {s.name: args.max_epochs * args.tokens * method_flops_per_token(parse_method("full"), s)
                for s in shapes}
     print(f"largest budget with <= {args.max_epochs:g} epochs (full fine-tuning): "
