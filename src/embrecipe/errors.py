@@ -17,3 +17,21 @@ class InputError(EmbrecipeError):
 
 class BudgetError(EmbrecipeError):
     """A FLOP budget that cannot be spent as asked (e.g. less than one optimizer step)."""
+
+
+class TrainingDiverged(EmbrecipeError):
+    """The loss became non-finite (or ran away) during training; the run is recorded as failed, no model exported.
+
+    ``record`` holds the failed run's record (``status: "failed"``, ``failure``) when the trainer got that far.
+    """
+
+    def __init__(self, message: str, record: dict | None = None) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+class OutOfDiskSpace(EmbrecipeError):
+    """Not enough free disk for the export or checkpoint (found before step 1, or ENOSPC while writing).
+
+    A sweep stops on it instead of failing every remaining cell.
+    """

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import InputError
 
@@ -41,6 +44,14 @@ def run(args: argparse.Namespace) -> int:
     with RunStore(args.store) as store:
         records = store.records()
         counts = store.counts()
+    records, non_finite = finite_records(records, args.loss_key)
+    skipped = [f"{counts.get('failed', 0)} failed run(s)"] if counts.get("failed") else []
+    if non_finite:
+        skipped.append(f"{non_finite} completed run(s) with a non-finite loss")
+    if skipped:
+        print(f"skipped {' and '.join(skipped)} (not fitted)")
+    if not records:
+        raise InputError(f"{args.store}: no completed run with a finite loss to fit")
     family = [m.to_dict() for m in load_family(args.family)] if args.family else None
     label = args.label or f"fitted on {len(records)} completed runs of {args.store}"
     laws = fit_laws(records, bootstrap=args.bootstrap, seed=args.seed, loss_key=args.loss_key,
@@ -52,6 +63,27 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary(laws, counts))
     print(f"\nwrote law card {path}")
     return 0
+
+
+def _loss_of(record: Mapping[str, Any], loss_key: str | None) -> Any:
+    if loss_key:
+        return record.get(loss_key)
+    val = record.get("final_val_loss")
+    return val if val is not None else record.get("final_train_loss")
+
+
+def finite_records(records: list[dict[str, Any]], loss_key: str | None = None) -> tuple[list[dict[str, Any]], int]:
+    """(records to fit, how many were dropped): drops runs marked failed and those whose loss is NaN/inf.
+
+    Stores written before divergence was detected hold diverged runs as ``completed`` with a NaN loss; one of
+    them would make its whole variant unfittable."""
+    kept = []
+    for r in records:
+        loss = _loss_of(r, loss_key)
+        bad = r.get("status") == "failed" or (isinstance(loss, (int, float)) and not math.isfinite(loss))
+        if not bad:
+            kept.append(r)
+    return kept, len(records) - len(kept)
 
 
 def format_summary(laws, counts: dict[str, int] | None = None) -> str:
