@@ -275,6 +275,7 @@ def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     if not _writable(anchor):
         raise InputError(f"--out {out}: {anchor} is not writable")
     if resume:
+        _recover_checkpoint(out / "checkpoint")
         if not _checkpoint_file(out / "checkpoint").exists():
             raise InputError(f"--resume: {out / 'checkpoint'} holds no checkpoint, so there is nothing to resume; "
                              "run without --resume to start afresh")
@@ -772,6 +773,13 @@ def _fingerprint(config: TrainConfig, data: PairData) -> str:
 # code runs, so a planted file cannot execute anything on --resume).
 def _checkpoint_file(ckpt_dir: Path) -> Path:
     return ckpt_dir / "state.pt"
+
+
+def _recover_checkpoint(ckpt_dir: Path) -> None:
+    # A kill between the two renames of _save_checkpoint leaves only <checkpoint>.old: it is complete, use it.
+    old = ckpt_dir.with_name(ckpt_dir.name + ".old")
+    if not ckpt_dir.exists() and _checkpoint_file(old).exists():
+        os.replace(old, ckpt_dir)
 
 
 def _checkpoint_step(ckpt_dir: Path) -> int | None:
