@@ -142,3 +142,31 @@ def test_kill_9_then_resume_matches_uninterrupted(tiny_models, tiny_pairs_file, 
     assert rec["model_flops"] == ref_rec["model_flops"]
     assert rec["steps"] == ref_rec["steps"]
     assert rec["final_train_loss"] == pytest.approx(ref_rec["final_train_loss"], rel=0.01)
+
+
+def test_fit_skips_failed_and_non_finite_runs_and_says_so(tmp_path, capsys):
+    import sqlite3
+
+    from embrecipe.store import RunStore, run_key
+    from embrecipe.synthetic import synthetic_train
+
+    path = tmp_path / "runs.sqlite"
+    store = RunStore(path)
+    for model in ("toy-h64-l2", "toy-h128-l4", "toy-h256-l4"):
+        for budget in (1e13, 3e13, 1e14):
+            store.put(synthetic_train({"model": model, "method": {"name": "full"}, "budget": budget,
+                                       "batch_size": 32, "seed": 0}))
+    # an old store's diverged run: completed, with a NaN loss written as a bare NaN token
+    bad = synthetic_train({"model": "toy-h64-l2", "method": {"name": "full"}, "budget": 3e14, "batch_size": 32,
+                           "seed": 0})
+    bad["final_val_loss"] = float("nan")
+    key = store.put({**bad, "final_val_loss": 1.0})
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE runs SET record = ? WHERE key = ?", (json.dumps(bad), key))
+    failed_cfg = {"model": "toy-h64-l2", "method": {"name": "full"}, "budget": 1e15, "seed": 0}
+    assert store.claim(run_key(failed_cfg), failed_cfg)
+    store.fail(run_key(failed_cfg), "TrainingDiverged: diverged at step 2: loss is nan")
+    assert main(["fit", str(path), "--out", str(tmp_path / "laws.json"), "--bootstrap", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 1 failed run(s) and 1 completed run(s) with a non-finite loss" in out
+    assert "not fitted" not in out and "full: 9 runs" in out

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if non_finite:
         skipped.append(f"{non_finite} completed run(s) with a non-finite loss")
     if skipped:
-        print(f"skipped {' and '.join(skipped)} (not fitted)")
+        print(f"skipped {' and '.join(skipped)} (left out of the fit)")
     if not records:
         raise InputError(f"{args.store}: no completed run with a finite loss to fit")
     family = [m.to_dict() for m in load_family(args.family)] if args.family else None
