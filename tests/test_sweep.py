@@ -197,6 +197,8 @@ def test_tokens_per_pair_estimate_is_not_biased_by_a_sorted_file(tiny_models, tm
 def test_grid_names_cannot_be_paths(name):
     with pytest.raises(InputError, match="plain name"):
         grid_from_dict({**BASE, "name": name})
+    with pytest.raises(InputError, match=r"models\[0\].name .* must be a plain name"):
+        grid_from_dict({**BASE, "models": [{"name": name, "path": "toy-h64-l2"}]})
 
 
 def _real_grid(tmp_path, tiny_models, train_yaml: str) -> Path:

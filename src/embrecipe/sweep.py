@@ -157,6 +157,8 @@ def grid_from_dict(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] =
         if isinstance(m, str):
             models.append({"name": Path(m).name or m, "path": _resolve(base, m), "shape": None})
         elif isinstance(m, Mapping) and "path" in m:
+            if m.get("name") is not None:
+                check_name(str(m["name"]), f"{source}: models[{i}].name")
             shape = ModelShape.from_dict(m["shape"]) if m.get("shape") else None
             models.append({"name": str(m.get("name") or Path(str(m["path"])).name), "path": _resolve(base, m["path"]),
                            "shape": shape})

@@ -117,7 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..trainer import TrainConfig, train
+    from ..trainer import TrainConfig, json_safe, train
 
     if args.batch_size < 2:
         raise InputError(f"--batch-size must be >= 2, got {args.batch_size}")
@@ -137,6 +137,6 @@ def run(args: argparse.Namespace) -> int:
     record = train(config)
     summary = {k: record[k] for k in ("method_key", "budget", "model_flops", "hardware_flops", "tokens", "steps",
                                       "final_train_loss", "final_val_loss", "tokens_per_s", "model_flops_per_s")}
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(json_safe(summary), indent=2, allow_nan=False))
     print(f"saved to {args.out}")
     return 0
