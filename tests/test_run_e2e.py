@@ -46,4 +46,4 @@ def test_run_with_real_trainer(tmp_path, capsys):
     again = ["run", "--budget", "3e8", "--laws", str(card), "--data", str(data), "--out", str(tmp_path / "out"),
              "--val-fraction", "0.25", "--max-seq-length", "32", "--eval", "none"]
     assert main(again) == 2
-    assert "already holds a run (run.json)" in capsys.readouterr().err
+    assert "already holds a finished run (run.json)" in capsys.readouterr().err

@@ -286,8 +286,8 @@ def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     if not entries:
         return
     if "run.json" in entries:
-        raise InputError(f"--out {out} already holds a run (run.json); choose another --out, delete it, or pass "
-                         "--overwrite")
+        raise InputError(f"--out {out} already holds a finished run (run.json); choose another --out, delete "
+                         "it, or pass --overwrite")
     if "checkpoint" in entries:
         raise InputError(f"--out {out} holds the checkpoint of an unfinished run; pass --resume to continue it or "
                          "--overwrite to start over")
