@@ -170,3 +170,12 @@ def test_fit_skips_failed_and_non_finite_runs_and_says_so(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "skipped 1 failed run(s) and 1 completed run(s) with a non-finite loss" in out
     assert "not fitted" not in out and "full: 9 runs" in out
+
+
+def test_embrecipe_warnings_print_as_one_line():
+    from embrecipe.cli import _format_warning
+    from embrecipe.errors import EmbrecipeWarning
+
+    assert _format_warning("d.jsonl: 98% of the pairs repeat", EmbrecipeWarning, "x.py", 3) == \
+        "embrecipe: warning: d.jsonl: 98% of the pairs repeat\n"
+    assert "UserWarning" in _format_warning("other", UserWarning, "x.py", 3, "")

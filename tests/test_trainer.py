@@ -377,9 +377,10 @@ def test_resume_never_runs_code_from_a_planted_checkpoint(tiny_models, tiny_pair
 
 def test_many_duplicate_pairs_warn(tiny_models, tiny_pair_data):
     from embrecipe.data import PairData
+    from embrecipe.errors import EmbrecipeWarning
 
     same = PairData(["one query"] * 40, ["one document"] * 40, source="dups.jsonl")
-    with pytest.warns(UserWarning, match="dups.jsonl: 98% of the pairs repeat"):
+    with pytest.warns(EmbrecipeWarning, match="dups.jsonl: 98% of the pairs repeat"):
         train(_cfg(tiny_models["llama"], same, budget=3e8))
 
 

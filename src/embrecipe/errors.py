@@ -35,3 +35,8 @@ class OutOfDiskSpace(EmbrecipeError):
 
     A sweep stops on it instead of failing every remaining cell.
     """
+
+
+class EmbrecipeWarning(UserWarning):
+    """Input that is accepted but probably not what was meant (e.g. many duplicate pairs); the CLI prints it as
+    one line ``embrecipe: warning: <message>``."""

@@ -34,7 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from .data import PairData, duplicate_fraction, load_pairs
-from .errors import BudgetError, EmbrecipeError, InputError, OutOfDiskSpace, TrainingDiverged
+from .errors import (
+    BudgetError,
+    EmbrecipeError,
+    EmbrecipeWarning,
+    InputError,
+    OutOfDiskSpace,
+    TrainingDiverged,
+)
 from .flops import flops_per_token, hardware_flops_per_token
 from .methods import FullFineTuning, LoRA, Method, method_from_dict, method_to_dict
 
@@ -529,7 +536,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if dup >= DUPLICATE_WARN_FRACTION and dist.main:
         warnings.warn(f"{data.source}: {dup:.0%} of the pairs repeat an earlier (query, positive) pair; duplicates "
                       "are false negatives in a batch (identical pairs train at a constant loss of ln B)",
-                      stacklevel=2)
+                      EmbrecipeWarning, stacklevel=2)
     columns = data.columns(config.hard_negatives)
 
     # -- model and method
