@@ -168,8 +168,13 @@ def test_fit_skips_failed_and_non_finite_runs_and_says_so(tmp_path, capsys):
     store.fail(run_key(failed_cfg), "TrainingDiverged: diverged at step 2: loss is nan")
     assert main(["fit", str(path), "--out", str(tmp_path / "laws.json"), "--bootstrap", "0"]) == 0
     out = capsys.readouterr().out
-    assert "skipped 1 failed run(s) and 1 completed run(s) with a non-finite loss" in out
+    assert "skipped 1 failed run(s) and 1 completed run(s) with a non-finite or missing loss" in out
     assert "not fitted" not in out and "full: 9 runs" in out
+    # the same through this version's store, which writes the NaN as null (strict JSON)
+    store.put(bad)
+    assert main(["fit", str(path), "--out", str(tmp_path / "laws.json"), "--bootstrap", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "1 completed run(s) with a non-finite or missing loss" in out and "full: 9 runs" in out
 
 
 def test_embrecipe_warnings_print_as_one_line():

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     records, non_finite = finite_records(records, args.loss_key)
     skipped = [f"{counts.get('failed', 0)} failed run(s)"] if counts.get("failed") else []
     if non_finite:
-        skipped.append(f"{non_finite} completed run(s) with a non-finite loss")
+        skipped.append(f"{non_finite} completed run(s) with a non-finite or missing loss")
     if skipped:
         print(f"skipped {' and '.join(skipped)} (left out of the fit)")
     if not records:
@@ -66,23 +66,28 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _loss_of(record: Mapping[str, Any], loss_key: str | None) -> Any:
-    if loss_key:
-        return record.get(loss_key)
-    val = record.get("final_val_loss")
-    return val if val is not None else record.get("final_train_loss")
+    from ..laws import LOSS_KEYS
+
+    # the field the fit reads (laws.run_point): --loss-key, else the first validation loss present
+    keys = (loss_key,) if loss_key else LOSS_KEYS
+    return next((record[k] for k in keys if record.get(k) is not None), None)
 
 
 def finite_records(records: list[dict[str, Any]], loss_key: str | None = None) -> tuple[list[dict[str, Any]], int]:
     """(records to fit, how many were dropped): drops runs marked failed and those whose loss is NaN/inf.
 
-    Stores written before divergence was detected hold diverged runs as ``completed`` with a NaN loss; one of
-    them would make its whole variant unfittable."""
+    Stores written before divergence was detected hold diverged runs as ``completed`` with a NaN loss (strict
+    JSON stores it as null); one of them would make its whole variant unfittable. A null loss is dropped only
+    when other runs have one: if none has, the fit's own error (use --loss-key final_train_loss) is the answer.
+    """
+    losses = [_loss_of(r, loss_key) for r in records]
+    some_have_loss = any(isinstance(x, (int, float)) and math.isfinite(x) for x in losses)
     kept = []
-    for r in records:
-        loss = _loss_of(r, loss_key)
-        bad = r.get("status") == "failed" or (isinstance(loss, (int, float)) and not math.isfinite(loss))
-        if not bad:
-            kept.append(r)
+    for r, loss in zip(records, losses, strict=True):
+        non_finite = isinstance(loss, (int, float)) and not math.isfinite(loss)
+        if r.get("status") == "failed" or non_finite or (loss is None and some_have_loss):
+            continue
+        kept.append(r)
     return kept, len(records) - len(kept)
 
 
