@@ -312,9 +312,16 @@ def disk_bytes_needed(export_bytes: int, trainable_bytes: int, checkpoints: bool
 def check_disk_space(out: Path, needed: int) -> None:
     free = shutil.disk_usage(_existing_ancestor(out)).free
     if free < needed:
-        raise OutOfDiskSpace(f"--out {out}: {free / 1e9:.3g} GB free on its disk but the run needs about "
-                             f"{needed / 1e9:.3g} GB (model export and checkpoints); free space or choose another "
-                             "--out")
+        raise OutOfDiskSpace(f"--out {out}: {_size(free)} free on its disk but the run needs about "
+                             f"{_size(needed)} (model export and checkpoints); free space or choose another --out")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"
 
 
 # --------------------------------------------------------------------------------------------- helpers
