@@ -242,7 +242,8 @@ def test_diverged_cell_is_stored_failed_and_the_sweep_goes_on(tmp_path):
     assert "diverged at step 3" in failed["error"]
 
 
-def test_full_disk_stops_the_sweep(tmp_path):
+@pytest.mark.parametrize("error", ["oserror", "safetensors"])
+def test_full_disk_stops_the_sweep(tmp_path, error):
     import errno
 
     from embrecipe.errors import OutOfDiskSpace
@@ -252,7 +253,10 @@ def test_full_disk_stops_the_sweep(tmp_path):
 
     def no_space(config):
         calls.append(config["budget"])
-        raise OSError(errno.ENOSPC, "No space left on device")
+        if error == "oserror":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        # what safetensors raises on a full disk: no OSError, only the text says so
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     with pytest.raises(OutOfDiskSpace, match="sweep stops"):
         run_sweep(grid, store=tmp_path / "runs.sqlite", train_fn=no_space, progress=False, log=lambda s: None)

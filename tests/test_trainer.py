@@ -405,3 +405,21 @@ def test_encoder_models_are_refused(tiny_models, tmp_path):
             shutil.copy(f, bert / f.name)
     with pytest.raises(InputError, match=r"bidirectional encoder.*decoder"):
         load_sentence_transformer(str(bert))
+
+
+def test_is_disk_full_reads_oserrors_chains_and_library_messages():
+    import errno
+
+    from embrecipe.errors import OutOfDiskSpace, is_disk_full
+
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert is_disk_full(OutOfDiskSpace("x"))
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "full")
+        except OSError as inner:
+            raise ValueError("wrapped") from inner
+    except ValueError as outer:
+        assert is_disk_full(outer)
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied")) and not is_disk_full(ValueError("x"))

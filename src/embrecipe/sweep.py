@@ -33,7 +33,6 @@ The grid format is documented in ``docs/sweep.md``. Example::
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import importlib
 import itertools
@@ -49,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from .adaptive import AdaptiveReport, AdaptiveSpec
-from .errors import EmbrecipeError, InputError, OutOfDiskSpace
+from .errors import EmbrecipeError, InputError, OutOfDiskSpace, is_disk_full
 from .flops import ModelShape
 from .methods import method_flops_per_token, method_to_dict, parse_method
 
@@ -400,18 +399,10 @@ def _call_train(train_fn: TrainFn, config: dict[str, Any]) -> dict[str, Any]:
         record = train_fn(dict(config))
     except Exception as exc:  # one bad cell must not end the sweep
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(limit=8), "disk_full": _is_disk_full(exc)}
+                "traceback": traceback.format_exc(limit=8), "disk_full": is_disk_full(exc)}
     if not isinstance(record, Mapping):
         return {"status": "failed", "error": f"train function returned {type(record).__name__}, not a dict"}
     return dict(record)
-
-
-def _is_disk_full(exc: BaseException | None) -> bool:
-    while exc is not None:
-        if isinstance(exc, OutOfDiskSpace) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def check_cells(cells: list[Cell], fn: TrainFn, source: str) -> None:

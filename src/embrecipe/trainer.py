@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import json
 import math
@@ -41,6 +40,7 @@ from .errors import (
     InputError,
     OutOfDiskSpace,
     TrainingDiverged,
+    is_disk_full,
 )
 from .flops import flops_per_token, hardware_flops_per_token
 from .methods import FullFineTuning, LoRA, Method, method_from_dict, method_to_dict
@@ -765,12 +765,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if out and dist.main:
         try:
             _export(model, config, record, out)
-        except OSError as exc:
+        except Exception as exc:
+            full = is_disk_full(exc)
+            if not (full or isinstance(exc, OSError)):
+                raise  # not a problem of the disk: a bug, keep its traceback
             kept = (f"the trained weights are kept in {ckpt_dir}: free space and rerun the same command with "
                     "--resume to export them") if ckpt_dir and _checkpoint_file(ckpt_dir).exists() else \
                 "no checkpoint was kept (checkpoint_every 0)"
-            cls = OutOfDiskSpace if exc.errno == errno.ENOSPC else EmbrecipeError
-            raise cls(f"export to {out} failed ({exc.strerror or exc}); {kept}") from exc
+            why = (getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]) if str(exc).strip() \
+                else type(exc).__name__
+            raise (OutOfDiskSpace if full else EmbrecipeError)(f"export to {out} failed ({why}); {kept}") from exc
     dist.barrier()
     return record
 
