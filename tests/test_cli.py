@@ -24,6 +24,13 @@ def _train_args(model, data, out, *extra):
     (["--method", "freeze", "--trainable-blocks", "0"], "trainable_blocks must be >= 1"),
     (["--method", "lora", "--lora-targets", "nonexistent"], "target module(s) nonexistent not found"),
     (["--method", "bias"], "leaves no trainable parameters"),
+    (["--trainable-blocks", "2"], "--trainable-blocks applies to --method freeze, not --method full"),
+    (["--method", "freeze", "--lora-rank", "4"], "--lora-rank applies to --method lora"),
+    (["--checkpoint-every", "-1"], "checkpoint_every must be >= 0"),
+    (["--weight-decay", "-5"], "weight_decay must be >= 0"),
+    (["--scale", "0"], "scale (the InfoNCE inverse temperature) must be > 0"),
+    (["--val-fraction", "0.001"], "1 validation pair(s); the validation loss needs at least 2"),
+    (["--resume"], "holds no checkpoint, so there is nothing to resume"),
 ])
 def test_bad_training_input_is_one_line_exit_2_nothing_written(tiny_models, tiny_pairs_file, tmp_path, capsys,
                                                                change, message):
@@ -64,11 +71,48 @@ def test_train_then_embed(tiny_models, tiny_pairs_file, tmp_path, capsys):
     out = tmp_path / "m"
     assert main(_train_args(tiny_models["gpt_neox"], tiny_pairs_file, out, "--method", "lora", "--lora-rank", "2")) == 0
     texts = tmp_path / "t.txt"
-    texts.write_text("hello\n\nworld\n")
+    texts.write_text("hello\n\nworld\n")  # a blank line inside: rows would no longer match lines
+    assert main(["embed", "--model", str(out), str(texts), "--out", str(tmp_path / "e.npy")]) == 2
+    assert f"{texts}:2: blank line" in capsys.readouterr().err and not (tmp_path / "e.npy").exists()
+    texts.write_text("hello\nworld\n\n")  # trailing blank lines shift nothing
     assert main(["embed", "--model", str(out), str(texts), "--out", str(tmp_path / "e.npy")]) == 0
     emb = np.load(tmp_path / "e.npy")
     assert emb.shape == (2, 32)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+
+
+def test_diverging_run_exits_2_with_a_failed_strict_record(tiny_models, tiny_pairs_file, tmp_path, capsys):
+    out = tmp_path / "nan"
+    args = _train_args(tiny_models["llama"], tiny_pairs_file, out)
+    args[args.index("--lr") + 1] = "1e6"
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "diverged at step" in err[0] and "no model exported" in err[0]
+    rec = json.loads((out / "run.json").read_text(),
+                     parse_constant=lambda t: pytest.fail(f"non-strict JSON token {t}"))
+    assert rec["status"] == "failed" and not (out / "modules.json").exists()
+
+
+def test_non_empty_out_is_refused_unless_overwrite(tiny_models, tiny_pairs_file, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("do not mix model files in here")
+    assert main(_train_args(tiny_models["llama"], tiny_pairs_file, out)) == 2
+    assert "is not empty" in capsys.readouterr().err and sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
+    assert main(_train_args(tiny_models["llama"], tiny_pairs_file, out, "--overwrite")) == 0
+    assert (out / "run.json").exists() and (out / "thesis.tex").exists()
+
+
+def test_embed_read_texts_keeps_lines_and_rows_matched(tmp_path):
+    from embrecipe.cli.embed import read_texts
+    from embrecipe.errors import InputError
+
+    f = tmp_path / "t.txt"
+    f.write_text("a\nb\n\n\n")
+    assert read_texts(str(f)) == ["a", "b"]
+    f.write_text("a\n  \nb\n")
+    with pytest.raises(InputError, match=r"t.txt:2: blank line"):
+        read_texts(str(f))
 
 
 @pytest.mark.slow
@@ -98,3 +142,45 @@ def test_kill_9_then_resume_matches_uninterrupted(tiny_models, tiny_pairs_file, 
     assert rec["model_flops"] == ref_rec["model_flops"]
     assert rec["steps"] == ref_rec["steps"]
     assert rec["final_train_loss"] == pytest.approx(ref_rec["final_train_loss"], rel=0.01)
+
+
+def test_fit_skips_failed_and_non_finite_runs_and_says_so(tmp_path, capsys):
+    import sqlite3
+
+    from embrecipe.store import RunStore, run_key
+    from embrecipe.synthetic import synthetic_train
+
+    path = tmp_path / "runs.sqlite"
+    store = RunStore(path)
+    for model in ("toy-h64-l2", "toy-h128-l4", "toy-h256-l4"):
+        for budget in (1e13, 3e13, 1e14):
+            store.put(synthetic_train({"model": model, "method": {"name": "full"}, "budget": budget,
+                                       "batch_size": 32, "seed": 0}))
+    # an old store's diverged run: completed, with a NaN loss written as a bare NaN token
+    bad = synthetic_train({"model": "toy-h64-l2", "method": {"name": "full"}, "budget": 3e14, "batch_size": 32,
+                           "seed": 0})
+    bad["final_val_loss"] = float("nan")
+    key = store.put({**bad, "final_val_loss": 1.0})
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE runs SET record = ? WHERE key = ?", (json.dumps(bad), key))
+    failed_cfg = {"model": "toy-h64-l2", "method": {"name": "full"}, "budget": 1e15, "seed": 0}
+    assert store.claim(run_key(failed_cfg), failed_cfg)
+    store.fail(run_key(failed_cfg), "TrainingDiverged: diverged at step 2: loss is nan")
+    assert main(["fit", str(path), "--out", str(tmp_path / "laws.json"), "--bootstrap", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 1 failed run(s) and 1 completed run(s) with a non-finite or missing loss" in out
+    assert "not fitted" not in out and "full: 9 runs" in out
+    # the same through this version's store, which writes the NaN as null (strict JSON)
+    store.put(bad)
+    assert main(["fit", str(path), "--out", str(tmp_path / "laws.json"), "--bootstrap", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "1 completed run(s) with a non-finite or missing loss" in out and "full: 9 runs" in out
+
+
+def test_embrecipe_warnings_print_as_one_line():
+    from embrecipe.cli import _format_warning
+    from embrecipe.errors import EmbrecipeWarning
+
+    assert _format_warning("d.jsonl: 98% of the pairs repeat", EmbrecipeWarning, "x.py", 3) == \
+        "embrecipe: warning: d.jsonl: 98% of the pairs repeat\n"
+    assert "UserWarning" in _format_warning("other", UserWarning, "x.py", 3, "")

@@ -47,6 +47,7 @@ def test_datasets_directory(tmp_path):
     ('{"query": "a", "pos": "b"}\n{"query": "", "pos": "b"}\n', r"d.jsonl:2: 'query' is empty"),
     ('{"query": "a", "pos": 3}\n', r"d.jsonl:1: 'pos' must be a string"),
     ('{"query": "a", "pos": []}\n', r"d.jsonl:1: 'pos' is an empty list"),
+    ('{"query": "a", "pos": "b"}\n{"query": "a", "pos": ["b", "c"]}\n', r"d.jsonl:2: 'pos' holds 2 texts"),
     ('{"query": "a", "pos": "b"}\n{"query": "c"}\n', r"d.jsonl:2: missing 'pos'"),
     ('[1, 2]\n', r"d.jsonl:1: expected a JSON object"),
     ('{"query": "a", "pos": "b", "neg": [1]}\n', r"d.jsonl:1: 'neg' must be a list"),
@@ -87,3 +88,11 @@ def test_split_and_fingerprint(tiny_pair_data):
 def test_too_many_hard_negatives(tiny_pair_data):
     with pytest.raises(InputError, match="hard negatives"):
         tiny_pair_data.columns(1)
+
+
+def test_duplicate_fraction():
+    from embrecipe.data import PairData, duplicate_fraction
+
+    assert duplicate_fraction(PairData(["a", "b", "c"], ["x", "y", "z"])) == 0.0
+    assert duplicate_fraction(PairData(["a", "a", "a", "b"], ["x", "x", "y", "x"])) == 0.25
+    assert duplicate_fraction(PairData(["q"] * 10, ["d"] * 10)) == 0.9

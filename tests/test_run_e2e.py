@@ -42,3 +42,8 @@ def test_run_with_real_trainer(tmp_path, capsys):
     p = run_point(rec)  # the record is ready for fitting
     assert p.variant == "lora-r4" and p.N == shape.non_embedding_params and p.loss > 0
     assert (tmp_path / "out" / "plan.json").is_file()
+    # run into the same folder again: refused before planning writes or training starts (nothing is mixed in)
+    again = ["run", "--budget", "3e8", "--laws", str(card), "--data", str(data), "--out", str(tmp_path / "out"),
+             "--val-fraction", "0.25", "--max-seq-length", "32", "--eval", "none"]
+    assert main(again) == 2
+    assert "already holds a finished run (run.json)" in capsys.readouterr().err

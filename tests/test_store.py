@@ -194,3 +194,115 @@ def test_normalize_trainer_record_layout(tmp_path):
     row = store.get(key)
     assert row["variant"] == "lora-r4" and row["n_params"] == 17152 and row["final_val_loss"] == 0.62
     assert row["model"] == "/x/m2" and row["method"] == "lora" and row["tokens"] == 19430
+
+
+# ---------------------------------------------------------------------------------------- hardening (issue 13)
+
+
+def test_claim_goes_stale_after_three_missed_heartbeats_on_another_host(tmp_path, monkeypatch):
+    import time
+
+    from embrecipe import store as store_mod
+
+    path = tmp_path / "runs.sqlite"
+    key = run_key(CFG)
+    assert RunStore(path).claim(key, CFG, worker="other-host:123:abcd")
+    assert RunStore(path).stale_after == store_mod.STALE_AFTER_BEATS * store_mod.DEFAULT_HEARTBEAT_S == 180
+    assert not RunStore(path).claim(key)  # fresh heartbeat: respected
+    now = time.time()
+    monkeypatch.setattr(store_mod.time, "time", lambda: now + 2.5 * 60)
+    assert not RunStore(path).claim(key)  # two missed beats: still respected
+    monkeypatch.setattr(store_mod.time, "time", lambda: now + 3.5 * 60)
+    assert RunStore(path).claim(key)  # three missed beats: stale
+
+
+def test_claim_of_a_dead_process_with_our_pid_is_not_ours(tmp_path, monkeypatch):
+    """A container restart: same hostname, same PID, but another process (another token)."""
+    import time
+
+    from embrecipe import store as store_mod
+
+    path = tmp_path / "runs.sqlite"
+    key = run_key(CFG)
+    before_restart = f"{socket.gethostname()}:{os.getpid()}:deadbeef"
+    assert RunStore(path).claim(key, CFG, worker=before_restart)
+    assert not RunStore(path).claim(key)  # its heartbeat is fresh: it may be alive
+    now = time.time()
+    monkeypatch.setattr(store_mod.time, "time", lambda: now + 4 * 60)
+    assert RunStore(path).claim(key)  # no heartbeat for 3 beats: taken over, not mistaken for our own claim
+    assert RunStore(path).get(key)["worker"] == store_mod._worker_id()
+    assert not RunStore(path).claim(key)  # and now it is ours (the same process) and live
+
+
+def test_release_claims(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    store = RunStore(path)
+    cfgs = [{**CFG, "seed": s} for s in range(3)]
+    keys = [run_key(c) for c in cfgs]
+    for k, c in zip(keys, cfgs, strict=True):
+        assert store.claim(k, c, worker="gone-host:1:aa")
+    store.complete(keys[2], {"config": cfgs[2], "final_val_loss": 1.0})
+    assert store.release_claims([keys[0]]) == [keys[0]]
+    assert store.status(keys[0]) == "pending" and store.status(keys[1]) == "running"
+    assert store.release_claims() == [keys[1]]
+    assert store.counts() == {"pending": 2, "running": 0, "completed": 1, "failed": 0}
+
+
+def test_cli_store_release(tmp_path, capsys):
+    from embrecipe.cli import main
+
+    path = tmp_path / "runs.sqlite"
+    store = RunStore(path)
+    assert store.claim(run_key(CFG), CFG, worker="gone-host:1:aa")
+    assert main(["store", "release", str(path)]) == 0
+    assert "released 1 claim(s)" in capsys.readouterr().out
+    assert store.status(run_key(CFG)) == "pending"
+    assert main(["store", "release", str(path), "--key", "nope"]) == 2
+    assert "no run with key nope" in capsys.readouterr().err
+    assert main(["store", "release", str(tmp_path / "missing.sqlite")]) == 2
+
+
+def test_operational_settings_do_not_enter_the_run_key():
+    base = {**CFG, "lr": 1e-3}
+    for extra in ({"checkpoint_every": 50}, {"progress": False}, {"log_every": 5}, {"workers": 4},
+                  {"overwrite": True}, {"heartbeat_s": 30}):
+        assert run_key({**base, **extra}) == run_key(base), extra
+    assert run_key({**base, "lr": 2e-3}) != run_key(base)
+
+
+@pytest.mark.parametrize("store_path", ["study/full/study.sqlite", "study/full/check.sqlite",
+                                        "study/mini/mini.sqlite"])
+def test_committed_stores_keep_their_keys(store_path):
+    """Nothing re-trains: every stored config still hashes to its stored key under today's run_key."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / store_path
+    if not path.exists():
+        pytest.skip(f"{store_path} is not in this checkout")
+    rows = _read_rows(path)
+    assert rows
+    assert all(run_key(cfg) == key for key, cfg in rows)
+
+
+def _read_rows(path):
+    import json
+    import sqlite3
+
+    # read-only: the committed store must not be touched (not even WAL files)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return [(k, json.loads(c)) for k, c in conn.execute("SELECT key, config FROM runs")]
+    finally:
+        conn.close()
+
+
+def test_records_are_stored_as_strict_json(tmp_path):
+    import json
+    import sqlite3
+
+    path = tmp_path / "runs.sqlite"
+    store = RunStore(path)
+    store.complete(run_key(CFG), {"config": CFG, "final_val_loss": float("nan"), "loss_curve": [[1, float("inf")]]})
+    (text,) = sqlite3.connect(path).execute("SELECT record FROM runs").fetchone()
+    rec = json.loads(text, parse_constant=lambda t: pytest.fail(f"non-strict token {t}"))
+    assert rec["final_val_loss"] is None and rec["loss_curve"] == [[1, None]]

@@ -188,3 +188,103 @@ def test_tokens_per_pair_estimate_is_not_biased_by_a_sorted_file(tiny_models, tm
     exact = _measure_tokens_per_pair(data, tiny_models["llama"], 75, 0, sample=len(rows))
     sampled = _measure_tokens_per_pair(data, tiny_models["llama"], 75, 0, sample=60)
     assert abs(sampled - exact) / exact < 0.05
+
+
+# ---------------------------------------------------------------------------------------- hardening (issue 13)
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden", "a\\b", "~user"])
+def test_grid_names_cannot_be_paths(name):
+    with pytest.raises(InputError, match="plain name"):
+        grid_from_dict({**BASE, "name": name})
+    with pytest.raises(InputError, match=r"models\[0\].name .* must be a plain name"):
+        grid_from_dict({**BASE, "models": [{"name": name, "path": "toy-h64-l2"}]})
+
+
+def _real_grid(tmp_path, tiny_models, train_yaml: str) -> Path:
+    path = tmp_path / "real.yaml"
+    path.write_text(f"name: real\nmodels: [{tiny_models['llama']}]\nmethods: {{full: {{}}}}\nbudgets: [1.0e+9]\n"
+                    f"tokens_per_pair: 20\nmin_steps: 1\nallow_repeat: true\n{train_yaml}")
+    return path
+
+
+def test_dry_run_applies_the_real_runs_checks(tmp_path, tiny_models, tiny_pairs_file, capsys):
+    no_data = _real_grid(tmp_path, tiny_models, "train: {batch_size: 8}\n")
+    assert main(["sweep", str(no_data), "--dry-run", "--no-progress"]) == 2
+    assert "missing training setting(s): data" in capsys.readouterr().err
+    text_lr = _real_grid(tmp_path, tiny_models, f"train: {{data: {tiny_pairs_file}, batch_size: 8, lr: 1.0e6}}\n")
+    assert main(["sweep", str(text_lr), "--dry-run", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "real.yaml" in err and "lr must be a number, got str '1.0e6'" in err and len(err.splitlines()) == 1
+    bad_wd = _real_grid(tmp_path, tiny_models, f"train: {{data: {tiny_pairs_file}, batch_size: 8, weight_decay: -5}}\n")
+    assert main(["sweep", str(bad_wd), "--dry-run", "--no-progress"]) == 2
+    assert "weight_decay must be >= 0" in capsys.readouterr().err
+    ok = _real_grid(tmp_path, tiny_models, f"train: {{data: {tiny_pairs_file}, batch_size: 8, lr: 1.0e-3}}\n")
+    assert main(["sweep", str(ok), "--dry-run", "--no-progress"]) == 0
+    assert "would run" in capsys.readouterr().out
+    assert not (tmp_path / "real.sqlite").exists()
+
+
+def test_diverged_cell_is_stored_failed_and_the_sweep_goes_on(tmp_path):
+    from embrecipe.errors import TrainingDiverged
+
+    grid = load_grid(write_grid(tmp_path, models=["toy-h64-l2"]))
+
+    def diverging(config):
+        if config["method"]["name"] == "full" and config["budget"] == 1e13:
+            raise TrainingDiverged("training diverged at step 3: loss is nan", {"status": "failed"})
+        return synthetic_train(config)
+
+    res = run_sweep(grid, store=tmp_path / "runs.sqlite", train_fn=diverging, progress=False, log=lambda s: None)
+    assert len(res.failed) == 1 and len(res.ran) == 8
+    st = RunStore(tmp_path / "runs.sqlite")
+    (failed,) = st.rows("failed")
+    assert "diverged at step 3" in failed["error"]
+
+
+@pytest.mark.parametrize("error", ["oserror", "safetensors"])
+def test_full_disk_stops_the_sweep(tmp_path, error):
+    import errno
+
+    from embrecipe.errors import OutOfDiskSpace
+
+    grid = load_grid(write_grid(tmp_path, models=["toy-h64-l2"]))
+    calls = []
+
+    def no_space(config):
+        calls.append(config["budget"])
+        if error == "oserror":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        # what safetensors raises on a full disk: no OSError, only the text says so
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    with pytest.raises(OutOfDiskSpace, match="sweep stops"):
+        run_sweep(grid, store=tmp_path / "runs.sqlite", train_fn=no_space, progress=False, log=lambda s: None)
+    assert len(calls) == 1  # not once per remaining cell
+    assert RunStore(tmp_path / "runs.sqlite").counts() == {"pending": 8, "running": 0, "completed": 0, "failed": 1}
+
+
+def test_cells_writing_to_out_may_reuse_their_folder_and_keep_their_key(tmp_path):
+    grid = load_grid(write_grid(tmp_path, models=["toy-h64-l2"], out="runs"))
+    (tmp_path / "plain").mkdir()
+    plain = load_grid(write_grid(tmp_path / "plain", models=["toy-h64-l2"]))
+    cells, _ = expand(grid)
+    assert all(c.config["overwrite"] is True and c.config["out"].endswith(c.key) for c in cells)
+    assert [c.key for c in cells] == [c.key for c in expand(plain)[0]]
+
+
+def test_local_ray_listens_on_loopback_only(monkeypatch):
+    import types
+
+    from embrecipe import sweep as sweep_mod
+
+    assert sweep_mod.ray_init_kwargs(2, None)["_node_ip_address"] == "127.0.0.1"
+    assert sweep_mod.ray_init_kwargs(2, "ray://head:10001") == {"address": "ray://head:10001", "log_to_driver": False}
+    seen = {}
+    fake = types.SimpleNamespace(is_initialized=lambda: False,
+                                 init=lambda **kw: seen.update(kw, env=os.environ.get(sweep_mod._RAY_LOCAL_ONLY_ENV)))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.delenv(sweep_mod._RAY_LOCAL_ONLY_ENV, raising=False)
+    assert sweep_mod._start_ray(1, None)
+    # without the variable Ray resolves 127.0.0.1 to the network address and its servers bind to 0.0.0.0
+    assert seen["_node_ip_address"] == "127.0.0.1" and seen["env"] == "0" and seen["num_cpus"] == 1

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -190,3 +191,235 @@ def test_tokenization_cache_reuses_only_identical_inputs(tiny_models):
     assert trainer._tokenize(tok, texts, 3) == trainer._tokenize_uncached(tok, texts, 3)  # other length: a miss
     assert all(len(ids) <= 3 for ids in trainer._tokenize(tok, texts, 3))
     assert trainer._tokenize(tok, texts[::-1], 75) == first[::-1]
+
+
+# --------------------------------------------------------------------------------------- hardening (issue 13)
+
+
+def _strict_json(path):
+    def refuse(token):
+        raise ValueError(f"non-strict JSON token {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_divergence_reason_flags_non_finite_and_runaway_losses():
+    from embrecipe.trainer import RUNAWAY_FACTOR, divergence_reason
+
+    assert divergence_reason(float("nan"), None, 16) == "loss is nan"
+    assert divergence_reason(float("inf"), 2.0, 16) == "loss is inf"
+    assert divergence_reason(2.5, None, 16) is None
+    assert divergence_reason(2.5, 2.8, 16) is None
+    # the bound is RUNAWAY_FACTOR x max(first loss, ln B): a tiny first loss does not make it trigger-happy
+    assert divergence_reason(RUNAWAY_FACTOR * 2.8 * 0.99, 0.01, 16) is None
+    assert "ran away" in divergence_reason(RUNAWAY_FACTOR * 2.8 * 1.01, 0.01, 16)
+
+
+def test_json_safe_makes_records_strict_json():
+    from embrecipe.trainer import json_safe
+
+    rec = {"loss_curve": [[1.0, float("nan")], [2.0, 3.0]], "final": float("inf"), "n": 3, "s": "x"}
+    assert json.dumps(json_safe(rec), allow_nan=False) == \
+        '{"loss_curve": [[1.0, null], [2.0, 3.0]], "final": null, "n": 3, "s": "x"}'
+
+
+def test_diverging_run_fails_with_strict_record_and_no_model(tiny_models, tiny_pair_data, tmp_path):
+    from embrecipe.errors import EmbrecipeError, TrainingDiverged
+
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingDiverged, match="diverged at step") as info:
+        train(_cfg(tiny_models["llama"], tiny_pair_data, lr=1e6, out=str(out), checkpoint_every=2))
+    assert isinstance(info.value, EmbrecipeError)  # the CLI prints one line and exits 2
+    rec = _strict_json(out / "run.json")
+    assert rec["status"] == "failed" and rec["failure"].startswith("diverged at step")
+    assert rec["steps"] < rec["planned_steps"]  # stopped at that step
+    assert info.value.record["status"] == "failed"
+    assert not (out / "model.safetensors").exists() and not (out / "modules.json").exists()
+
+
+def test_new_config_checks():
+    for kw, match in ((dict(scale=0.0), "scale"), (dict(scale=-1.0), "scale"), (dict(weight_decay=-5.0), "weight_decay"),
+                      (dict(checkpoint_every=-1), "checkpoint_every"), (dict(log_every=0), "log_every"),
+                      (dict(max_grad_norm=-1.0), "max_grad_norm"), (dict(val_size_cap=1), "val_size_cap"),
+                      (dict(resume=True, overwrite=True), "contradict")):
+        with pytest.raises(InputError, match=match):
+            TrainConfig(model="m", data="d", budget=1e9, **kw).validate()
+
+
+def test_config_from_dict_checks_types_like_a_grid_needs():
+    from embrecipe.trainer import config_from_dict
+
+    base = {"model": "m", "data": "d.jsonl", "budget": 1e12, "method": {"name": "full"}}
+    assert config_from_dict(base).budget == 1e12
+    with pytest.raises(InputError, match=r"grid.yaml: lr must be a number, got str '1.0e6' \(YAML"):
+        config_from_dict({**base, "lr": "1.0e6"}, source="grid.yaml")
+    with pytest.raises(InputError, match="batch_size must be an integer"):
+        config_from_dict({**base, "batch_size": 32.5})
+    with pytest.raises(InputError, match=r"missing training setting.*data"):
+        config_from_dict({k: v for k, v in base.items() if k != "data"})
+    with pytest.raises(InputError, match="weight_decay"):
+        config_from_dict({**base, "weight_decay": -5})
+
+
+def test_validation_set_of_one_pair_is_refused_before_training(tiny_models, tiny_pair_data):
+    with pytest.raises(InputError, match="1 validation pair"):
+        train(_cfg(tiny_models["llama"], tiny_pair_data, val_data=tiny_pair_data.subset([0])))
+
+
+def test_out_checks_before_training(tiny_models, tiny_pair_data, tmp_path, monkeypatch):
+    import embrecipe.trainer as trainer_mod
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        train(_cfg(tiny_models["llama"], tiny_pair_data, out=str(a_file)))
+    with pytest.raises(InputError, match="is a file"):
+        train(_cfg(tiny_models["llama"], tiny_pair_data, out=str(a_file / "sub")))
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"not empty.*--overwrite"):
+        train(_cfg(tiny_models["llama"], tiny_pair_data, out=str(busy)))
+    with pytest.raises(InputError, match="nothing to resume"):
+        train(_cfg(tiny_models["llama"], tiny_pair_data, out=str(tmp_path / "fresh"), resume=True))
+    monkeypatch.setattr(trainer_mod, "_writable", lambda d: False)
+    with pytest.raises(InputError, match="not writable"):
+        train(_cfg(tiny_models["llama"], tiny_pair_data, out=str(tmp_path / "ro")))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+                    reason="root writes into read-only directories")
+def test_read_only_out_is_refused(tiny_models, tiny_pair_data, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(InputError, match="not writable"):
+            train(_cfg(tiny_models["llama"], tiny_pair_data, out=str(ro / "run")))
+    finally:
+        ro.chmod(0o755)
+
+
+def test_overwrite_writes_into_a_non_empty_out(tiny_models, tiny_pair_data, tmp_path):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    train(_cfg(tiny_models["llama"], tiny_pair_data, budget=3e8, out=str(busy), overwrite=True))
+    assert (busy / "notes.txt").read_text() == "mine" and _strict_json(busy / "run.json")["status"] == "completed"
+
+
+def test_disk_space_is_checked_before_training(tiny_models, tiny_pair_data, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from embrecipe.errors import OutOfDiskSpace
+    from embrecipe.trainer import disk_bytes_needed
+
+    assert disk_bytes_needed(1000, 100, checkpoints=False) < disk_bytes_needed(1000, 100, checkpoints=True)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
+    with pytest.raises(OutOfDiskSpace, match="1 KB free on its disk but the run needs about"):
+        train(_cfg(tiny_models["llama"], tiny_pair_data, out=str(tmp_path / "full")))
+    assert not (tmp_path / "full").exists()
+
+
+def test_failed_export_keeps_the_trained_weights(tiny_models, tiny_pair_data, tmp_path, monkeypatch):
+    import errno
+
+    from sentence_transformers import SentenceTransformer
+
+    from embrecipe.errors import OutOfDiskSpace
+
+    def full_disk(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "run"
+    kw = dict(budget=6e8, checkpoint_every=50, out=str(out))
+    with monkeypatch.context() as m:
+        m.setattr(SentenceTransformer, "save", full_disk)
+        with pytest.raises(OutOfDiskSpace, match=r"kept in .*checkpoint.*--resume"):
+            train(_cfg(tiny_models["llama"], tiny_pair_data, **kw))
+    assert (out / "checkpoint" / "params.safetensors").exists()
+    assert not (out / "run.json").exists() and not (out / ".export.tmp").exists()
+    reference = train(_cfg(tiny_models["llama"], tiny_pair_data, **{**kw, "out": str(tmp_path / "ref")}))
+    resumed = train(_cfg(tiny_models["llama"], tiny_pair_data, resume=True, **kw))  # exports, trains nothing
+    assert resumed["steps"] == reference["steps"]
+    assert resumed["final_train_loss"] == pytest.approx(reference["final_train_loss"])
+    assert resumed["final_val_loss"] == reference["final_val_loss"]
+    assert (out / "modules.json").exists() and not (out / "checkpoint").exists()
+
+
+class _Planted:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):  # unpickling this object would create the marker file
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("layout", ["current", "legacy"])
+def test_resume_never_runs_code_from_a_planted_checkpoint(tiny_models, tiny_pair_data, tmp_path, layout):
+    import torch
+
+    out = tmp_path / "run"
+    kw = dict(out=str(out), checkpoint_every=2)
+    train(_cfg(tiny_models["llama"], tiny_pair_data, stop_after_steps=2, **kw))
+    ckpt = out / "checkpoint"
+    assert (ckpt / "state.json").exists() and (ckpt / "params.safetensors").exists()
+    if layout == "legacy":  # the old single-file layout: no state.json
+        (ckpt / "state.json").unlink()
+    marker = tmp_path / "pwned"
+    torch.save({"optimizer": _Planted(marker), "fingerprint": "x"}, ckpt / "state.pt")
+    with pytest.raises(InputError, match="loaded safely"):
+        train(_cfg(tiny_models["llama"], tiny_pair_data, resume=True, **kw))
+    assert not marker.exists()
+
+
+def test_many_duplicate_pairs_warn(tiny_models, tiny_pair_data):
+    from embrecipe.data import PairData
+    from embrecipe.errors import EmbrecipeWarning
+
+    same = PairData(["one query"] * 40, ["one document"] * 40, source="dups.jsonl")
+    with pytest.warns(EmbrecipeWarning, match="dups.jsonl: 98% of the pairs repeat"):
+        train(_cfg(tiny_models["llama"], same, budget=3e8))
+
+
+def test_encoder_models_are_refused(tiny_models, tmp_path):
+    import shutil
+
+    import transformers as tf
+
+    from embrecipe.modeling import load_sentence_transformer, not_a_decoder
+
+    assert not_a_decoder(tf.LlamaConfig()) is None and not_a_decoder(tf.GPT2Config()) is None
+    assert "bidirectional encoder" in not_a_decoder(tf.BertConfig())
+    assert not_a_decoder(tf.BertConfig(is_decoder=True)) is None
+    assert "encoder-decoder" in not_a_decoder(tf.T5Config())
+    assert "no causal language model" in not_a_decoder(tf.DistilBertConfig())
+    bert = tmp_path / "bert"
+    cfg = tf.BertConfig(vocab_size=320, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    tf.BertModel(cfg).save_pretrained(bert)
+    for f in Path(tiny_models["llama"]).iterdir():
+        if "token" in f.name or f.name == "special_tokens_map.json":
+            shutil.copy(f, bert / f.name)
+    with pytest.raises(InputError, match=r"bidirectional encoder.*decoder"):
+        load_sentence_transformer(str(bert))
+
+
+def test_is_disk_full_reads_oserrors_chains_and_library_messages():
+    import errno
+
+    from embrecipe.errors import OutOfDiskSpace, is_disk_full
+
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert is_disk_full(OutOfDiskSpace("x"))
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "full")
+        except OSError as inner:
+            raise ValueError("wrapped") from inner
+    except ValueError as outer:
+        assert is_disk_full(outer)
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied")) and not is_disk_full(ValueError("x"))

@@ -2,7 +2,7 @@
 
 Accepted inputs (each row is one ``(query, positive[, negatives])`` example):
 
-- JSONL (optionally ``.gz``) in the FlagEmbedding/BGE format ``{"query": str, "pos": str | [str], "neg": [str]}``;
+- JSONL (optionally ``.gz``) in the FlagEmbedding/BGE format ``{"query": str, "pos": str | [str], "neg": [str]}`` (``pos`` one text: a string or a one-element list; a longer list is an error naming file:line);
 - CSV/TSV or Parquet with ``(anchor, positive[, negative])`` or ``(query, pos[, neg])`` columns;
 - a local Hugging Face ``datasets`` directory (``save_to_disk``), a ``DatasetDict`` choosing ``split``.
 
@@ -100,6 +100,13 @@ class PairData:
         return h.hexdigest()[:16]
 
 
+def duplicate_fraction(data: PairData) -> float:
+    """Fraction of the rows whose (query, positive) pair already occurred in an earlier row (0 for no repeats)."""
+    if len(data) == 0:
+        return 0.0
+    return 1.0 - len(set(zip(data.queries, data.positives, strict=True))) / len(data)
+
+
 def _pick(columns: Iterable[str], wanted: str | None, candidates: Sequence[str], what: str, where: str,
           required: bool = True) -> str | None:
     cols = list(columns)
@@ -121,6 +128,10 @@ def _text(value: Any, what: str, where: str) -> str:
     if isinstance(value, list):
         if len(value) == 0:
             raise InputError(f"{where}: {what!r} is an empty list")
+        if len(value) > 1:
+            # Training uses one positive per pair; silently keeping the first would drop the others.
+            raise InputError(f"{where}: {what!r} holds {len(value)} texts; give one (a string or a one-element "
+                             "list), or write one row per positive")
         value = value[0]  # BGE data stores positives as a (usually one-element) list
     if not isinstance(value, str):
         raise InputError(f"{where}: {what!r} must be a string, got {type(value).__name__}")

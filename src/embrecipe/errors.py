@@ -17,3 +17,43 @@ class InputError(EmbrecipeError):
 
 class BudgetError(EmbrecipeError):
     """A FLOP budget that cannot be spent as asked (e.g. less than one optimizer step)."""
+
+
+class TrainingDiverged(EmbrecipeError):
+    """The loss became non-finite (or ran away) during training; the run is recorded as failed, no model exported.
+
+    ``record`` holds the failed run's record (``status: "failed"``, ``failure``) when the trainer got that far.
+    """
+
+    def __init__(self, message: str, record: dict | None = None) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+class OutOfDiskSpace(EmbrecipeError):
+    """Not enough free disk for the export or checkpoint (found before step 1, or ENOSPC while writing).
+
+    A sweep stops on it instead of failing every remaining cell.
+    """
+
+
+class EmbrecipeWarning(UserWarning):
+    """Input that is accepted but probably not what was meant (e.g. many duplicate pairs); the CLI prints it as
+    one line ``embrecipe: warning: <message>``."""
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or an exception it was raised from) means the disk is full: :class:`OutOfDiskSpace`,
+    an ``OSError`` with ``ENOSPC``, or a library error that only says so in its text (safetensors raises
+    ``SafetensorError: ... No space left on device (os error 28)``, which is no ``OSError``)."""
+    import errno
+
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, OutOfDiskSpace) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
+            return True
+        text = str(exc)
+        if "No space left on device" in text or "os error 28" in text:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False

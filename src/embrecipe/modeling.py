@@ -93,6 +93,9 @@ def load_sentence_transformer(
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"model {model}: cannot load it as a Hugging Face decoder ({first})") from exc
+    problem = not_a_decoder(transformer.auto_model.config)
+    if problem:
+        raise InputError(f"model {model}: {problem}; embrecipe fine-tunes decoder (causal) language models")
     tokenizer = transformer.tokenizer
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -180,6 +183,29 @@ def prompt_length(st_model: SentenceTransformer, prompt: str | None) -> int | No
     if not prompt:
         return None
     return st_model[0]._get_prompt_length(prompt)
+
+
+def not_a_decoder(config: Any) -> str | None:
+    """Why a model config is not a causal (decoder) LM, or None when it is one.
+
+    Refused: encoder-decoder models, model types transformers has no causal-LM class for (DistilBERT, T5
+    encoders, ...), and encoders such as BERT/RoBERTa (types with a masked-LM head) unless their config says
+    ``is_decoder``: loaded as they are, they attend in both directions and would train as if they were
+    decoders. GGUF checkpoints load with their decoder's model type and pass.
+    """
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    model_type = str(getattr(config, "model_type", "") or "")
+    if getattr(config, "is_encoder_decoder", False):
+        return f"{model_type or 'this model'} is an encoder-decoder model"
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return f"model type {model_type!r} has no causal language model form in transformers"
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        return f"{model_type!r} is a bidirectional encoder (is_decoder is false in its config)"
+    return None
 
 
 def _forget_gguf_quantization(hf: nn.Module) -> None:

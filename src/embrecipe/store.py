@@ -10,7 +10,10 @@ Ray node) and resumed, possibly by several workers at once. The store therefore 
   ``BEGIN IMMEDIATE`` transaction, so a process killed mid-write leaves the previous committed state;
 * **claim-based** — :meth:`RunStore.claim` moves a row to ``running`` for one worker only. A claim whose
   worker is gone (same host and its pid no longer exists) or whose heartbeat is older than
-  ``stale_after`` seconds is *stale* and may be taken over, which is how a sweep recovers after a kill.
+  ``stale_after`` seconds (default: 3 missed heartbeats of 60 s) is *stale* and may be taken over, which is how
+  a sweep recovers after a kill — also from another host, or from a restarted container whose new process got
+  the old PID (a worker id carries a per-process token, so a PID alone never proves a claim is ours).
+  :meth:`RunStore.release_claims` (``embrecipe store release STORE``) hands claims back at once.
 
 Statuses: ``pending`` → ``running`` → ``completed`` | ``failed``.
 
@@ -52,9 +55,18 @@ from .errors import EmbrecipeError, InputError
 STATUSES = ("pending", "running", "completed", "failed")
 
 # Keys that name *where* a run writes or how it is watched, not *what* it computes: two configs that differ
-# only in these are the same experiment and must share a row.
+# only in these are the same experiment and must share a row. Adding a key here never changes the key of a stored
+# run whose config lacks it (the committed study stores hold none of the operational ones added later:
+# tests/test_store.py recomputes their keys).
 NON_IDENTITY_KEYS = frozenset({"out", "output_dir", "log_every", "progress", "resume", "store",
-                               "report_to", "tracking_dir", "run_name", "tracking_group"})
+                               # operational settings: how often to checkpoint, how many workers, where to report
+                               "checkpoint_every", "overwrite", "workers", "num_workers", "executor",
+                               "heartbeat_s", "report_to", "push_to_hub", "hub_model_id",
+                               "tracking_dir", "run_name", "tracking_group"})
+
+# Heartbeats every DEFAULT_HEARTBEAT_S; a claim is stale after STALE_AFTER_BEATS of them are missed.
+DEFAULT_HEARTBEAT_S = 60.0
+STALE_AFTER_BEATS = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -203,8 +215,22 @@ def _variant_of(method: Any) -> str | None:
         return str(method.get("name"))
 
 
+# A per-process token: after a container restart the new sweep may get the killed one's PID (and hostname), and
+# without it would mistake the dead claim for its own.
+_PROCESS_TOKEN = os.urandom(4).hex()
+
+
 def _worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{socket.gethostname()}:{os.getpid()}:{_PROCESS_TOKEN}"
+
+
+def _parse_worker(worker: str) -> tuple[str, str]:
+    """(host, pid) of ``host:pid:token`` (or the older ``host:pid``)."""
+    parts = worker.split(":")
+    if len(parts) >= 3 and parts[-2].isdigit():
+        return ":".join(parts[:-2]), parts[-2]
+    host, _, pid = worker.rpartition(":")
+    return host, pid
 
 
 def _pid_alive(pid: int) -> bool:
@@ -237,12 +263,12 @@ class RunStore:
     """SQLite-backed run store (see the module docstring). Safe to open from many processes at once.
 
     ``stale_after``: seconds without a heartbeat after which another worker may take over a ``running``
-    claim even when the owner cannot be checked (another host). Workers on the same host are checked by pid,
-    so a killed sweep's cells are reclaimed immediately.
+    claim even when the owner cannot be checked (another host, or a recycled PID); default 3 missed heartbeats
+    (180 s). Workers on the same host are checked by pid, so a killed sweep's cells are reclaimed immediately.
     """
 
-    def __init__(self, url_or_path: str | os.PathLike[str], *, stale_after: float = 6 * 3600.0,
-                 timeout: float = 60.0) -> None:
+    def __init__(self, url_or_path: str | os.PathLike[str], *,
+                 stale_after: float = STALE_AFTER_BEATS * DEFAULT_HEARTBEAT_S, timeout: float = 60.0) -> None:
         self.location = _parse_location(url_or_path)
         self.stale_after = float(stale_after)
         if self.location != ":memory:":
@@ -302,12 +328,13 @@ class RunStore:
 
     def _is_stale(self, row: sqlite3.Row, now: float) -> bool:
         worker = row["worker"] or ""
-        host, _, pid = worker.rpartition(":")
-        if host == socket.gethostname() and pid.isdigit():
-            if int(pid) == os.getpid():
-                return False
-            if not _pid_alive(int(pid)):
-                return True
+        if worker == _worker_id():
+            return False
+        host, pid = _parse_worker(worker)
+        # The same PID with another token is a dead process whose PID was reused (container restart): only the
+        # heartbeat can tell, so fall through to it.
+        if host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            return True
         beat = row["heartbeat_at"] or row["updated_at"]
         return now - float(beat) > self.stale_after
 
@@ -419,6 +446,23 @@ class RunStore:
             c.execute("UPDATE runs SET status = 'pending', worker = NULL, updated_at = ? "
                       "WHERE key = ? AND status = 'running'", (now, key))
 
+    def release_claims(self, keys: Iterable[str] | None = None) -> list[str]:
+        """Hand ``running`` claims back (status ``pending``): the given keys, or every running row. Returns the keys
+        released. For claims of workers known to be dead; a live worker keeps training and its result still lands."""
+        now = time.time()
+        with self._tx() as c:
+            if keys is None:
+                rows = c.execute("SELECT key FROM runs WHERE status = 'running'").fetchall()
+            else:
+                keys = list(keys)
+                rows = [r for k in keys
+                        for r in c.execute("SELECT key FROM runs WHERE key = ? AND status = 'running'", (k,))]
+            released = [str(r[0]) for r in rows]
+            for k in released:
+                c.execute("UPDATE runs SET status = 'pending', worker = NULL, updated_at = ? WHERE key = ?",
+                          (now, k))
+        return released
+
     def put(self, record: Mapping[str, Any]) -> str:
         """Insert or replace a completed run from its record alone (key from ``record['config']``)."""
         cfg = record.get("config")
@@ -502,7 +546,18 @@ def is_store_path(path: str | os.PathLike[str]) -> bool:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=_json_default)
+    # Strict JSON: a non-finite loss (a diverged run, an old record) is stored as null, never as a NaN token.
+    return json.dumps(_finite_or_none(value), sort_keys=True, default=_json_default, allow_nan=False)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 def _dumps_or_none(value: Any) -> str | None:

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from .adaptive import AdaptiveReport, AdaptiveSpec
-from .errors import EmbrecipeError, InputError
+from .errors import EmbrecipeError, InputError, OutOfDiskSpace, is_disk_full
 from .flops import ModelShape
 from .methods import method_flops_per_token, method_to_dict, parse_method
 
@@ -84,6 +84,7 @@ class Grid:
     ray: dict[str, Any] = field(default_factory=dict)
     base_dir: Path = Path(".")
     adaptive: AdaptiveSpec | None = None  # set: run rung by rung and drop dominated configurations
+    source: str = "grid"  # the grid file, for error messages
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -155,6 +156,8 @@ def grid_from_dict(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] =
         if isinstance(m, str):
             models.append({"name": Path(m).name or m, "path": _resolve(base, m), "shape": None})
         elif isinstance(m, Mapping) and "path" in m:
+            if m.get("name") is not None:
+                check_name(str(m["name"]), f"{source}: models[{i}].name")
             shape = ModelShape.from_dict(m["shape"]) if m.get("shape") else None
             models.append({"name": str(m.get("name") or Path(str(m["path"])).name), "path": _resolve(base, m["path"]),
                            "shape": shape})
@@ -179,9 +182,11 @@ def grid_from_dict(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] =
     trainer = str(raw.get("trainer") or DEFAULT_TRAIN_FN)
     if trainer == "synthetic":
         trainer = SYNTHETIC_TRAIN_FN
+    name = str(raw.get("name") or "sweep")
+    check_name(name, f"{source}: name")
     return Grid(
         models=models, methods=methods, budgets=budgets, train=train,
-        name=str(raw.get("name") or "sweep"),
+        name=name,
         min_steps=int(raw.get("min_steps", 10)),
         allow_repeat=bool(raw.get("allow_repeat", False)),
         tokens_per_pair=None if raw.get("tokens_per_pair") is None else float(raw["tokens_per_pair"]),
@@ -193,7 +198,14 @@ def grid_from_dict(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] =
         ray=dict(raw.get("ray") or {}),
         base_dir=base,
         adaptive=AdaptiveSpec.from_value(raw.get("adaptive"), source=source),
+        source=source,
     )
+
+
+def check_name(name: str, what: str) -> None:
+    """Refuse a name that would become a path outside its folder (``a/b``, ``..``, a leading dot or ``~``)."""
+    if not name or "/" in name or "\\" in name or name.startswith((".", "~")) or "\0" in name:
+        raise InputError(f"{what} {name!r} must be a plain name (no path separators, no leading '.' or '~')")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -350,6 +362,8 @@ def expand(grid: Grid, stats: DataStats | None = None) -> tuple[list[Cell], list
                 key = run_key(key_config)
                 if out_root is not None:
                     config["out"] = str(out_root / key)
+                    # A retried cell (failed, or killed before its export) reuses its own folder.
+                    config["overwrite"] = True
                 config.update(_tracking_settings(grid, model["name"], method.key, budget, key))
                 cells.append(Cell(model=model["name"], path=str(model["path"]), method=mdict, variant=method.key,
                                   budget=budget, n_params=n, n_trainable=n_t, flops_per_token=cost,
@@ -387,15 +401,34 @@ def resolve_train_fn(ref: str | TrainFn | None) -> TrainFn:
 
 
 def _call_train(train_fn: TrainFn, config: dict[str, Any]) -> dict[str, Any]:
-    """Run one cell (in a worker): returns the record, or {"status": "failed", "error": ...}."""
+    """Run one cell (in a worker): returns the record, or {"status": "failed", "error": ...}.
+
+    ``"disk_full": True`` marks a failure from a full disk, which stops the sweep (every later cell would hit it).
+    """
     try:
         record = train_fn(dict(config))
     except Exception as exc:  # one bad cell must not end the sweep
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(limit=8)}
+                "traceback": traceback.format_exc(limit=8), "disk_full": is_disk_full(exc)}
     if not isinstance(record, Mapping):
         return {"status": "failed", "error": f"train function returned {type(record).__name__}, not a dict"}
     return dict(record)
+
+
+def check_cells(cells: list[Cell], fn: TrainFn, source: str) -> None:
+    """The checks the real trainer makes on settings alone (types, ranges, required keys), on every cell, so that
+    a dry run fails where the real run would and a real run fails before the first cell, not in every cell."""
+    from .trainer import config_from_dict, train_from_dict
+
+    if fn is not train_from_dict:  # another trainer has its own settings: nothing to mirror
+        return
+    seen: set[str] = set()
+    for cell in cells:
+        sig = repr(sorted((k, repr(v)) for k, v in cell.config.items() if k not in ("model", "budget", "out")))
+        if sig in seen:
+            continue
+        seen.add(sig)
+        config_from_dict(cell.config, source=f"{source} ({cell.variant} on {cell.model})")
 
 
 class _Heartbeat:
@@ -526,10 +559,15 @@ def run_sweep(
         log(str(s))
     if not cells:
         raise InputError("every cell of the grid was skipped (see the reasons above)")
+    check_cells(cells, fn, grid.source)
     t0 = time.time()
     if dry_run and not Path(location).exists():
         location = ":memory:"  # a dry run reports; it must not create the store
-    st = RunStore(location)
+    # A claim is stale after 3 missed heartbeats of this grid (never by age when heartbeats are off).
+    from .store import STALE_AFTER_BEATS
+
+    stale_after = STALE_AFTER_BEATS * grid.heartbeat_s if grid.heartbeat_s > 0 else 6 * 3600.0
+    st = RunStore(location, stale_after=stale_after)
     try:
         if spec is not None and not dry_run:
             result = _run_adaptive(st, cells, skipped, spec, fn, grid, executor, workers, ray_address,
@@ -665,11 +703,14 @@ def _finish(st: Any, cell: Cell, record: dict[str, Any], result: SweepResult, ba
             log: Callable[[str], None]) -> None:
     status = record.get("status", "completed")
     if status != "completed":
-        err = str(record.get("error") or f"trainer returned status {status!r}")
+        err = str(record.get("error") or record.get("failure") or f"trainer returned status {status!r}")
         st.fail(cell.key, err)
         result.failed[cell.key] = err
         log(f"FAILED {cell.variant} on {cell.model} at {cell.budget:.3g}: {err}")
         bar.update(0.0)
+        if record.get("disk_full"):
+            raise OutOfDiskSpace(f"disk full while running {cell.variant} on {cell.model} ({err}); the sweep stops "
+                                 "here instead of failing every remaining cell: free space and rerun it")
         return
     record.setdefault("key", cell.key)
     st.complete(cell.key, record)
@@ -737,17 +778,30 @@ def _run_pool(st, todo, fn, result, bar, grid, workers, log) -> None:
 
 def _start_ray(workers: int, ray_address: str | None) -> bool:
     """Connect to (or start) Ray unless it is up; True when this call started it (and must shut it down)."""
+    if not ray_address:
+        # Ray turns 127.0.0.1 into the machine's network address (and its servers listen on every interface)
+        # unless it believes clusters are off, which this variable says; its child processes read it too.
+        os.environ.setdefault(_RAY_LOCAL_ONLY_ENV, "0")
     try:
         import ray
     except ImportError:
         raise EmbrecipeError("the ray executor needs Ray: pip install 'embrecipe[ray]'") from None
     if ray.is_initialized():
         return False
-    if ray_address:
-        ray.init(address=ray_address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    ray.init(**ray_init_kwargs(workers, ray_address))
     return True
+
+
+_RAY_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def ray_init_kwargs(workers: int, ray_address: str | None) -> dict[str, Any]:
+    """``ray.init`` arguments: connect to ``ray_address``, else start a local instance that listens on 127.0.0.1
+    only (a grid's trainer runs code, so the local cluster must not accept work from the network)."""
+    if ray_address:
+        return {"address": ray_address, "log_to_driver": False}
+    return {"num_cpus": workers, "include_dashboard": False, "log_to_driver": False,
+            "_node_ip_address": "127.0.0.1"}
 
 
 def _run_ray(st, todo, fn, result, bar, grid, workers, ray_address, log) -> None:

@@ -25,18 +25,36 @@ import os
 import platform
 import random
 import shutil
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import PairData, load_pairs
-from .errors import BudgetError, InputError
+from .data import PairData, duplicate_fraction, load_pairs
+from .errors import (
+    BudgetError,
+    EmbrecipeError,
+    EmbrecipeWarning,
+    InputError,
+    OutOfDiskSpace,
+    TrainingDiverged,
+    is_disk_full,
+)
 from .flops import flops_per_token, hardware_flops_per_token
 from .methods import FullFineTuning, LoRA, Method, method_from_dict, method_to_dict
 from .tracking import step_metrics
 
 RECORD_SCHEMA = 1
+
+# A loss above this many times max(first step's loss, ln batch_size) counts as a runaway (diverged) run. ln B is
+# the loss of embeddings that carry no information; a healthy run starts near it and goes down, so 10x that is
+# far outside any normal fluctuation but well below what exploding weights produce.
+RUNAWAY_FACTOR = 10.0
+# Warn when at least this fraction of the training pairs repeats an earlier (query, positive) pair: duplicates in
+# one batch are false negatives for InfoNCE, and a set of identical pairs trains at a constant loss of ln B.
+DUPLICATE_WARN_FRACTION = 0.1
 
 # One tenth of the pre-training peak LR (the study's default), by checkpoint name.
 _PRETRAIN_LR = {
@@ -84,6 +102,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     checkpoint_every: int = 0  # optimizer steps; 0 = never
     resume: bool = False
+    overwrite: bool = False  # write into a non-empty ``out`` (replacing what a run writes there)
     keep_adapter: bool = False
     log_every: int = 1
     progress: bool = True
@@ -116,6 +135,28 @@ class TrainConfig:
             raise InputError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.lr is not None and not math.isfinite(self.lr):
+            raise InputError(f"lr must be a finite number, got {self.lr}")
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise InputError(f"scale (the InfoNCE inverse temperature) must be > 0, got {self.scale}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise InputError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+            raise InputError(f"max_grad_norm must be >= 0 (0 or None: no clipping), got {self.max_grad_norm}")
+        if self.checkpoint_every < 0:
+            raise InputError(f"checkpoint_every must be >= 0 steps (0 = never), got {self.checkpoint_every}")
+        if self.log_every < 1:
+            raise InputError(f"log_every must be >= 1 step, got {self.log_every}")
+        if self.hard_negatives < 0:
+            raise InputError(f"hard_negatives must be >= 0, got {self.hard_negatives}")
+        if self.val_size_cap < 2:
+            raise InputError(f"val_size_cap must be >= 2 pairs (in-batch negatives), got {self.val_size_cap}")
+        if self.stop_after_steps is not None and self.stop_after_steps < 0:
+            raise InputError(f"stop_after_steps must be >= 0, got {self.stop_after_steps}")
+        if self.resume and self.overwrite:
+            raise InputError("resume and overwrite contradict each other: resume continues the run in out, "
+                             "overwrite starts a new one there")
+
         from .tracking import resolve_report_to
 
         resolve_report_to(self.report_to)  # an unknown or missing backend fails before the model loads
@@ -140,6 +181,49 @@ _OPTIONAL_DEFAULTS: dict[str, Any] = {"query_prompt": None, "doc_prompt": None, 
 
 def train_from_dict(config: dict[str, Any]) -> dict[str, Any]:
     """Train from a plain dict (keys of :class:`TrainConfig`; ``method`` as ``method_to_dict``)."""
+    return train(config_from_dict(config))
+
+
+# Setting types checked on dict configs (grid files): YAML reads ``1.0e6`` (no exponent sign) as a *string*,
+# which would otherwise pass every check and fail each cell with a TypeError. Fields not listed are not checked.
+_NUMBER_SETTINGS = ("budget", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "scale", "val_fraction")
+_INT_SETTINGS = ("batch_size", "mini_batch_size", "max_seq_length", "hard_negatives", "val_size_cap", "seed",
+                 "checkpoint_every", "log_every", "stop_after_steps")
+_BOOL_SETTINGS = ("allow_repeat", "gradient_checkpointing", "resume", "overwrite", "keep_adapter", "progress",
+                  "length_bucketing")
+_STR_SETTINGS = ("model", "pooling", "precision", "attn_implementation", "gguf_file", "out")
+
+
+def check_setting_types(config: dict[str, Any], source: str = "config") -> None:
+    """One-line :class:`InputError` for a training setting of the wrong type (``source`` names where it came from)."""
+    for name, value in config.items():
+        if value is None:
+            continue
+        if name in _NUMBER_SETTINGS or name in _INT_SETTINGS:
+            integer = name in _INT_SETTINGS
+            ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+            if ok and not isinstance(value, bool):
+                continue
+            hint = ""
+            if isinstance(value, str):
+                try:
+                    float(value)
+                    hint = " (YAML reads 1.0e6 as text: write 1.0e+6 or 1000000)"
+                except ValueError:
+                    pass
+            kind = "an integer" if integer else "a number"
+            raise InputError(f"{source}: {name} must be {kind}, got {type(value).__name__} {value!r}{hint}")
+        if name in _BOOL_SETTINGS and not isinstance(value, bool):
+            raise InputError(f"{source}: {name} must be true or false, got {type(value).__name__} {value!r}")
+        if name in _STR_SETTINGS and not isinstance(value, str):
+            raise InputError(f"{source}: {name} must be a string, got {type(value).__name__} {value!r}")
+        if name in ("data", "val_data") and not isinstance(value, (str, os.PathLike, PairData)):
+            raise InputError(f"{source}: {name} must be a path, got {type(value).__name__} {value!r}")
+
+
+def config_from_dict(config: dict[str, Any], source: str = "config") -> TrainConfig:
+    """A validated :class:`TrainConfig` from a plain dict: every check :func:`train` makes on settings alone
+    (unknown keys, types, ranges, ``data`` present), without loading data or models (so a dry run can use it)."""
     cfg = dict(config)
     method = cfg.pop("method", {"name": "full"})
     if isinstance(method, str):
@@ -147,8 +231,119 @@ def train_from_dict(config: dict[str, Any]) -> dict[str, Any]:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(cfg) - fields
     if unknown:
-        raise InputError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
-    return train(TrainConfig(method=method_from_dict(method), **cfg))
+        raise InputError(f"{source}: unknown training setting(s): {', '.join(sorted(unknown))}")
+    missing = [k for k in ("model", "data", "budget") if cfg.get(k) is None]
+    if missing:
+        raise InputError(f"{source}: missing training setting(s): {', '.join(missing)} (a grid gives data in "
+                         "'train: {data: pairs.jsonl}')")
+    check_setting_types(cfg, source)
+    tc = TrainConfig(method=method_from_dict(method), **cfg)
+    try:
+        tc.validate()
+    except EmbrecipeError as exc:
+        raise type(exc)(f"{source}: {exc}") from None
+    return tc
+
+
+def divergence_reason(loss: float, first_loss: float | None, batch_size: int) -> str | None:
+    """Why a step's loss means the run diverged, or None when it is fine.
+
+    Diverged: the loss is NaN/inf, or it exceeds ``RUNAWAY_FACTOR * max(first_loss, ln batch_size)``
+    (a runaway). ``first_loss`` is the first step's loss (None on the first step).
+
+    >>> divergence_reason(float("nan"), 3.4, 32)
+    'loss is nan'
+    >>> divergence_reason(3.0, 3.4, 32) is None
+    True
+    """
+    if not math.isfinite(loss):
+        return f"loss is {loss}"
+    if first_loss is not None and math.isfinite(first_loss):
+        bound = RUNAWAY_FACTOR * max(first_loss, math.log(max(batch_size, 2)))
+        if loss > bound:
+            return (f"loss {loss:.4g} ran away (> {RUNAWAY_FACTOR:g} x max(first loss {first_loss:.4g}, "
+                    f"ln batch {math.log(max(batch_size, 2)):.3g}))")
+    return None
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None, so ``json.dumps(..., allow_nan=False)`` is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def _existing_ancestor(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _writable(directory: Path) -> bool:
+    # A real probe, not os.access: ACLs, read-only mounts and root squash all show up only when writing.
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return True
+    except OSError:
+        return False
+
+
+def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse an unusable ``out`` before anything trains: a file, not writable, not empty, or --resume with no
+    checkpoint there. ``overwrite`` allows a non-empty directory (its run files are replaced, others kept)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file, not a directory")
+    anchor = _existing_ancestor(out)
+    if not anchor.is_dir():
+        raise InputError(f"--out {out}: {anchor} is a file, not a directory")
+    if not _writable(anchor):
+        raise InputError(f"--out {out}: {anchor} is not writable")
+    if resume:
+        _recover_checkpoint(out / "checkpoint")
+        if not _checkpoint_file(out / "checkpoint").exists():
+            raise InputError(f"--resume: {out / 'checkpoint'} holds no checkpoint, so there is nothing to resume; "
+                             "run without --resume to start afresh")
+        return
+    if overwrite or not out.is_dir():
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    if "run.json" in entries:
+        raise InputError(f"--out {out} already holds a finished run (run.json); choose another --out, delete "
+                         "it, or pass --overwrite")
+    if "checkpoint" in entries:
+        raise InputError(f"--out {out} holds the checkpoint of an unfinished run; pass --resume to continue it or "
+                         "--overwrite to start over")
+    raise InputError(f"--out {out} is not empty ({len(entries)} entries, e.g. {entries[0]!r}); choose a new or "
+                     "empty directory, or pass --overwrite to write into it")
+
+
+def disk_bytes_needed(export_bytes: int, trainable_bytes: int, checkpoints: bool) -> int:
+    """Free disk a run needs in ``out``: the export, plus a checkpoint (weights + two AdamW moments of the trainable
+    parameters, written beside the old one before it is replaced: two copies) when checkpointing, plus 10 %."""
+    ckpt = 2 * 3 * trainable_bytes if checkpoints else 0
+    return int(1.1 * (export_bytes + ckpt)) + (1 << 20)
+
+
+def check_disk_space(out: Path, needed: int) -> None:
+    free = shutil.disk_usage(_existing_ancestor(out)).free
+    if free < needed:
+        raise OutOfDiskSpace(f"--out {out}: {_size(free)} free on its disk but the run needs about "
+                             f"{_size(needed)} (model export and checkpoints); free space or choose another --out")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -327,7 +522,8 @@ def _tokenize_uncached(tokenizer: Any, texts: list[str], max_len: int) -> list[l
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    # Strict JSON: a diverged run's NaN losses become null instead of bare NaN tokens.
+    tmp.write_text(json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -347,6 +543,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     t_start = time.time()
     _seed_everything(config.seed)
     out = Path(config.out) if config.out else None
+    if config.resume and out is None:
+        raise InputError("--resume needs --out (the run directory holding the checkpoint)")
+    if out is not None:
+        check_out_dir(out, resume=config.resume, overwrite=config.overwrite)
 
     # -- data
     data = config.data if isinstance(config.data, PairData) else load_pairs(config.data)
@@ -358,6 +558,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
         val = None
     if len(data) < config.batch_size:
         raise InputError(f"{data.source}: {len(data)} pairs, fewer than one batch of {config.batch_size}")
+    if val is not None and len(val) < 2:
+        raise InputError(f"{val.source}: {len(val)} validation pair(s); the validation loss needs at least 2 "
+                         "(in-batch negatives)")
+    dup = duplicate_fraction(data)
+    if dup >= DUPLICATE_WARN_FRACTION and dist.main:
+        warnings.warn(f"{data.source}: {dup:.0%} of the pairs repeat an earlier (query, positive) pair; duplicates "
+                      "are false negatives in a batch (identical pairs train at a constant loss of ln B)",
+                      EmbrecipeWarning, stacklevel=2)
     columns = data.columns(config.hard_negatives)
 
     # -- model and method
@@ -377,6 +585,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and _bf16_supported(device))
     if config.precision == "bf16" and not _bf16_supported(device):
         raise InputError(f"precision bf16 requested but {device.type} here has no bf16 support")
+    if out is not None and dist.main:
+        trainable_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        export_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        check_disk_space(out, disk_bytes_needed(export_bytes, trainable_bytes, config.checkpoint_every > 0))
 
     # -- tokens and the FLOP meter
     tokenizer = model[0].tokenizer
@@ -423,25 +635,21 @@ def train(config: TrainConfig) -> dict[str, Any]:
     state = {"step": 0, "epoch": 0, "pos": 0, "model_flops": 0, "hardware_flops": 0, "tokens": 0,
              "padded_tokens": 0, "loss_curve": [], "train_time_s": 0.0, "step_times": [], "step_flops": []}
     ckpt_dir = out / "checkpoint" if out else None
-    if config.resume:
-        if ckpt_dir is None:
-            raise InputError("--resume needs --out (the run directory holding the checkpoint)")
-        if (ckpt_dir / "state.pt").exists():
-            saved = torch.load(ckpt_dir / "state.pt", map_location=device, weights_only=False)
-            if saved["fingerprint"] != _fingerprint(config, data):
-                raise InputError(f"{ckpt_dir}: checkpoint was written by a different configuration or data")
-            named = dict(model.named_parameters())
-            with torch.no_grad():
-                for n, t in saved["params"].items():
-                    named[n].copy_(t)
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            state = saved["state"]
-            state.setdefault("step_times", [])
-            state.setdefault("step_flops", [])
-            torch.set_rng_state(saved["rng"])
-    elif dist.main and out and (out / "run.json").exists():
-        raise InputError(f"{out} already holds a finished run (run.json); choose another --out or delete it")
+    if config.resume and ckpt_dir is not None:
+        saved = _load_checkpoint(ckpt_dir, _fingerprint(config, data), device)
+        named = dict(model.named_parameters())
+        unknown = set(saved["params"]) - set(named)
+        if unknown:
+            raise InputError(f"{ckpt_dir}: checkpoint holds parameters this model lacks (e.g. {min(unknown)})")
+        with torch.no_grad():
+            for n, t in saved["params"].items():
+                named[n].copy_(t)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+        state.setdefault("step_times", [])
+        state.setdefault("step_flops", [])
+        torch.set_rng_state(saved["rng"])
 
     # -- the loop
     tracker = _open_tracker(config, dist.main, out)
@@ -454,6 +662,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     steps_this_call = 0
     step_t0 = time.time()
     stopped_early = False
+    failure: str | None = None
+    first_loss = state["loss_curve"][0][1] if state["loss_curve"] else None
     while True:
         if state["pos"] >= len(order):
             state["epoch"] += 1
@@ -493,6 +703,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
         state["tokens"] += real
         state["padded_tokens"] += padded
         lval = dist.mean(float(loss.detach()))
+        # Every rank sees the same mean loss, so all stop at the same step. (The float() above is the host
+        # sync this check relies on; a loop without one must check finiteness wherever it does sync.)
+        reason = divergence_reason(lval, first_loss, config.batch_size)
+        if reason is not None:
+            failure = f"diverged at step {state['step']}: {reason}"
+            state["loss_curve"].append([state["model_flops"], lval])
+            break
+        if first_loss is None:
+            first_loss = lval
         if state["step"] % config.log_every == 0 or state["step"] == 1:
             state["loss_curve"].append([state["model_flops"], lval])
         now = time.time()
@@ -516,11 +735,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
         raise BudgetError(f"budget {config.budget:.3g} FLOPs is smaller than the first batch's cost")
     if state["loss_curve"] and state["loss_curve"][-1][0] != state["model_flops"]:
         state["loss_curve"].append([state["model_flops"], lval])
+    if failure is None and ckpt_dir and config.checkpoint_every and dist.main \
+            and _checkpoint_step(ckpt_dir) != state["step"]:
+        # The final weights go to disk before the export, so an export that fails (full disk) loses nothing:
+        # rerunning with --resume finds the budget spent and only exports.
+        _save_checkpoint(ckpt_dir, model, optimizer, scheduler, state, _fingerprint(config, data))
 
     # -- validation, export, record
     model.eval()
     val_loss = None
-    if val is not None and dist.main:
+    if val is not None and dist.main and failure is None:
         vsub = val if len(val) <= config.val_size_cap else val.subset(range(config.val_size_cap))
         with autocast():
             val_loss = heldout_loss(model, vsub.queries, vsub.positives, batch_size=config.batch_size,
@@ -531,7 +755,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     tracker.close()
     record = {
         "schema": RECORD_SCHEMA,
-        "status": "completed",
+        "status": "failed" if failure else "completed",
         "config": config.to_dict(),
         "model": {"name": config.model, "non_embedding_params": info.n_params, "trainable_params": info.n_trainable,
                   "trainable_params_total": info.n_trainable_total, "shape": info.shape.to_dict()},
@@ -567,8 +791,27 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "device_name": _device_name(device),  # the planner's --hours picks throughput per device type
         "tracking": {"backends": tracker.backends, "log_dir": getattr(tracker, "log_dir", None)},
     }
+    if failure is not None:
+        record["failure"] = failure
+        if out and dist.main:  # the record only: a diverged model is not worth a file
+            out.mkdir(parents=True, exist_ok=True)
+            _atomic_write_json(out / "run.json", record)
+        dist.barrier()
+        raise TrainingDiverged(f"training {failure} (lr {lr:g}); no model exported"
+                               + (f", record in {out / 'run.json'}" if out else ""), record)
     if out and dist.main:
-        _export(model, config, record, out, loss_fn)
+        try:
+            _export(model, config, record, out, loss_fn)
+        except Exception as exc:
+            full = is_disk_full(exc)
+            if not (full or isinstance(exc, OSError)):
+                raise  # not a problem of the disk: a bug, keep its traceback
+            kept = (f"the trained weights are kept in {ckpt_dir}: free space and rerun the same command with "
+                    "--resume to export them") if ckpt_dir and _checkpoint_file(ckpt_dir).exists() else \
+                "no checkpoint was kept (checkpoint_every 0)"
+            why = (getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]) if str(exc).strip() \
+                else type(exc).__name__
+            raise (OutOfDiskSpace if full else EmbrecipeError)(f"export to {out} failed ({why}); {kept}") from exc
     dist.barrier()
     return record
 
@@ -625,21 +868,80 @@ def _open_tracker(config: TrainConfig, main_rank: bool, out: Path | None) -> Any
 def _fingerprint(config: TrainConfig, data: PairData) -> str:
     keep = {k: v for k, v in config.to_dict().items()
             if k not in ("resume", "progress", "checkpoint_every", "stop_after_steps", "out", "log_every",
-                         "report_to", "tracking_dir", "run_name", "tracking_group")}
+                         "overwrite", "report_to", "tracking_dir", "run_name", "tracking_group")}
     return json.dumps(keep, sort_keys=True, default=str) + data.fingerprint()
+
+
+# Checkpoint layout: params.safetensors (trained weights), state.json (plain loop state and the config
+# fingerprint), state.pt (optimizer/scheduler/RNG tensors, read with torch.load(weights_only=True): no pickled
+# code runs, so a planted file cannot execute anything on --resume).
+def _checkpoint_file(ckpt_dir: Path) -> Path:
+    return ckpt_dir / "state.pt"
+
+
+def _recover_checkpoint(ckpt_dir: Path) -> None:
+    # A kill between the two renames of _save_checkpoint leaves only <checkpoint>.old: it is complete, use it.
+    old = ckpt_dir.with_name(ckpt_dir.name + ".old")
+    if not ckpt_dir.exists() and _checkpoint_file(old).exists():
+        os.replace(old, ckpt_dir)
+
+
+def _checkpoint_step(ckpt_dir: Path) -> int | None:
+    try:
+        return int(json.loads((ckpt_dir / "state.json").read_text())["state"]["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _load_checkpoint(ckpt_dir: Path, fingerprint: str, device: Any) -> dict[str, Any]:
+    import pickle
+
+    import torch
+
+    path = _checkpoint_file(ckpt_dir)
+    meta_path = ckpt_dir / "state.json"
+    meta = None
+    if meta_path.exists():  # read first: a checkpoint of another config is refused before any binary is opened
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{meta_path}: unreadable checkpoint state ({exc})") from None
+        if meta.get("fingerprint") != fingerprint:
+            raise InputError(f"{ckpt_dir}: checkpoint was written by a different configuration or data")
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: not a checkpoint that can be loaded safely (weights only): {first}") from None
+    if not isinstance(saved, dict):
+        raise InputError(f"{path}: not an embrecipe checkpoint")
+    if meta is None:  # the older single-file layout (everything in state.pt)
+        if saved.get("fingerprint") != fingerprint:
+            raise InputError(f"{ckpt_dir}: checkpoint was written by a different configuration or data")
+        return saved
+    from safetensors.torch import load_file
+
+    try:
+        params = load_file(str(ckpt_dir / "params.safetensors"), device=str(device))
+    except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
+        raise InputError(f"{ckpt_dir / 'params.safetensors'}: cannot read the checkpoint weights ({exc})") from None
+    return {"params": params, "state": meta["state"], **saved}
 
 
 def _save_checkpoint(ckpt_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any],
                      fingerprint: str) -> None:
     import torch
+    from safetensors.torch import save_file
 
     tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    torch.save({"params": params, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "state": state, "rng": torch.get_rng_state(), "fingerprint": fingerprint}, tmp / "state.pt")
+    params = {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(params, str(tmp / "params.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state()}, _checkpoint_file(tmp))
+    (tmp / "state.json").write_text(json.dumps({"fingerprint": fingerprint, "state": state}, allow_nan=False))
     old = ckpt_dir.with_name(ckpt_dir.name + ".old")
     if ckpt_dir.exists():
         os.replace(ckpt_dir, old)
@@ -660,17 +962,22 @@ def _export(model: Any, config: TrainConfig, record: dict[str, Any], out: Path, 
     tmp = out / ".export.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    hf = model[0].auto_model
-    apply_card_data(model, record, loss_fn)
-    if config.keep_adapter and isinstance(config.method, LoRA):
-        hf.save_pretrained(tmp)
-        model._create_model_card(str(tmp))
-    else:
-        merge_adapters(model)
-        model.save(str(tmp))
-        save_tokenizer_flags(model, tmp)
-    _atomic_write_json(tmp / "run.json", record)
-    for item in tmp.iterdir():
+    try:
+        hf = model[0].auto_model
+        apply_card_data(model, record, loss_fn)
+        if config.keep_adapter and isinstance(config.method, LoRA):
+            hf.save_pretrained(tmp)
+            model._create_model_card(str(tmp))
+        else:
+            merge_adapters(model)
+            model.save(str(tmp))
+            save_tokenizer_flags(model, tmp)
+        _atomic_write_json(tmp / "run.json", record)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written export never lands in out
+        raise
+    # run.json last: its presence means the whole export is in place.
+    for item in sorted(tmp.iterdir(), key=lambda p: p.name == "run.json"):
         dest = out / item.name
         if dest.is_dir():
             shutil.rmtree(dest)

@@ -11,12 +11,14 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
-from ..errors import EmbrecipeError
+from ..errors import EmbrecipeError, EmbrecipeWarning
 
 # Order is the order in --help: the pipeline, top-down.
-SUBCOMMANDS = ("testbed", "data", "train", "embed", "eval", "sweep", "fit", "plan", "run", "report", "demo")
+SUBCOMMANDS = ("testbed", "data", "train", "embed", "eval", "sweep", "store", "fit", "plan", "run", "report",
+               "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None, _default=warnings.formatwarning) -> str:
+    # embrecipe's own warnings are about the user's input: one line, like the errors, not a source excerpt
+    if issubclass(category, EmbrecipeWarning):
+        return f"embrecipe: warning: {message}\n"
+    return _default(message, category, filename, lineno, line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.formatwarning = _format_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -13,7 +13,8 @@ from ..errors import InputError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embed texts (one per line) with a trained model",
                        description="Read texts, one per line, from FILE or standard input and write their "
-                                   "embeddings to --out (.npy: a float32 matrix; .parquet: text + embedding).")
+                                   "embeddings to --out (.npy: a float32 matrix; .parquet: text + embedding). "
+                                   "Row i is line i; a blank line (except at the end) is an error.")
     p.add_argument("--model", required=True, help="a SentenceTransformer directory (e.g. embrecipe train --out)")
     p.add_argument("input", nargs="?", default="-", help="text file, one text per line (default: stdin)")
     p.add_argument("--out", required=True, help="output file: .npy or .parquet")
@@ -32,10 +33,17 @@ def read_texts(source: str) -> list[str]:
             raise InputError(f"{source}: {exc.strerror}") from None
         except UnicodeDecodeError as exc:
             raise InputError(f"{source}: not UTF-8 text ({exc.reason})") from None
-    texts = [line for line in lines if line.strip()]
-    if not texts:
-        raise InputError(f"{'stdin' if source == '-' else source}: no texts to embed")
-    return texts
+    name = "stdin" if source == "-" else source
+    while lines and not lines[-1].strip():  # trailing blank lines shift no row
+        lines.pop()
+    # Row i of the output must be line i of the input; skipping a blank line would silently shift every row after it.
+    blank = next((i for i, line in enumerate(lines, 1) if not line.strip()), None)
+    if blank is not None:
+        raise InputError(f"{name}:{blank}: blank line; embed writes one row per line, so remove blank lines "
+                         "(or put a text on it)")
+    if not lines:
+        raise InputError(f"{name}: no texts to embed")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:

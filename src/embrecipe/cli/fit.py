@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import InputError
 
@@ -41,6 +44,14 @@ def run(args: argparse.Namespace) -> int:
     with RunStore(args.store) as store:
         records = store.records()
         counts = store.counts()
+    records, non_finite = finite_records(records, args.loss_key)
+    skipped = [f"{counts.get('failed', 0)} failed run(s)"] if counts.get("failed") else []
+    if non_finite:
+        skipped.append(f"{non_finite} completed run(s) with a non-finite or missing loss")
+    if skipped:
+        print(f"skipped {' and '.join(skipped)} (left out of the fit)")
+    if not records:
+        raise InputError(f"{args.store}: no completed run with a finite loss to fit")
     family = [m.to_dict() for m in load_family(args.family)] if args.family else None
     label = args.label or f"fitted on {len(records)} completed runs of {args.store}"
     laws = fit_laws(records, bootstrap=args.bootstrap, seed=args.seed, loss_key=args.loss_key,
@@ -52,6 +63,32 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary(laws, counts))
     print(f"\nwrote law card {path}")
     return 0
+
+
+def _loss_of(record: Mapping[str, Any], loss_key: str | None) -> Any:
+    from ..laws import LOSS_KEYS
+
+    # the field the fit reads (laws.run_point): --loss-key, else the first validation loss present
+    keys = (loss_key,) if loss_key else LOSS_KEYS
+    return next((record[k] for k in keys if record.get(k) is not None), None)
+
+
+def finite_records(records: list[dict[str, Any]], loss_key: str | None = None) -> tuple[list[dict[str, Any]], int]:
+    """(records to fit, how many were dropped): drops runs marked failed and those whose loss is NaN/inf.
+
+    Stores written before divergence was detected hold diverged runs as ``completed`` with a NaN loss (strict
+    JSON stores it as null); one of them would make its whole variant unfittable. A null loss is dropped only
+    when other runs have one: if none has, the fit's own error (use --loss-key final_train_loss) is the answer.
+    """
+    losses = [_loss_of(r, loss_key) for r in records]
+    some_have_loss = any(isinstance(x, (int, float)) and math.isfinite(x) for x in losses)
+    kept = []
+    for r, loss in zip(records, losses, strict=True):
+        non_finite = isinstance(loss, (int, float)) and not math.isfinite(loss)
+        if r.get("status") == "failed" or non_finite or (loss is None and some_have_loss):
+            continue
+        kept.append(r)
+    return kept, len(records) - len(kept)
 
 
 def format_summary(laws, counts: dict[str, int] | None = None) -> str:

@@ -89,8 +89,12 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     out = Path(args.out)
+    from ..trainer import check_out_dir
+
+    check_out_dir(out, resume=False, overwrite=False)  # the trainer's --out checks, before plan.json lands there
     out.mkdir(parents=True, exist_ok=True)
     (out / "plan.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+    config["overwrite"] = True  # the folder now holds our plan.json, nothing else
     record = resolve_train_fn(args.train_fn)(config)
     if record.get("status", "completed") != "completed":
         raise InputError(f"training did not complete (status {record.get('status')!r})")

@@ -34,26 +34,36 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method")
     g.add_argument("--method", choices=["full", "freeze", "bias", "lora"], default="full",
                    help="fine-tuning method (default: full)")
-    g.add_argument("--trainable-blocks", type=parse_blocks, default=0.25,
+    # Defaults are None so that a flag given with the wrong --method is an error, not silently ignored.
+    g.add_argument("--trainable-blocks", type=parse_blocks, default=None,
                    help="freeze: train the last k blocks (int) or this fraction of blocks (default: 0.25)")
-    g.add_argument("--lora-rank", type=int, default=32, help="lora: rank r (default: 32)")
+    g.add_argument("--lora-rank", type=int, default=None, help="lora: rank r (default: 32)")
     g.add_argument("--lora-alpha", type=float, default=None, help="lora: alpha (default: = rank)")
-    g.add_argument("--lora-dropout", type=float, default=0.0, help="lora: dropout (default: 0)")
-    g.add_argument("--lora-targets", default="all-linear",
+    g.add_argument("--lora-dropout", type=float, default=None, help="lora: dropout (default: 0)")
+    g.add_argument("--lora-targets", default=None,
                    help="lora: 'all-linear' (default: every linear layer of the blocks) or comma-separated "
                         "module names, e.g. query_key_value,dense")
+
+
+_METHOD_FLAGS = {"freeze": ("trainable_blocks",), "lora": ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")}
 
 
 def method_from_args(args: argparse.Namespace):
     from ..methods import parse_method
 
+    for method, flags in _METHOD_FLAGS.items():
+        given = [f for f in flags if getattr(args, f, None) is not None]
+        if given and args.method != method:
+            raise InputError(f"--{given[0].replace('_', '-')} applies to --method {method}, not --method "
+                             f"{args.method}")
     if args.method == "freeze":
-        return parse_method("freeze", trainable_blocks=args.trainable_blocks)
+        blocks = 0.25 if args.trainable_blocks is None else args.trainable_blocks
+        return parse_method("freeze", trainable_blocks=blocks)
     if args.method == "lora":
-        targets = args.lora_targets if args.lora_targets == "all-linear" else tuple(
-            t.strip() for t in args.lora_targets.split(",") if t.strip())
-        return parse_method("lora", rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                            targets=targets)
+        spec = args.lora_targets or "all-linear"
+        targets = spec if spec == "all-linear" else tuple(t.strip() for t in spec.split(",") if t.strip())
+        return parse_method("lora", rank=32 if args.lora_rank is None else args.lora_rank, alpha=args.lora_alpha,
+                            dropout=args.lora_dropout or 0.0, targets=targets)
     return parse_method(args.method)
 
 
@@ -98,7 +108,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-bucketing", action="store_true", help="disable length bucketing of batches")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (0: never)")
-    g.add_argument("--resume", action="store_true", help="continue a killed run from --out/checkpoint")
+    g.add_argument("--resume", action="store_true",
+                   help="continue a killed run from --out/checkpoint (an error when there is no checkpoint)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out, replacing the files a run writes there (others are kept); "
+                        "without it a non-empty --out is refused")
     g.add_argument("--keep-adapter", action="store_true", help="lora: save the adapter only, not merged")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     add_feature_arguments(p)
@@ -126,7 +140,7 @@ def add_feature_arguments(p: argparse.ArgumentParser, *, prompts: bool = True) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..trainer import TrainConfig, train
+    from ..trainer import TrainConfig, json_safe, train
 
     if args.batch_size < 2:
         raise InputError(f"--batch-size must be >= 2, got {args.batch_size}")
@@ -139,16 +153,16 @@ def run(args: argparse.Namespace) -> int:
         hard_negatives=args.hard_negatives, precision=args.precision,
         gradient_checkpointing=args.gradient_checkpointing, allow_repeat=not args.no_repeat,
         length_bucketing=not args.no_bucketing, seed=args.seed, out=args.out,
-        checkpoint_every=args.checkpoint_every, resume=args.resume, keep_adapter=args.keep_adapter,
-        progress=not args.quiet, query_prompt=args.query_prompt, doc_prompt=args.doc_prompt,
-        report_to=args.report_to, tracking_dir=args.logging_dir,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite,
+        keep_adapter=args.keep_adapter, progress=not args.quiet, query_prompt=args.query_prompt,
+        doc_prompt=args.doc_prompt, report_to=args.report_to, tracking_dir=args.logging_dir,
     )
     if args.push_to_hub:
         check_repo_id(args.push_to_hub)
     record = train(config)
     summary = {k: record[k] for k in ("method_key", "budget", "model_flops", "hardware_flops", "tokens", "steps",
                                       "final_train_loss", "final_val_loss", "tokens_per_s", "model_flops_per_s")}
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(json_safe(summary), indent=2, allow_nan=False))
     print(f"saved to {args.out}")
     if args.push_to_hub:
         from ..hub import push_run
