@@ -60,7 +60,7 @@ def format_summary(laws, counts: dict[str, int] | None = None) -> str:
     lines = []
     if counts:
         lines.append("runs: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    lines.append(f"law: L(N, D) = {FORM}   (Huber on log-loss; brackets: 90% bootstrap intervals)")
+    lines.append(f"law: L(N, D) = {FORM}   (brackets: 90% bootstrap intervals of the mean law)")
     for v, law in laws.laws.items():
         ci = law.param_intervals(0.9)
         parts = []
@@ -86,8 +86,20 @@ def format_summary(laws, counts: dict[str, int] | None = None) -> str:
         t = laws.trends.get(v, {})
         if t.get("slope") is not None:
             lines.append(f"  best-loss trend: log10 L = {t['intercept']:.3f} + {t['slope']:.4f} log10 C")
-        for w in law.warnings_:
+        choice = law.form_choice_ or {}
+        errs = ", ".join(f"{k} {100 * e:.2f}%" for k, e in (choice.get("errors") or {}).items() if e is not None)
+        lines.append(f"  estimator: {law.estimator}" + (f" (chosen by leave-largest-budget-out |log error|: {errs})"
+                                                         if errs else ""))
+        if "run_coverage" in val:
+            lines.append(f"  held-out runs inside their {val['run_interval_level']:.0%} single-run interval: "
+                         f"{sum(r['covered'] for r in val['runs'])}/{len(val['runs'])}")
+        for w in law.warnings_ + list((law.diagnostics_ or {}).get("warnings", [])):
             lines.append(f"  warning: {w}")
+    noise = laws.noise or {}
+    if noise.get("sigma") is not None:
+        lines.append(f"\nrun-to-run noise: sigma {100 * noise['sigma']:.2f}% of log-loss from {noise.get('source')}")
+    else:
+        lines.append(f"\nrun-to-run noise: {noise.get('note') or 'not measured'} (labelled in the card)")
     for v, why in laws.skipped.items():
         lines.append(f"\nnot fitted: {v}: {why}")
     return "\n".join(lines)
