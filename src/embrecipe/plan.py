@@ -301,7 +301,7 @@ class RecipeTable:
 
     def to_markdown(self) -> str:
         level = f"{self.plans[0].level:.0%}" if self.plans else "90%"
-        lines = [f"| budget (FLOPs) | model | method | tokens | steps | predicted loss [{level}] | P(opt) | "
+        lines = [f"| budget (FLOPs) | model | method | tokens | steps | predicted loss [{level} mean law] | P(opt) | "
                  "runner-up | warnings |",
                  "|---:|---|---|---:|---:|---|---:|---|---:|"]
         for r in self.rows():
