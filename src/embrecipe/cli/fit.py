@@ -12,8 +12,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "fit", help="fit per-variant scaling laws (with bootstrap) on a run store → law card",
         description="Fit L(N, D) = E + A/N^alpha + B/D^beta per variant (method + hyper-parameters) by Huber "
-                    "loss on log-loss, bootstrap the runs, validate by leaving the largest budget out, and "
-                    "write a law card for `embrecipe plan`.",
+                    "loss on log-loss or by variable projection (NNLS), whichever predicts the largest budget "
+                    "better when it is held out; bootstrap the runs (multi-start refits); measure run-to-run "
+                    "noise from repeated seeds; validate by leaving the largest budget out; write a law card "
+                    "for `embrecipe plan`.",
     )
     p.add_argument("store", help="run store (runs.sqlite or sqlite:///path)")
     p.add_argument("--out", required=True, help="law card to write (.json, or .yaml/.yml)")
@@ -25,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: the shapes recorded by the runs)")
     p.add_argument("--min-runs", type=int, default=6, help="fewest runs to fit a variant (default: 6)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    p.add_argument("--estimator", default="auto", choices=("auto", "huber-log", "varpro-nnls"),
+                   help="how to estimate the parameters (default: auto = chosen per variant by "
+                        "leave-largest-budget-out error)")
     p.add_argument("--json", action="store_true", help="print the card as JSON instead of the summary")
     p.set_defaults(func=run)
 
@@ -44,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     family = [m.to_dict() for m in load_family(args.family)] if args.family else None
     label = args.label or f"fitted on {len(records)} completed runs of {args.store}"
     laws = fit_laws(records, bootstrap=args.bootstrap, seed=args.seed, loss_key=args.loss_key,
-                    min_runs=args.min_runs, provenance=label, family=family)
+                    min_runs=args.min_runs, provenance=label, family=family, estimator=args.estimator)
     path = laws.save(args.out)
     if args.json:
         print(json.dumps(laws.to_dict(), indent=1))
