@@ -330,4 +330,7 @@ def test_committed_cards_still_load_and_give_single_run_intervals(card):
         if law.samples_ is not None:
             lo, hi = law.interval(1e7, 1e8, kind="run")
             mlo, mhi = law.interval(1e7, 1e8, kind="mean")
-            assert lo <= mlo and hi >= mhi
+            # Not nested endpoint by endpoint: a skewed bootstrap cloud (E piled at its bound) plus symmetric
+            # noise can lift the lower percentile slightly; but wider, and around the prediction.
+            assert hi - lo > mhi - mlo
+            assert lo < law.predict(1e7, 1e8) < hi
