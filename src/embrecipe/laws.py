@@ -30,9 +30,17 @@ runs gets wide bootstrap intervals instead of borrowing strength through an assu
 runs per variant (at least ``min_runs``, default 6, from two or more model sizes); variants with fewer runs
 are skipped and reported in :attr:`LawSet.skipped`.
 
-**Uncertainty.** :meth:`ScalingLaw.bootstrap` resamples the runs with replacement and refits (warm-started
-from the full fit plus a few grid starts), keeping the parameter samples; predictions at any (N, D) then
-come with percentile intervals and the planner computes the probability that each option is optimal.
+**Estimators.** ``huber-log`` (above) or ``varpro-nnls`` (variable projection: exponents on a grid, E, A,
+B by non-negative least squares); :func:`fit_laws` picks per variant the one with the smaller
+leave-largest-budget-out error (:func:`choose_estimator`).
+
+**Uncertainty.** :meth:`ScalingLaw.bootstrap` resamples the runs with replacement and refits (from the
+full fit *and* screened grid starts, Besiroglu et al. 2024), keeping the parameter samples; predictions at
+any (N, D) then come with percentile intervals of the mean law (``interval(..., kind="mean")``) or, with
+the run-to-run noise :func:`run_noise` measured from repeated seeds, for a single run (``kind="run"``);
+the planner computes the probability that each option is optimal from the same draws.
+:func:`identifiability` flags parameters the data do not pin down; :mod:`embrecipe.calibration` checks the
+intervals' coverage on synthetic laws.
 
 **Validation.** :func:`leave_largest_budget_out` refits every variant without its largest budget and
 reports the relative error of the predictions for the held-out runs.
