@@ -66,22 +66,24 @@ def test_predict_broadcasts_and_requires_fit():
 
 
 def test_bootstrap_intervals_cover_truth_at_nominal_rate():
-    """40 simulated studies × 30 bootstrap refits; the 90 % interval of L at an interior point should cover
-    the true value about 90 % of the time. Binomial sd at n=40 is ~0.05; we accept [0.75, 1.0] (3 sd below),
-    and check the intervals are not absurdly wide (which would cover trivially)."""
+    """24 simulated studies × 20 (multi-start) bootstrap refits; the 90 % mean-law interval of L at an interior
+    point should cover the true value. Percentile intervals from pairs bootstrap with 16 runs and 5 parameters
+    under-cover somewhat (benchmarks/calibration.json: ~0.85 at interior points), binomial sd at n=24 is ~0.07;
+    we accept [0.70, 1.0], and check the intervals are not absurdly wide (which would cover trivially).
+    The single-run intervals and P(optimal) are calibrated in tests/test_calibration.py."""
     rng = np.random.default_rng(7)
     N, D = grid(sizes=(1e5, 1e6, 1e7, 2.56e7), tokens=np.geomspace(1e6, 1e9, 4))
     n0, d0 = 3e6, 3e7
     truth = float(law_value(n0, d0))
     covered, widths = 0, []
-    for sim in range(40):
+    for sim in range(24):
         loss = law_value(N, D) * np.exp(rng.normal(0, 0.02, N.size))
-        law = ScalingLaw(seed=sim).fit(N, D, loss).bootstrap(30)
+        law = ScalingLaw(seed=sim).fit(N, D, loss).bootstrap(20)
         lo, hi = law.interval(n0, d0, level=0.9)
         covered += bool(lo <= truth <= hi)
         widths.append(float(hi - lo) / truth)
-    rate = covered / 40
-    assert 0.75 <= rate <= 1.0, rate
+    rate = covered / 24
+    assert 0.70 <= rate <= 1.0, rate
     assert np.median(widths) < 0.1
 
 
@@ -237,3 +239,98 @@ def test_run_point_reads_the_trainer_layout():
     with pytest.raises(InputError, match="final_train_loss"):
         run_point(no_val)
     assert run_point(no_val, loss_key="final_train_loss").loss == 0.67
+
+
+# ------------------------------------------------------------------------------------------------------
+# Uncertainty: estimators, run noise, single-run intervals, identifiability (issue 10)
+# ------------------------------------------------------------------------------------------------------
+def test_varpro_estimator_recovers_the_law_and_gives_nonnegative_coefficients():
+    N, D = grid()
+    law = ScalingLaw(estimator="varpro-nnls").fit(N, D, law_value(N, D))
+    for k, v in TRUE.items():
+        assert law.params_[k] == pytest.approx(v, rel=0.03), k
+    # No floor in the data: NNLS puts E at zero instead of a negative value.
+    flat = law_value(N, D, {**TRUE, "E": 0.0})
+    p = ScalingLaw(estimator="varpro-nnls").fit(N, D, flat).params_
+    assert 0 <= p["E"] < 1e-3
+    with pytest.raises(InputError, match="estimator"):
+        ScalingLaw(estimator="bogus")
+
+
+def test_run_noise_pools_repeated_seeds_and_says_when_it_cannot():
+    recs = []
+    rng = np.random.default_rng(0)
+    for cell in range(4):
+        for seed in range(3):
+            rec = synthetic_train({"model": "toy-h64-l2", "method": {"name": "full"}, "budget": 1e13 * 2 ** cell,
+                                   "batch_size": 32, "seed": seed, "noise": 0.0})
+            rec["final_val_loss"] *= float(np.exp(rng.normal(0, 0.05)))
+            recs.append(rec)
+    from embrecipe.laws import run_noise
+
+    pts = [run_point(r) for r in recs]
+    assert len({p.cell for p in pts}) == 4  # seed is not part of the cell
+    noise = run_noise(pts)
+    assert noise["measured"] and noise["cells"] == 4 and noise["dof"] == 8
+    assert 0.02 < noise["sigma"] < 0.09  # true 0.05, 8 degrees of freedom
+    thin = run_noise(pts[:6])  # two cells only
+    assert thin["sigma"] is None and "need >= 3" in thin["note"]
+
+
+def test_single_run_interval_is_wider_than_the_mean_law_interval():
+    rng = np.random.default_rng(2)
+    N, D = grid(sizes=(1e5, 1e6, 1e7, 2.56e7), tokens=np.geomspace(1e6, 1e9, 4))
+    law = ScalingLaw().fit(N, D, law_value(N, D) * np.exp(rng.normal(0, 0.02, N.size))).bootstrap(20)
+    assert law.noise_["measured"] is False and "residual" in law.noise_["source"]
+    mlo, mhi = law.interval(3e6, 3e7, kind="mean")
+    rlo, rhi = law.interval(3e6, 3e7, kind="run")
+    assert rlo < mlo and rhi > mhi
+    # The noise term alone is ~2 %: the single-run interval is at least ±2.5 % wide.
+    assert (rhi - rlo) / law.predict(3e6, 3e7) > 0.05
+    with pytest.raises(InputError, match="kind"):
+        law.interval(3e6, 3e7, kind="other")
+
+
+def test_identifiability_flags_parameters_the_design_cannot_pin():
+    # Only two model sizes and a narrow token range: E, A and B trade off.
+    rng = np.random.default_rng(5)
+    N, D = grid(sizes=(1e6, 2e6), tokens=np.geomspace(1e7, 3e7, 4))
+    law = ScalingLaw().fit(N, D, law_value(N, D) * np.exp(rng.normal(0, 0.01, N.size))).bootstrap(30)
+    assert law.diagnostics_["warnings"], law.diagnostics_
+    assert law.diagnostics_["unpinned"] or law.diagnostics_["at_bound"]
+    # A well-designed grid with exact data is not flagged.
+    N, D = grid()
+    clean = ScalingLaw().fit(N, D, law_value(N, D) * np.exp(rng.normal(0, 0.002, N.size))).bootstrap(20)
+    assert clean.diagnostics_["warnings"] == []
+
+
+def test_fit_laws_records_the_estimator_choice_noise_and_held_out_coverage(tmp_path):
+    recs = _synthetic_records([{"name": "full"}])
+    laws = fit_laws(recs, bootstrap=10)
+    law = laws["full"]
+    choice = law.form_choice_
+    assert choice["chosen"] == law.estimator and set(choice["errors"]) == {"huber-log", "varpro-nnls"}
+    assert "leave-largest-budget-out" in choice["criterion"]
+    assert laws.noise["sigma"] is None and "no run-noise measurement" in laws.noise["note"]
+    val = laws.validation["full"]
+    assert val["estimator"] == law.estimator and 0 <= val["run_coverage"] <= 1
+    back = LawSet.load(laws.save(tmp_path / "card.json"))
+    assert back["full"].estimator == law.estimator and back["full"].noise_ == law.noise_
+    assert back.noise == laws.noise
+
+
+@pytest.mark.parametrize("card", ["src/embrecipe/data/laws/default.json", "study/mini/laws.json"])
+def test_committed_cards_still_load_and_give_single_run_intervals(card):
+    from pathlib import Path
+
+    laws = LawSet.load(Path(__file__).resolve().parents[1] / card)
+    for v in laws.variants:
+        law = laws[v]
+        assert law.noise_ and law.noise_["sigma"] > 0
+        if law.samples_ is not None:
+            lo, hi = law.interval(1e7, 1e8, kind="run")
+            mlo, mhi = law.interval(1e7, 1e8, kind="mean")
+            # Not nested endpoint by endpoint: a skewed bootstrap cloud (E piled at its bound) plus symmetric
+            # noise can lift the lower percentile slightly; but wider, and around the prediction.
+            assert hi - lo > mhi - mlo
+            assert lo < law.predict(1e7, 1e8) < hi

@@ -162,3 +162,18 @@ def test_family_file_and_law_sources(tmp_path, monkeypatch):
     no_family = LawSet(laws=laws.laws, methods=laws.methods)
     with pytest.raises(InputError, match="--family"):
         plan(1e15, no_family)
+
+
+def test_plan_gives_a_single_run_interval_around_the_mean_law_interval():
+    laws = true_laws(with_samples=True)
+    assert plan(1e15, laws).best.run_low is None  # no noise term: no single-run interval is invented
+    for v in laws.variants:
+        laws[v].noise_ = {"sigma": 0.02, "dof": 10, "source": "test seeds", "measured": True}
+    p = plan(1e15, laws)
+    for c in p.candidates:
+        assert c.run_low < c.loss_low <= c.loss <= c.loss_high < c.run_high
+        # ±1.81 sigma of t(10) at 90 %: the run interval is at least ~7 % wide whatever the mean-law width.
+        assert (c.run_high - c.run_low) / c.loss > 0.06
+    text = p.format()
+    assert "mean law 90%" in text and "one run 90%" in text and "from test seeds" in text
+    assert "run_low/run_high" in p.to_dict()["intervals"]

@@ -40,9 +40,16 @@ def test_packaged_card_is_the_fit_of_the_committed_store():
         records = st.records()
     refit = fit_laws(records, bootstrap=0, seed=0, validate=False)
     assert sorted(card.variants) == sorted(refit.variants)
+    points = [run_point(r) for r in records]
     for v in card.variants:
-        for k, x in card[v].params_.items():
-            assert math.isclose(x, refit[v].params_[k], rel_tol=1e-4, abs_tol=1e-9), (v, k)
+        assert card[v].estimator == refit[v].estimator, v
+        # The laws' E/A/B are not pinned by this grid (the card's diagnostics say so): the Huber fit's optimum
+        # moves along a flat valley between machines (BLAS, libm) while its predictions stay put. So compare
+        # what the planner uses, the predictions at every fitted run, to 0.2 % (the run noise is ~2-3 %).
+        pts = [p for p in points if p.variant == v]
+        n, d = [p.N for p in pts], [p.D for p in pts]
+        for a, b in zip(card[v].predict(n, d), refit[v].predict(n, d), strict=True):
+            assert math.isclose(a, b, rel_tol=2e-3), (v, a, b)
     for label in ("smollm2-135m-depth-ladder", "docstring pairs", "H100", f"{len(records)} runs"):
         assert label in card.provenance
 

@@ -30,9 +30,17 @@ runs gets wide bootstrap intervals instead of borrowing strength through an assu
 runs per variant (at least ``min_runs``, default 6, from two or more model sizes); variants with fewer runs
 are skipped and reported in :attr:`LawSet.skipped`.
 
-**Uncertainty.** :meth:`ScalingLaw.bootstrap` resamples the runs with replacement and refits (warm-started
-from the full fit plus a few grid starts), keeping the parameter samples; predictions at any (N, D) then
-come with percentile intervals and the planner computes the probability that each option is optimal.
+**Estimators.** ``huber-log`` (above) or ``varpro-nnls`` (variable projection: exponents on a grid, E, A,
+B by non-negative least squares); :func:`fit_laws` picks per variant the one with the smaller
+leave-largest-budget-out error (:func:`choose_estimator`).
+
+**Uncertainty.** :meth:`ScalingLaw.bootstrap` resamples the runs with replacement and refits (from the
+full fit *and* screened grid starts, Besiroglu et al. 2024), keeping the parameter samples; predictions at
+any (N, D) then come with percentile intervals of the mean law (``interval(..., kind="mean")``) or, with
+the run-to-run noise :func:`run_noise` measured from repeated seeds, for a single run (``kind="run"``);
+the planner computes the probability that each option is optimal from the same draws.
+:func:`identifiability` flags parameters the data do not pin down; :mod:`embrecipe.calibration` checks the
+intervals' coverage on synthetic laws.
 
 **Validation.** :func:`leave_largest_budget_out` refits every variant without its largest budget and
 reports the relative error of the predictions for the held-out runs.
@@ -77,6 +85,15 @@ except ImportError:  # pragma: no cover
 FORM = "E + A/N^alpha + B/D^beta"
 PARAM_NAMES = ("E", "A", "alpha", "B", "beta")
 CARD_VERSION = 1
+# How the five parameters are estimated (the functional form is the same for both):
+# "huber-log": L-BFGS-B on the Huber loss of log-loss from screened grid starts (Hoffmann et al.);
+# "varpro-nnls": variable projection: for each (alpha, beta) on a grid, E, A, B >= 0 by non-negative least
+# squares on relative error; the best grid cell is refined on a finer grid.
+ESTIMATORS = ("huber-log", "varpro-nnls")
+# Grid starts per bootstrap refit besides the full-data optimum (Besiroglu et al. 2024 restart every refit
+# from a grid; screening the grid and keeping the best few is the cheap version of that).
+BOOTSTRAP_STARTS = 3
+_SCOUT_ITERS = 40
 
 # Bounds in the internal (log, normalised) coordinates. Exponents in [0.01, 5] cover every published
 # scaling exponent with a wide margin; E down to 1e-9 lets the fit say "no measurable floor".
@@ -133,6 +150,102 @@ def _objective(theta: np.ndarray, ln_n: np.ndarray, ln_d: np.ndarray, ln_l: np.n
     return float(value), grad
 
 
+def _start_grid(ln_l: np.ndarray) -> np.ndarray:
+    """192 starting points (E as a fraction of the smallest loss, A = B, alpha, beta) in internal coordinates."""
+    lmin, lmean = float(np.exp(ln_l.min())), float(np.exp(ln_l.mean()))
+    rows = []
+    for e_frac, alpha, beta, c_frac in itertools.product(
+        (0.02, 0.3, 0.6, 0.9), (0.1, 0.25, 0.5, 1.0), (0.1, 0.25, 0.5, 1.0), (0.1, 0.5, 1.0)
+    ):
+        e0 = e_frac * lmin
+        coef = math.log(max(c_frac * (lmean - e0) / 2.0, 1e-6))
+        rows.append((math.log(e0), coef, math.log(alpha), coef, math.log(beta)))
+    return np.array(rows)
+
+
+def _huber_values(thetas: np.ndarray, ln_n: np.ndarray, ln_d: np.ndarray, ln_l: np.ndarray,
+                  delta: float) -> np.ndarray:
+    """:func:`_objective`'s value for many parameter rows at once (no gradient): array ``(k,)``."""
+    e, a, la, b, lb = (thetas[:, i, None] for i in range(5))
+    u0 = a - np.exp(la) * ln_n
+    u1 = b - np.exp(lb) * ln_d
+    r = np.logaddexp(np.logaddexp(u0, u1), e) - ln_l
+    absr = np.abs(r)
+    return np.where(absr <= delta, 0.5 * r * r, delta * (absr - 0.5 * delta)).sum(axis=1)
+
+
+# Variable projection. For fixed exponents the law is linear in (E, A, B); with weights 1/L the least-squares
+# residual is the relative error (≈ the log residual). Written by hand because scipy's nnls solves one
+# problem per call and this solves thousands (every exponent pair, every bootstrap resample): with three
+# columns the NNLS optimum is the best *feasible* unconstrained solution over the 7 column subsets, which
+# numpy solves for the whole grid in a few batched 3x3 systems.
+_VARPRO_EXPONENTS = np.geomspace(0.01, 5.0, 40)
+_SUBSETS = ((0, 1, 2), (1, 2), (0, 1), (0, 2), (0,), (1,), (2,))
+
+
+def _varpro_grid(ln_n: np.ndarray, ln_d: np.ndarray, loss: np.ndarray, alphas: np.ndarray,
+                 betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted NNLS of ``loss ≈ E + A e^{-alpha ln_n} + B e^{-beta ln_d}`` at every (alpha, beta) pair.
+
+    Returns the residual sum of squares ``(na, nb)`` and the coefficients ``(na, nb, 3)`` (E, A, B >= 0).
+    """
+    w = 1.0 / loss
+    xa = np.exp(-np.outer(alphas, ln_n)) * w
+    xb = np.exp(-np.outer(betas, ln_d)) * w
+    na, nb = len(alphas), len(betas)
+    G = np.empty((na, nb, 3, 3))
+    G[..., 0, 0] = w @ w
+    G[..., 0, 1] = G[..., 1, 0] = (xa @ w)[:, None]
+    G[..., 0, 2] = G[..., 2, 0] = (xb @ w)[None, :]
+    G[..., 1, 1] = (xa * xa).sum(axis=1)[:, None]
+    G[..., 2, 2] = (xb * xb).sum(axis=1)[None, :]
+    G[..., 1, 2] = G[..., 2, 1] = xa @ xb.T
+    r = np.empty((na, nb, 3))
+    r[..., 0] = w.sum()  # target loss * w = 1
+    r[..., 1] = xa.sum(axis=1)[:, None]
+    r[..., 2] = xb.sum(axis=1)[None, :]
+    yy = float(len(loss))
+    best_ssr = np.full((na, nb), yy)
+    best_c = np.zeros((na, nb, 3))
+    for subset in _SUBSETS:
+        idx = np.array(subset)
+        gs = G[..., idx[:, None], idx[None, :]]
+        rs = r[..., idx]
+        ridge = 1e-12 * np.trace(gs, axis1=-2, axis2=-1)[..., None, None] * np.eye(len(idx))
+        c = np.linalg.solve(gs + ridge, rs[..., None])[..., 0]
+        ssr = yy - 2 * (c * rs).sum(-1) + np.einsum("...i,...ij,...j->...", c, gs, c)
+        ok = np.all(c >= 0, axis=-1) & (ssr < best_ssr)
+        best_ssr = np.where(ok, ssr, best_ssr)
+        full = np.zeros((na, nb, 3))
+        full[..., idx] = c
+        best_c = np.where(ok[..., None], full, best_c)
+    return best_ssr, best_c
+
+
+def _varpro_fit(ln_n: np.ndarray, ln_d: np.ndarray, ln_l: np.ndarray) -> tuple[np.ndarray, float]:
+    """Exponents by a coarse-to-fine grid search (3 levels, final step ~0.6 %), E/A/B by NNLS; internal
+    coordinates as :func:`_objective` uses them (a zero coefficient maps to its lower bound)."""
+    loss = np.exp(ln_l)
+    alphas = betas = _VARPRO_EXPONENTS
+    step = float(alphas[1] / alphas[0])
+    for _ in range(3):
+        ssr, coef = _varpro_grid(ln_n, ln_d, loss, alphas, betas)
+        i, j = np.unravel_index(int(np.argmin(ssr)), ssr.shape)
+        alpha, beta, c = float(alphas[i]), float(betas[j]), coef[i, j]
+        lo, hi = math.exp(_LOG_EXP_BOUNDS[0]), math.exp(_LOG_EXP_BOUNDS[1])
+        alphas = np.clip(np.geomspace(alpha / step, alpha * step, 9), lo, hi)
+        betas = np.clip(np.geomspace(beta / step, beta * step, 9), lo, hi)
+        step = step ** 0.25
+    theta = np.array([
+        math.log(max(c[0], 1e-9)),
+        math.log(max(c[1], math.exp(_COEF_BOUNDS[0]))),
+        math.log(alpha),
+        math.log(max(c[2], math.exp(_COEF_BOUNDS[0]))),
+        math.log(beta),
+    ])
+    return theta, float(ssr[i, j])
+
+
 class ScalingLaw:
     """``L(N, D) = E + A/N^alpha + B/D^beta`` fitted by Huber on log-loss (see the module docstring).
 
@@ -141,9 +254,13 @@ class ScalingLaw:
     :meth:`bootstrap` sets ``samples_`` (array ``(n_boot, 5)`` in :data:`PARAM_NAMES` order).
     """
 
-    def __init__(self, *, huber_delta: float = 1e-3, min_runs: int = 6, seed: int = 0) -> None:
+    def __init__(self, *, huber_delta: float = 1e-3, min_runs: int = 6, seed: int = 0,
+                 estimator: str = "huber-log") -> None:
         if huber_delta <= 0:
             raise InputError("huber_delta must be > 0")
+        if estimator not in ESTIMATORS:
+            raise InputError(f"unknown estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
+        self.estimator = estimator
         self.huber_delta = float(huber_delta)
         self.min_runs = int(min_runs)
         self.seed = int(seed)
@@ -154,6 +271,10 @@ class ScalingLaw:
         self.ranges_: dict[str, list[float]] = {}
         self.objective_: float | None = None
         self.warnings_: list[str] = []
+        # Run-to-run noise of log-loss (sigma, source, dof): what a single run adds to the mean law.
+        self.noise_: dict[str, Any] | None = None
+        self.diagnostics_: dict[str, Any] = {}
+        self.form_choice_: dict[str, Any] | None = None
         # Internal state kept for warm-started bootstrap refits.
         self._data: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._scale: tuple[float, float] = (1.0, 1.0)
@@ -188,26 +309,21 @@ class ScalingLaw:
 
         Screening a few hundred grid points costs less than one L-BFGS run, so the optimiser only starts
         from the promising basins (the same idea as Hoffmann et al.'s grid of initialisations, cheaper).
+        The screen is vectorised over the grid: bootstrap refits run it once per resample.
         """
-        lmin, lmean = float(np.exp(ln_l.min())), float(np.exp(ln_l.mean()))
-        grid = []
-        for e_frac, alpha, beta, c_frac in itertools.product(
-            (0.02, 0.3, 0.6, 0.9), (0.1, 0.25, 0.5, 1.0), (0.1, 0.25, 0.5, 1.0), (0.1, 0.5, 1.0)
-        ):
-            e0 = e_frac * lmin
-            coef = math.log(max(c_frac * (lmean - e0) / 2.0, 1e-6))
-            grid.append(np.array([math.log(e0), coef, math.log(alpha), coef, math.log(beta)]))
-        values = [_objective(x, ln_n, ln_d, ln_l, self.huber_delta)[0] for x in grid]
-        return [grid[i] for i in np.argsort(values)[:keep]]
+        grid = _start_grid(ln_l)
+        values = _huber_values(grid, ln_n, ln_d, ln_l, self.huber_delta)
+        return [grid[i] for i in np.argsort(values, kind="stable")[:keep]]
 
-    def _optimise(self, ln_n, ln_d, ln_l, starts: Iterable[np.ndarray]) -> tuple[np.ndarray, float]:
+    def _optimise(self, ln_n, ln_d, ln_l, starts: Iterable[np.ndarray],
+                  maxiter: int = 500) -> tuple[np.ndarray, float]:
         hi_e = float(ln_l.max()) + math.log(10.0)
         bounds = [(math.log(1e-9), hi_e), _COEF_BOUNDS, _LOG_EXP_BOUNDS, _COEF_BOUNDS, _LOG_EXP_BOUNDS]
         best_theta, best_val = None, math.inf
         for x0 in starts:
             x0 = np.clip(x0, [b[0] for b in bounds], [b[1] for b in bounds])
             res = minimize(_objective, x0, args=(ln_n, ln_d, ln_l, self.huber_delta), jac=True,
-                           method="L-BFGS-B", bounds=bounds, options={"maxiter": 500})
+                           method="L-BFGS-B", bounds=bounds, options={"maxiter": maxiter})
             if np.isfinite(res.fun) and res.fun < best_val:
                 best_theta, best_val = res.x, float(res.fun)
         if best_theta is None:
@@ -228,7 +344,7 @@ class ScalingLaw:
         ln_n, ln_d, ln_l = np.log(n / n0), np.log(d / d0), np.log(l_)
         self._data = (ln_n, ln_d, ln_l)
         with _single_threaded_blas():
-            theta, val = self._optimise(ln_n, ln_d, ln_l, self._starts(ln_n, ln_d, ln_l))
+            theta, val = self._refit(ln_n, ln_d, ln_l, None, keep=4)
         self._theta = theta
         self.objective_ = val
         self.params_ = self._to_params(theta)
@@ -236,6 +352,10 @@ class ScalingLaw:
         self.ranges_ = {"N": [float(n.min()), float(n.max())], "D": [float(d.min()), float(d.max())]}
         self.residuals_ = ln_l - np.log(self.predict(n, d))
         self.samples_ = None
+        self.diagnostics_ = identifiability(self)
+        # Until a measured run-noise term is attached (fit_laws does, from repeated seeds), single-run
+        # intervals use the fit's residual scatter, labelled as such.
+        self.noise_ = _residual_noise(self.residuals_, len(n))
         return self
 
     def _to_params(self, theta: np.ndarray) -> dict[str, float]:
@@ -251,12 +371,35 @@ class ScalingLaw:
             "beta": beta,
         }
 
-    def bootstrap(self, n_boot: int = 200, *, seed: int | None = None, extra_starts: int = 0) -> ScalingLaw:
+    def _refit(self, ln_n: np.ndarray, ln_d: np.ndarray, ln_l: np.ndarray, warm: np.ndarray | None,
+               keep: int) -> tuple[np.ndarray, float]:
+        """One fit in internal coordinates with this law's estimator (``warm``: an extra start)."""
+        if self.estimator == "varpro-nnls":
+            return _varpro_fit(ln_n, ln_d, ln_l)
+        if warm is None:
+            return self._optimise(ln_n, ln_d, ln_l, self._starts(ln_n, ln_d, ln_l, keep=keep))
+        theta, val = self._optimise(ln_n, ln_d, ln_l, [warm])
+        if keep:
+            # Scout each grid start with a short L-BFGS run and polish only a scout that beats the warm
+            # start: most of the multi-start's benefit (escaping the full fit's basin) at ~1/3 of its cost.
+            scout, scout_val = self._optimise(ln_n, ln_d, ln_l, self._starts(ln_n, ln_d, ln_l, keep=keep),
+                                              maxiter=_SCOUT_ITERS)
+            if scout_val < val:
+                polished, pval = self._optimise(ln_n, ln_d, ln_l, [scout])
+                if pval < val:
+                    theta, val = polished, pval
+        return theta, val
+
+    def bootstrap(self, n_boot: int = 200, *, seed: int | None = None,
+                  extra_starts: int = BOOTSTRAP_STARTS) -> ScalingLaw:
         """Refit on ``n_boot`` resamples of the runs (with replacement); keep the parameter samples.
 
-        Each refit starts from the full-data optimum (a resample's optimum lies close to it; this is ~5x
-        cheaper than a fresh multi-start), plus ``extra_starts`` screened grid starts when asked.
-        Resamples with a single model size or token count (unidentifiable) are redrawn.
+        Each Huber refit runs L-BFGS-B from the full-data optimum *and* from the ``extra_starts`` best
+        points of the start grid, screened on that resample (Besiroglu et al. 2024: a refit that only
+        warm-starts from the full fit stays in its basin and understates the uncertainty of weakly
+        identified parameters such as E). The variable-projection estimator searches its exponent grid
+        afresh on every resample, so it needs no starts. Resamples with a single model size or token count
+        (unidentifiable) are redrawn. Sets :attr:`diagnostics_` (see :func:`identifiability`).
         """
         if self._data is None or self._theta is None:
             raise EmbrecipeError("fit the law before bootstrapping it")
@@ -268,6 +411,7 @@ class ScalingLaw:
         with _single_threaded_blas():
             self._bootstrap_into(samples, rng, extra_starts)
         self.samples_ = samples
+        self.diagnostics_ = identifiability(self)
         return self
 
     def _bootstrap_into(self, samples: np.ndarray, rng: np.random.Generator, extra_starts: int) -> None:
@@ -278,10 +422,7 @@ class ScalingLaw:
                 idx = rng.integers(0, m, size=m)
                 if len(np.unique(ln_n[idx])) >= 2 and len(np.unique(ln_d[idx])) >= 2:
                     break
-            starts = [self._theta]
-            if extra_starts:
-                starts += self._starts(ln_n[idx], ln_d[idx], ln_l[idx], keep=extra_starts)
-            theta, _ = self._optimise(ln_n[idx], ln_d[idx], ln_l[idx], starts)
+            theta, _ = self._refit(ln_n[idx], ln_d[idx], ln_l[idx], self._theta, keep=extra_starts)
             p = self._to_params(theta)
             samples[i] = [p[k] for k in PARAM_NAMES]
 
@@ -313,9 +454,21 @@ class ScalingLaw:
         out = self._eval(self.samples_, n.reshape(-1), d.reshape(-1))
         return out.reshape((len(self.samples_), *n.shape))
 
-    def interval(self, N: Any, D: Any, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
-        """Percentile bootstrap interval of the predicted loss."""
+    def interval(self, N: Any, D: Any, level: float = 0.9, *, kind: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+        """Percentile bootstrap interval of the loss at (N, D).
+
+        ``kind="mean"``: the interval of the *mean law* (where the average over many seeds of this
+        configuration lies): percentiles of the bootstrap predictions. ``kind="run"``: a *prediction
+        interval for one run*: each bootstrap prediction is combined with the run-to-run noise
+        :attr:`noise_` (log-loss ``+ sigma * t_dof`` quantiles, see :func:`run_noise`), so the interval is
+        wider by the noise a single seed adds. Use ``"run"`` to judge one measured run, ``"mean"`` for
+        the law itself.
+        """
         s = self.predict_samples(N, D)
+        if kind == "run":
+            s = _with_run_noise(s, self.noise_)
+        elif kind != "mean":
+            raise InputError(f"interval kind must be 'mean' or 'run', got {kind!r}")
         q = (1 - level) / 2
         return np.quantile(s, q, axis=0), np.quantile(s, 1 - q, axis=0)
 
@@ -337,6 +490,10 @@ class ScalingLaw:
             "ranges": self.ranges_,
             "residual_rms": float(np.sqrt(np.mean(self.residuals_ ** 2))) if self.residuals_ is not None else None,
             "warnings": list(self.warnings_),
+            "estimator": self.estimator,
+            "noise": self.noise_,
+            "diagnostics": self.diagnostics_,
+            "form_choice": self.form_choice_,
             "bootstrap": None if self.samples_ is None else {
                 "order": list(PARAM_NAMES),
                 "samples": [[float(f"{v:.8g}") for v in row] for row in self.samples_],
@@ -347,9 +504,14 @@ class ScalingLaw:
     def from_dict(cls, d: Mapping[str, Any]) -> ScalingLaw:
         if d.get("form", FORM) != FORM:
             raise InputError(f"unsupported law form {d.get('form')!r}; this version knows {FORM!r}")
-        law = cls(huber_delta=float(d.get("huber_delta", 1e-3)))
+        # Cards written before the estimator choice existed were all fitted by Huber on log-loss.
+        est = str(d.get("estimator") or "huber-log")
+        law = cls(huber_delta=float(d.get("huber_delta", 1e-3)), estimator=est if est in ESTIMATORS else "huber-log")
         law.params_ = {k: float(d["params"][k]) for k in PARAM_NAMES}
         law.n_runs_ = int(d.get("n_runs", 0))
+        law.diagnostics_ = dict(d.get("diagnostics") or {})
+        law.form_choice_ = d.get("form_choice")
+        law.noise_ = d.get("noise") or _residual_noise(d.get("residual_rms"), law.n_runs_, old_card=True)
         law.ranges_ = {k: [float(x) for x in v] for k, v in dict(d.get("ranges", {})).items()}
         law.warnings_ = list(d.get("warnings", []))
         boot = d.get("bootstrap")
@@ -358,6 +520,129 @@ class ScalingLaw:
             arr = np.asarray(boot["samples"], dtype=float)
             law.samples_ = arr[:, [order.index(k) for k in PARAM_NAMES]]
         return law
+
+
+# ------------------------------------------------------------------------------------------------------
+# Run-to-run noise, single-run intervals, identifiability
+# ------------------------------------------------------------------------------------------------------
+def _residual_noise(residuals: Any, n_runs: int, *, old_card: bool = False) -> dict[str, Any] | None:
+    """Fallback noise term: the fit's residual scatter of log-loss, ``sqrt(sum r^2 / (n - 5))``.
+
+    It mixes run-to-run noise with misfit of the form, so it is labelled as such (``source``).
+    ``residuals`` may be the residual array, or (old cards) the stored rms.
+    """
+    if residuals is None:
+        return None
+    dof = max(int(n_runs) - len(PARAM_NAMES), 1)
+    if np.ndim(residuals) == 0:  # a card's residual_rms: sum r^2 = n * rms^2
+        sigma = float(residuals) * math.sqrt(max(int(n_runs), 1) / dof)
+    else:
+        sigma = float(np.sqrt(np.sum(np.square(residuals)) / dof))
+    source = "fit residual scatter (no repeated seeds; includes misfit of the form)"
+    if old_card:
+        source = "fit residual scatter (card written before the noise term existed)"
+    return {"sigma": sigma, "dof": dof, "source": source, "measured": False}
+
+
+def run_noise(points: Sequence[RunPoint], *, min_seeds: int = 3, min_cells: int = 3) -> dict[str, Any]:
+    r"""Run-to-run noise of log-loss, measured from repeated seeds.
+
+    A *cell* is a configuration (every config key but ``seed``, see :attr:`RunPoint.cell`). Over the cells
+    with at least ``min_seeds`` runs, the pooled variance
+
+    .. math::  s^2 = \frac{\sum_c \sum_{i \in c} (\log L_{ci} - \overline{\log L_c})^2}{\sum_c (n_c - 1)}
+
+    is the noise a single run adds around its configuration's mean (pooled over variants: it is a property
+    of the training process and data, and pooling keeps the number of repeated runs affordable). Needs
+    ``min_cells`` such cells; otherwise ``sigma`` is None and ``note`` says why (callers then fall back to the
+    fit's residual scatter, labelled as such).
+
+    >>> pts = [RunPoint(key=f"{c}{s}", variant="full", method={}, model="m", N=1.0, D=1.0, C=1.0,
+    ...                 budget=1.0, loss=1.0 + 0.01 * s, cell=c) for c in "abc" for s in (0, 1, 2)]
+    >>> round(run_noise(pts)["sigma"], 4)
+    0.0099
+    """
+    cells: dict[str, list[float]] = {}
+    for p in points:
+        if p.cell is not None:
+            cells.setdefault(p.cell, []).append(math.log(p.loss))
+    used = {c: x for c, x in cells.items() if len(x) >= min_seeds}
+    out: dict[str, Any] = {"sigma": None, "dof": 0, "cells": len(used), "runs": sum(map(len, used.values())),
+                           "min_seeds": min_seeds, "min_cells": min_cells, "measured": False}
+    if len(used) < min_cells:
+        out["note"] = (f"no run-noise measurement: {len(used)} configuration(s) with >= {min_seeds} seeds, "
+                       f"need >= {min_cells}; single-run intervals fall back to the fit's residual scatter")
+        return out
+    ss = sum(float(np.sum((np.asarray(x) - np.mean(x)) ** 2)) for x in used.values())
+    dof = sum(len(x) - 1 for x in used.values())
+    out.update(sigma=math.sqrt(ss / dof), dof=dof, measured=True,
+               source=f"repeated seeds ({len(used)} configurations, {out['runs']} runs)")
+    return out
+
+
+def _with_run_noise(samples: np.ndarray, noise: Mapping[str, Any] | None, k: int = 40) -> np.ndarray:
+    """Mean-law bootstrap predictions ⊕ run noise: each sample times ``exp(sigma * t_q)`` for ``k``
+    evenly spaced quantiles ``t_q`` of Student's t with the noise estimate's degrees of freedom (a noise
+    sigma estimated from few runs is itself uncertain; t widens the interval accordingly). Deterministic:
+    quantiles, not random draws. Returns ``(n_boot * k, ...)``."""
+    if not noise or noise.get("sigma") is None:
+        raise EmbrecipeError("this law has no run-noise term: single-run intervals are unavailable")
+    from scipy.stats import t as student_t
+
+    z = student_t.ppf((np.arange(k) + 0.5) / k, max(float(noise.get("dof") or 1), 1.0))
+    factor = np.exp(float(noise["sigma"]) * z).reshape((1, k) + (1,) * (samples.ndim - 1))
+    return (samples[:, None] * factor).reshape((samples.shape[0] * k, *samples.shape[1:]))
+
+
+def identifiability(law: ScalingLaw, level: float = 0.9) -> dict[str, Any]:
+    """Which parameters the data do not pin down; ``warnings`` holds one sentence per finding.
+
+    Flags (thresholds are judgement calls, stated so they can be argued with):
+
+    - a parameter at a bound of the fit: E ≈ 0 (below 0.1 % of the smallest loss: the data show no floor),
+      an exponent at 0.01 or 5;
+    - a bootstrap interval (at ``level``) spanning more than a factor 10 (E, A, B) or 3 (exponents);
+    - E at its lower bound in more than 10 % of the bootstrap refits;
+    - a strong trade-off: correlation of log E with log A or log B across refits beyond ±0.9 while E's
+      interval spans more than a factor 1.5.
+    """
+    p = law.params_ or {}
+    out: dict[str, Any] = {"unpinned": [], "at_bound": [], "warnings": []}
+    if not p:
+        return out
+    lmin = float(np.exp(law._data[2].min())) if law._data is not None else None
+    lo_e, hi_e = math.exp(_LOG_EXP_BOUNDS[0]), math.exp(_LOG_EXP_BOUNDS[1])
+    if lmin is not None and p["E"] < 1e-3 * lmin:
+        out["at_bound"].append("E")
+        out["warnings"].append(f"E = {p['E']:.2g} is at its lower bound: the data show no loss floor, E is not "
+                               "pinned (extrapolations to large budgets inherit this)")
+    for k in ("alpha", "beta"):
+        if p[k] <= lo_e * 1.01 or p[k] >= hi_e * 0.99:
+            out["at_bound"].append(k)
+            out["warnings"].append(f"{k} = {p[k]:.3g} is at a bound of the fit: not pinned by the data")
+    if law.samples_ is not None and len(law.samples_) >= 10:
+        ci = law.param_intervals(level)
+        for k, limit in (("E", 10.0), ("A", 10.0), ("B", 10.0), ("alpha", 3.0), ("beta", 3.0)):
+            lo, hi = ci[k]
+            ratio = hi / lo if lo > 0 else math.inf
+            if ratio > limit:
+                out["unpinned"].append(k)
+                out["warnings"].append(f"{k}: the {level:.0%} bootstrap interval [{lo:.3g}, {hi:.3g}] spans a "
+                                       f"factor {ratio:.3g}: {k} is not pinned by the data")
+        e = law.samples_[:, 0]
+        if lmin is not None and np.mean(e < 1e-3 * lmin) > 0.1 and "E" not in out["at_bound"]:
+            out["warnings"].append(f"E is at its lower bound in {np.mean(e < 1e-3 * lmin):.0%} of bootstrap refits")
+        logs = np.log(np.maximum(law.samples_, 1e-300))
+        for k, j in (("A", 1), ("B", 3)):
+            if np.std(logs[:, 0]) > 0 and np.std(logs[:, j]) > 0:
+                r = float(np.corrcoef(logs[:, 0], logs[:, j])[0, 1])
+                out[f"corr_logE_log{k}"] = r
+                # Correlated but tight estimates are harmless; flag the trade-off only when it leaves E loose.
+                if abs(r) > 0.9 and ci["E"][1] > 1.5 * ci["E"][0]:
+                    out["warnings"].append(f"strong E-{k} trade-off across bootstrap refits (corr {r:+.2f}): "
+                                           f"the data fix a combination of E and {k}, not each")
+    out["unpinned"] = sorted(set(out["unpinned"]))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -381,6 +666,9 @@ class RunPoint:
     tokens_per_pair: float | None = None
     batch_size: int | None = None
     data_fingerprint: str | None = None
+    # Identity of the configuration without its seed: runs sharing a cell are repeated seeds.
+    cell: str | None = None
+    seed: Any = None
 
 
 LOSS_KEYS = ("final_val_loss", "val_loss", "eval_loss")
@@ -437,41 +725,105 @@ def run_point(record: Mapping[str, Any], *, loss_key: str | None = None) -> RunP
         tokens_per_pair=None if tpp is None else float(tpp),
         batch_size=None if v["batch_size"] is None else int(v["batch_size"]),
         data_fingerprint=v["data_fingerprint"],
+        cell=_cell(record, method.key, v),
+        seed=_get(record, "seed"),
     )
+
+
+def _cell(record: Mapping[str, Any], variant: str, v: Mapping[str, Any]) -> str:
+    """The run's configuration minus its seed (run-key hash of the config), or, for records without a
+    config, (variant, model, budget, batch size)."""
+    from .store import run_key
+
+    cfg = record.get("config")
+    if isinstance(cfg, Mapping) and cfg:
+        try:
+            return run_key({k: x for k, x in cfg.items() if k != "seed"})
+        except (TypeError, ValueError, EmbrecipeError):
+            pass
+    return json.dumps([variant, str(v.get("model")), v.get("budget"), v.get("batch_size")], default=str)
 
 
 # ------------------------------------------------------------------------------------------------------
 # Validation and the simple view
 # ------------------------------------------------------------------------------------------------------
 def leave_largest_budget_out(points: Sequence[RunPoint], *, huber_delta: float = 1e-3,
-                             min_runs: int = 6) -> dict[str, dict[str, Any]]:
+                             min_runs: int = 6, estimators: Mapping[str, str] | None = None,
+                             bootstrap: int = 0, level: float = 0.9, seed: int = 0,
+                             noise: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Per variant: fit without the largest budget, predict its runs, report relative errors.
 
-    Relative error is ``(predicted - observed) / observed``. A variant whose remaining runs cannot be
-    fitted gets ``{"skipped": reason}``.
+    Relative error is ``(predicted - observed) / observed``. ``estimators`` maps a variant to its
+    estimator (default ``huber-log``). With ``bootstrap > 0`` the held-out fit is bootstrapped and every
+    held-out run gets its single-run interval at ``level`` (noise: ``noise`` if measured, else the held-out
+    fit's residual scatter) and whether it was covered. A variant whose remaining runs cannot be fitted
+    gets ``{"skipped": reason}``.
     """
     out: dict[str, dict[str, Any]] = {}
-    for variant, pts in _group(points).items():
+    for i, (variant, pts) in enumerate(_group(points).items()):
         top = max(p.budget for p in pts)
         train = [p for p in pts if p.budget < top]
         test = [p for p in pts if p.budget == top]
+        est = (estimators or {}).get(variant, "huber-log")
         try:
-            law = ScalingLaw(huber_delta=huber_delta, min_runs=min_runs).fit(
+            law = ScalingLaw(huber_delta=huber_delta, min_runs=min_runs, estimator=est, seed=seed + i).fit(
                 [p.N for p in train], [p.D for p in train], [p.loss for p in train])
         except EmbrecipeError as exc:
             out[variant] = {"held_out_budget": top, "skipped": str(exc)}
             continue
         pred = law.predict([p.N for p in test], [p.D for p in test])
         rel = [(float(pr) - p.loss) / p.loss for pr, p in zip(pred, test, strict=True)]
-        out[variant] = {
+        runs = [{"model": p.model, "N": p.N, "D": p.D, "observed": p.loss, "predicted": float(pr),
+                 "rel_error": r} for p, pr, r in zip(test, pred, rel, strict=True)]
+        entry: dict[str, Any] = {
             "held_out_budget": top,
+            "estimator": est,
             "n_train": len(train),
             "n_test": len(test),
-            "runs": [{"model": p.model, "N": p.N, "D": p.D, "observed": p.loss, "predicted": float(pr),
-                      "rel_error": r} for p, pr, r in zip(test, pred, rel, strict=True)],
+            "runs": runs,
             "mean_abs_rel_error": float(np.mean(np.abs(rel))),
             "max_abs_rel_error": float(np.max(np.abs(rel))),
         }
+        if bootstrap > 0:
+            law.bootstrap(bootstrap)
+            if noise and noise.get("sigma") is not None:
+                law.noise_ = dict(noise)
+            lo, hi = law.interval([p.N for p in test], [p.D for p in test], level, kind="run")
+            for r, p, a_, b_ in zip(runs, test, lo, hi, strict=True):
+                r.update(run_low=float(a_), run_high=float(b_), covered=bool(a_ <= p.loss <= b_))
+            entry["run_interval_level"] = level
+            entry["run_coverage"] = float(np.mean([r["covered"] for r in runs]))
+        out[variant] = entry
+    return out
+
+
+def choose_estimator(points: Sequence[RunPoint], *, huber_delta: float = 1e-3,
+                     min_runs: int = 6) -> dict[str, Any]:
+    """Pick the estimator for one variant's runs by leave-largest-budget-out error, not in-sample fit.
+
+    Each estimator in :data:`ESTIMATORS` is fitted without the largest budget; the one whose predictions
+    of the held-out runs have the smaller mean ``|log(predicted / observed)|`` wins (ties and failures go
+    to ``huber-log``, the historical default). Returns ``{"chosen", "criterion", "errors", "note"?}``.
+    """
+    errors: dict[str, float | None] = {}
+    notes = []
+    for est in ESTIMATORS:
+        res = leave_largest_budget_out(points, huber_delta=huber_delta, min_runs=min_runs,
+                                       estimators={p.variant: est for p in points})
+        entry = next(iter(res.values()))
+        if "skipped" in entry:
+            errors[est] = None
+            notes.append(f"{est}: {entry['skipped']}")
+            continue
+        errors[est] = float(np.mean([abs(math.log(r["predicted"] / r["observed"])) for r in entry["runs"]]))
+    scored = {k: v for k, v in errors.items() if v is not None}
+    chosen = "huber-log"
+    if scored and min(scored.values()) < scored.get("huber-log", math.inf):
+        chosen = min(scored, key=scored.get)
+    out: dict[str, Any] = {"chosen": chosen, "criterion": "leave-largest-budget-out mean |log(pred/obs)|",
+                           "errors": errors}
+    if notes:
+        out["note"] = "; ".join(notes)
     return out
 
 
@@ -548,6 +900,8 @@ class LawSet:
     trends: dict[str, dict[str, Any]] = field(default_factory=dict)
     points: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     created_at: str = ""
+    # Run-to-run noise measured from repeated seeds (run_noise()); sigma None = not measured.
+    noise: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.laws:
@@ -591,6 +945,7 @@ class LawSet:
             "validation": self.validation,
             "trends": self.trends,
             "points": self.points,
+            "noise": self.noise,
         }
 
     @classmethod
@@ -615,6 +970,7 @@ class LawSet:
             trends=dict(d.get("trends") or {}),
             points=dict(d.get("points") or {}),
             created_at=str(d.get("created_at", "")),
+            noise=dict(d.get("noise") or {}),
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -665,12 +1021,22 @@ def fit_laws(
     provenance: str = "unlabelled",
     family: Sequence[Mapping[str, Any]] | None = None,
     validate: bool = True,
+    estimator: str = "auto",
+    extra_starts: int = BOOTSTRAP_STARTS,
 ) -> LawSet:
     """Group completed run records by variant and fit one :class:`ScalingLaw` each (plus bootstrap).
+
+    ``estimator``: ``"auto"`` picks, per variant, the estimator with the smaller leave-largest-budget-out
+    error (:func:`choose_estimator`, recorded as ``form_choice`` in the card), or one of
+    :data:`ESTIMATORS` for all. Bootstrap refits use ``extra_starts`` grid starts each. The run-noise
+    term is measured from repeated seeds (:func:`run_noise`) and attached to every law; without repeated
+    seeds each law keeps its own residual scatter as the (labelled) fallback.
 
     Variants with too few runs or a single model size are skipped (reason in ``LawSet.skipped``); if no
     variant can be fitted the error lists why for each.
     """
+    if estimator != "auto" and estimator not in ESTIMATORS:
+        raise InputError(f"unknown estimator {estimator!r}; choose auto or one of {', '.join(ESTIMATORS)}")
     records = list(records)
     points = [run_point(r, loss_key=loss_key) for r in records]
     if not points:
@@ -683,16 +1049,26 @@ def fit_laws(
     methods: dict[str, dict[str, Any]] = {}
     ranges: dict[str, dict[str, list[float]]] = {}
     groups = _group(points)
+    noise = run_noise(points)
+    chosen: dict[str, str] = {}
     for i, (variant, pts) in enumerate(groups.items()):
         methods[variant] = pts[0].method
+        choice = None
+        if estimator == "auto":
+            choice = choose_estimator(pts, huber_delta=huber_delta, min_runs=min_runs)
+        chosen[variant] = choice["chosen"] if choice else estimator
         try:
-            law = ScalingLaw(huber_delta=huber_delta, min_runs=min_runs, seed=seed + i).fit(
+            law = ScalingLaw(huber_delta=huber_delta, min_runs=min_runs, seed=seed + i,
+                             estimator=chosen[variant]).fit(
                 [p.N for p in pts], [p.D for p in pts], [p.loss for p in pts])
         except InputError as exc:
             skipped[variant] = str(exc)
             continue
+        law.form_choice_ = choice
+        if noise["sigma"] is not None:
+            law.noise_ = {k: noise[k] for k in ("sigma", "dof", "source", "measured")}
         if bootstrap:
-            law.bootstrap(bootstrap)
+            law.bootstrap(bootstrap, extra_starts=extra_starts)
         laws[variant] = law
         # Actual FLOPs stop just short of the nominal budget (whole steps); span both so that planning at a
         # budget the sweep ran is not reported as extrapolation.
@@ -729,11 +1105,14 @@ def fit_laws(
         tokens_per_pair=float(np.mean(tpps)) if tpps else None,
         batch_size=max(set(bss), key=bss.count) if bss else None,
         skipped=skipped,
-        validation=leave_largest_budget_out(points, huber_delta=huber_delta, min_runs=min_runs)
+        validation=leave_largest_budget_out(points, huber_delta=huber_delta, min_runs=min_runs, estimators=chosen,
+                                            bootstrap=min(bootstrap, 50), seed=seed,
+                                            noise=noise if noise["sigma"] is not None else None)
         if validate else {},
         trends=best_loss_trends(points),
         points={v: [_point_summary(p, laws.get(v)) for p in pts] for v, pts in groups.items()},
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        noise=noise,
     )
 
 

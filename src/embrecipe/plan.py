@@ -50,7 +50,7 @@ import numpy as np
 
 from .errors import BudgetError, EmbrecipeError, InputError
 from .flops import ModelShape
-from .laws import LawSet, fit_laws
+from .laws import LawSet, _with_run_noise, fit_laws
 from .methods import method_flops_per_token, method_from_dict
 from .units import (
     DEFAULT_OVERHEAD_BYTES,
@@ -65,6 +65,10 @@ from .units import (
 # The study's assumption when the real mean is unknown; used only with a warning.
 ASSUMED_TOKENS_PER_PAIR = 78.0
 DEFAULT_BATCH_SIZE = 1024
+INTERVALS_NOTE = ("loss_low/loss_high: interval of the mean law (loss averaged over seeds; bootstrap over runs); "
+                  "run_low/run_high: prediction interval for one training run (mean-law bootstrap + run-to-run "
+                  "noise); p_optimal: share of the same bootstrap draws, joint across options, in which the "
+                  "option's mean loss is lowest")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -182,6 +186,10 @@ class Candidate:
     loss_low: float | None = None
     loss_high: float | None = None
     p_optimal: float | None = None
+    # loss_low/high: interval of the MEAN law (the seed-averaged loss); run_low/high: prediction interval
+    # for ONE training run (mean-law bootstrap combined with the run-to-run noise term).
+    run_low: float | None = None
+    run_high: float | None = None
     feasible: bool = True
     rank: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -211,6 +219,7 @@ class Plan:
     provenance: str = ""
     units: dict[str, Any] = field(default_factory=dict)  # hours / device memory / embed tokens asked for
     notes: list[str] = field(default_factory=list)
+    noise_label: str = ""
 
     @property
     def best(self) -> Candidate:
@@ -226,6 +235,7 @@ class Plan:
             "batch_size": self.batch_size,
             "tokens_per_pair": self.tokens_per_pair,
             "interval_level": self.level,
+            "intervals": INTERVALS_NOTE,
             "n_bootstrap": self.n_bootstrap,
             "provenance": self.provenance,
             "best": self.best.to_dict(),
@@ -247,22 +257,25 @@ class Plan:
             lines.append(f"Runner-up: {_describe(self.runner_up, self)}")
         lines.append("")
         head = (f"{'#':>3} {'model':<22} {'variant':<14} {'N':>9} {'N_t':>9} {'tokens':>9} {'steps':>8} "
-                f"{'loss':>8} {pct + ' interval':>19} {'P(opt)':>7}")
+                f"{'loss':>8} {'mean law ' + pct:>19} {'one run ' + pct:>19} {'P(opt)':>7}")
         head += _unit_head(self)
         lines.append(head)
         lines.append("-" * len(head))
         for c in self.candidates[:top]:
             interval = "" if c.loss_low is None else f"[{c.loss_low:.4g}, {c.loss_high:.4g}]"
+            run = "" if c.run_low is None else f"[{c.run_low:.4g}, {c.run_high:.4g}]"
             p = "" if c.p_optimal is None else f"{c.p_optimal:.2f}"
             mark = "" if c.feasible else "  (cannot afford min steps)"
             lines.append(
                 f"{c.rank:>3} {c.model[:22]:<22} {c.variant:<14} {c.n_params:>9.3g} {c.n_trainable:>9.3g} "
-                f"{c.tokens:>9.3g} {c.steps:>8} {c.loss:>8.4g} {interval:>19} {p:>7}{_unit_cells(c, self)}{mark}"
+                f"{c.tokens:>9.3g} {c.steps:>8} {c.loss:>8.4g} {interval:>19} {run:>19} {p:>7}{_unit_cells(c, self)}{mark}"
             )
         if len(self.candidates) > top:
             lines.append(f"... {len(self.candidates) - top} more options (--json lists all)")
         lines.append(f"(steps at batch size {self.batch_size} and {self.tokens_per_pair:.1f} tokens per pair; "
-                     f"intervals and P(opt) over {self.n_bootstrap} bootstrap fits)")
+                     f"intervals and P(opt) over {self.n_bootstrap} bootstrap fits; 'mean law': where the "
+                     f"seed-averaged loss lies, 'one run': where a single training run's loss lies, with run "
+                     f"noise {self.noise_label or 'unknown'})")
         for w in self.warnings:
             lines.append(f"WARNING: {w}")
         for s in self.skipped:
@@ -273,7 +286,9 @@ class Plan:
 
 
 def _describe(c: Candidate, p: Plan) -> str:
-    interval = "" if c.loss_low is None else f" [{c.loss_low:.4g}, {c.loss_high:.4g}]"
+    interval = "" if c.loss_low is None else f" [{c.loss_low:.4g}, {c.loss_high:.4g}] (mean law)"
+    if c.run_low is not None:
+        interval += f", one run [{c.run_low:.4g}, {c.run_high:.4g}]"
     prob = "" if c.p_optimal is None else f", P(optimal) = {c.p_optimal:.2f}"
     return (f"{c.variant} on {c.model} — {c.tokens:.3g} tokens = {c.steps} steps of {p.batch_size} pairs; "
             f"predicted loss {c.loss:.4g}{interval}{prob}{_unit_describe(c, p)}")
@@ -363,7 +378,7 @@ class RecipeTable:
 
     def to_markdown(self) -> str:
         level = f"{self.plans[0].level:.0%}" if self.plans else "90%"
-        lines = [f"| budget (FLOPs) | model | method | tokens | steps | predicted loss [{level}] | P(opt) | "
+        lines = [f"| budget (FLOPs) | model | method | tokens | steps | predicted loss [{level} mean law] | P(opt) | "
                  "runner-up | warnings |",
                  "|---:|---|---|---:|---:|---|---:|---|---:|"]
         for r in self.rows():
@@ -572,9 +587,12 @@ def plan(
         notes.extend(_shift_note("the memory limit", best, budget, laws, family, **same, embed_tokens=embed_tokens))
     # With hours the budget differs per option; the plan's budget is then the optimum's.
     plan_budget = float(budget) if budget is not None else float(best.budget)
+    for w in (laws[best.variant].diagnostics_ or {}).get("warnings", []):
+        warnings.append(f"law of {best.variant}: {w}")
     return Plan(budget=plan_budget, batch_size=batch_size, tokens_per_pair=float(tokens_per_pair),
                 level=level, n_bootstrap=n_boot, candidates=candidates, warnings=warnings, skipped=skipped,
-                provenance=laws.provenance, units=units, notes=notes)
+                provenance=laws.provenance, units=units, notes=notes,
+                noise_label=_noise_label(laws[best.variant].noise_))
 
 
 def _shift_note(what: str, best: Candidate, budget: float | None, laws: LawSet,
@@ -595,6 +613,12 @@ def _shift_note(what: str, best: Candidate, budget: float | None, laws: LawSet,
             f"{base.variant} on {base.model} (N = {base.n_params:.3g}) without it"]
 
 
+def _noise_label(noise: Mapping[str, Any] | None) -> str:
+    if not noise or noise.get("sigma") is None:
+        return ""
+    return f"sigma {100 * float(noise['sigma']):.2g}% of log-loss from {noise.get('source', '?')}"
+
+
 def _attach_uncertainty(candidates: list[Candidate], laws: LawSet, level: float) -> None:
     """Intervals and P(optimal) from the bootstrap samples, paired across variants by sample index."""
     if any(laws[c.variant].samples_ is None for c in candidates):
@@ -605,6 +629,13 @@ def _attach_uncertainty(candidates: list[Candidate], laws: LawSet, level: float)
         preds[:, j] = laws[c.variant].predict_samples(c.n_params, c.tokens)[:n_boot]
     q = (1 - level) / 2
     lo, hi = np.quantile(preds, q, axis=0), np.quantile(preds, 1 - q, axis=0)
+    for j, c in enumerate(candidates):
+        noise = laws[c.variant].noise_
+        if noise and noise.get("sigma") is not None:
+            runs = _with_run_noise(preds[:, j], noise)
+            c.run_low, c.run_high = float(np.quantile(runs, q)), float(np.quantile(runs, 1 - q))
+    # P(optimal) uses the mean-law draws (which option has the lowest expected loss), the same draws as the
+    # intervals; draw b of every variant's bootstrap forms one joint draw of all options.
     feasible = np.array([c.feasible for c in candidates])
     masked = np.where(feasible[None, :], preds, np.inf)
     wins = np.bincount(np.argmin(masked, axis=1), minlength=len(candidates)) / n_boot

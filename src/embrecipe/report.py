@@ -214,11 +214,14 @@ def markdown_report(points: Sequence[RunPoint], laws: LawSet, *, figure: str = "
         lines.append(f"| {v} | {law.n_runs_} | " + " | ".join(cells) +
                      f" | {'' if rms is None else f'{100 * rms:.2f}%'} | {llo} |")
     lines.append("")
-    lines.append("Brackets: 90% bootstrap intervals over resampled runs. Residual rms is of log-loss (≈ relative).")
+    lines.append("Brackets: 90% bootstrap intervals over resampled runs (intervals of the mean law, not of single "
+                 "runs). Residual rms is of log-loss (≈ relative).")
+    lines.append("")
+    lines.extend(_uncertainty_lines(laws))
     for v, why in laws.skipped.items():
         lines.append(f"- not fitted: {v} — {why}")
     for v, law in laws.laws.items():
-        for w in law.warnings_:
+        for w in law.warnings_ + list((law.diagnostics_ or {}).get("warnings", [])):
             lines.append(f"- {v}: {w}")
 
     lines += ["", "## Best loss at each budget (the paper's view)", ""]
@@ -280,3 +283,25 @@ def write_report(records: Sequence[Mapping[str, Any]], out_dir: str | os.PathLik
     paths["report"].write_text(md)
     paths["laws"] = laws.save(out / "laws.json")
     return paths
+
+
+def _uncertainty_lines(laws: LawSet) -> list[str]:
+    """Which estimator each law uses (chosen by leave-largest-budget-out), the run-noise term, and how the
+    held-out runs fell relative to their single-run intervals."""
+    noise = laws.noise or {}
+    if noise.get("sigma") is not None:
+        out = [f"Run-to-run noise: sigma = {100 * noise['sigma']:.2f}% of log-loss, measured from "
+               f"{noise.get('source')} ({noise.get('dof')} degrees of freedom)."]
+    else:
+        out = [f"Run-to-run noise: not measured ({noise.get('note') or 'no repeated seeds'}); single-run "
+               "intervals use each law's residual scatter (includes misfit)."]
+    for v, law in laws.laws.items():
+        choice = law.form_choice_ or {}
+        errs = ", ".join(f"{k} {100 * e:.2f}%" for k, e in (choice.get("errors") or {}).items() if e is not None)
+        val = laws.validation.get(v, {})
+        cov = "" if "run_coverage" not in val else (
+            f"; held-out runs inside their {val['run_interval_level']:.0%} single-run interval: "
+            f"{sum(r['covered'] for r in val['runs'])}/{len(val['runs'])}")
+        out.append(f"- {v}: estimator {law.estimator}" + (f" (leave-largest-out |log error|: {errs})" if errs else "")
+                   + cov)
+    return [*out, ""]

@@ -15,8 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "fit", help="fit per-variant scaling laws (with bootstrap) on a run store → law card",
         description="Fit L(N, D) = E + A/N^alpha + B/D^beta per variant (method + hyper-parameters) by Huber "
-                    "loss on log-loss, bootstrap the runs, validate by leaving the largest budget out, and "
-                    "write a law card for `embrecipe plan`.",
+                    "loss on log-loss or by variable projection (NNLS), whichever predicts the largest budget "
+                    "better when it is held out; bootstrap the runs (multi-start refits); measure run-to-run "
+                    "noise from repeated seeds; validate by leaving the largest budget out; write a law card "
+                    "for `embrecipe plan`.",
     )
     p.add_argument("store", help="run store (runs.sqlite or sqlite:///path)")
     p.add_argument("--out", required=True, help="law card to write (.json, or .yaml/.yml)")
@@ -28,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: the shapes recorded by the runs)")
     p.add_argument("--min-runs", type=int, default=6, help="fewest runs to fit a variant (default: 6)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    p.add_argument("--estimator", default="auto", choices=("auto", "huber-log", "varpro-nnls"),
+                   help="how to estimate the parameters (default: auto = chosen per variant by "
+                        "leave-largest-budget-out error)")
     p.add_argument("--json", action="store_true", help="print the card as JSON instead of the summary")
     p.set_defaults(func=run)
 
@@ -55,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     family = [m.to_dict() for m in load_family(args.family)] if args.family else None
     label = args.label or f"fitted on {len(records)} completed runs of {args.store}"
     laws = fit_laws(records, bootstrap=args.bootstrap, seed=args.seed, loss_key=args.loss_key,
-                    min_runs=args.min_runs, provenance=label, family=family)
+                    min_runs=args.min_runs, provenance=label, family=family, estimator=args.estimator)
     path = laws.save(args.out)
     if args.json:
         print(json.dumps(laws.to_dict(), indent=1))
@@ -97,7 +102,7 @@ def format_summary(laws, counts: dict[str, int] | None = None) -> str:
     lines = []
     if counts:
         lines.append("runs: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    lines.append(f"law: L(N, D) = {FORM}   (Huber on log-loss; brackets: 90% bootstrap intervals)")
+    lines.append(f"law: L(N, D) = {FORM}   (brackets: 90% bootstrap intervals of the mean law)")
     for v, law in laws.laws.items():
         ci = law.param_intervals(0.9)
         parts = []
@@ -123,8 +128,20 @@ def format_summary(laws, counts: dict[str, int] | None = None) -> str:
         t = laws.trends.get(v, {})
         if t.get("slope") is not None:
             lines.append(f"  best-loss trend: log10 L = {t['intercept']:.3f} + {t['slope']:.4f} log10 C")
-        for w in law.warnings_:
+        choice = law.form_choice_ or {}
+        errs = ", ".join(f"{k} {100 * e:.2f}%" for k, e in (choice.get("errors") or {}).items() if e is not None)
+        lines.append(f"  estimator: {law.estimator}" + (f" (chosen by leave-largest-budget-out |log error|: {errs})"
+                                                         if errs else ""))
+        if "run_coverage" in val:
+            lines.append(f"  held-out runs inside their {val['run_interval_level']:.0%} single-run interval: "
+                         f"{sum(r['covered'] for r in val['runs'])}/{len(val['runs'])}")
+        for w in law.warnings_ + list((law.diagnostics_ or {}).get("warnings", [])):
             lines.append(f"  warning: {w}")
+    noise = laws.noise or {}
+    if noise.get("sigma") is not None:
+        lines.append(f"\nrun-to-run noise: sigma {100 * noise['sigma']:.2f}% of log-loss from {noise.get('source')}")
+    else:
+        lines.append(f"\nrun-to-run noise: {noise.get('note') or 'not measured'} (labelled in the card)")
     for v, why in laws.skipped.items():
         lines.append(f"\nnot fitted: {v}: {why}")
     return "\n".join(lines)

@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "plan", help="budget → optimal (model, method, hparams, tokens/steps) with predicted loss",
         description="Enumerate the family's model sizes × fitted variants, cost each with the FLOP formula, "
                     "predict the loss from the laws, and rank. Shows the optimum, the runner-up, P(optimal) "
-                    "over bootstrap fits, loss intervals and extrapolation warnings.",
+                    "over bootstrap fits, two loss intervals (the mean law's, and one run's: mean law + run-to-run "
+                    "noise) and extrapolation warnings.",
     )
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--budget", help="one budget in model FLOPs, e.g. 1e17")

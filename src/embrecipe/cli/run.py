@@ -101,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
     achieved = record.get("final_val_loss")
     print(f"\ntrained {best.variant} on {best.model}: {record.get('steps')} steps, "
           f"{float(record.get('model_flops') or 0):.3g} model FLOPs; predicted loss {best.loss:.4g}"
-          + (f" [{best.loss_low:.4g}, {best.loss_high:.4g}]" if best.loss_low is not None else "")
+          # One run is compared with the single-run interval (mean law + run noise), not the mean-law one.
+          + (f" [{best.run_low:.4g}, {best.run_high:.4g}] for one run" if best.run_low is not None else
+             f" [{best.loss_low:.4g}, {best.loss_high:.4g}] (mean law)" if best.loss_low is not None else "")
           + (f", held-out loss {achieved:.4g}" if achieved is not None else " (no validation split: "
              "pass --val-fraction to compare with the prediction)"))
     if args.store:

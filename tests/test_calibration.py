@@ -1,0 +1,36 @@
+"""Calibration of the intervals on synthetic laws with known truth and noise (fast version of
+``python -m embrecipe.calibration``; the committed table in benchmarks/calibration.json is the full run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from embrecipe.calibration import Setup, calibrate
+
+
+def test_single_run_intervals_cover_held_out_runs_at_about_the_nominal_rate():
+    # 6 redraws x 2 variants x (16 interior + 4 extrapolated) = 240 held-out runs; binomial sd at 0.9 is ~0.02,
+    # redraw-to-redraw correlation widens it: the band [0.78, 0.98] is ~3 sd either side.
+    res = calibrate(Setup(), redraws=6, bootstrap=25, seed=11)
+    cov = res["coverage"]
+    run = (cov["run_interior"]["coverage"] * cov["run_interior"]["n"]
+           + cov["run_extrapolated"]["coverage"] * cov["run_extrapolated"]["n"]) / (
+        cov["run_interior"]["n"] + cov["run_extrapolated"]["n"])
+    assert 0.78 <= run <= 0.98, cov
+    # Not trivially wide: the 90 % single-run interval at 3x the largest budget is under ±10 % (noise is 2 %).
+    assert res["median_rel_width_run_extrapolated"] < 0.2
+    assert res["noise_measured_share"] == 1.0  # three seeds at three cells: the noise term is measured
+    # P(optimal) is a probability that tracks the hit rate: options it calls near-certain are mostly optimal
+    # and near-impossible ones almost never.
+    bins = res["p_optimal_bins"]
+    assert bins[0]["bin"][0] == 0.0 and bins[0]["hit_rate"] < 0.15
+    assert res["brier_p_optimal"] < 0.1
+
+
+def test_committed_calibration_table_meets_the_target():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration.json"
+    res = json.loads(path.read_text())
+    assert res["synthetic"] and res["redraws"] >= 20
+    for where in ("interior", "extrapolated"):
+        assert 0.85 <= res["coverage"][f"run_{where}"]["coverage"] <= 0.95, res["coverage"]
