@@ -87,7 +87,14 @@ class TrainConfig:
     log_every: int = 1
     progress: bool = True
     length_bucketing: bool = True
-    attn_implementation: str = "sdpa"  # "eager" is the slow reference path
+    attn_implementation: str = "sdpa"  # "eager" is the slow reference path; "flex_attention" on a GPU
+    # unpadded execution: each text column packed into rows (embrecipe.packing); auto = on a CUDA device
+    packing: str = "auto"  # auto | on | off
+    pack_length: int = 0  # tokens per packed row; 0 = auto (about twice max_seq_length)
+    # the host reads the loss (a device sync) only every sync_every steps, at checkpoints and at the end; the
+    # losses of the steps in between wait on the device, so the loss curve is the same
+    sync_every: int = 32
+    compile: str = "none"  # none | default (torch.compile) | cudagraphs (compile + CUDA graphs; CUDA only)
     stop_after_steps: int | None = None  # for tests/benchmarks: simulate a kill after this many steps
 
     def validate(self) -> None:
@@ -107,6 +114,14 @@ class TrainConfig:
             raise InputError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.packing not in ("auto", "on", "off"):
+            raise InputError(f"packing must be auto, on or off, got {self.packing!r}")
+        if self.pack_length and self.pack_length < self.max_seq_length:
+            raise InputError(f"pack_length {self.pack_length} is shorter than max_seq_length {self.max_seq_length}")
+        if self.sync_every < 1:
+            raise InputError(f"sync_every must be >= 1, got {self.sync_every}")
+        if self.compile not in ("none", "default", "cudagraphs"):
+            raise InputError(f"compile must be none, default or cudagraphs, got {self.compile!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -207,6 +222,17 @@ class _Dist:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return float(t) / self.world
 
+    def mean_many(self, values: list[float]) -> list[float]:
+        """:meth:`mean` of several scalars in one collective (the losses gathered at a sync point)."""
+        if not self.enabled:
+            return values
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return [v / self.world for v in t.tolist()]
+
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as dist
@@ -253,15 +279,78 @@ class _Batches:
 
 
 def _pad(seqs: list[list[int]], pad_id: int) -> dict[str, Any]:
+    import numpy as np
     import torch
 
     width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
     for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        ids[i, : len(s)] = s
         mask[i, : len(s)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+
+
+def _to_device(tensors: dict[str, Any], device: Any) -> dict[str, Any]:
+    """Host tensors → device. On CUDA through pinned memory with ``non_blocking``: the copy is queued behind the
+    previous step's kernels instead of stalling the host until they finish."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in tensors.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in tensors.items()}
+
+
+def _packed_batch(seqs: list[list[int]], row_length: int, pad_id: int, device: Any, attn_implementation: str,
+                  mask_dtype: Any, rows_multiple: int = 1) -> dict[str, Any]:
+    """One text column as packed rows on ``device`` (see :mod:`embrecipe.packing`)."""
+    import numpy as np
+    import torch
+
+    from .packing import packed_attention_mask, packed_layout
+
+    lay = packed_layout(seqs, row_length, pad_id)
+    extra = -len(lay["input_ids"]) % rows_multiple
+    if extra:  # filler rows: a few fixed row counts for CUDA graphs (one captured graph per shape)
+        filler = {"input_ids": np.full((extra, row_length), pad_id, dtype=np.int64),
+                  "position_ids": np.tile(np.arange(row_length, dtype=np.int64), (extra, 1)),
+                  "segment": np.full((extra, row_length), len(seqs), dtype=np.int64)}
+        lay.update({k: np.concatenate([lay[k], v]) for k, v in filler.items()})
+    out = _to_device({k: torch.from_numpy(v) for k, v in lay.items()}, device)
+    out["attention_mask"] = packed_attention_mask(out["segment"], attn_implementation, mask_dtype)
+    return out
+
+
+def _use_fused_adamw(device: Any) -> bool:
+    """Fused AdamW (one kernel for all parameters) on CUDA. On CPU torch 2.13's fused AdamW measured slower than
+    ``foreach`` (docs/performance.md), so the CPU keeps ``foreach``."""
+    return device.type == "cuda"
+
+
+def _compile_mode(requested: str, device: Any) -> str:
+    """The compile mode that actually runs: CUDA graphs exist on CUDA only, so elsewhere ``cudagraphs`` is plain
+    ``torch.compile`` (``default``)."""
+    if requested == "cudagraphs" and device.type != "cuda":
+        return "default"
+    return requested
+
+
+def _resolve_packing(config: TrainConfig, device: Any, model: Any, gradcache: bool) -> tuple[bool, str]:
+    """(pack?, why not): ``auto`` packs on CUDA; packing never runs where it would change the result."""
+    from .packing import supports_packing
+
+    if config.packing == "off":
+        return False, "off"
+    why = supports_packing(model)
+    if why is None and gradcache:
+        why = "GradCache re-embeds padded mini-batches"
+    if why is None and config.attn_implementation not in ("sdpa", "eager", "flex_attention"):
+        why = f"attention {config.attn_implementation!r} takes no packed mask"
+    if why is not None:
+        if config.packing == "on":
+            raise InputError(f"packing: {why}")
+        return False, why
+    if config.packing == "auto" and device.type != "cuda":
+        return False, "auto packs on CUDA only"
+    return True, ""
 
 
 # A sweep worker trains many cells on the same data with the same tokenizer (every member of a depth ladder
@@ -320,6 +409,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     from .loss import heldout_loss, symmetric_infonce
     from .modeling import apply_method, load_sentence_transformer
+    from .packing import auto_row_length, packed_embeddings
 
     config.validate()
     dist = _Dist()
@@ -388,14 +478,23 @@ def train(config: TrainConfig) -> dict[str, Any]:
     lr = config.lr or default_lr(config.model)
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
+    fused = _use_fused_adamw(device)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr, betas=(0.9, 0.999), eps=1e-8, foreach=True,
+        lr=lr, betas=(0.9, 0.999), eps=1e-8, **({"fused": True} if fused else {"foreach": True}),
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, planned_steps, config.warmup_ratio))
     loss_fn = symmetric_infonce(model, scale=config.scale, mini_batch_size=config.mini_batch_size if gradcache
                                 else None, gather_across_devices=dist.enabled)
+    packed, why_not_packed = _resolve_packing(config, device, model, gradcache)
+    row_length = (config.pack_length or auto_row_length(config.max_seq_length)) if packed else 0
+    compile_mode = _compile_mode(config.compile, device)
+    if compile_mode != "none":
+        # in place (nn.Module.compile), so parameter names, checkpoints and export stay as they are
+        model[0].auto_model.compile(mode="reduce-overhead" if compile_mode == "cudagraphs" else None,
+                                    dynamic=None if compile_mode == "cudagraphs" else True)
+    mask_dtype = torch.bfloat16 if use_bf16 else torch.float32
 
     state = {"step": 0, "epoch": 0, "pos": 0, "model_flops": 0, "hardware_flops": 0, "tokens": 0,
              "padded_tokens": 0, "loss_curve": [], "train_time_s": 0.0, "step_times": [], "step_flops": []}
@@ -430,6 +529,29 @@ def train(config: TrainConfig) -> dict[str, Any]:
     steps_this_call = 0
     step_t0 = time.time()
     stopped_early = False
+    failure = None
+    lval = state["loss_curve"][-1][1] if state["loss_curve"] else float("nan")
+    pending: list[tuple[int, float, Any]] = []  # (step, model FLOPs after it, loss on the device)
+
+    def drain() -> str | None:
+        """Sync point: bring the pending losses to the host in one transfer, fill the loss curve, and check
+        them (a non-finite loss fails the run here rather than every step, which would sync every step)."""
+        nonlocal lval
+        if not pending:
+            return None
+        values = dist.mean_many(torch.stack([x[2].float() for x in pending]).tolist())
+        bad = None
+        for (step, flops, _), v in zip(pending, values, strict=True):
+            if bad is None and not math.isfinite(v):
+                bad = f"non-finite training loss ({v}) at step {step}"
+            if step % config.log_every == 0 or step == 1:
+                state["loss_curve"].append([flops, v])
+        lval = values[-1]
+        pending.clear()
+        bar.set_postfix(step=state["step"], loss=f"{lval:.4f}",
+                        tok_s=f"{state['tokens'] / max(state['train_time_s'], 1e-9):.0f}")
+        return bad
+
     while True:
         if state["pos"] >= len(order):
             state["epoch"] += 1
@@ -447,12 +569,21 @@ def train(config: TrainConfig) -> dict[str, Any]:
         feats = []
         padded = 0
         for col in tok_cols:
-            f = _pad([col[i] for i in shard], tokenizer.pad_token_id)
+            if packed:
+                f = _packed_batch([col[i] for i in shard], row_length, tokenizer.pad_token_id, device,
+                                  config.attn_implementation, mask_dtype,
+                                  rows_multiple=8 if compile_mode == "cudagraphs" else 1)
+                feats.append(f)
+            else:
+                f = _to_device(_pad([col[i] for i in shard], tokenizer.pad_token_id), device)
+                feats.append(f)
             padded += f["input_ids"].numel() * world
-            feats.append({k: v.to(device) for k, v in f.items()})
         optimizer.zero_grad(set_to_none=True)
         with autocast():
-            loss = loss_fn(feats, None)
+            if packed:
+                loss = loss_fn.compute_loss_from_embeddings([packed_embeddings(model, f) for f in feats], None)
+            else:
+                loss = loss_fn(feats, None)
             loss.backward()
         dist.average_gradients(params)
         if config.max_grad_norm:
@@ -466,20 +597,29 @@ def train(config: TrainConfig) -> dict[str, Any]:
         state["hardware_flops"] += hw_per_token * padded
         state["tokens"] += real
         state["padded_tokens"] += padded
-        lval = dist.mean(float(loss.detach()))
-        if state["step"] % config.log_every == 0 or state["step"] == 1:
-            state["loss_curve"].append([state["model_flops"], lval])
+        pending.append((state["step"], state["model_flops"], loss.detach()))
+        checkpoint_now = bool(ckpt_dir and config.checkpoint_every and state["step"] % config.checkpoint_every == 0)
+        if state["step"] == 1 or state["step"] % config.sync_every == 0 or checkpoint_now:
+            failure = drain()  # the step's time below then includes waiting for the device
         now = time.time()
         state["train_time_s"] += now - step_t0
         state["step_times"].append(round(now - step_t0, 6))
         state["step_flops"].append(per_token * real)
         step_t0 = now
         bar.update(per_token * real)
-        bar.set_postfix(step=state["step"], loss=f"{lval:.4f}",
-                        tok_s=f"{state['tokens'] / max(state['train_time_s'], 1e-9):.0f}")
-        if ckpt_dir and config.checkpoint_every and state["step"] % config.checkpoint_every == 0 and dist.main:
+        if failure:
+            break
+        if checkpoint_now and dist.main:
             _save_checkpoint(ckpt_dir, model, optimizer, scheduler, state, _fingerprint(config, data))
+    if failure is None and pending:
+        failure = drain()
+        now = time.time()  # the last steps' device work finished only now: charge it to the last step
+        if state["step_times"]:
+            state["step_times"][-1] = round(state["step_times"][-1] + now - step_t0, 6)
+        state["train_time_s"] += now - step_t0
     bar.close()
+    if failure:
+        return {"status": "failed", "failure": failure, **state}
     if stopped_early:
         return {"status": "interrupted", **state}
     if state["step"] == 0:
@@ -530,6 +670,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "model_flops_per_s": state["model_flops"] / max(state["train_time_s"], 1e-9),
         "versions": _versions(),
         "device": device.type,
+        "execution": {"packing": packed, "row_length": row_length, "why_not_packed": why_not_packed or None,
+                      "compile": compile_mode, "optimizer": "adamw-fused" if fused else "adamw-foreach",
+                      "attn_implementation": config.attn_implementation, "sync_every": config.sync_every},
     }
     if out and dist.main:
         _export(model, config, record, out)
@@ -539,7 +682,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 def _fingerprint(config: TrainConfig, data: PairData) -> str:
     keep = {k: v for k, v in config.to_dict().items()
-            if k not in ("resume", "progress", "checkpoint_every", "stop_after_steps", "out", "log_every")}
+            if k not in ("resume", "progress", "checkpoint_every", "stop_after_steps", "out", "log_every",
+                         "sync_every")}
     return json.dumps(keep, sort_keys=True, default=str) + data.fingerprint()
 
 
