@@ -432,8 +432,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # -- model and method
     model = load_sentence_transformer(config.model, pooling=config.pooling, max_seq_length=config.max_seq_length,
                                       gguf_file=config.gguf_file, attn_implementation=config.attn_implementation)
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
-        else torch.device("cpu")
+    # EMBRECIPE_CUDA_DEVICE: the GPU a sweep worker was placed on (embrecipe.gpu_schedule); LOCAL_RANK: torchrun
+    device = torch.device("cuda", int(os.environ.get("EMBRECIPE_CUDA_DEVICE", os.environ.get("LOCAL_RANK", "0")))) \
+        if torch.cuda.is_available() else torch.device("cpu")
     model.to(device)
     _seed_everything(config.seed)  # peft initialises LoRA weights from the global RNG
     info = apply_method(model, config.method)
@@ -670,6 +671,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "model_flops_per_s": state["model_flops"] / max(state["train_time_s"], 1e-9),
         "versions": _versions(),
         "device": device.type,
+        "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "execution": {"packing": packed, "row_length": row_length, "why_not_packed": why_not_packed or None,
                       "compile": compile_mode, "optimizer": "adamw-fused" if fused else "adamw-foreach",
                       "attn_implementation": config.attn_implementation, "sync_every": config.sync_every},
