@@ -83,38 +83,57 @@ def model_dir(layers: int, assets: Path | None, tmp: Path) -> tuple[str, str]:
     return str(out), "shape twin (random weights, testbed config and tokenizer)"
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _clean() -> None:
     import torch
 
     gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    if _cuda():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
-def embrecipe_gpu(model: str, method, data, batch: int, steps: int, **overrides) -> dict:
+def _sync() -> None:
+    import torch
+
+    if _cuda():
+        torch.cuda.synchronize()
+
+
+def _peak_mib() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if _cuda() else None
+
+
+def embrecipe_gpu(model: str, method, data, batch: int, steps: int, precision: str = "bf16", **overrides) -> dict:
     """embrecipe's trainer at its defaults (bf16 autocast, fp32 master weights). The trainer syncs at step 1 and
     at the end, so the summed host times of steps 2.. are the device's time for them."""
-    import torch
 
     from embrecipe.trainer import TrainConfig, train
 
     _clean()
     t = time.perf_counter()
     state = train(TrainConfig(model=model, data=data, budget=1e30, method=method, batch_size=batch,
-                              stop_after_steps=steps + 1, progress=False, lr=1e-4, precision="bf16",
+                              stop_after_steps=steps + 1, progress=False, lr=1e-4, precision=precision,
                               allow_repeat=True, **overrides))
     wall = time.perf_counter() - t
     times, flops = state["step_times"][1:], state["step_flops"][1:]
     return {"pairs_per_s": batch * len(times) / sum(times), "model_flops_per_s": sum(flops) / sum(times),
-            "peak_mib": torch.cuda.max_memory_allocated() / 2**20, "steps_timed": len(times),
-            "padded_over_real": state["padded_tokens"] / state["tokens"], "call_s": wall}
+            "peak_mib": _peak_mib(), "steps_timed": len(times),
+            "padded_over_real": state["padded_tokens"] / state["tokens"], "call_s": wall,
+            "execution": state.get("execution")}
 
 
-def st_gpu(model: str, method, data, batch: int, steps: int) -> dict:
+def st_gpu(model: str, method, data, batch: int, steps: int, bf16: bool = True) -> dict:
     """The plain sentence-transformers trainer (MNRL both directions, scale 40, bf16). Timed from the start of
     step 2 to the end of the last step, synchronising only there."""
     import datasets
-    import torch
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from transformers import TrainerCallback
@@ -129,12 +148,12 @@ def st_gpu(model: str, method, data, batch: int, steps: int) -> dict:
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
             if state.global_step == 1:
-                torch.cuda.synchronize()
+                _sync()
                 marks["t0"] = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
             if state.global_step == steps + 1:
-                torch.cuda.synchronize()
+                _sync()
                 marks["t1"] = time.perf_counter()
 
     ds = datasets.Dataset.from_dict({"anchor": data.queries, "positive": data.positives})
@@ -144,11 +163,11 @@ def st_gpu(model: str, method, data, batch: int, steps: int) -> dict:
         args = SentenceTransformerTrainingArguments(
             output_dir=tmp, per_device_train_batch_size=batch, max_steps=steps + 1, learning_rate=1e-4,
             weight_decay=0.1, warmup_steps=0.1, lr_scheduler_type="cosine", logging_steps=10_000,
-            save_strategy="no", report_to=[], dataloader_drop_last=True, bf16=True, seed=0, disable_tqdm=True)
+            save_strategy="no", report_to=[], dataloader_drop_last=True, bf16=bf16, seed=0, disable_tqdm=True,
+            use_cpu=not _cuda())
         SentenceTransformerTrainer(model=st, args=args, train_dataset=ds, loss=loss, callbacks=[Timer()]).train()
     elapsed = marks["t1"] - marks["t0"]
-    return {"pairs_per_s": batch * steps / elapsed, "peak_mib": torch.cuda.max_memory_allocated() / 2**20,
-            "steps_timed": steps}
+    return {"pairs_per_s": batch * steps / elapsed, "peak_mib": _peak_mib(), "steps_timed": steps}
 
 
 def _save(results: dict, out: Path) -> None:
@@ -165,35 +184,46 @@ def gpu_main(args) -> int:
 
     from embrecipe.methods import BlockFreezing, FullFineTuning, LoRA
 
-    if not torch.cuda.is_available():
+    rehearsal = bool(getattr(args, "rehearsal", False))
+    if not torch.cuda.is_available() and not rehearsal:
         raise SystemExit("--device cuda: no CUDA device here")
     t_start = time.time()
     deadline = t_start + args.deadline_s
     out = Path(args.out)
     assets = Path(args.assets) if args.assets else None
     tmp = Path(tempfile.mkdtemp(prefix="embrecipe-gpu-"))
-    results: dict = {"kind": "gpu", "device": f"{device_name()} (GPU)", "smoke": False, "partial": True,
+    results: dict = {"kind": "gpu", "device": f"{device_name()} (GPU)", "smoke": rehearsal, "partial": True,
                      "precision": "bf16", "threads": torch.get_num_threads(), "python": sys.version.split()[0],
                      "versions": {p: _version(p) for p in ("embrecipe", "torch", "transformers",
                                                            "sentence-transformers", "peft", "datasets")},
                      "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv),
                      "training": [], "fast_paths": [], "sweep": None, "skipped": []}
     # the denominator: this card's bf16 matmul (8192^3, random data), median of 10 after warm-up
+    n_peak = 256 if rehearsal else 8192
     for _ in range(3):
-        gemm_peak("bfloat16", 8192, 1)
-    results["peak"] = [gemm_peak("bfloat16", 8192, 10)]
+        gemm_peak("bfloat16", n_peak, 1)
+    results["peak"] = [gemm_peak("bfloat16", n_peak, 10)]
     peak = results["peak"][0]["gflops"] * 1e9
     print(f"{results['device']}: bf16 matmul peak {peak / 1e12:.0f} TFLOP/s", flush=True)
     _save(results, out)
 
     steps_big, steps_small = (5, 20) if args.quick else (10, 50)
+    big_batch, small_batch = 1024, 32
     models = {}
-    for layers in (30, 8):
-        models[f"smollm2-L{layers}"] = model_dir(layers, assets, tmp)
+    if rehearsal:  # the same code path on CPU with tiny models: a check of the driver, not a measurement
+        from embrecipe.testing import make_tiny_decoder
+
+        steps_big, steps_small, big_batch, small_batch = 1, 2, 16, 8
+        for layers in (30, 8):
+            models[f"smollm2-L{layers}"] = (str(make_tiny_decoder(tmp / f"tiny{layers}", "llama")), "tiny rehearsal")
+    else:
+        for layers in (30, 8):
+            models[f"smollm2-L{layers}"] = model_dir(layers, assets, tmp)
+    precision = "auto" if rehearsal else "bf16"
     results["models"] = {k: v[1] for k, v in models.items()}
     combos = []
     for name in ("smollm2-L30", "smollm2-L8"):  # L30 is the whole SmolLM2-135M (all 30 layers)
-        for batch in (1024, 32):
+        for batch in (big_batch, small_batch):
             for method in (FullFineTuning(), BlockFreezing(0.5), LoRA(rank=32)):
                 combos.append((name, method, batch))
     per_row_s = 30.0
@@ -202,18 +232,18 @@ def gpu_main(args) -> int:
             results["skipped"].append(f"{name} {method.key} b{batch}: deadline")
             continue
         t_row = time.time()
-        steps = steps_big if batch >= 512 else steps_small
+        steps = steps_big if batch == big_batch else steps_small
         path = models[name][0]
         data = pool(batch * (steps + 2))
         row = {"model": name, "method": method.key, "batch": batch, "seq": 75}
         try:
-            ours = embrecipe_gpu(path, method, data, batch, steps)
+            ours = embrecipe_gpu(path, method, data, batch, steps, precision=precision)
             row.update({f"embrecipe_{k}": v for k, v in ours.items()})
             row["embrecipe_mfu"] = ours["model_flops_per_s"] / peak
         except Exception as exc:  # recorded, not fatal: the other rows still run
             row["embrecipe_error"] = f"{type(exc).__name__}: {exc}"[:300]
         try:
-            base = st_gpu(path, method, data, batch, steps)
+            base = st_gpu(path, method, data, batch, steps, bf16=not rehearsal)
             fpp = per_pair_model_flops(path, method, data)
             row.update({f"st_{k}": v for k, v in base.items()})
             row["st_model_flops_per_s"] = base["pairs_per_s"] * fpp
@@ -235,14 +265,16 @@ def gpu_main(args) -> int:
     variants["packed + flex attention"] = {"packing": "on", "attn_implementation": "flex_attention"}
     variants["all + torch.compile"] = {"packing": "on", "compile": "default"}
     variants["all + CUDA graphs"] = {"packing": "on", "compile": "cudagraphs"}
+    if rehearsal:  # compiling takes minutes on a CPU
+        variants = {k: v for k, v in variants.items() if "compile" not in v and "attn_implementation" not in v}
     path = models["smollm2-L30"][0]
-    data = pool(1024 * (steps_big + 2))
+    data = pool(big_batch * (steps_big + 2))
     for vname, over in variants.items():
         if time.time() + 60 > deadline:
             results["skipped"].append(f"fast path {vname}: deadline")
             continue
         try:
-            r = embrecipe_gpu(path, FullFineTuning(), data, 1024, steps_big, **over)
+            r = embrecipe_gpu(path, FullFineTuning(), data, big_batch, steps_big, precision=precision, **over)
             entry = {"variant": vname, "overrides": over, **r, "mfu": r["model_flops_per_s"] / peak}
         except Exception as exc:
             entry = {"variant": vname, "overrides": over, "error": f"{type(exc).__name__}: {exc}"[:300]}
@@ -254,7 +286,9 @@ def gpu_main(args) -> int:
         try:
             from gpu_sweep import sweep_fill
 
-            results["sweep"] = sweep_fill(assets, tmp, peak, deadline)
+            results["sweep"] = (sweep_fill(assets, tmp, peak, deadline, workers=2, budgets=(2e9,), batch=8,
+                                           ladder={2: models["smollm2-L8"][0]}) if rehearsal
+                                else sweep_fill(assets, tmp, peak, deadline))
         except Exception as exc:
             results["sweep"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         print("sweep:", json.dumps(results["sweep"]), flush=True)
@@ -274,7 +308,8 @@ def _f(x, fmt: str, scale: float = 1.0) -> str:
 
 def render_gpu_markdown(r: dict) -> str:
     peak = r["peak"][0]["gflops"] / 1e3
-    lines = [f"## {r['device']}" + (" (PARTIAL: the run stopped before the end)" if r.get("partial") else ""), "",
+    lines = [f"## {r['device']}" + (" (PARTIAL: the run stopped before the end)" if r.get("partial") else "")
+             + (" (CPU REHEARSAL of the GPU driver: tiny models, not a measurement)" if r.get("smoke") else ""), "",
              f"Measured {r['date']} on **{r['device']}**, bf16 autocast with fp32 master weights; "
              f"Python {r['python']}, " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ". "
              f"Command: `{r.get('command', '')}`.", "",
@@ -306,7 +341,7 @@ def render_gpu_markdown(r: dict) -> str:
                 lines.append(f"| {v['variant']} | failed: {v['error']} | | | | |")
                 continue
             lines.append(f"| {v['variant']} | {v['model_flops_per_s'] / 1e12:.1f} | {v['mfu']:.1%} | "
-                         f"{v['pairs_per_s']:.0f} | {v['peak_mib']:.0f} | {v['padded_over_real']:.2f} |")
+                         f"{v['pairs_per_s']:.0f} | {_f(v['peak_mib'], '.0f')} | {v['padded_over_real']:.2f} |")
     s = r.get("sweep")
     if s:
         lines += ["", "### Sweep utilization", ""]

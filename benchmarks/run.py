@@ -279,6 +279,8 @@ def main() -> int:
                     "config; used when the testbed GGUF is not installed)")
     ap.add_argument("--deadline-s", type=float, default=450.0,
                     help="with --device cuda: start no new measurement after this many seconds")
+    ap.add_argument("--rehearsal", action="store_true", help="with --device cuda: run the GPU driver's code "
+                    "path on this CPU with tiny models (checks the driver; measures nothing)")
     ap.add_argument("--prepare-gpu", metavar="DIR", help="write DIR/smollm2 (tokenizer + config of the testbed) "
                     "and DIR/whl (wheels a bare GPU image lacks), then exit")
     ap.add_argument("--out", default=str(HERE / "results"), help="output stem (.md and .json are written)")
