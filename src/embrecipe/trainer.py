@@ -496,6 +496,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
         model[0].auto_model.compile(mode="reduce-overhead" if compile_mode == "cudagraphs" else None,
                                     dynamic=None if compile_mode == "cudagraphs" else True)
     mask_dtype = torch.bfloat16 if use_bf16 else torch.float32
+    execution = {"packing": packed, "row_length": row_length, "why_not_packed": why_not_packed or None,
+                 "compile": compile_mode, "optimizer": "adamw-fused" if fused else "adamw-foreach",
+                 "attn_implementation": config.attn_implementation, "sync_every": config.sync_every}
 
     state = {"step": 0, "epoch": 0, "pos": 0, "model_flops": 0, "hardware_flops": 0, "tokens": 0,
              "padded_tokens": 0, "loss_curve": [], "train_time_s": 0.0, "step_times": [], "step_flops": []}
@@ -620,9 +623,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
         state["train_time_s"] += now - step_t0
     bar.close()
     if failure:
-        return {"status": "failed", "failure": failure, **state}
+        return {"status": "failed", "failure": failure, "execution": execution, **state}
     if stopped_early:
-        return {"status": "interrupted", **state}
+        return {"status": "interrupted", "execution": execution, **state}
     if state["step"] == 0:
         raise BudgetError(f"budget {config.budget:.3g} FLOPs is smaller than the first batch's cost")
     if state["loss_curve"] and state["loss_curve"][-1][0] != state["model_flops"]:
@@ -672,9 +675,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "versions": _versions(),
         "device": device.type,
         "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-        "execution": {"packing": packed, "row_length": row_length, "why_not_packed": why_not_packed or None,
-                      "compile": compile_mode, "optimizer": "adamw-fused" if fused else "adamw-foreach",
-                      "attn_implementation": config.attn_implementation, "sync_every": config.sync_every},
+        "execution": execution,
     }
     if out and dist.main:
         _export(model, config, record, out)
