@@ -115,3 +115,12 @@ def test_packing_off_or_no_gpu_keeps_the_plain_pool(tmp_path, monkeypatch):
     res = run_sweep(grid, store=tmp_path / "runs.sqlite", workers=2, progress=False, log=logs.append)
     assert len(res.ran) == 6 and not any("GPU packing" in line for line in logs)
     assert res.utilization is None  # synthetic FLOPs are not executed: no utilization claimed
+
+
+def test_auto_mini_batch_only_where_memory_requires_it():
+    from embrecipe.gpu_schedule import auto_mini_batch
+
+    assert auto_mini_batch(1024, 80_000, 2_000, 10.0) is None  # 10 GiB of activations fit
+    assert auto_mini_batch(1024, 8_000, 2_000, 10.0) == 512  # 0.9 * 8000 - 2000 = 5200 MiB -> 512 pairs
+    assert auto_mini_batch(1024, 2_000, 2_000, 10.0) == 1  # nothing fits: the smallest mini-batch
+    assert auto_mini_batch(32, 8_000, 2_000, 10.0) is None

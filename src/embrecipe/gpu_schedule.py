@@ -145,3 +145,25 @@ def torchrun_command(nproc: int, config_path: str, record_path: str, python: str
     running :mod:`embrecipe.distributed_cell` (rank 0 writes the record)."""
     return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
             "-m", "embrecipe.distributed_cell", config_path, record_path]
+
+
+def auto_mini_batch(batch_size: int, free_mib: float, fixed_mib: float, per_pair_mib: float,
+                    headroom: float = 0.9) -> int | None:
+    """GradCache only where memory requires it: None when the whole batch fits in ``headroom × free_mib``,
+    else the largest power-of-two mini-batch that fits (at least 1).
+
+    ``fixed_mib``: memory that does not grow with the batch (weights, gradients, optimizer state, context);
+    ``per_pair_mib``: saved activations of one pair (both texts).
+
+    >>> auto_mini_batch(1024, 80_000, 2_000, 10.0) is None
+    True
+    >>> auto_mini_batch(1024, 8_000, 2_000, 10.0)
+    512
+    """
+    room = headroom * free_mib - fixed_mib
+    if per_pair_mib * batch_size <= room:
+        return None
+    mini = 1
+    while mini * 2 <= batch_size and per_pair_mib * mini * 2 <= room:
+        mini *= 2
+    return mini

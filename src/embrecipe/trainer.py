@@ -333,6 +333,28 @@ def _compile_mode(requested: str, device: Any) -> str:
     return requested
 
 
+def _auto_gradcache(config: TrainConfig, device: Any, model: Any, info: Any, tok_cols: list[Any]) -> int | None:
+    """On CUDA without a mini-batch size: the GradCache mini-batch the free memory requires, or None (the whole
+    batch fits). Elsewhere None: CPU memory is not measured here, and the user's setting always wins."""
+    if device.type != "cuda":
+        return None
+    import torch
+
+    from .gpu_schedule import ACTIVATION_BYTES, CONTEXT_MIB, auto_mini_batch
+
+    hf = model[0].auto_model
+    cfg = getattr(hf, "config", None)
+    layers = int(getattr(cfg, "num_hidden_layers", 0) or 32)
+    hidden = int(getattr(cfg, "hidden_size", 0) or 4096)
+    total = sum(p.numel() for p in model.parameters())
+    fixed = (4.0 * total + 12.0 * info.n_trainable_total) / 2**20 + CONTEXT_MIB
+    tokens_per_pair = sum(min(len(s), config.max_seq_length) for c in tok_cols for s in c[:4096]) \
+        / max(1, min(4096, len(tok_cols[0])))
+    per_pair = ACTIVATION_BYTES * tokens_per_pair * layers * hidden / 2**20
+    free = torch.cuda.mem_get_info(device)[0] / 2**20 + torch.cuda.memory_allocated(device) / 2**20
+    return auto_mini_batch(config.batch_size, free, fixed, per_pair)
+
+
 def _resolve_packing(config: TrainConfig, device: Any, model: Any, gradcache: bool) -> tuple[bool, str]:
     """(pack?, why not): ``auto`` packs on CUDA; packing never runs where it would change the result."""
     from .packing import supports_packing
@@ -453,7 +475,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
     tok_cols = [_tokenize(tokenizer, col, config.max_seq_length, fingerprint) for col in columns]
     pair_tokens = [sum(len(c[i]) for c in tok_cols) for i in range(len(data))]
     per_token = flops_per_token(config.method.name, info.n_params, info.n_trainable)
-    gradcache = bool(config.mini_batch_size and config.mini_batch_size < config.batch_size)
+    auto_mini = _auto_gradcache(config, device, model, info, tok_cols) if config.mini_batch_size is None else None
+    # GradCache only where memory requires it (CUDA: measured free memory); not part of the config, so a resumed
+    # run on a card with other free memory still matches its checkpoint
+    mini_batch = config.mini_batch_size if config.mini_batch_size is not None else auto_mini
+    gradcache = bool(mini_batch and mini_batch < config.batch_size)
     hw_per_token = hardware_flops_per_token(config.method.name, info.n_params, info.n_trainable,
                                             gradient_checkpointing=config.gradient_checkpointing,
                                             gradcache=gradcache)
@@ -486,8 +512,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, planned_steps, config.warmup_ratio))
-    loss_fn = symmetric_infonce(model, scale=config.scale, mini_batch_size=config.mini_batch_size if gradcache
-                                else None, gather_across_devices=dist.enabled)
+    loss_fn = symmetric_infonce(model, scale=config.scale, mini_batch_size=mini_batch if gradcache else None,
+                                gather_across_devices=dist.enabled)
     packed, why_not_packed = _resolve_packing(config, device, model, gradcache)
     row_length = (config.pack_length or auto_row_length(config.max_seq_length)) if packed else 0
     compile_mode = _compile_mode(config.compile, device)
@@ -498,7 +524,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     mask_dtype = torch.bfloat16 if use_bf16 else torch.float32
     execution = {"packing": packed, "row_length": row_length, "why_not_packed": why_not_packed or None,
                  "compile": compile_mode, "optimizer": "adamw-fused" if fused else "adamw-foreach",
-                 "attn_implementation": config.attn_implementation, "sync_every": config.sync_every}
+                 "attn_implementation": config.attn_implementation, "sync_every": config.sync_every,
+                 "gradcache_mini_batch": mini_batch if gradcache else None,
+                 "gradcache_auto": auto_mini is not None}
 
     state = {"step": 0, "epoch": 0, "pos": 0, "model_flops": 0, "hardware_flops": 0, "tokens": 0,
              "padded_tokens": 0, "loss_curve": [], "train_time_s": 0.0, "step_times": [], "step_flops": []}
