@@ -36,16 +36,23 @@ def test_packed_layout_positions_and_segments():
     assert auto_row_length(75) == 192 and auto_row_length(16) == 128
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_embeddings_equal_padded_mean_pooling(tiny_models, tiny_pair_data, attn):
+@pytest.mark.parametrize("attn,method", [("sdpa", "full"), ("eager", "full"), ("sdpa", "lora")])
+def test_packed_embeddings_equal_padded_mean_pooling(tiny_models, tiny_pair_data, attn, method):
     """The core claim: each text's packed embedding is the padded model's embedding (fp32, within rounding)."""
     import torch
 
-    from embrecipe.modeling import load_sentence_transformer
+    from embrecipe.methods import LoRA
+    from embrecipe.modeling import apply_method, load_sentence_transformer
     from embrecipe.packing import packed_embeddings
     from embrecipe.trainer import _packed_batch, _tokenize
 
     model = load_sentence_transformer(tiny_models["llama"], attn_implementation=attn)
+    if method == "lora":  # the adapter-wrapped model takes the packed inputs too
+        apply_method(model, LoRA(rank=4))
+        with torch.no_grad():  # non-zero B, so the adapter really changes the output
+            for n, prm in model.named_parameters():
+                if "lora_B" in n:
+                    prm.normal_(0, 0.1)
     model.eval()
     tok = model[0].tokenizer
     texts = tiny_pair_data.positives[:24]
