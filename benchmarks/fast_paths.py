@@ -3,8 +3,9 @@
     python benchmarks/fast_paths.py --layers 2 --batch 64 --steps 4            # CPU: a few minutes
     python benchmarks/fast_paths.py --layers 30 --batch 1024 --steps 10        # GPU
 
-Variants (each a set of TrainConfig overrides on top of the defaults): ``reference`` is the trainer before
-issue 11 (padded batches, foreach AdamW, loss read every step); the others switch one thing. Rounds are
+Variants (each a set of TrainConfig overrides on top of the defaults): ``reference`` is the trainer's loop
+before issue 11 (padded batches, loss read every step; the AdamW kernel is today's, fused, which has its own
+A/B below); the others switch one thing. Rounds are
 interleaved (A B C A B C ...) so drift of a shared machine hits every variant alike; the table gives the median
 model FLOP/s of each variant over its rounds and its ratio to the reference from the same run. Also times one
 AdamW step, foreach vs fused, on the model's trainable parameters. Writes ``benchmarks/fast_paths.{txt,json}``
