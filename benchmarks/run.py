@@ -2,6 +2,8 @@
 
     python benchmarks/run.py              # the full suite (about 30 min on 2 CPU cores)
     python benchmarks/run.py --smoke      # seconds: tiny models, correctness of the harness only (CI)
+    python benchmarks/run.py --device cuda --quick --assets .gpu_bench   # the GPU section (< 8 min on one card)
+    python benchmarks/run.py --prepare-gpu .gpu_bench   # here, once: what a bare GPU box needs (see gpu.sh)
 
 Every timing is the median of repeated measurements in this one process; ratios are computed pair by pair
 (same model, method, batch size, sequence length, precision, data pool) from medians of the same run.
@@ -25,6 +27,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
 
 def device_name() -> str:
@@ -269,6 +272,17 @@ def fit_plan_latency(n_runs: int, reps: int, n_boot: int = 200) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="seconds-long correctness run on tiny models (CI)")
+    ap.add_argument("--device", choices=("auto", "cuda"), default="auto",
+                    help="cuda: the GPU section (embrecipe vs sentence-transformers, bf16) instead of the CPU suite")
+    ap.add_argument("--quick", action="store_true", help="with --device cuda: fewer timed steps (fits 8 minutes)")
+    ap.add_argument("--assets", help="with --device cuda: folder written by --prepare-gpu (testbed tokenizer and "
+                    "config; used when the testbed GGUF is not installed)")
+    ap.add_argument("--deadline-s", type=float, default=450.0,
+                    help="with --device cuda: start no new measurement after this many seconds")
+    ap.add_argument("--rehearsal", action="store_true", help="with --device cuda: run the GPU driver's code "
+                    "path on this CPU with tiny models (checks the driver; measures nothing)")
+    ap.add_argument("--prepare-gpu", metavar="DIR", help="write DIR/smollm2 (tokenizer + config of the testbed) "
+                    "and DIR/whl (wheels a bare GPU image lacks), then exit")
     ap.add_argument("--out", default=str(HERE / "results"), help="output stem (.md and .json are written)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per trainer (after one warm-up step)")
     ap.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
@@ -287,6 +301,15 @@ def main() -> int:
         d, b, m = args.memory_child
         memory_child(d, int(b), int(m) or None)
         return 0
+    if args.prepare_gpu:
+        from gpu import prepare_gpu
+
+        prepare_gpu(Path(args.prepare_gpu))
+        return 0
+    if args.device == "cuda":
+        from gpu import gpu_main
+
+        return gpu_main(args)
 
     import torch
 
@@ -430,6 +453,10 @@ def _mib(m: dict, which: str) -> str:
 
 
 def render_markdown(r: dict) -> str:
+    if r.get("kind") == "gpu":
+        from gpu import render_gpu_markdown
+
+        return render_gpu_markdown(r)
     lines = [
         f"## {r['device']}" + (" (SMOKE RUN: tiny models, not representative)" if r["smoke"] else ""),
         "",

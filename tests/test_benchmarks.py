@@ -26,3 +26,29 @@ def test_benchmark_smoke_writes_results(tmp_path):
     assert data["fit_plan"]["runs"] == 40
     md = out.with_suffix(".md").read_text()
     assert "SMOKE RUN" in md and "| tiny-neox | full |" in md
+
+
+def test_gpu_section_renders_partial_runs_and_failed_rows():
+    """The GPU driver writes after every row; what it writes must render, errors and all."""
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        from run import render_markdown
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    run = {"kind": "gpu", "device": "NVIDIA H200 (GPU)", "smoke": False, "partial": True, "date": "d",
+           "python": "3.12", "versions": {"torch": "2.11"}, "peak": [{"gflops": 790_000.0}],
+           "models": {"smollm2-L30": "shape twin"},
+           "training": [{"model": "smollm2-L30", "method": "full", "batch": 1024, "embrecipe_pairs_per_s": 9000.0,
+                         "embrecipe_model_flops_per_s": 3.2e14, "embrecipe_mfu": 0.405, "embrecipe_peak_mib": 30000.0,
+                         "embrecipe_padded_over_real": 1.06, "st_pairs_per_s": 2000.0,
+                         "st_model_flops_per_s": 7e13, "st_mfu": 0.089, "st_peak_mib": 50000.0, "ratio": 4.57},
+                        {"model": "smollm2-L30", "method": "lora-r32", "batch": 32, "st_error": "ImportError: x"}],
+           "fast_paths": [{"variant": "packed", "error": "RuntimeError: y"}], "sweep": None,
+           "skipped": ["smollm2-L8 full b32: deadline"]}
+    md = render_markdown(run)
+    assert "PARTIAL" in md and "790 TFLOP/s" in md
+    assert "| smollm2-L30 | full | 1024 | 9000 | 2000 | **4.57×** | 320.0 | 40.5% |" in md
+    assert "st_error: ImportError: x" in md and "failed: RuntimeError: y" in md and "deadline" in md

@@ -32,6 +32,7 @@ def test_two_gloo_processes_match_one_process(tiny_models, tiny_pairs_file):
 
     from embrecipe.trainer import TrainConfig, train
 
+    # fp32: on a CPU with bf16 units `auto` trains in bf16, whose rounding differs between 1 and 2 processes
     single = train(TrainConfig(model=tiny_models["gpt_neox"], data=tiny_pairs_file, budget=6e8, batch_size=16,
                                progress=False, lr=2e-3, precision="fp32"))
     ctx = mp.get_context("spawn")

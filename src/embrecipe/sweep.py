@@ -57,7 +57,7 @@ DEFAULT_TRAIN_FN = "embrecipe.trainer:train_from_dict"
 SYNTHETIC_TRAIN_FN = "embrecipe.synthetic:synthetic_train"
 _GRID_KEYS = {"name", "models", "family", "methods", "budgets", "train", "min_steps", "allow_repeat",
               "tokens_per_pair", "dataset_pairs", "store", "out", "trainer", "executor", "workers",
-              "ray", "heartbeat_s", "adaptive"}
+              "ray", "heartbeat_s", "adaptive", "gpu"}
 _METHOD_ALIASES = {"full": "full", "lora": "lora", "freeze": "freeze", "bias": "bias", "bitfit": "bias"}
 
 
@@ -82,6 +82,9 @@ class Grid:
     trainer: str = DEFAULT_TRAIN_FN
     heartbeat_s: float = 60.0
     ray: dict[str, Any] = field(default_factory=dict)
+    # GPU filling (embrecipe.gpu_schedule): pack (several cells per GPU, bounded by memory; default on),
+    # gpus_per_cell (> 1: whole GPUs under torchrun), headroom (share of free memory to fill, 0.9)
+    gpu: dict[str, Any] = field(default_factory=dict)
     base_dir: Path = Path(".")
     adaptive: AdaptiveSpec | None = None  # set: run rung by rung and drop dominated configurations
     source: str = "grid"  # the grid file, for error messages
@@ -196,6 +199,7 @@ def grid_from_dict(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] =
         trainer=trainer,
         heartbeat_s=float(raw.get("heartbeat_s", 60.0)),
         ray=dict(raw.get("ray") or {}),
+        gpu=_gpu_settings(raw.get("gpu"), source),
         base_dir=base,
         adaptive=AdaptiveSpec.from_value(raw.get("adaptive"), source=source),
         source=source,
@@ -206,6 +210,17 @@ def check_name(name: str, what: str) -> None:
     """Refuse a name that would become a path outside its folder (``a/b``, ``..``, a leading dot or ``~``)."""
     if not name or "/" in name or "\\" in name or name.startswith((".", "~")) or "\0" in name:
         raise InputError(f"{what} {name!r} must be a plain name (no path separators, no leading '.' or '~')")
+
+
+def _gpu_settings(raw: Any, source: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping) or set(raw) - {"pack", "gpus_per_cell", "headroom"}:
+        raise InputError(f"{source}: 'gpu' takes pack (true/false), gpus_per_cell (int) and headroom (0..1)")
+    out = dict(raw)
+    if int(out.get("gpus_per_cell", 1)) < 1 or not 0 < float(out.get("headroom", 0.9)) <= 1:
+        raise InputError(f"{source}: gpu.gpus_per_cell must be >= 1 and gpu.headroom in (0, 1]")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -472,12 +487,19 @@ class SweepResult:
     flops_spent: float = 0.0
     elapsed_s: float = 0.0
     adaptive: AdaptiveReport | None = None  # what the adaptive policy did (adaptive sweeps only)
+    # model FLOPs spent ÷ (elapsed × measured matmul peak × devices); None when not measured (synthetic runs)
+    utilization: float | None = None
+    peak: dict[str, Any] | None = None
 
     def summary(self) -> str:
         text = (f"{self.total} cells: {self.already_done} already completed, {len(self.ran)} ran now, "
                 f"{len(self.failed)} failed, {len(self.busy)} held by other workers, {len(self.skipped)} skipped; "
                 f"{self.flops_spent:.3g} of {self.flops_planned:.3g} planned FLOPs spent this session "
                 f"in {self.elapsed_s:.1f} s")
+        if self.utilization is not None and self.peak:
+            text += (f"\nsweep-level utilization {self.utilization:.1%}: {self.flops_spent:.3g} model FLOPs ÷ "
+                     f"({self.elapsed_s:.1f} s × {self.peak['flops_per_s']:.3g} FLOP/s measured {self.peak['dtype']} "
+                     f"matmul peak × {self.peak['devices']} {self.peak['device']} device(s))")
         if self.adaptive is not None:
             text += "\n" + self.adaptive.summary()
         return text
@@ -570,9 +592,11 @@ def run_sweep(
     st = RunStore(location, stale_after=stale_after)
     try:
         if spec is not None and not dry_run:
+            peak = _measure_peak(fn)
             result = _run_adaptive(st, cells, skipped, spec, fn, grid, executor, workers, ray_address,
                                    progress, log, location)
             result.elapsed_s = time.time() - t0
+            _attach_utilization(result, peak)
             log(result.summary())
             return result
         if not dry_run:
@@ -595,11 +619,14 @@ def run_sweep(
                     f"tokens {c.planned_tokens:.3g}  steps {steps}  key {c.key}")
             return result
         bar = _Progress(len(cells), len(done), result.flops_planned, sum(c.budget for c in done), progress)
+        peak = _measure_peak(fn) if todo else None
+        t_run = time.time()
         try:
             _run_cells(st, todo, fn, result, bar, grid, executor, workers, ray_address, log)
         finally:
             bar.close()
         result.elapsed_s = time.time() - t0
+        _attach_utilization(result, peak, time.time() - t_run)
         log(result.summary())
         return result
     finally:
@@ -613,6 +640,31 @@ def resolve_adaptive(adaptive: bool | Mapping[str, Any] | AdaptiveSpec | None, g
     if adaptive is True:
         return grid.adaptive or AdaptiveSpec()
     return AdaptiveSpec.from_value(adaptive, source="adaptive")
+
+
+def _measure_peak(fn: TrainFn) -> dict[str, Any] | None:
+    """The utilization denominator, measured on this host (skipped for the synthetic trainer, whose FLOPs
+    are not executed)."""
+    if getattr(fn, "__module__", "") == "embrecipe.synthetic":
+        return None
+    from .gpu_schedule import measure_peak_flops, visible_gpus_free_mib
+
+    try:
+        peak = measure_peak_flops()
+    except Exception:  # no torch, or a device error: the sweep still runs, utilization is just not reported
+        return None
+    peak["devices"] = max(1, len(visible_gpus_free_mib()))
+    return peak
+
+
+def _attach_utilization(result: SweepResult, peak: dict[str, Any] | None, wall: float | None = None) -> None:
+    from .gpu_schedule import sweep_utilization
+
+    if peak is None or not result.ran:
+        return
+    result.peak = peak
+    result.utilization = sweep_utilization(result.flops_spent, wall or result.elapsed_s, peak["flops_per_s"],
+                                           peak["devices"])
 
 
 def _run_cells(st, todo, fn, result, bar, grid, executor, workers, ray_address, log) -> None:
@@ -748,18 +800,32 @@ def _run_pool(st, todo, fn, result, bar, grid, workers, log) -> None:
     ctx = mp.get_context("spawn")
     running: dict[Any, Cell] = {}
     queue = list(todo)
+    placer = _GpuPlacer.for_grid(grid, log)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool, \
             _Heartbeat(st.location, set(), grid.heartbeat_s) as beat:
         try:
             while queue or running:
                 while queue and len(running) < workers:
+                    where = placer.place(queue[0]) if placer else None
+                    if placer and where is None:
+                        break  # no GPU has room for the next cell: wait for one to finish
                     cell = queue.pop(0)
                     if not st.claim(cell.key, cell.key_config):
                         result.busy.append(cell.key)
+                        if placer:
+                            placer.release(cell, where)
                         continue
                     beat.keys.add(cell.key)
-                    running[pool.submit(_call_train, fn, cell.config)] = cell
+                    if placer:
+                        fut = pool.submit(_call_train_on_gpus, fn, cell.config, where, grid.trainer)
+                        placer.running[cell.key] = where
+                    else:
+                        fut = pool.submit(_call_train, fn, cell.config)
+                    running[fut] = cell
                 if not running:
+                    if queue and placer:  # all GPUs idle and still no room: only a multi-GPU cell can do that
+                        raise InputError(f"gpu.gpus_per_cell {placer.per_cell} is more than the "
+                                         f"{len(placer.slots.capacity)} GPU(s) visible here")
                     break
                 finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for fut in finished:
@@ -769,11 +835,116 @@ def _run_pool(st, todo, fn, result, bar, grid, workers, log) -> None:
                         record = fut.result()
                     except Exception as exc:  # the worker process died
                         record = {"status": "failed", "error": f"worker crashed: {exc}"}
+                    if placer:
+                        placer.finished(cell, record)
                     _finish(st, cell, record, result, bar, log)
         except BaseException:
             for cell in running.values():
                 st.release(cell.key)
             raise
+
+
+class _GpuPlacer:
+    """Which GPU(s) each pool cell runs on, bounded by memory (embrecipe.gpu_schedule). Cells of the same
+    model, method and batch size that already ran replace the estimate by their measured peak (+10 %)."""
+
+    def __init__(self, grid: Grid, free_mib: list[float], log: Callable[[str], None]) -> None:
+        from .gpu_schedule import GpuSlots
+
+        self.grid, self.log = grid, log
+        self.slots = GpuSlots(free_mib, headroom=float(grid.gpu.get("headroom", 0.9)))
+        self.per_cell = int(grid.gpu.get("gpus_per_cell", 1))
+        self.measured: dict[tuple[str, str, Any], float] = {}
+        self.running: dict[str, Any] = {}
+        self.need: dict[str, float] = {}
+
+    @classmethod
+    def for_grid(cls, grid: Grid, log: Callable[[str], None], free_mib: list[float] | None = None) -> _GpuPlacer | None:
+        from .gpu_schedule import visible_gpus_free_mib
+
+        if not grid.gpu.get("pack", True):
+            return None
+        free = visible_gpus_free_mib() if free_mib is None else free_mib
+        if not free:
+            return None
+        placer = cls(grid, free, log)
+        log(f"GPU packing: {len(free)} GPU(s), {', '.join(f'{f:.0f}' for f in free)} MiB free; "
+            + ("whole GPUs per cell under torchrun" if placer.per_cell > 1 else "several cells per GPU by memory"))
+        return placer
+
+    def _signature(self, cell: Cell) -> tuple[str, str, Any]:
+        return cell.model, cell.variant, cell.config.get("mini_batch_size") or cell.config.get("batch_size", 1024)
+
+    def cell_mib(self, cell: Cell) -> float:
+        from .gpu_schedule import estimate_cell_mib
+
+        if self._signature(cell) in self.measured:
+            return self.measured[self._signature(cell)] * 1.1
+        model = next((m for m in self.grid.models if m["name"] == cell.model), None)
+        shape = model_shape(model) if model is not None else None
+        layers = shape.num_blocks if shape else 32
+        hidden = shape.hidden_size if shape and shape.hidden_size else 4096
+        total = cell.n_params + (shape.embedding_params if shape else 0)
+        batch = int(cell.config.get("mini_batch_size") or cell.config.get("batch_size", 1024))
+        per_pair = (cell.planned_tokens / cell.planned_steps / int(cell.config.get("batch_size", 1024))
+                    if cell.planned_steps else 2.0 * float(cell.config.get("max_seq_length", 75)))
+        trainable = total if cell.method.get("name") == "full" else cell.n_trainable
+        return estimate_cell_mib(total, trainable, layers, hidden, per_pair * batch)
+
+    def place(self, cell: Cell) -> Any:
+        if self.per_cell > 1:
+            return self.slots.place_whole(self.per_cell)
+        need = self.cell_mib(cell)
+        gpu = self.slots.place(need)
+        if gpu is not None:
+            self.need[cell.key] = need
+        return gpu
+
+    def release(self, cell: Cell, where: Any) -> None:
+        if isinstance(where, list):
+            self.slots.release_whole(where)
+        elif where is not None:
+            self.slots.release(where, self.need.pop(cell.key))
+
+    def finished(self, cell: Cell, record: Mapping[str, Any]) -> None:
+        self.release(cell, self.running.pop(cell.key, None))
+        if record.get("peak_gpu_mib"):
+            self.measured[self._signature(cell)] = float(record["peak_gpu_mib"])
+
+
+def _call_train_on_gpus(train_fn: TrainFn, config: dict[str, Any], where: Any, train_ref: str) -> dict[str, Any]:
+    """Run one cell on the GPU (an int) or GPUs (a list: torchrun, one rank per GPU) the placer chose."""
+    if isinstance(where, list):
+        return _call_torchrun(train_ref, config, where)
+    os.environ["EMBRECIPE_CUDA_DEVICE"] = str(where)
+    try:
+        return _call_train(train_fn, config)
+    finally:
+        try:  # hand the cached blocks back: the next cell on this worker may run on another GPU, or a smaller one
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+
+def _call_torchrun(train_ref: str, config: dict[str, Any], gpus: list[int]) -> dict[str, Any]:
+    import json
+    import subprocess
+    import tempfile
+
+    from .gpu_schedule import torchrun_command
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, rec = Path(tmp) / "config.json", Path(tmp) / "record.json"
+        cfg.write_text(json.dumps({"train_fn": train_ref, "config": config}, default=str))
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}
+        proc = subprocess.run(torchrun_command(len(gpus), str(cfg), str(rec), sys.executable), env=env,
+                              capture_output=True, text=True)
+        if proc.returncode != 0 or not rec.exists():
+            return {"status": "failed", "error": f"torchrun exited {proc.returncode}: {proc.stderr[-500:]}"}
+        return json.loads(rec.read_text())
 
 
 def _start_ray(workers: int, ray_address: str | None) -> bool:
@@ -804,11 +975,22 @@ def ray_init_kwargs(workers: int, ray_address: str | None) -> dict[str, Any]:
             "_node_ip_address": "127.0.0.1"}
 
 
+def ray_gpu_fraction(cell_mib: float, gpu_mib: float) -> float:
+    """The GPU share a Ray task declares for a cell (``ray: {num_gpus: auto}``): its memory share, in 1/100ths,
+    at most one whole GPU."""
+    return min(1.0, max(0.01, math.ceil(100 * cell_mib / gpu_mib) / 100))
+
+
 def _run_ray(st, todo, fn, result, bar, grid, workers, ray_address, log) -> None:
     started = _start_ray(workers, ray_address)
     import ray
-    opts = {"num_cpus": float(grid.ray.get("num_cpus", 1)), "num_gpus": float(grid.ray.get("num_gpus", 0)),
+    opts = {"num_cpus": float(grid.ray.get("num_cpus", 1)),
+            "num_gpus": 0.0 if str(grid.ray.get("num_gpus", 0)) == "auto" else float(grid.ray.get("num_gpus", 0)),
             "max_retries": int(grid.ray.get("max_retries", 0))}
+    auto_gpus = str(grid.ray.get("num_gpus", 0)) == "auto"
+    if auto_gpus:  # a fraction of a GPU per cell from its memory estimate: Ray then packs cells onto GPUs
+        opts["num_gpus"] = 1.0
+        placer = _GpuPlacer(grid, [float(grid.ray.get("gpu_mib", 80 * 1024))], log)
     remote = ray.remote(**opts)(_call_train)
     pending: dict[Any, Cell] = {}
     max_in_flight = int(grid.ray.get("max_in_flight", max(workers, 1) * 2))
@@ -822,7 +1004,9 @@ def _run_ray(st, todo, fn, result, bar, grid, workers, ray_address, log) -> None
                         result.busy.append(cell.key)
                         continue
                     beat.keys.add(cell.key)
-                    pending[remote.remote(fn, cell.config)] = cell
+                    task = remote.options(num_gpus=ray_gpu_fraction(placer.cell_mib(cell), placer.slots.capacity[0])) \
+                        if auto_gpus else remote
+                    pending[task.remote(fn, cell.config)] = cell
                 if not pending:
                     break
                 ready, _ = ray.wait(list(pending), num_returns=1)

@@ -116,6 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--keep-adapter", action="store_true", help="lora: save the adapter only, not merged")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     add_feature_arguments(p)
+    _speed_options(p)
     p.set_defaults(func=run)
 
 
@@ -139,6 +140,17 @@ def add_feature_arguments(p: argparse.ArgumentParser, *, prompts: bool = True) -
     g.add_argument("--hub-private", action="store_true", help="create the Hub repository as private")
 
 
+def _speed_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("speed (docs/performance.md)")
+    g.add_argument("--packing", choices=["auto", "on", "off"], default="auto",
+                   help="unpadded execution: texts packed into rows, pooled per text (auto: on a CUDA GPU)")
+    g.add_argument("--pack-length", type=int, default=0, help="tokens per packed row (default: ~2x max length)")
+    g.add_argument("--compile", choices=["none", "default", "cudagraphs"], default="none",
+                   help="torch.compile the transformer; cudagraphs adds CUDA graphs (GPU only; default: none)")
+    g.add_argument("--sync-every", type=int, default=32,
+                   help="steps between reads of the loss by the host (a GPU sync; default: 32)")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..trainer import TrainConfig, json_safe, train
 
@@ -159,7 +171,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.push_to_hub:
         check_repo_id(args.push_to_hub)
+    config.packing, config.pack_length, config.compile, config.sync_every = (
+        args.packing, args.pack_length, args.compile, args.sync_every)
     record = train(config)
+    if record.get("status") == "failed":  # e.g. a non-finite loss found at a sync point
+        from ..errors import EmbrecipeError
+
+        raise EmbrecipeError(f"training failed: {record.get('failure')}")
     summary = {k: record[k] for k in ("method_key", "budget", "model_flops", "hardware_flops", "tokens", "steps",
                                       "final_train_loss", "final_val_loss", "tokens_per_s", "model_flops_per_s")}
     print(json.dumps(json_safe(summary), indent=2, allow_nan=False))
