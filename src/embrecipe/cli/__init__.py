@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from ..errors import EmbrecipeError
 
 # Order is the order in --help: the pipeline, top-down.
-SUBCOMMANDS = ("testbed", "train", "embed", "eval", "sweep", "fit", "plan", "run", "report", "demo")
+SUBCOMMANDS = ("testbed", "train", "embed", "eval", "sweep", "fit", "plan", "run", "check", "report", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "plan", help="budget → optimal (model, method, hparams, tokens/steps) with predicted loss",
         description="Enumerate the family's model sizes × fitted variants, cost each with the FLOP formula, "
                     "predict the loss from the laws, and rank. Shows the optimum, the runner-up, P(optimal) "
-                    "over bootstrap fits, loss intervals and extrapolation warnings.",
+                    "over bootstrap fits, loss intervals, the LR and batch size the card's law was fitted at, "
+                    "and warnings for extrapolation and repeated data.",
     )
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--budget", help="one budget in model FLOPs, e.g. 1e17")
@@ -23,7 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: the packaged card, when one ships)")
     p.add_argument("--family", default=None,
                    help="family file {name, members: [{name, path, shape}]} (default: the card's models)")
-    p.add_argument("--batch-size", type=int, default=None, help="pairs per step (default: the runs' batch size)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="pairs per step (default: the card's; another value is an error unless the card was "
+                        "fitted across batch sizes: the loss depends on the in-batch negatives)")
+    p.add_argument("--unique-pairs", type=int, default=None,
+                   help="training pairs in your data set (default: the card's); plans needing more than one "
+                        "epoch are flagged and predicted at the effective data (Muennighoff et al. 2023)")
     p.add_argument("--tokens-per-pair", type=float, default=None,
                    help="mean tokens per training pair (default: measured on the runs, from the card)")
     p.add_argument("--variants", default=None, help="comma-separated variants to consider (default: all)")
@@ -46,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     family = load_family(args.family) if args.family else None
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     kwargs = dict(batch_size=args.batch_size, tokens_per_pair=args.tokens_per_pair, level=args.level,
-                  variants=variants)
+                  variants=variants, unique_pairs=args.unique_pairs)
     if args.budget is not None:
         result = plan(budgets[0], laws, family, **kwargs)
         print(json.dumps(result.to_dict(), indent=1) if args.json else result.format(top=args.top))
