@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import pytest
@@ -49,7 +50,7 @@ def test_lr_by_spent_fraction_warmup_cosine_zero_at_budget():
     assert lr_at_fraction(1.7, 0.1) == pytest.approx(0.0, abs=1e-12)
     assert lr_at_fraction(0.5, 0.0) == pytest.approx(0.5)
     vals = [lr_at_fraction(f / 100, 0.1) for f in range(10, 101)]
-    assert all(a >= b for a, b in zip(vals, vals[1:], strict=False))  # monotone after warm-up
+    assert all(a >= b for a, b in itertools.pairwise(vals))  # monotone after warm-up
 
 
 def test_schedule_positive_for_every_step_that_fits_whatever_the_batch_lengths():
