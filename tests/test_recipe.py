@@ -240,9 +240,13 @@ def test_check_can_fail_when_the_laws_pick_the_wrong_method(tmp_path):
 
 def test_check_cli(tmp_path, capsys):
     _swept(tmp_path)
-    assert main(["check", str(tmp_path / "s.sqlite"), "--budget", "2.56e14", "--bootstrap", "10"]) == 0
+    assert main(["check", str(tmp_path / "s.sqlite"), "--budget", "2.56e14", "--bootstrap", "10",
+                 "--workers", "2"]) == 0
     out = capsys.readouterr().out
     assert "regret of the plan" in out and "regret of the naive rule" in out and "interval coverage" in out
     assert (tmp_path / "s-check.sqlite").exists()
     assert main(["check", str(tmp_path / "s.sqlite"), "--budget", "-1"]) == 2
     assert main(["check", str(tmp_path / "nope.sqlite"), "--budget", "1e14"]) == 2
+    assert main(["check", str(tmp_path / "s.sqlite"), "--budget", "1e14", "--workers", "0"]) == 2
+    with RunStore(tmp_path / "s-check.sqlite") as st:
+        assert st.counts().get("completed") == len(st.rows())  # every check run recorded

@@ -194,6 +194,7 @@ def recipe_check(
     check_store: str | os.PathLike[str] | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     min_runs: int = 6,
+    workers: int = 1,
     dry_run: bool = False,
     log: Callable[[str], None] = print,
 ) -> CheckReport:
@@ -203,7 +204,7 @@ def recipe_check(
     from .plan import plan
     from .recipe import keep_selected_lr
     from .store import RunStore, run_key
-    from .sweep import _call_train, resolve_train_fn
+    from .sweep import resolve_train_fn
 
     if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
         raise InputError(f"check budget must be a positive number of FLOPs, got {budget!r}")
@@ -262,6 +263,7 @@ def recipe_check(
     fn = resolve_train_fn(train_fn or ("synthetic" if synthetic else None))
     location = str(check_store) if check_store else ":memory:"
     with RunStore(location) as st:
+        jobs = []  # (config entry, seed, trainer config, key config, key)
         for c in configs:
             base = _template(fit_records, points, c.path, c.variant)
             for s in c.seeds:
@@ -277,34 +279,72 @@ def recipe_check(
                 key = run_key(key_config)
                 if out_dir is not None:
                     config["out"] = str(Path(out_dir) / key)
-                st.add_pending([key_config])
-                if st.status(key) != "completed":
-                    if not st.claim(key, key_config):
-                        c.failed.append(f"seed {s}: held by another worker")
-                        continue
-                    log(f"check: training {c.variant} on {c.model} at {budget:.3g}, seed {s}")
-                    record = _call_train(fn, config)
-                    if record.get("status", "completed") != "completed":
-                        st.fail(key, str(record.get("error") or record.get("failure") or record.get("status")))
-                        c.failed.append(f"seed {s}: {record.get('error') or record.get('status')}")
-                        continue
-                    record.setdefault("key", key)
-                    st.complete(key, record)
-                rec = st.get(key)["record"]
-                loss = rec.get("final_val_loss")
-                if loss is None or not math.isfinite(float(loss)):
-                    c.failed.append(f"seed {s}: no validation loss")
-                    continue
-                c.keys.append(key)
-                c.losses.append(float(loss))
-                if c.interval is not None:
-                    c.covered.append(c.interval[0] <= float(loss) <= c.interval[1])
+                jobs.append((c, s, config, key_config, key))
+        st.add_pending(j[3] for j in jobs)
+        todo = [j for j in jobs if st.status(j[4]) != "completed"]
+        for c, s, _, _, _ in todo:
+            log(f"check: training {c.variant} on {c.model} at {budget:.3g}, seed {s}")
+        _train_jobs(st, todo, fn, workers)
+        for c, s, _, _, key in jobs:
+            row = st.get(key)
+            if row["status"] != "completed":
+                c.failed.append(f"seed {s}: {row.get('error') or row['status']}")
+                continue
+            loss = (row["record"] or {}).get("final_val_loss")
+            if loss is None or not math.isfinite(float(loss)):
+                c.failed.append(f"seed {s}: no validation loss")
+                continue
+            c.keys.append(key)
+            c.losses.append(float(loss))
+            if c.interval is not None:
+                c.covered.append(c.interval[0] <= float(loss) <= c.interval[1])
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         tmp = Path(out_dir) / "check.json.tmp"
         tmp.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
         os.replace(tmp, Path(out_dir) / "check.json")
     return report
+
+
+def _train_jobs(st: Any, todo: list[tuple[Any, ...]], fn: Callable[[dict[str, Any]], dict[str, Any]],
+                workers: int) -> None:
+    """Train the check's runs (in ``workers`` spawned processes when > 1), recording each in the store."""
+    from .sweep import _call_train
+
+    def finish(key: str, record: dict[str, Any]) -> None:
+        if record.get("status", "completed") != "completed":
+            st.fail(key, str(record.get("error") or record.get("failure") or record.get("status")))
+        else:
+            record.setdefault("key", key)
+            st.complete(key, record)
+
+    claimed = [j for j in todo if st.claim(j[4], j[3])]
+    if workers <= 1 or len(claimed) <= 1:
+        for _, _, config, _, key in claimed:
+            try:
+                finish(key, _call_train(fn, config))
+            except BaseException:
+                st.release(key)
+                raise
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    running: dict[Any, str] = {}
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            running = {pool.submit(_call_train, fn, config): key for _, _, config, _, key in claimed}
+            for fut in as_completed(list(running)):
+                key = running.pop(fut)
+                try:
+                    record = fut.result()
+                except Exception as exc:  # the worker process died
+                    record = {"status": "failed", "error": f"worker crashed: {exc}"}
+                finish(key, record)
+    except BaseException:
+        for key in running.values():
+            st.release(key)
+        raise
 
 
 def _same_budget(a: float, b: float) -> bool:

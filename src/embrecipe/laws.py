@@ -568,6 +568,7 @@ class LawSet:
     batch_sizes: list[int] = field(default_factory=list)
     unique_pairs: int | None = None
     unique_tokens: float | None = None
+    effective_data: bool = False  # repeated-data runs were fitted at the effective tokens D'
 
     def __post_init__(self) -> None:
         if not self.laws:
@@ -610,6 +611,7 @@ class LawSet:
             "batch_sizes": list(self.batch_sizes),
             "unique_pairs": self.unique_pairs,
             "unique_tokens": self.unique_tokens,
+            "effective_data": self.effective_data,
             "lr_protocol": self.lr_protocol,
             "recipe": self.recipe,
             "skipped": self.skipped,
@@ -646,6 +648,7 @@ class LawSet:
             batch_sizes=[int(b) for b in (d.get("batch_sizes") or ([d["batch_size"]] if d.get("batch_size") else []))],
             unique_pairs=None if d.get("unique_pairs") is None else int(d["unique_pairs"]),
             unique_tokens=None if d.get("unique_tokens") is None else float(d["unique_tokens"]),
+            effective_data=bool(d.get("effective_data", False)),
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -696,11 +699,15 @@ def fit_laws(
     provenance: str = "unlabelled",
     family: Sequence[Mapping[str, Any]] | None = None,
     validate: bool = True,
+    effective_data: bool = False,
 ) -> LawSet:
     """Group completed run records by variant and fit one :class:`ScalingLaw` each (plus bootstrap).
 
     Variants with too few runs or a single model size are skipped (reason in ``LawSet.skipped``); if no
-    variant can be fitted the error lists why for each.
+    variant can be fitted the error lists why for each. Where several LRs ran per (model, variant) (the
+    sweep's ``lr_search``), only the chosen LR's runs are fitted (:func:`embrecipe.recipe.keep_selected_lr`).
+    ``effective_data``: fit runs that repeated their data at Muennighoff et al.'s effective tokens
+    (:func:`embrecipe.recipe.effective_tokens`) instead of the tokens processed.
     """
     from .recipe import LR_PROTOCOL, keep_selected_lr
 
@@ -712,7 +719,8 @@ def fit_laws(
     # One LR per (model, variant): the one the sweep's LR search chose (the others' runs are not fitted).
     points, recipe = keep_selected_lr(points)
     searched = len(all_lrs) > len({(m, v) for m, v, _ in all_lrs})
-    points = _with_effective_data(points)
+    if effective_data:
+        points = _with_effective_data(points)
     if any(r.get("synthetic") for r in records) and "SYNTHETIC" not in provenance:
         # Fake-trainer runs must never pass for measurements, whatever label the caller chose.
         provenance = f"SYNTHETIC (fake trainer, not measurements): {provenance}"
@@ -778,6 +786,7 @@ def fit_laws(
         batch_sizes=sorted(set(bss)),
         unique_pairs=max(set(uniq), key=uniq.count) if uniq else None,
         unique_tokens=(max(set(uniq), key=uniq.count) * float(np.mean(tpps))) if uniq and tpps else None,
+        effective_data=effective_data,
     )
 
 

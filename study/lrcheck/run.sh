@@ -3,8 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 E="embrecipe"; command -v embrecipe >/dev/null || E="python -m embrecipe.cli"
-/usr/bin/time -f "sweep wall %e s" $E sweep study/lrcheck/grid.yaml --workers 2
-$E fit study/lrcheck/lrcheck.sqlite --out study/lrcheck/laws.json --bootstrap 200 > study/lrcheck/fit.txt
-/usr/bin/time -f "check wall %e s" $E check study/lrcheck/lrcheck.sqlite --budget 6e11 --bootstrap 200 \
-    --out study/lrcheck/check > study/lrcheck/check.txt
-$E plan --laws study/lrcheck/laws.json --budget 6e11 > study/lrcheck/plan.txt
+python study/lrcheck/make_pairs.py
+/usr/bin/time -f "sweep wall %e s" $E sweep study/lrcheck/grid.yaml --workers 3
+$E fit study/lrcheck/lrcheck.sqlite --out study/lrcheck/laws.json --bootstrap 200 --min-runs 4 > study/lrcheck/fit.txt
+/usr/bin/time -f "check wall %e s" $E check study/lrcheck/lrcheck.sqlite --budget 1.5e11 --bootstrap 200 \
+    --min-runs 4 --workers 3 --out study/lrcheck/check > study/lrcheck/check.txt
+$E plan --laws study/lrcheck/laws.json --budget 1.5e11 > study/lrcheck/plan.txt

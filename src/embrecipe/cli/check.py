@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trainer", default=None,
                    help="module:function to train with, like the sweep's `trainer:` (default: the real trainer; "
                         "`synthetic` when the store holds fake-trainer runs)")
+    p.add_argument("--workers", type=int, default=1, help="check runs trained in parallel processes (default: 1)")
     p.add_argument("--check-store", default=None,
                    help="store for the check's runs (default: <store>-check.sqlite beside the store)")
     p.add_argument("--out", default=None, help="folder for check.json (and the trained models' exports)")
@@ -51,13 +52,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--level must be in (0, 1), got {args.level}")
     if args.bootstrap < 0:
         raise InputError("--bootstrap must be >= 0")
+    if args.workers < 1:
+        raise InputError(f"--workers must be >= 1, got {args.workers}")
     with RunStore(args.store) as st:
         records = st.records()
     store = Path(args.store)
     check_store = args.check_store or str(store.with_name(store.stem + "-check.sqlite"))
     report = recipe_check(records, budgets[0], train_fn=args.trainer, seeds=args.seeds, level=args.level,
                           bootstrap=args.bootstrap, check_store=None if args.dry_run else check_store,
-                          out_dir=args.out, min_runs=args.min_runs, dry_run=args.dry_run)
+                          out_dir=args.out, min_runs=args.min_runs, workers=args.workers, dry_run=args.dry_run)
     if args.dry_run:
         return 0
     print(json.dumps(report.to_dict(), indent=1) if args.json else report.format())
