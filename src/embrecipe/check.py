@@ -195,10 +195,12 @@ def recipe_check(
     out_dir: str | os.PathLike[str] | None = None,
     min_runs: int = 6,
     workers: int = 1,
+    export: bool = False,
     dry_run: bool = False,
     log: Callable[[str], None] = print,
 ) -> CheckReport:
-    """See the module docstring. ``records``: completed run records (``RunStore.records()``)."""
+    """See the module docstring. ``records``: completed run records (``RunStore.records()``). ``out_dir`` gets
+    ``check.json``; with ``export`` also every trained model (``out_dir/<run key>``)."""
     from . import __version__
     from .laws import fit_laws, run_point
     from .plan import plan
@@ -277,7 +279,7 @@ def recipe_check(
                 key_config["data_fingerprint"] = laws.data_fingerprint
                 key_config["code_version"] = __version__
                 key = run_key(key_config)
-                if out_dir is not None:
+                if export and out_dir is not None:  # a trained model per run: only when asked (100s of MB)
                     config["out"] = str(Path(out_dir) / key)
                 jobs.append((c, s, config, key_config, key))
         st.add_pending(j[3] for j in jobs)

@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="check runs trained in parallel processes (default: 1)")
     p.add_argument("--check-store", default=None,
                    help="store for the check's runs (default: <store>-check.sqlite beside the store)")
-    p.add_argument("--out", default=None, help="folder for check.json (and the trained models' exports)")
+    p.add_argument("--out", default=None, help="folder for check.json")
+    p.add_argument("--export", action="store_true",
+                   help="also save every trained model under --out/<run key> (the real trainer's export)")
     p.add_argument("--dry-run", action="store_true", help="list what would be trained; train nothing")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     check_store = args.check_store or str(store.with_name(store.stem + "-check.sqlite"))
     report = recipe_check(records, budgets[0], train_fn=args.trainer, seeds=args.seeds, level=args.level,
                           bootstrap=args.bootstrap, check_store=None if args.dry_run else check_store,
-                          out_dir=args.out, min_runs=args.min_runs, workers=args.workers, dry_run=args.dry_run)
+                          out_dir=args.out, min_runs=args.min_runs, workers=args.workers, export=args.export,
+                          dry_run=args.dry_run)
     if args.dry_run:
         return 0
     print(json.dumps(report.to_dict(), indent=1) if args.json else report.format())
