@@ -29,7 +29,8 @@ def test_run_with_real_trainer(tmp_path, capsys):
     law.params_ = {"E": 0.5, "A": 10.0, "alpha": 0.3, "B": 100.0, "beta": 0.4}
     laws = LawSet(laws={"lora-r4": law}, methods={"lora-r4": {"name": "lora", "rank": 4}},
                   family=[{"name": "m2", "path": str(model), "shape": shape.to_dict()}],
-                  tokens_per_pair=40.0, batch_size=8, provenance="hand-made test card")
+                  tokens_per_pair=40.0, batch_size=8, provenance="hand-made test card",
+                  recipe={"lora-r4": {str(model): {"lr": 2e-3, "batch_size": 8}}})
     card = laws.save(tmp_path / "card.json")
     store = tmp_path / "runs.sqlite"
     rc = main(["run", "--budget", "3e8", "--laws", str(card), "--data", str(data), "--out", str(tmp_path / "out"),
@@ -37,7 +38,9 @@ def test_run_with_real_trainer(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "lora-r4 on m2" in out and "held-out loss" in out
+    assert "training at the card's lr 0.002" in out
     (rec,) = RunStore(store).records()
+    assert rec["lr"] == 2e-3 and rec["batch_size"] == 8  # trained at exactly the card's LR and batch size
     assert rec["model_flops"] <= 3e8 and rec["steps"] >= 1
     p = run_point(rec)  # the record is ready for fitting
     assert p.variant == "lora-r4" and p.N == shape.non_embedding_params and p.loss > 0

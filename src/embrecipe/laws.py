@@ -669,6 +669,8 @@ class RunPoint:
     # Identity of the configuration without its seed: runs sharing a cell are repeated seeds.
     cell: str | None = None
     seed: Any = None
+    lr: float | None = None
+    unique_pairs: int | None = None  # training pairs the run drew from (its data set, not pairs processed)
 
 
 LOSS_KEYS = ("final_val_loss", "val_loss", "eval_loss")
@@ -727,6 +729,8 @@ def run_point(record: Mapping[str, Any], *, loss_key: str | None = None) -> RunP
         data_fingerprint=v["data_fingerprint"],
         cell=_cell(record, method.key, v),
         seed=_get(record, "seed"),
+        lr=None if _get(record, "lr") is None else float(_get(record, "lr")),
+        unique_pairs=_unique_pairs(record),
     )
 
 
@@ -742,6 +746,15 @@ def _cell(record: Mapping[str, Any], variant: str, v: Mapping[str, Any]) -> str:
         except (TypeError, ValueError, EmbrecipeError):
             pass
     return json.dumps([variant, str(v.get("model")), v.get("budget"), v.get("batch_size")], default=str)
+
+
+def _unique_pairs(record: Mapping[str, Any]) -> int | None:
+    """The run's training-set size: the trainer's ``data.pairs``, else a ``dataset_pairs``/``unique_pairs``."""
+    data = record.get("data")
+    if isinstance(data, Mapping) and data.get("pairs"):
+        return int(data["pairs"])
+    value = _get(record, "unique_pairs", "dataset_pairs")
+    return None if value is None else int(value)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -902,6 +915,14 @@ class LawSet:
     created_at: str = ""
     # Run-to-run noise measured from repeated seeds (run_noise()); sigma None = not measured.
     noise: dict[str, Any] = field(default_factory=dict)
+    # The recipe beyond the law (embrecipe.recipe): {variant: {model: {lr, batch_size, lr_candidates, ...}}},
+    # how the LRs were chosen, the batch sizes the runs used and the training data's size.
+    recipe: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    lr_protocol: str | None = None
+    batch_sizes: list[int] = field(default_factory=list)
+    unique_pairs: int | None = None
+    unique_tokens: float | None = None
+    effective_data: bool = False  # repeated-data runs were fitted at the effective tokens D'
 
     def __post_init__(self) -> None:
         if not self.laws:
@@ -941,6 +962,12 @@ class LawSet:
                 v: {"method": self.methods[v], **law.to_dict(), "ranges": self.ranges.get(v, law.ranges_)}
                 for v, law in self.laws.items()
             },
+            "batch_sizes": list(self.batch_sizes),
+            "unique_pairs": self.unique_pairs,
+            "unique_tokens": self.unique_tokens,
+            "effective_data": self.effective_data,
+            "lr_protocol": self.lr_protocol,
+            "recipe": self.recipe,
             "skipped": self.skipped,
             "validation": self.validation,
             "trends": self.trends,
@@ -971,6 +998,13 @@ class LawSet:
             points=dict(d.get("points") or {}),
             created_at=str(d.get("created_at", "")),
             noise=dict(d.get("noise") or {}),
+            # absent from cards written before the LR was part of the recipe: they still load
+            recipe={v: dict(x) for v, x in dict(d.get("recipe") or {}).items()},
+            lr_protocol=d.get("lr_protocol"),
+            batch_sizes=[int(b) for b in (d.get("batch_sizes") or ([d["batch_size"]] if d.get("batch_size") else []))],
+            unique_pairs=None if d.get("unique_pairs") is None else int(d["unique_pairs"]),
+            unique_tokens=None if d.get("unique_tokens") is None else float(d["unique_tokens"]),
+            effective_data=bool(d.get("effective_data", False)),
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -1023,6 +1057,7 @@ def fit_laws(
     validate: bool = True,
     estimator: str = "auto",
     extra_starts: int = BOOTSTRAP_STARTS,
+    effective_data: bool = False,
 ) -> LawSet:
     """Group completed run records by variant and fit one :class:`ScalingLaw` each (plus bootstrap).
 
@@ -1033,14 +1068,26 @@ def fit_laws(
     seeds each law keeps its own residual scatter as the (labelled) fallback.
 
     Variants with too few runs or a single model size are skipped (reason in ``LawSet.skipped``); if no
-    variant can be fitted the error lists why for each.
+    variant can be fitted the error lists why for each. Where several LRs ran per (model, variant) (the
+    sweep's ``lr_search``), only the chosen LR's runs are fitted (:func:`embrecipe.recipe.keep_selected_lr`).
+    ``effective_data``: fit runs that repeated their data at Muennighoff et al.'s effective tokens
+    (:func:`embrecipe.recipe.effective_tokens`) instead of the tokens processed.
     """
     if estimator != "auto" and estimator not in ESTIMATORS:
         raise InputError(f"unknown estimator {estimator!r}; choose auto or one of {', '.join(ESTIMATORS)}")
+
+    from .recipe import LR_PROTOCOL, keep_selected_lr
+
     records = list(records)
     points = [run_point(r, loss_key=loss_key) for r in records]
     if not points:
         raise InputError("no completed runs to fit")
+    all_lrs = {(p.model, p.variant, p.lr) for p in points if p.lr is not None}
+    # One LR per (model, variant): the one the sweep's LR search chose (the others' runs are not fitted).
+    points, recipe = keep_selected_lr(points)
+    searched = len(all_lrs) > len({(m, v) for m, v, _ in all_lrs})
+    if effective_data:
+        points = _with_effective_data(points)
     if any(r.get("synthetic") for r in records) and "SYNTHETIC" not in provenance:
         # Fake-trainer runs must never pass for measurements, whatever label the caller chose.
         provenance = f"SYNTHETIC (fake trainer, not measurements): {provenance}"
@@ -1093,6 +1140,7 @@ def fit_laws(
         fam = sorted(seen.values(), key=lambda m: float(m["shape"].get("non_embedding_params") or 0))
     tpps = [p.tokens_per_pair for p in points if p.tokens_per_pair]
     bss = [p.batch_size for p in points if p.batch_size]
+    uniq = [p.unique_pairs for p in points if p.unique_pairs]
     fps = sorted({p.data_fingerprint for p in points if p.data_fingerprint})
     return LawSet(
         laws=laws,
@@ -1113,7 +1161,30 @@ def fit_laws(
         points={v: [_point_summary(p, laws.get(v)) for p in pts] for v, pts in groups.items()},
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         noise=noise,
+        recipe={v: r for v, r in recipe.items() if v in laws},
+        lr_protocol=LR_PROTOCOL if searched else ("single LR per (model, variant): as trained" if recipe else None),
+        batch_sizes=sorted(set(bss)),
+        unique_pairs=max(set(uniq), key=uniq.count) if uniq else None,
+        unique_tokens=(max(set(uniq), key=uniq.count) * float(np.mean(tpps))) if uniq and tpps else None,
+        effective_data=effective_data,
     )
+
+
+def _with_effective_data(points: list[RunPoint]) -> list[RunPoint]:
+    """Runs that repeated their data are fitted at Muennighoff et al.'s effective tokens D' (embrecipe.recipe),
+    so that the law's D means fresh-data-equivalent tokens and the planner can apply the same discount."""
+    import dataclasses
+
+    from .recipe import effective_tokens
+
+    out = []
+    for p in points:
+        if p.unique_pairs and p.tokens_per_pair:
+            d_eff = effective_tokens(p.D, p.unique_pairs * p.tokens_per_pair)
+            if d_eff < p.D:
+                p = dataclasses.replace(p, D=d_eff)
+        out.append(p)
+    return out
 
 
 def _point_summary(p: RunPoint, law: ScalingLaw | None) -> dict[str, Any]:

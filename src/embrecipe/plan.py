@@ -201,6 +201,10 @@ class Candidate:
     serving_flops: float | None = None
     memory_gib: float | None = None
     mini_batch: int | None = None
+    lr: float | None = None  # the LR the card's law was fitted at for this (variant, size)
+    lr_note: str = ""
+    epochs: float | None = None  # passes over the unique training pairs
+    effective_tokens: float | None = None  # D' (Muennighoff et al.) the loss was predicted at, when < tokens
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -220,6 +224,7 @@ class Plan:
     units: dict[str, Any] = field(default_factory=dict)  # hours / device memory / embed tokens asked for
     notes: list[str] = field(default_factory=list)
     noise_label: str = ""
+    unique_pairs: int | None = None
 
     @property
     def best(self) -> Candidate:
@@ -234,6 +239,7 @@ class Plan:
             "budget": self.budget,
             "batch_size": self.batch_size,
             "tokens_per_pair": self.tokens_per_pair,
+            "unique_pairs": self.unique_pairs,
             "interval_level": self.level,
             "intervals": INTERVALS_NOTE,
             "n_bootstrap": self.n_bootstrap,
@@ -253,11 +259,12 @@ class Plan:
         lines = [_header(self)]
         b = self.best
         lines.append(f"Optimum:   {_describe(b, self)}")
+        lines.append(f"Train at:  {_train_at(b, self)}")
         if self.runner_up is not None:
             lines.append(f"Runner-up: {_describe(self.runner_up, self)}")
         lines.append("")
         head = (f"{'#':>3} {'model':<22} {'variant':<14} {'N':>9} {'N_t':>9} {'tokens':>9} {'steps':>8} "
-                f"{'loss':>8} {'mean law ' + pct:>19} {'one run ' + pct:>19} {'P(opt)':>7}")
+                f"{'loss':>8} {'mean law ' + pct:>19} {'one run ' + pct:>19} {'P(opt)':>7} {'lr':>8}")
         head += _unit_head(self)
         lines.append(head)
         lines.append("-" * len(head))
@@ -266,9 +273,11 @@ class Plan:
             run = "" if c.run_low is None else f"[{c.run_low:.4g}, {c.run_high:.4g}]"
             p = "" if c.p_optimal is None else f"{c.p_optimal:.2f}"
             mark = "" if c.feasible else "  (cannot afford min steps)"
+            lr = "?" if c.lr is None else f"{c.lr:.3g}"
             lines.append(
                 f"{c.rank:>3} {c.model[:22]:<22} {c.variant:<14} {c.n_params:>9.3g} {c.n_trainable:>9.3g} "
-                f"{c.tokens:>9.3g} {c.steps:>8} {c.loss:>8.4g} {interval:>19} {run:>19} {p:>7}{_unit_cells(c, self)}{mark}"
+                f"{c.tokens:>9.3g} {c.steps:>8} {c.loss:>8.4g} {interval:>19} {run:>19} {p:>7} {lr:>8}"
+                f"{_unit_cells(c, self)}{mark}"
             )
         if len(self.candidates) > top:
             lines.append(f"... {len(self.candidates) - top} more options (--json lists all)")
@@ -283,6 +292,16 @@ class Plan:
         for n in self.notes:
             lines.append(f"note: {n}")
         return "\n".join(lines)
+
+
+def _train_at(c: Candidate, p: Plan) -> str:
+    lr = "lr unknown (the card records none: the trainer's default rule applies)" if c.lr is None \
+        else f"lr {c.lr:.3g} ({c.lr_note})"
+    data = ("; training-set size unknown (pass --unique-pairs to check for repeated data)" if c.epochs is None
+            else f", {c.epochs:.2g} epoch(s) of {p.unique_pairs:,} unique pairs")
+    if c.effective_tokens is not None:
+        data += f" (loss predicted at {c.effective_tokens:.3g} effective tokens)"
+    return f"{lr}, batch size {p.batch_size}{data}"
 
 
 def _describe(c: Candidate, p: Plan) -> str:
@@ -429,6 +448,7 @@ def plan(
     seq_len: int = 75,
     precision: str = "bf16",
     memory_overhead_gib: float = DEFAULT_OVERHEAD_BYTES / GIB,
+    unique_pairs: int | None = None,
 ) -> Plan:
     """Rank every (family member × fitted variant) at ``budget``; see the module docstring.
 
@@ -439,12 +459,19 @@ def plan(
     estimated training memory at ``batch_size`` x ``seq_len`` does not fit, after trying GradCache
     mini-batches (the largest power of two that fits is recorded as ``Candidate.mini_batch``).
 
+    ``batch_size`` must be the card's (the InfoNCE loss depends on the number of in-batch negatives) unless the
+    card was fitted across several batch sizes. ``unique_pairs`` (default: the card's training-set size) makes
+    the plan warn when it needs more than one epoch and predict at the effective data
+    :func:`embrecipe.recipe.effective_tokens` then.
+
     Example (hours; ``laws`` as in the module docstring, one full fine-tuning run measured at 2e12 FLOP/s)::
 
         from embrecipe.units import Measurement, ThroughputTable
         t = ThroughputTable([Measurement("full", "full", 4e6, 2e12)])
         plan(None, laws, hours=2.0, throughput=t).best.budget      # 3600 * 2 * 2e12 = 1.44e16
     """
+    from .recipe import effective_tokens, epochs, recipe_lr
+
     if hours is not None:
         if budget is not None:
             raise InputError("give a FLOP budget or hours, not both")
@@ -468,6 +495,12 @@ def plan(
         raise InputError(f"interval level must be in (0, 1), got {level}")
     members = list(family) if family is not None else family_from_laws(laws)
     warnings: list[str] = []
+    fitted_bs = sorted(set(laws.batch_sizes or ([laws.batch_size] if laws.batch_size else [])))
+    if batch_size is not None and len(fitted_bs) == 1 and int(batch_size) != fitted_bs[0]:
+        raise InputError(
+            f"batch size {batch_size} differs from the {fitted_bs[0]} the law card was fitted at; the contrastive "
+            "loss depends on the in-batch negatives, so the laws do not predict it -- plan at batch size "
+            f"{fitted_bs[0]}, or sweep and fit across batch sizes")
     batch_size = int(batch_size or laws.batch_size or DEFAULT_BATCH_SIZE)
     if tokens_per_pair is None:
         tokens_per_pair = laws.tokens_per_pair
@@ -480,6 +513,12 @@ def plan(
     chosen = list(variants) if variants else laws.variants
     for v in chosen:
         laws[v]
+    if unique_pairs is not None and not (isinstance(unique_pairs, int) and unique_pairs > 0):
+        raise InputError(f"unique pairs must be a positive integer, got {unique_pairs!r}")
+    unique_pairs = unique_pairs or laws.unique_pairs
+    unique_tokens = None if not unique_pairs else unique_pairs * float(tokens_per_pair)
+    sizes = {str(m.get(k)): float(m["shape"].get("non_embedding_params") or 0) for m in laws.family
+             for k in ("path", "name") if isinstance(m.get("shape"), Mapping) and m.get(k)}
 
     candidates: list[Candidate] = []
     skipped: list[str] = []
@@ -521,15 +560,25 @@ def plan(
             tokens = cand_budget / cost
             pairs = tokens / tokens_per_pair
             steps = math.floor(pairs / batch_size)
-            loss = float(laws[v].predict(n, tokens))
+            d_eff = effective_tokens(tokens, unique_tokens)
+            loss = float(laws[v].predict(n, d_eff))
+            lr, lr_note = recipe_lr(laws.recipe, v, m.path, n, sizes)
+            if lr is None:
+                lr, lr_note = recipe_lr(laws.recipe, v, m.name, n, sizes)
             cand = Candidate(model=m.name, path=m.path, variant=v, method=dict(laws.methods[v]), n_params=n,
                              n_trainable=n_t, flops_per_token=cost, tokens=tokens, pairs=pairs, steps=steps,
-                             loss=loss, feasible=steps >= min_steps)
+                             loss=loss, feasible=steps >= min_steps, lr=lr, lr_note=lr_note,
+                             epochs=epochs(tokens, unique_tokens),
+                             effective_tokens=d_eff if d_eff < tokens else None)
             if hours is not None or embed_tokens:
                 cand.budget, cand.flops_per_s, cand.serving_flops = cand_budget, fps, serve
             if fit is not None:
                 cand.mini_batch, cand.memory_gib = fit[0], fit[1]["total"] / GIB
             cand.warnings.extend(unit_notes)
+            if cand.epochs is not None and cand.epochs > 1:
+                cand.warnings.append(
+                    f"needs {cand.epochs:.2g} epochs of the {unique_pairs:,} unique training pairs (repeated data; "
+                    f"loss predicted at the effective {d_eff:.3g} of {tokens:.3g} tokens, Muennighoff et al. 2023)")
             rng = laws.ranges.get(v, {})
             for what, value, key in (("C", cand_budget, "C"), ("N", n, "N"), ("D", tokens, "D")):
                 w = _range_warning(f"{what} ({v})", value, rng.get(key))
@@ -578,7 +627,7 @@ def plan(
         units.update(device_memory_gib=float(device_memory_gib), seq_len=int(seq_len), precision=precision)
     same = dict(batch_size=batch_size, tokens_per_pair=tokens_per_pair, level=level, variants=variants,
                 min_steps=min_steps, hours=hours, throughput=throughput, seq_len=seq_len, precision=precision,
-                memory_overhead_gib=memory_overhead_gib)
+                memory_overhead_gib=memory_overhead_gib, unique_pairs=unique_pairs)
     if embed_tokens:
         units.update(embed_tokens=float(embed_tokens))
         notes.extend(_shift_note("the serving cost", best, budget, laws, family,
@@ -592,7 +641,7 @@ def plan(
     return Plan(budget=plan_budget, batch_size=batch_size, tokens_per_pair=float(tokens_per_pair),
                 level=level, n_bootstrap=n_boot, candidates=candidates, warnings=warnings, skipped=skipped,
                 provenance=laws.provenance, units=units, notes=notes,
-                noise_label=_noise_label(laws[best.variant].noise_))
+                noise_label=_noise_label(laws[best.variant].noise_), unique_pairs=unique_pairs)
 
 
 def _shift_note(what: str, best: Candidate, budget: float | None, laws: LawSet,
@@ -626,7 +675,7 @@ def _attach_uncertainty(candidates: list[Candidate], laws: LawSet, level: float)
     n_boot = min(len(laws[c.variant].samples_) for c in candidates)
     preds = np.empty((n_boot, len(candidates)))
     for j, c in enumerate(candidates):
-        preds[:, j] = laws[c.variant].predict_samples(c.n_params, c.tokens)[:n_boot]
+        preds[:, j] = laws[c.variant].predict_samples(c.n_params, c.effective_tokens or c.tokens)[:n_boot]
     q = (1 - level) / 2
     lo, hi = np.quantile(preds, q, axis=0), np.quantile(preds, 1 - q, axis=0)
     for j, c in enumerate(candidates):

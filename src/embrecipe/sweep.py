@@ -57,7 +57,7 @@ DEFAULT_TRAIN_FN = "embrecipe.trainer:train_from_dict"
 SYNTHETIC_TRAIN_FN = "embrecipe.synthetic:synthetic_train"
 _GRID_KEYS = {"name", "models", "family", "methods", "budgets", "train", "min_steps", "allow_repeat",
               "tokens_per_pair", "dataset_pairs", "store", "out", "trainer", "executor", "workers",
-              "ray", "heartbeat_s", "adaptive", "gpu"}
+              "ray", "heartbeat_s", "adaptive", "gpu", "lr_search"}
 _METHOD_ALIASES = {"full": "full", "lora": "lora", "freeze": "freeze", "bias": "bias", "bitfit": "bias"}
 
 
@@ -87,7 +87,65 @@ class Grid:
     gpu: dict[str, Any] = field(default_factory=dict)
     base_dir: Path = Path(".")
     adaptive: AdaptiveSpec | None = None  # set: run rung by rung and drop dominated configurations
+    lr_search: LRSearch | None = None  # set: LR grid at the lowest rung(s), the best LR above
     source: str = "grid"  # the grid file, for error messages
+
+
+# Half-decade steps around the base LR: wide enough to bracket an optimum that moves ~3x between methods and
+# sizes, and the paper's App. E.1 LR grids are of this spacing.
+DEFAULT_LR_FACTORS = (10 ** -0.5, 1.0, 10 ** 0.5)
+
+
+@dataclass(frozen=True)
+class LRSearch:
+    """The sweep's LR-selection protocol (grid key ``lr_search``; see docs/sweep.md).
+
+    Per (model, variant) every LR of the grid runs at the ``rungs`` lowest budgets; the LR with the lowest mean
+    log held-out loss there (:func:`embrecipe.recipe.select_lrs`) is the only one the upper budgets train at.
+    The grid is ``lrs`` when given, else ``factors`` × the base LR (``train.lr``, else the trainer's default
+    rule for the model: one tenth of its pre-training peak).
+    """
+
+    factors: tuple[float, ...] = DEFAULT_LR_FACTORS
+    lrs: tuple[float, ...] | None = None
+    rungs: int = 1
+
+    @classmethod
+    def from_value(cls, value: Any, *, source: str = "grid") -> LRSearch | None:
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if not isinstance(value, Mapping):
+            raise InputError(f"{source}: lr_search must be true or a mapping {{factors|lrs, rungs}}")
+        unknown = set(value) - {"factors", "lrs", "rungs"}
+        if unknown:
+            raise InputError(f"{source}: lr_search: unknown key(s) {', '.join(sorted(unknown))}; "
+                             "allowed: factors, lrs, rungs")
+        try:
+            factors = tuple(float(x) for x in _as_list(value.get("factors", DEFAULT_LR_FACTORS)))
+            lrs = None if value.get("lrs") is None else tuple(float(x) for x in _as_list(value["lrs"]))
+            rungs = int(value.get("rungs", 1))
+        except (TypeError, ValueError):
+            raise InputError(f"{source}: lr_search: factors and lrs must be numbers, rungs an integer") from None
+        grid = lrs if lrs is not None else factors
+        if len(set(grid)) < 3 or any(not (math.isfinite(x) and x > 0) for x in grid):
+            raise InputError(f"{source}: lr_search needs at least 3 distinct positive "
+                             f"{'lrs' if lrs is not None else 'factors'} (got {list(grid)})")
+        if rungs < 1:
+            raise InputError(f"{source}: lr_search.rungs must be >= 1, got {rungs}")
+        return cls(factors=factors, lrs=lrs, rungs=rungs)
+
+    def grid_for(self, model_path: str, base_lr: float | None) -> list[float]:
+        from .recipe import log_spaced_lrs
+
+        if self.lrs is not None:
+            return sorted(self.lrs)
+        if base_lr is None:
+            from .trainer import default_lr
+
+            base_lr = default_lr(model_path)
+        return log_spaced_lrs(float(base_lr), self.factors)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -203,6 +261,7 @@ def grid_from_dict(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] =
         base_dir=base,
         adaptive=AdaptiveSpec.from_value(raw.get("adaptive"), source=source),
         source=source,
+        lr_search=LRSearch.from_value(raw.get("lr_search"), source=source),
     )
 
 
@@ -322,6 +381,9 @@ class Cell:
     key: str
 
 
+WAITS_FOR_LR = "waits for the LR search at the lowest rung(s) (trains at the LR chosen there)"
+
+
 @dataclass
 class Skipped:
     model: str
@@ -333,8 +395,13 @@ class Skipped:
         return f"skip {self.variant} on {self.model} at {self.budget:.3g} FLOPs: {self.reason}"
 
 
-def expand(grid: Grid, stats: DataStats | None = None) -> tuple[list[Cell], list[Skipped]]:
-    """All cells of the grid, and the ones skipped with their reasons."""
+def expand(grid: Grid, stats: DataStats | None = None,
+           lr_choice: Mapping[tuple[str, str], float] | None = None) -> tuple[list[Cell], list[Skipped]]:
+    """All cells of the grid, and the ones skipped with their reasons.
+
+    With ``grid.lr_search`` the lowest ``rungs`` budgets get one cell per LR of the search grid; the upper
+    budgets get one cell at ``lr_choice[(model path, variant)]`` — or, before the search has finished, are
+    listed in ``skipped`` with the reason "waits for the LR search" (:data:`WAITS_FOR_LR`)."""
     from . import __version__
     from .store import run_key
 
@@ -343,6 +410,7 @@ def expand(grid: Grid, stats: DataStats | None = None) -> tuple[list[Cell], list
     tpp = stats.tokens_per_pair
     data_tokens = stats.pairs * tpp if (stats.pairs is not None and tpp) else None
     out_root = Path(grid.out) if grid.out else None
+    search_rungs = set(grid.budgets[: grid.lr_search.rungs]) if grid.lr_search is not None else set()
     cells, skipped = [], []
     for model in grid.models:
         shape = model_shape(model)
@@ -370,20 +438,32 @@ def expand(grid: Grid, stats: DataStats | None = None) -> tuple[list[Cell], list
                         f"needs {tokens:.3g} tokens but the training data holds {data_tokens:.3g} "
                         f"({tokens / data_tokens:.2g} epochs); set allow_repeat: true to repeat data"))
                     continue
-                config = {**grid.train, "model": model["path"], "method": mdict, "budget": budget}
-                key_config = {k: v for k, v in config.items() if k not in ("data", "out", "report_to")}
-                key_config["data_fingerprint"] = stats.fingerprint
-                key_config["code_version"] = __version__
-                key = run_key(key_config)
-                if out_root is not None:
-                    config["out"] = str(out_root / key)
-                    # A retried cell (failed, or killed before its export) reuses its own folder.
-                    config["overwrite"] = True
-                config.update(_tracking_settings(grid, model["name"], method.key, budget, key))
-                cells.append(Cell(model=model["name"], path=str(model["path"]), method=mdict, variant=method.key,
-                                  budget=budget, n_params=n, n_trainable=n_t, flops_per_token=cost,
-                                  planned_tokens=tokens, planned_steps=steps, config=config,
-                                  key_config=key_config, key=key))
+                lrs: list[float | None] = [None]
+                if grid.lr_search is not None:
+                    if budget in search_rungs:
+                        lrs = list(grid.lr_search.grid_for(str(model["path"]), grid.train.get("lr")))
+                    elif lr_choice is not None and (str(model["path"]), method.key) in lr_choice:
+                        lrs = [lr_choice[(str(model["path"]), method.key)]]
+                    else:
+                        skipped.append(Skipped(model["name"], method.key, budget, WAITS_FOR_LR))
+                        continue
+                for lr in lrs:
+                    config = {**grid.train, "model": model["path"], "method": mdict, "budget": budget}
+                    if lr is not None:
+                        config["lr"] = lr
+                    key_config = {k: v for k, v in config.items() if k not in ("data", "out", "report_to")}
+                    key_config["data_fingerprint"] = stats.fingerprint
+                    key_config["code_version"] = __version__
+                    key = run_key(key_config)
+                    if out_root is not None:
+                        config["out"] = str(out_root / key)
+                        # A retried cell (failed, or killed before its export) reuses its own folder.
+                        config["overwrite"] = True
+                    config.update(_tracking_settings(grid, model["name"], method.key, budget, key))
+                    cells.append(Cell(model=model["name"], path=str(model["path"]), method=mdict,
+                                      variant=method.key, budget=budget, n_params=n, n_trainable=n_t,
+                                      flops_per_token=cost, planned_tokens=tokens, planned_steps=steps,
+                                      config=config, key_config=key_config, key=key))
     return cells, skipped
 
 
@@ -576,7 +656,8 @@ def run_sweep(
     spec = resolve_adaptive(adaptive, grid)
     location = str(store or grid.store or (grid.base_dir / f"{grid.name}.sqlite"))
     fn = resolve_train_fn(train_fn or grid.trainer)
-    cells, skipped = expand(grid)
+    stats = data_stats(grid)
+    cells, skipped = expand(grid, stats)
     for s in skipped:
         log(str(s))
     if not cells:
@@ -591,6 +672,17 @@ def run_sweep(
     stale_after = STALE_AFTER_BEATS * grid.heartbeat_s if grid.heartbeat_s > 0 else 6 * 3600.0
     st = RunStore(location, stale_after=stale_after)
     try:
+        if grid.lr_search is not None and not dry_run:
+            if spec is not None:
+                raise InputError("lr_search and an adaptive sweep cannot be combined (yet): run the LR "
+                                 "search with --no-adaptive")
+            peak = _measure_peak(fn)
+            result = _run_lr_search(st, grid, stats, cells, skipped, fn, executor, workers, ray_address,
+                                    progress, log, location)
+            result.elapsed_s = time.time() - t0
+            _attach_utilization(result, peak)
+            log(result.summary())
+            return result
         if spec is not None and not dry_run:
             peak = _measure_peak(fn)
             result = _run_adaptive(st, cells, skipped, spec, fn, grid, executor, workers, ray_address,
@@ -631,6 +723,61 @@ def run_sweep(
         return result
     finally:
         st.close()
+
+
+def lr_choice_from_store(st: Any, cells: list[Cell]) -> dict[tuple[str, str], float]:
+    """The LR protocol's choice per (model path, variant) from the search cells' stored runs."""
+    from .recipe import select_lrs
+
+    runs = []
+    for c in cells:
+        row = st.get(c.key)
+        rec = (row or {}).get("record") or {}
+        loss = rec.get("final_val_loss") if (row or {}).get("status") == "completed" else None
+        if (row or {}).get("status") == "failed" or loss is not None:
+            runs.append((str(c.config["model"]), c.variant, c.budget, c.config.get("lr"), loss))
+    return select_lrs(runs)
+
+
+def _run_lr_search(st, grid, stats, cells, skipped, fn, executor, workers, ray_address, progress, log,
+                   location) -> SweepResult:
+    """Phase 1: every LR at the search rungs. Phase 2: the upper rungs at each (model, variant)'s best LR."""
+    search = list(cells)  # before the choice, expand() yields only the search rungs' cells
+    waiting = [s for s in skipped if s.reason == WAITS_FOR_LR]
+    result = SweepResult(total=len(search) + len(waiting), skipped=[s for s in skipped if s.reason != WAITS_FOR_LR],
+                         already_done=0, flops_planned=sum(c.budget for c in search) + sum(s.budget for s in waiting))
+    log(f"sweep {grid.name} (LR search at {', '.join(f'{b:.3g}' for b in grid.budgets[:grid.lr_search.rungs])}"
+        f" FLOPs): {len(search)} search cells, {len(waiting)} upper-rung cells after the choice; store {location}")
+    bar = _Progress(result.total, 0, result.flops_planned, 0.0, progress)
+    try:
+        st.add_pending(c.key_config for c in search)
+        todo = [c for c in search if st.status(c.key) != "completed"]
+        result.already_done += len(search) - len(todo)
+        bar.reused(len(search) - len(todo), sum(c.budget for c in search if c not in todo))
+        _run_cells(st, sorted(todo, key=lambda c: (c.budget, c.n_params)), fn, result, bar, grid, executor,
+                   workers, ray_address, log)
+        if any(st.status(c.key) not in ("completed", "failed") for c in search):
+            log("LR search: some cells are held by other workers; rerun to choose the LRs and go on")
+            return result
+        choice = lr_choice_from_store(st, search)
+        for (model, variant), lr in sorted(choice.items()):
+            lrs = sorted({c.config.get("lr") for c in search if c.config["model"] == model and c.variant == variant})
+            log(f"LR search: {variant} on {Path(model).name}: lr {lr:.3g} (of {', '.join(f'{x:.3g}' for x in lrs)})")
+        upper, _ = expand(grid, stats, lr_choice=choice)
+        upper = [c for c in upper if c.budget not in set(grid.budgets[:grid.lr_search.rungs])]
+        missing = {(s.model, s.variant) for s in waiting} - {(c.model, c.variant) for c in upper}
+        for model, variant in sorted(missing):
+            log(f"LR search: no LR for {variant} on {model} (every search run failed): its upper rungs are skipped")
+        st.add_pending(c.key_config for c in upper)
+        todo = [c for c in upper if st.status(c.key) != "completed"]
+        result.total = len(search) + len(upper)
+        result.already_done += len(upper) - len(todo)
+        bar.reused(len(upper) - len(todo), sum(c.budget for c in upper if c not in todo))
+        _run_cells(st, sorted(todo, key=lambda c: (c.budget, c.n_params)), fn, result, bar, grid, executor,
+                   workers, ray_address, log)
+        return result
+    finally:
+        bar.close()
 
 
 def resolve_adaptive(adaptive: bool | Mapping[str, Any] | AdaptiveSpec | None, grid: Grid) -> AdaptiveSpec | None:

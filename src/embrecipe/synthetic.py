@@ -13,6 +13,12 @@ recovers the parameters and that the planner finds the known optimum. Every reco
 ``"synthetic": True``. The default laws are chosen so that full fine-tuning is optimal at small budgets and
 LoRA at large ones (a crossover like the study's), not to resemble real numbers.
 
+**LR dependence (also synthetic).** When the config sets ``lr``, the loss is multiplied by
+:math:`1 + \kappa \ln^2(\mathrm{lr} / \mathrm{lr}^*)` with :math:`\kappa = 0.05` and an optimum
+:math:`\mathrm{lr}^* = \mathrm{lr}_v \,(N / 10^6)^{-0.25}` that falls with model size (:data:`SYNTHETIC_LR`),
+so an LR search has a known right answer; without ``lr`` the loss is the law alone (as before). Not a claim
+about real training.
+
 Model names ``toy-h{hidden}-l{layers}`` describe GPT-NeoX-like toy shapes (:func:`toy_shape`).
 
 Example::
@@ -46,6 +52,9 @@ SYNTHETIC_LAWS: dict[str, tuple[float, float, float, float, float]] = {
     "bias": (0.9, 60.0, 0.35, 2500.0, 0.5),
 }
 TOKENS_PER_PAIR = 60.0
+# Optimal LR at N = 1e6 per method (synthetic; see the module docstring), and the curvature of the penalty.
+SYNTHETIC_LR: dict[str, float] = {"full": 1e-3, "lora": 3e-3, "freeze": 1.5e-3, "bias": 5e-3}
+LR_CURVATURE = 0.05
 
 _TOY = re.compile(r"^toy-h(\d+)-l(\d+)$")
 
@@ -84,11 +93,23 @@ def variant_params(method: Mapping[str, Any]) -> tuple[float, float, float, floa
     return E, A, alpha, B, beta
 
 
+def optimal_lr(method: Mapping[str, Any], N: float) -> float:
+    """The synthetic optimum LR of a method at size N."""
+    return SYNTHETIC_LR[method_from_dict(method).name] * (N / 1e6) ** -0.25
+
+
+def lr_penalty(method: Mapping[str, Any], N: float, lr: float | None) -> float:
+    """The synthetic loss factor for training at ``lr`` (1 at the optimum, or when no LR is given)."""
+    if lr is None:
+        return 1.0
+    return 1.0 + LR_CURVATURE * math.log(float(lr) / optimal_lr(method, N)) ** 2
+
+
 def synthetic_train(config: Mapping[str, Any]) -> dict[str, Any]:
     """A fake trainer (SYNTHETIC): the record a real run would return, with a loss from a known law.
 
     Config keys used: ``model`` (a ``toy-h*-l*`` name, or ``shape``), ``method``, ``budget``,
-    ``batch_size``, ``seed``; optional ``noise`` (σ of the log-normal noise, default 0.01),
+    ``batch_size``, ``seed``; optional ``lr`` (see the LR dependence above), ``noise`` (σ of the log-normal noise, default 0.01),
     ``tokens_per_pair`` (default 60) and ``sleep`` (seconds, to imitate a slow run in tests).
     """
     from .store import run_key
@@ -114,7 +135,8 @@ def synthetic_train(config: Mapping[str, Any]) -> dict[str, Any]:
     seed = int(hashlib.sha256(run_key(config).encode()).hexdigest()[:8], 16)
     noise = float(config.get("noise", 0.01))
     eps = np.random.default_rng(seed).normal(0.0, noise) if noise > 0 else 0.0
-    loss = true_loss(method_to_dict(method), n, tokens) * math.exp(eps)
+    lr = None if config.get("lr") is None else float(config["lr"])
+    loss = true_loss(method_to_dict(method), n, tokens) * lr_penalty(method_to_dict(method), n, lr) * math.exp(eps)
     curve = [{"step": s, "loss": true_loss(method_to_dict(method), n, max(s, 1) * batch * tpp) * 1.05}
              for s in np.unique(np.linspace(1, steps, num=min(steps, 5)).astype(int)).tolist()]
     return {
@@ -132,6 +154,7 @@ def synthetic_train(config: Mapping[str, Any]) -> dict[str, Any]:
         "pairs": steps * batch,
         "steps": steps,
         "batch_size": batch,
+        "lr": lr,
         "tokens_per_pair": tpp,
         "final_train_loss": loss * 1.02,
         "final_val_loss": loss,

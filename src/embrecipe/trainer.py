@@ -3,7 +3,7 @@
 The loop is ours (model, pooling, loss and GradCache come from sentence-transformers, LoRA from peft) because
 the study's protocol needs three things no off-the-shelf trainer does together: stop *before* the step that
 would exceed a FLOP budget (we know each batch's real token count before running it), plan the LR schedule
-from the steps the budget affords, and resume a killed run to the same FLOPs and loss.
+from the FLOPs spent (so it ends exactly with the budget), and resume a killed run to the same FLOPs and loss.
 
 Example::
 
@@ -56,10 +56,11 @@ RUNAWAY_FACTOR = 10.0
 # one batch are false negatives for InfoNCE, and a set of identical pairs trains at a constant loss of ln B.
 DUPLICATE_WARN_FRACTION = 0.1
 
-# One tenth of the pre-training peak LR (the study's default), by checkpoint name.
+# Published pre-training peak LRs, by checkpoint name (Pythia: Biderman et al. 2023, Table 1 / the released
+# configs; SmolLM2-135M: its released training config). The study's default fine-tuning LR is one tenth of these.
 _PRETRAIN_LR = {
-    "pythia-14m": 1e-2, "pythia-31m": 1e-2, "pythia-70m": 1e-2, "pythia-160m": 6e-3, "pythia-410m": 3e-3,
-    "pythia-1b": 3e-3, "pythia-1.4b": 2e-3, "pythia-2.8b": 1.6e-3, "pythia-6.9b": 1.2e-3, "pythia-12b": 1.2e-3,
+    "pythia-14m": 1e-3, "pythia-31m": 1e-3, "pythia-70m": 1e-3, "pythia-160m": 6e-4, "pythia-410m": 3e-4,
+    "pythia-1b": 3e-4, "pythia-1.4b": 2e-4, "pythia-2.8b": 1.6e-4, "pythia-6.9b": 1.2e-4, "pythia-12b": 1.2e-4,
     "smollm2": 3e-3,
 }
 
@@ -456,8 +457,37 @@ class _Dist:
             dist.barrier()
 
 
+def lr_at_fraction(fraction: float, warmup_ratio: float) -> float:
+    r"""The LR multiplier as a pure function of the fraction ``f`` of the FLOP budget spent.
+
+    .. math::
+
+        m(f) = \begin{cases} f / w & f < w \\
+                              \tfrac12\big(1 + \cos(\pi \tfrac{f - w}{1 - w})\big) & w \le f < 1 \\
+                              0 & f \ge 1 \end{cases}
+
+    with ``w = warmup_ratio``. The trainer evaluates it at the *middle* of each step's FLOPs,
+    ``f = (spent + cost/2) / budget``: every step that fits in the budget then has ``0 < f < 1`` and a
+    positive LR, and the cosine reaches 0 exactly where the budget ends, whatever batch lengths are drawn
+    (a step count planned from the mean tokens per pair can be off either way).
+
+    >>> lr_at_fraction(0.05, 0.1), lr_at_fraction(0.1, 0.1), round(lr_at_fraction(0.55, 0.1), 3)
+    (0.5, 1.0, 0.5)
+    """
+    f = min(max(float(fraction), 0.0), 1.0)
+    if warmup_ratio > 0 and f < warmup_ratio:
+        return f / warmup_ratio
+    return 0.5 * (1.0 + math.cos(math.pi * (f - warmup_ratio) / (1.0 - warmup_ratio)))
+
+
+def step_lr_fraction(spent: float, step_cost: float, budget: float) -> float:
+    """Where a step sits in the budget for :func:`lr_at_fraction`: the middle of its FLOPs."""
+    return (float(spent) + 0.5 * float(step_cost)) / float(budget)
+
+
 def lr_lambda(step: int, total_steps: int, warmup_ratio: float) -> float:
-    """Linear warm-up over the first ``warmup_ratio`` of the planned steps, cosine decay to 0, then 0."""
+    """Step-based schedule (kept for reference; the trainer uses :func:`lr_at_fraction`): linear warm-up over
+    the first ``warmup_ratio`` of the planned steps, cosine decay to 0, then 0."""
     warmup = max(1, int(round(warmup_ratio * total_steps))) if warmup_ratio > 0 else 0
     if step < warmup:
         return (step + 1) / warmup
@@ -747,8 +777,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=lr, betas=(0.9, 0.999), eps=1e-8, **({"fused": True} if fused else {"foreach": True}),
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_lambda(s, planned_steps, config.warmup_ratio))
+    # No step-based scheduler: the LR is set before every step from the FLOPs spent (lr_at_fraction), so it
+    # needs no state of its own and a resumed run follows the same schedule from state["model_flops"].
     loss_fn = symmetric_infonce(model, scale=config.scale, mini_batch_size=mini_batch if gradcache else None,
                                 gather_across_devices=dist.enabled)
     packed, why_not_packed = _resolve_packing(config, device, model, gradcache)
@@ -766,7 +796,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
                  "gradcache_auto": auto_mini is not None}
 
     state = {"step": 0, "epoch": 0, "pos": 0, "model_flops": 0, "hardware_flops": 0, "tokens": 0,
-             "padded_tokens": 0, "loss_curve": [], "train_time_s": 0.0, "step_times": [], "step_flops": []}
+             "padded_tokens": 0, "loss_curve": [], "train_time_s": 0.0, "step_times": [], "step_flops": [],
+             "step_lrs": []}
     ckpt_dir = out / "checkpoint" if out else None
     if config.resume and ckpt_dir is not None:
         saved = _load_checkpoint(ckpt_dir, _fingerprint(config, data), device)
@@ -778,9 +809,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
             for n, t in saved["params"].items():
                 named[n].copy_(t)
         optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
         state.setdefault("step_times", [])
+        state.setdefault("step_lrs", [])
         state.setdefault("step_flops", [])
         torch.set_rng_state(saved["rng"])
 
@@ -856,6 +887,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 feats.append(f)
             padded += f["input_ids"].numel() * world
         _add_prompt_lengths(feats, prompt_lengths)
+        step_lr = lr * lr_at_fraction(step_lr_fraction(state["model_flops"], per_token * real, config.budget),
+                                      config.warmup_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = step_lr
         optimizer.zero_grad(set_to_none=True)
         with autocast():
             if packed:
@@ -866,9 +901,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         dist.average_gradients(params)
         if config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        step_lr = optimizer.param_groups[0]["lr"]  # for the tracker: the LR this step used
         optimizer.step()
-        scheduler.step()
         state["step"] += 1
         state["pos"] += 1
         steps_this_call += 1
@@ -885,12 +918,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
         state["train_time_s"] += now - step_t0
         state["step_times"].append(round(now - step_t0, 6))
         state["step_flops"].append(per_token * real)
+        state["step_lrs"].append(step_lr)
         step_t0 = now
         bar.update(per_token * real)
         if failure:
             break
         if checkpoint_now and dist.main:
-            _save_checkpoint(ckpt_dir, model, optimizer, scheduler, state, _fingerprint(config, data))
+            _save_checkpoint(ckpt_dir, model, optimizer, state, _fingerprint(config, data))
     if failure is None and pending:
         failure = drain()
         now = time.time()  # the last steps' device work finished only now: charge it to the last step
@@ -909,7 +943,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             and _checkpoint_step(ckpt_dir) != state["step"]:
         # The final weights go to disk before the export, so an export that fails (full disk) loses nothing:
         # rerunning with --resume finds the budget spent and only exports.
-        _save_checkpoint(ckpt_dir, model, optimizer, scheduler, state, _fingerprint(config, data))
+        _save_checkpoint(ckpt_dir, model, optimizer, state, _fingerprint(config, data))
 
     # -- validation, export, record
     model.eval()
@@ -942,6 +976,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "planned_steps": planned_steps,
         "batch_size": config.batch_size,
         "lr": lr,
+        "lr_schedule": "warm-up + cosine by spent FLOPs",
+        "step_lrs": [float(f"{x:.6g}") for x in state["step_lrs"]],
         "precision": "bf16" if use_bf16 else "fp32",
         "world_size": world,
         "seed": config.seed,
@@ -1045,7 +1081,7 @@ def _fingerprint(config: TrainConfig, data: PairData) -> str:
 
 
 # Checkpoint layout: params.safetensors (trained weights), state.json (plain loop state and the config
-# fingerprint), state.pt (optimizer/scheduler/RNG tensors, read with torch.load(weights_only=True): no pickled
+# fingerprint), state.pt (optimizer/RNG tensors, read with torch.load(weights_only=True): no pickled
 # code runs, so a planted file cannot execute anything on --resume).
 def _checkpoint_file(ckpt_dir: Path) -> Path:
     return ckpt_dir / "state.pt"
@@ -1100,7 +1136,7 @@ def _load_checkpoint(ckpt_dir: Path, fingerprint: str, device: Any) -> dict[str,
     return {"params": params, "state": meta["state"], **saved}
 
 
-def _save_checkpoint(ckpt_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any],
+def _save_checkpoint(ckpt_dir: Path, model: Any, optimizer: Any, state: dict[str, Any],
                      fingerprint: str) -> None:
     import torch
     from safetensors.torch import save_file
@@ -1111,8 +1147,7 @@ def _save_checkpoint(ckpt_dir: Path, model: Any, optimizer: Any, scheduler: Any,
     tmp.mkdir(parents=True)
     params = {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
     save_file(params, str(tmp / "params.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state()}, _checkpoint_file(tmp))
+    torch.save({"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, _checkpoint_file(tmp))
     (tmp / "state.json").write_text(json.dumps({"fingerprint": fingerprint, "state": state}, allow_nan=False))
     old = ckpt_dir.with_name(ckpt_dir.name + ".old")
     if ckpt_dir.exists():

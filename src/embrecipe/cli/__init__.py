@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from ..errors import EmbrecipeError, EmbrecipeWarning
 
 # Order is the order in --help: the pipeline, top-down.
-SUBCOMMANDS = ("testbed", "data", "train", "embed", "eval", "sweep", "store", "fit", "plan", "run", "report",
-               "demo")
+SUBCOMMANDS = ("testbed", "data", "train", "embed", "eval", "sweep", "store", "fit", "plan", "run", "check",
+               "report", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--estimator", default="auto", choices=("auto", "huber-log", "varpro-nnls"),
                    help="how to estimate the parameters (default: auto = chosen per variant by "
                         "leave-largest-budget-out error)")
+    p.add_argument("--effective-data", action="store_true",
+                   help="fit runs that repeated their data at the effective tokens D' (Muennighoff et al. "
+                        "2023) instead of the tokens processed")
     p.add_argument("--json", action="store_true", help="print the card as JSON instead of the summary")
     p.set_defaults(func=run)
 
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     family = [m.to_dict() for m in load_family(args.family)] if args.family else None
     label = args.label or f"fitted on {len(records)} completed runs of {args.store}"
     laws = fit_laws(records, bootstrap=args.bootstrap, seed=args.seed, loss_key=args.loss_key,
-                    min_runs=args.min_runs, provenance=label, family=family, estimator=args.estimator)
+                    min_runs=args.min_runs, provenance=label, family=family, estimator=args.estimator,
+                    effective_data=args.effective_data)
     path = laws.save(args.out)
     if args.json:
         print(json.dumps(laws.to_dict(), indent=1))
@@ -125,6 +129,11 @@ def format_summary(laws, counts: dict[str, int] | None = None) -> str:
                          f"mean |error| {100 * val['mean_abs_rel_error']:.2f}%, max {100 * val['max_abs_rel_error']:.2f}%")
         elif val:
             lines.append(f"  leave-largest-budget-out: n/a ({val.get('skipped')})")
+        for model, e in sorted((laws.recipe.get(v) or {}).items()):
+            tried = e.get("lr_candidates") or []
+            lines.append(f"  lr {e['lr']:.3g} on {model.rsplit('/', 1)[-1]}"
+                         + (f" (best of {', '.join(f'{x:.3g}' for x in tried)})" if len(tried) > 1 else "")
+                         + f", batch size {e.get('batch_size')}")
         t = laws.trends.get(v, {})
         if t.get("slope") is not None:
             lines.append(f"  best-loss trend: log10 L = {t['intercept']:.3f} + {t['slope']:.4f} log10 C")

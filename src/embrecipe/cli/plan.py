@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Enumerate the family's model sizes × fitted variants, cost each with the FLOP formula, "
                     "predict the loss from the laws, and rank. Shows the optimum, the runner-up, P(optimal) "
                     "over bootstrap fits, two loss intervals (the mean law's, and one run's: mean law + run-to-run "
-                    "noise) and extrapolation warnings.",
+                    "noise), the LR and batch size the card's law was fitted at, and warnings for extrapolation "
+                    "and repeated data.",
     )
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--budget", help="one budget in model FLOPs, e.g. 1e17")
@@ -27,7 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: the packaged card, when one ships)")
     p.add_argument("--family", default=None,
                    help="family file {name, members: [{name, path, shape}]} (default: the card's models)")
-    p.add_argument("--batch-size", type=int, default=None, help="pairs per step (default: the runs' batch size)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="pairs per step (default: the card's; another value is an error unless the card was "
+                        "fitted across batch sizes: the loss depends on the in-batch negatives)")
+    p.add_argument("--unique-pairs", type=int, default=None,
+                   help="training pairs in your data set (default: the card's); plans needing more than one "
+                        "epoch are flagged and predicted at the effective data (Muennighoff et al. 2023)")
     p.add_argument("--tokens-per-pair", type=float, default=None,
                    help="mean tokens per training pair (default: measured on the runs, from the card)")
     p.add_argument("--variants", default=None, help="comma-separated variants to consider (default: all)")
@@ -83,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     kwargs = dict(batch_size=args.batch_size, tokens_per_pair=args.tokens_per_pair, level=args.level,
                   variants=variants, embed_tokens=args.embed_tokens, device_memory_gib=args.device_memory,
-                  seq_len=args.seq_len, precision=args.precision, memory_overhead_gib=args.memory_overhead)
+                  seq_len=args.seq_len, precision=args.precision, memory_overhead_gib=args.memory_overhead,
+                  unique_pairs=args.unique_pairs)
     if args.hours is not None:
         result = plan(None, laws, family, hours=args.hours, throughput=throughput, **kwargs)
         print(json.dumps(result.to_dict(), indent=1) if args.json else result.format(top=args.top))

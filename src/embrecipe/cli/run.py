@@ -21,10 +21,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--laws", default=None, help="law card or run store (default: the packaged card)")
     p.add_argument("--family", default=None, help="family file (default: the card's models)")
     p.add_argument("--variants", default=None, help="comma-separated variants to consider (default: all)")
-    p.add_argument("--batch-size", type=int, default=None, help="pairs per step (default: the card's)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="pairs per step (default and only accepted value: the card's, unless it was fitted "
+                        "across batch sizes)")
     p.add_argument("--mini-batch-size", type=int, default=None, help="GradCache mini-batch (default: none)")
     p.add_argument("--max-seq-length", type=int, default=None, help="tokens per text (trainer default: 75)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (trainer default: by model)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: the card's, selected for the planned variant and size; an "
+                        "override leaves the recipe the law was fitted at and is flagged)")
+    p.add_argument("--unique-pairs", type=int, default=None,
+                   help="training pairs in --data for the epoch check (default: the card's)")
     p.add_argument("--val-fraction", type=float, default=None, help="held-out fraction of --data")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokens-per-pair", type=float, default=None,
@@ -48,6 +54,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def recipe_line(best, batch_size: int, lr_override: float | None) -> str:
+    """What `run` says about the LR and batch size it trains with, against the card's."""
+    if lr_override is not None:
+        card = "none recorded" if best.lr is None else f"{best.lr:.3g}"
+        return (f"WARNING: training at --lr {lr_override:.3g}, not the card's LR ({card}): the predicted loss "
+                f"assumes the card's; batch size {batch_size} (the card's)")
+    if best.lr is None:
+        return (f"training at batch size {batch_size} (the card's); the card records no LR for {best.variant}, "
+                "so the trainer's default rule applies (one tenth of the pre-training peak)")
+    return f"training at the card's lr {best.lr:.3g} ({best.lr_note}) and batch size {batch_size}"
+
+
 def run(args: argparse.Namespace) -> int:
     from ..plan import load_family, load_laws, parse_budgets, plan
     from ..store import RunStore
@@ -64,13 +82,15 @@ def run(args: argparse.Namespace) -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     result = plan(budget, laws, family, batch_size=args.batch_size, tokens_per_pair=args.tokens_per_pair,
                   variants=variants, device_memory_gib=args.device_memory, embed_tokens=args.embed_tokens,
-                  seq_len=args.max_seq_length or 75)
+                  seq_len=args.max_seq_length or 75, unique_pairs=args.unique_pairs)
     print(result.format(top=5))
     best = result.best
     # With --embed-tokens the option's own budget is what remains for training after serving.
     config = {"model": best.path, "data": args.data, "method": best.method,
               "budget": best.budget if best.budget is not None else budget,
               "batch_size": result.batch_size, "seed": args.seed, "out": args.out}
+    if best.lr is not None:
+        config["lr"] = best.lr
     if best.mini_batch and args.mini_batch_size is None:
         config["mini_batch_size"] = best.mini_batch
     for key, value in (("mini_batch_size", args.mini_batch_size), ("max_seq_length", args.max_seq_length),
@@ -85,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         from .train import check_repo_id
 
         check_repo_id(args.push_to_hub)
-    print("\ntraining config: " + json.dumps(config))
+    print(f"\n{recipe_line(best, result.batch_size, args.lr)}")
+    print("training config: " + json.dumps(config))
     if args.dry_run:
         return 0
     out = Path(args.out)

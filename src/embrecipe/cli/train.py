@@ -92,7 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="GradCache mini-batch: embeds this many texts at a time so large batches fit in memory")
     g.add_argument("--max-seq-length", type=int, default=75, help="tokens per text (default: 75)")
     g.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default: 1/10 of the model's pre-training LR; 1e-4 if unknown)")
+                   help="peak learning rate (default: 1/10 of the model's published pre-training peak, "
+                        "e.g. 6e-5 for pythia-160m; 1e-4 if unknown)")
     g.add_argument("--weight-decay", type=float, default=0.1)
     g.add_argument("--warmup-ratio", type=float, default=0.1)
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 disables)")

@@ -1,0 +1,365 @@
+r"""A recipe check that can fail: train what the laws recommend at a held-out budget, and what they do not.
+
+At a budget :math:`C` that no fitted run used, :func:`recipe_check`
+
+1. fits the laws on the store's runs at every other budget (the LR protocol's runs included: only each
+   (model, variant)'s chosen LR is fitted);
+2. plans at :math:`C` and takes the best configuration (model × variant) of **every** variant by the laws —
+   the plan's optimum and each other method's champion — and the **naive rule**: the configuration that was
+   best *measured* at the largest fitted budget (what one would pick without laws);
+3. trains each at :math:`C` with the card's LR and batch size, the two with the lowest predicted loss with
+   ``seeds`` seeds (default 2), the others with one;
+4. reports, against the best measured mean loss :math:`L^*`, the regret of the plan and of the naive rule,
+   :math:`(\bar L_c - L^*)/L^*`, and for every run whether its configuration's interval covered it.
+
+The optimum is thus compared with the best configuration of every *other method*, so a law that prefers the
+wrong method shows up as positive regret (the earlier check compared the plan only with its own ranks 2-3,
+which were often the same method). Hand-written: it orchestrates our planner and trainer; no library does it.
+
+Check runs go to their own store (default ``<store>-check.sqlite``), keyed like sweep cells, so an interrupted
+check resumes and a rerun trains nothing; runs at :math:`C` in the fitted store are never fitted.
+
+Example::
+
+    >>> from embrecipe.check import recipe_check                                  # doctest: +SKIP
+    >>> rep = recipe_check(records, 1e15, train_fn="synthetic")                   # doctest: +SKIP
+    >>> rep.plan_regret, rep.naive_regret, rep.coverage                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+# Settings of a stored run that describe how it ran, not what it is: dropped from a check run's template.
+_OPERATIONAL = ("out", "resume", "stop_after_steps", "checkpoint_every", "progress", "log_every")
+
+
+def check_interval(laws: Any, variant: str, n_params: float, tokens: float,
+                   level: float) -> tuple[float, float] | None:
+    """The interval one check *run* is judged against: the one place to change what "covered" means.
+
+    A check run is one seed, so it is judged against the law's *single-run* prediction interval
+    (:meth:`ScalingLaw.interval` with ``kind="run"``: the mean-law bootstrap combined with the run-to-run noise,
+    measured from repeated seeds or, without them, the fit's labelled residual scatter), not the narrower
+    interval of the mean law.
+    """
+    law = laws[variant]
+    if law.samples_ is None:
+        return None
+    lo, hi = law.interval(n_params, tokens, level, kind="run")
+    return float(lo), float(hi)
+
+
+@dataclass
+class CheckedConfig:
+    model: str
+    path: str
+    variant: str
+    roles: list[str]
+    predicted: float
+    interval: tuple[float, float] | None
+    lr: float | None
+    rank: int  # in the plan at the check budget
+    seeds: list[int]
+    losses: list[float] = field(default_factory=list)
+    covered: list[bool] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.losses) / len(self.losses) if self.losses else None
+
+
+@dataclass
+class CheckReport:
+    budget: float
+    level: float
+    fitted_budgets: list[float]
+    configs: list[CheckedConfig]
+    naive_from_budget: float
+    provenance: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def _by_role(self, role: str) -> CheckedConfig:
+        return next(c for c in self.configs if role in c.roles)
+
+    @property
+    def best_measured(self) -> CheckedConfig | None:
+        done = [c for c in self.configs if c.mean is not None]
+        return min(done, key=lambda c: c.mean) if done else None
+
+    def regret(self, role: str) -> float | None:
+        best, c = self.best_measured, self._by_role(role)
+        if best is None or c.mean is None:
+            return None
+        return (c.mean - best.mean) / best.mean
+
+    @property
+    def plan_regret(self) -> float | None:
+        return self.regret("plan")
+
+    @property
+    def naive_regret(self) -> float | None:
+        return self.regret("naive")
+
+    @property
+    def coverage(self) -> tuple[int, int]:
+        """(runs inside their interval, runs with an interval)."""
+        flags = [f for c in self.configs for f in c.covered]
+        return sum(flags), len(flags)
+
+    def to_dict(self) -> dict[str, Any]:
+        inside, total = self.coverage
+        best = self.best_measured
+        return {
+            "budget": self.budget, "interval_level": self.level, "fitted_budgets": self.fitted_budgets,
+            "naive_rule_from_budget": self.naive_from_budget, "provenance": self.provenance,
+            "best_measured": None if best is None else {"model": best.model, "variant": best.variant,
+                                                       "mean_loss": best.mean},
+            "plan_regret": self.plan_regret, "naive_regret": self.naive_regret,
+            "coverage": {"inside": inside, "runs": total,
+                         "interval": "law bootstrap interval of the mean (check_interval)"},
+            "configs": [{**asdict(c), "mean": c.mean} for c in self.configs],
+            "notes": list(self.notes),
+        }
+
+    def format(self) -> str:
+        pct = f"{self.level:.0%}"
+        lines = [f"Recipe check at {self.budget:.3g} FLOPs (held out; laws fitted at "
+                 f"{', '.join(f'{b:.3g}' for b in self.fitted_budgets)}) — {self.provenance}", ""]
+        head = (f"{'role':<22} {'variant':<14} {'model':<16} {'lr':>8} {'pred':>8} {pct + ' interval':>19} "
+                f"{'measured (per seed)':<26} {'mean':>8} covered")
+        lines += [head, "-" * len(head)]
+        for c in self.configs:
+            iv = "" if c.interval is None else f"[{c.interval[0]:.4g}, {c.interval[1]:.4g}]"
+            runs = ", ".join(f"{x:.4g}" for x in c.losses) + (" FAILED" if c.failed else "")
+            cov = "".join("y" if f else "n" for f in c.covered) or "-"
+            lr = "?" if c.lr is None else f"{c.lr:.3g}"
+            mean = "" if c.mean is None else f"{c.mean:.4g}"
+            lines.append(f"{'+'.join(c.roles)[:22]:<22} {c.variant:<14} {c.model[:16]:<16} {lr:>8} "
+                         f"{c.predicted:>8.4g} {iv:>19} {runs[:26]:<26} {mean:>8} {cov}")
+        best = self.best_measured
+        lines.append("")
+        if best is not None:
+            lines.append(f"best measured mean: {best.variant} on {best.model} ({best.mean:.4g})")
+        for role, name in (("plan", "plan"), ("naive", f"naive rule (best measured at {self.naive_from_budget:.3g})")):
+            r = self.regret(role)
+            c = self._by_role(role)
+            lines.append(f"regret of the {name}: " + ("n/a" if r is None else f"{r:+.2%}")
+                         + f"  [{c.variant} on {c.model}]")
+        inside, total = self.coverage
+        lines.append(f"interval coverage: {inside}/{total} runs inside their {pct} interval "
+                     "(law bootstrap interval of the mean: no run-noise term yet)")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _template(records: Sequence[Mapping[str, Any]], points: Sequence[Any], model: str,
+              variant: str) -> dict[str, Any]:
+    """A fitted run's training config to copy for (model, variant): same model and variant if one ran (at the
+    chosen LR), else the same variant on another model, else any run (model and method replaced)."""
+    by_key = {str(r.get("key")): r for r in records}
+    ranked = sorted(points, key=lambda p: (p.model != model, p.variant != variant, -p.budget))
+    for p in ranked:
+        rec = by_key.get(p.key)
+        cfg = rec.get("config") if rec else None
+        if isinstance(cfg, Mapping) and cfg:
+            return {k: v for k, v in cfg.items() if k not in _OPERATIONAL}
+    raise InputError("no fitted run records its training config (record['config']); cannot train the check")
+
+
+def _naive_choice(points: Sequence[Any]) -> tuple[str, str, float]:
+    top = max(p.budget for p in points)
+    best = min((p for p in points if p.budget == top), key=lambda p: p.loss)
+    return best.model, best.variant, top
+
+
+def recipe_check(
+    records: Sequence[Mapping[str, Any]],
+    budget: float,
+    *,
+    train_fn: str | Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    seeds: int = 2,
+    level: float = 0.9,
+    bootstrap: int = 200,
+    seed: int = 0,
+    check_store: str | os.PathLike[str] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    min_runs: int = 6,
+    workers: int = 1,
+    export: bool = False,
+    dry_run: bool = False,
+    log: Callable[[str], None] = print,
+) -> CheckReport:
+    """See the module docstring. ``records``: completed run records (``RunStore.records()``). ``out_dir`` gets
+    ``check.json``; with ``export`` also every trained model (``out_dir/<run key>``)."""
+    from . import __version__
+    from .laws import fit_laws, run_point
+    from .plan import plan
+    from .recipe import keep_selected_lr
+    from .store import RunStore, run_key
+    from .sweep import resolve_train_fn
+
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+        raise InputError(f"check budget must be a positive number of FLOPs, got {budget!r}")
+    if seeds < 1:
+        raise InputError(f"seeds must be >= 1, got {seeds}")
+    held = [r for r in records if _same_budget(run_point(r).budget, budget)]
+    fit_records = [r for r in records if not _same_budget(run_point(r).budget, budget)]
+    if not fit_records:
+        raise InputError(f"every run in the store is at the check budget {budget:.3g}: nothing to fit")
+    synthetic = any(r.get("synthetic") for r in fit_records)
+    laws = fit_laws(fit_records, bootstrap=bootstrap, seed=seed, min_runs=min_runs,
+                    provenance="recipe check: fitted without the check budget")
+    points, _ = keep_selected_lr([run_point(r) for r in fit_records])
+    fitted_budgets = sorted({p.budget for p in points})
+    p = plan(budget, laws, level=level)
+    notes = []
+    if held:
+        notes.append(f"{len(held)} stored run(s) at the check budget were left out of the fit")
+    if fitted_budgets[0] < budget < fitted_budgets[-1]:
+        notes.append("the check budget lies inside the fitted range: an interpolation check")
+
+    # Every variant's champion by the laws, in the plan's order; then the naive rule.
+    champions, seen = [], set()
+    for c in p.candidates:
+        if c.feasible and c.variant not in seen:
+            seen.add(c.variant)
+            champions.append(c)
+    nm, nv, n_budget = _naive_choice(points)
+    naive = next((c for c in p.candidates if c.variant == nv and (c.path == nm or c.model == nm
+                                                                   or c.path.endswith("/" + nm))), None)
+    if naive is None:
+        raise InputError(f"the naive configuration ({nv} on {nm}) is not among the plan's options")
+    configs: list[CheckedConfig] = []
+    for i, c in enumerate(champions):
+        roles = (["plan"] if i == 0 else []) + [f"best {c.variant}"]
+        configs.append(CheckedConfig(model=c.model, path=c.path, variant=c.variant, roles=roles, predicted=c.loss,
+                                     interval=check_interval(laws, c.variant, c.n_params,
+                                                             c.effective_tokens or c.tokens, level),
+                                     lr=c.lr, rank=c.rank, seeds=list(range(seeds if i < 2 else 1))))
+    match = next((x for x in configs if x.path == naive.path and x.variant == naive.variant), None)
+    if match is not None:
+        match.roles.append("naive")
+    else:
+        configs.append(CheckedConfig(model=naive.model, path=naive.path, variant=naive.variant, roles=["naive"],
+                                     predicted=naive.loss, lr=naive.lr, rank=naive.rank, seeds=[0],
+                                     interval=check_interval(laws, naive.variant, naive.n_params,
+                                                             naive.effective_tokens or naive.tokens, level)))
+    report = CheckReport(budget=float(budget), level=level, fitted_budgets=fitted_budgets, configs=configs,
+                         naive_from_budget=n_budget, provenance=laws.provenance, notes=notes)
+    if dry_run:
+        for c in configs:
+            log(f"would train {c.variant} on {c.model} at {budget:.3g} (lr {c.lr}, seeds {c.seeds}): "
+                f"{'+'.join(c.roles)}")
+        return report
+
+    fn = resolve_train_fn(train_fn or ("synthetic" if synthetic else None))
+    location = str(check_store) if check_store else ":memory:"
+    with RunStore(location) as st:
+        jobs = []  # (config entry, seed, trainer config, key config, key)
+        for c in configs:
+            base = _template(fit_records, points, c.path, c.variant)
+            for s in c.seeds:
+                config = {**base, "model": c.path, "method": dict(laws.methods[c.variant]), "budget": float(budget),
+                          "seed": s, "batch_size": p.batch_size}
+                if c.lr is not None:
+                    config["lr"] = c.lr
+                if "progress" in _config_keys(fn):
+                    config["progress"] = False
+                key_config = {k: v for k, v in config.items() if k not in ("data", "out")}
+                key_config["data_fingerprint"] = laws.data_fingerprint
+                key_config["code_version"] = __version__
+                key = run_key(key_config)
+                if export and out_dir is not None:  # a trained model per run: only when asked (100s of MB)
+                    config["out"] = str(Path(out_dir) / key)
+                jobs.append((c, s, config, key_config, key))
+        st.add_pending(j[3] for j in jobs)
+        todo = [j for j in jobs if st.status(j[4]) != "completed"]
+        for c, s, _, _, _ in todo:
+            log(f"check: training {c.variant} on {c.model} at {budget:.3g}, seed {s}")
+        _train_jobs(st, todo, fn, workers)
+        for c, s, _, _, key in jobs:
+            row = st.get(key)
+            if row["status"] != "completed":
+                c.failed.append(f"seed {s}: {row.get('error') or row['status']}")
+                continue
+            loss = (row["record"] or {}).get("final_val_loss")
+            if loss is None or not math.isfinite(float(loss)):
+                c.failed.append(f"seed {s}: no validation loss")
+                continue
+            c.keys.append(key)
+            c.losses.append(float(loss))
+            if c.interval is not None:
+                c.covered.append(c.interval[0] <= float(loss) <= c.interval[1])
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        tmp = Path(out_dir) / "check.json.tmp"
+        tmp.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+        os.replace(tmp, Path(out_dir) / "check.json")
+    return report
+
+
+def _train_jobs(st: Any, todo: list[tuple[Any, ...]], fn: Callable[[dict[str, Any]], dict[str, Any]],
+                workers: int) -> None:
+    """Train the check's runs (in ``workers`` spawned processes when > 1), recording each in the store."""
+    from .sweep import _call_train
+
+    def finish(key: str, record: dict[str, Any]) -> None:
+        if record.get("status", "completed") != "completed":
+            st.fail(key, str(record.get("error") or record.get("failure") or record.get("status")))
+        else:
+            record.setdefault("key", key)
+            st.complete(key, record)
+
+    claimed = [j for j in todo if st.claim(j[4], j[3])]
+    if workers <= 1 or len(claimed) <= 1:
+        for _, _, config, _, key in claimed:
+            try:
+                finish(key, _call_train(fn, config))
+            except BaseException:
+                st.release(key)
+                raise
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    running: dict[Any, str] = {}
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            running = {pool.submit(_call_train, fn, config): key for _, _, config, _, key in claimed}
+            for fut in as_completed(list(running)):
+                key = running.pop(fut)
+                try:
+                    record = fut.result()
+                except Exception as exc:  # the worker process died
+                    record = {"status": "failed", "error": f"worker crashed: {exc}"}
+                finish(key, record)
+    except BaseException:
+        for key in running.values():
+            st.release(key)
+        raise
+
+
+def _same_budget(a: float, b: float) -> bool:
+    return math.isclose(float(a), float(b), rel_tol=1e-6)
+
+
+def _config_keys(fn: Callable[..., Any]) -> set[str]:
+    """Settings the trainer accepts by name (the real trainer rejects unknown ones; the fake ignores them)."""
+    import dataclasses
+
+    if getattr(fn, "__name__", "") == "train_from_dict":
+        from .trainer import TrainConfig
+
+        return {f.name for f in dataclasses.fields(TrainConfig)}
+    return set()
