@@ -158,7 +158,7 @@ class CheckReport:
                          + f"  [{c.variant} on {c.model}]")
         inside, total = self.coverage
         lines.append(f"interval coverage: {inside}/{total} runs inside their {pct} interval "
-                     "(law bootstrap interval of the mean: no run-noise term yet)")
+                     "(single-run prediction intervals: the mean-law bootstrap plus run-to-run noise)")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
