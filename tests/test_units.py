@@ -164,7 +164,7 @@ def test_auto_mini_batch():
 
 
 def test_plan_drops_what_does_not_fit_and_sizes_gradcache():
-    laws = true_laws()
+    laws = _fitted_at(true_laws(), 1024)
     big = family()[-1]
     kw = dict(batch_size=1024, seq_len=75, precision="bf16", memory_overhead_gib=0.5)
     free = plan(1e17, laws, **kw)
@@ -226,8 +226,14 @@ def test_serving_cost_moves_the_optimum_to_a_smaller_model():
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def _card(tmp_path) -> Path:
-    laws = true_laws(with_samples=True)
+def _fitted_at(laws, batch_size: int):
+    """The synthetic card as if its runs had used ``batch_size`` (plans at another batch size are refused)."""
+    laws.batch_size, laws.batch_sizes = batch_size, [batch_size]
+    return laws
+
+
+def _card(tmp_path, batch_size: int = 32) -> Path:
+    laws = _fitted_at(true_laws(with_samples=True), batch_size)
     laws.provenance = "synthetic test card"
     laws.save(tmp_path / "card.json")
     return tmp_path / "card.json"
@@ -264,8 +270,7 @@ def test_cli_hours_memory_serving(tmp_path, capsys):
     assert main(["plan", "--hours", "2", "--laws", str(card), "--throughput-row", "smollm2-L8/full/64"]) == 0
     text = capsys.readouterr().out
     assert "measured at batch size 64, the plan is at 32" in text and "same FLOP budget" in text
-    assert main(["plan", "--budget", "1e17", "--laws", str(card), "--device-memory", "80", "--batch-size",
-                 "1024"]) == 0
+    assert main(["plan", "--budget", "1e17", "--laws", str(card), "--device-memory", "80"]) == 0
     assert "Memory: 80 GiB" in capsys.readouterr().out
     assert main(["plan", "--budget", "1e17", "--laws", str(card), "--embed-tokens", "1e8"]) == 0
     text = capsys.readouterr().out
@@ -302,10 +307,10 @@ def test_trainer_records_the_device_name(tiny_models, tiny_pair_data):
 
 
 def test_cli_run_dry_run_trains_on_what_serving_leaves_at_the_planned_mini_batch(tmp_path, capsys):
-    card = _card(tmp_path)
+    card = _card(tmp_path, batch_size=1024)
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"query": "a", "pos": "b"}\n')
-    laws = true_laws()
+    laws = _fitted_at(true_laws(), 1024)
     big = family()[-1]
     # memory for the largest model's weights and optimizer but not its plain batch of 1024
     lo = training_memory(big.shape, LORA8, batch_size=1024, seq_len=75, mini_batch=1)["total"]

@@ -672,21 +672,17 @@ def run_sweep(
     stale_after = STALE_AFTER_BEATS * grid.heartbeat_s if grid.heartbeat_s > 0 else 6 * 3600.0
     st = RunStore(location, stale_after=stale_after)
     try:
-        if grid.lr_search is not None and not dry_run:
-            if spec is not None:
+        if (grid.lr_search is not None or spec is not None) and not dry_run:
+            if grid.lr_search is not None and spec is not None:
                 raise InputError("lr_search and an adaptive sweep cannot be combined (yet): run the LR "
                                  "search with --no-adaptive")
             peak = _measure_peak(fn)
-            result = _run_lr_search(st, grid, stats, cells, skipped, fn, executor, workers, ray_address,
-                                    progress, log, location)
-            result.elapsed_s = time.time() - t0
-            _attach_utilization(result, peak)
-            log(result.summary())
-            return result
-        if spec is not None and not dry_run:
-            peak = _measure_peak(fn)
-            result = _run_adaptive(st, cells, skipped, spec, fn, grid, executor, workers, ray_address,
-                                   progress, log, location)
+            if grid.lr_search is not None:
+                result = _run_lr_search(st, grid, stats, cells, skipped, fn, executor, workers, ray_address,
+                                        progress, log, location)
+            else:
+                result = _run_adaptive(st, cells, skipped, spec, fn, grid, executor, workers, ray_address,
+                                       progress, log, location)
             result.elapsed_s = time.time() - t0
             _attach_utilization(result, peak)
             log(result.summary())

@@ -590,18 +590,11 @@ def _gzip_rows(rows: Iterable[dict[str, Any]]) -> bytes:
 def verify_corpus(directory: str | Path) -> list[str]:
     """Problems with a built corpus (missing files, sha256 or content hash differing); empty if none."""
     d = Path(directory)
-    try:
-        prov = json.loads((d / "PROVENANCE.json").read_text())
-    except (OSError, ValueError) as exc:
-        return [f"{d / 'PROVENANCE.json'}: {exc}"]
-    problems = []
-    for name, meta in prov.get("files", {}).items():
-        p = d / name
-        if not p.is_file():
-            problems.append(f"{p}: missing")
-        elif _sha256_file(p) != meta.get("sha256"):
-            problems.append(f"{p}: sha256 differs from PROVENANCE.json")
-    if not problems and content_hash(prov.get("files", {})) != prov.get("content_hash"):
+    problems = docpairs.verify_shipped(d)  # the same per-file check as the shipped pairs, plus the content hash
+    if problems:
+        return problems
+    prov = json.loads((d / "PROVENANCE.json").read_text())
+    if content_hash(prov.get("files", {})) != prov.get("content_hash"):
         problems.append(f"{d / 'PROVENANCE.json'}: content_hash does not match its files")
     return problems
 
