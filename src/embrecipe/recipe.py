@@ -126,16 +126,24 @@ def keep_selected_lr(points: Sequence[Any]) -> tuple[list[Any], dict[str, dict[s
     return kept, recipe
 
 
+def _lr_origin(entry: dict[str, Any]) -> str:
+    """Whether the card's LR for one (variant, size) won an LR search or is simply the one its runs used."""
+    tried = entry.get("lr_candidates") or []
+    if len(tried) > 1:
+        return f"selected for this variant and size from {len(tried)} LRs"
+    return "the LR this variant and size was trained at (no LR search)"
+
+
 def recipe_lr(recipe: dict[str, dict[str, dict[str, Any]]], variant: str, model: str,
               n_params: float | None = None, sizes: dict[str, float] | None = None) -> tuple[float | None, str]:
     """The LR a card records for (variant, model), with a note: exact, nearest fitted size, or unknown."""
     by_model = recipe.get(variant) or {}
     for key in (model, model.rsplit("/", 1)[-1]):
         if key in by_model and by_model[key].get("lr") is not None:
-            return float(by_model[key]["lr"]), "selected for this variant and size"
+            return float(by_model[key]["lr"]), _lr_origin(by_model[key])
     for key, entry in by_model.items():  # cards name models by path; the family by short name
         if key.rsplit("/", 1)[-1] == model and entry.get("lr") is not None:
-            return float(entry["lr"]), "selected for this variant and size"
+            return float(entry["lr"]), _lr_origin(entry)
     if by_model and n_params and sizes:
         known = [(abs(math.log(sizes[k] / n_params)), k) for k in by_model if sizes.get(k)]
         if known:

@@ -789,9 +789,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
         model[0].auto_model.compile(mode="reduce-overhead" if compile_mode == "cudagraphs" else None,
                                     dynamic=None if compile_mode == "cudagraphs" else True)
     mask_dtype = torch.bfloat16 if use_bf16 else torch.float32
+    # Deferring the loss read only pays where the device runs ahead of the host (CUDA); on the CPU every step is
+    # synchronous anyway, so read each step: the progress bar is live and a divergence stops at its own step.
+    sync_every = config.sync_every if device.type == "cuda" else 1
     execution = {"packing": packed, "row_length": row_length, "why_not_packed": why_not_packed or None,
                  "compile": compile_mode, "optimizer": "adamw-fused" if fused else "adamw-foreach",
-                 "attn_implementation": config.attn_implementation, "sync_every": config.sync_every,
+                 "attn_implementation": config.attn_implementation, "sync_every": sync_every,
                  "gradcache_mini_batch": mini_batch if gradcache else None,
                  "gradcache_auto": auto_mini is not None}
 
@@ -856,8 +859,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
                                                train_time_s=seconds))
             lval = v
         pending.clear()
+        timed = state["train_time_s"] > 0  # the first step's time is added after its sync
         bar.set_postfix(step=state["step"], loss=f"{lval:.4f}",
-                        tok_s=f"{state['tokens'] / max(state['train_time_s'], 1e-9):.0f}")
+                        tok_s=f"{state['tokens'] / state['train_time_s']:.0f}" if timed else "-")
         return bad
 
     while True:
@@ -912,7 +916,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         pending.append((state["step"], state["model_flops"], loss.detach(), step_lr, state["tokens"],
                         state["train_time_s"]))
         checkpoint_now = bool(ckpt_dir and config.checkpoint_every and state["step"] % config.checkpoint_every == 0)
-        if state["step"] == 1 or state["step"] % config.sync_every == 0 or checkpoint_now:
+        if state["step"] == 1 or state["step"] % sync_every == 0 or checkpoint_now:
             failure = drain()  # the step's time below then includes waiting for the device
         now = time.time()
         state["train_time_s"] += now - step_t0

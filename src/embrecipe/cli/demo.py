@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
             model=str(base), data=str(testbed_pairs_path("train")), val_data=str(testbed_pairs_path("validation")),
             val_size_cap=1024, budget=args.budget, method=parse_method(args.method), batch_size=args.batch_size,
             out=str(trained_dir), checkpoint_every=10, resume=(trained_dir / "checkpoint").exists(),
-            progress=not args.quiet,
+            # a run killed before its first checkpoint left only logs: start it again there
+            overwrite=not (trained_dir / "checkpoint").exists(), progress=not args.quiet,
         ))
     print(f"      {record['steps']} steps, {record['tokens']:,} tokens, {record['model_flops']:.3g} model FLOPs, "
           f"{record['tokens_per_s']:.0f} tokens/s, {record['model_flops_per_s'] / 1e9:.1f} GFLOP/s, "

@@ -149,7 +149,8 @@ def _speed_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", choices=["none", "default", "cudagraphs"], default="none",
                    help="torch.compile the transformer; cudagraphs adds CUDA graphs (GPU only; default: none)")
     g.add_argument("--sync-every", type=int, default=32,
-                   help="steps between reads of the loss by the host (a GPU sync; default: 32)")
+                   help="steps between reads of the loss by the host on a CUDA device (a GPU sync; default: 32; "
+                        "on the CPU every step)")
 
 
 def run(args: argparse.Namespace) -> int:
