@@ -131,7 +131,7 @@ def _lr_origin(entry: dict[str, Any]) -> str:
     tried = entry.get("lr_candidates") or []
     if len(tried) > 1:
         return f"selected for this variant and size from {len(tried)} LRs"
-    return "the LR this variant and size was trained at (no LR search)"
+    return "the LR this variant and size was trained at; no LR search"
 
 
 def recipe_lr(recipe: dict[str, dict[str, dict[str, Any]]], variant: str, model: str,
