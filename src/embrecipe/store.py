@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EmbrecipeError, InputError
+from .jsonio import json_safe
 
 STATUSES = ("pending", "running", "completed", "failed")
 
@@ -547,17 +548,7 @@ def is_store_path(path: str | os.PathLike[str]) -> bool:
 
 def _dumps(value: Any) -> str:
     # Strict JSON: a non-finite loss (a diverged run, an old record) is stored as null, never as a NaN token.
-    return json.dumps(_finite_or_none(value), sort_keys=True, default=_json_default, allow_nan=False)
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    return value
+    return json.dumps(json_safe(value), sort_keys=True, default=_json_default, allow_nan=False)
 
 
 def _dumps_or_none(value: Any) -> str | None:

@@ -42,7 +42,8 @@ from .errors import (
     TrainingDiverged,
     is_disk_full,
 )
-from .flops import flops_per_token, hardware_flops_per_token
+from .flops import flops_per_token, hardware_flops_per_token, steps_for_budget
+from .jsonio import json_safe
 from .methods import FullFineTuning, LoRA, Method, method_from_dict, method_to_dict
 from .tracking import step_metrics
 
@@ -280,17 +281,6 @@ def divergence_reason(loss: float, first_loss: float | None, batch_size: int) ->
             return (f"loss {loss:.4g} ran away (> {RUNAWAY_FACTOR:g} x max(first loss {first_loss:.4g}, "
                     f"ln batch {math.log(max(batch_size, 2)):.3g}))")
     return None
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` with every non-finite float replaced by None, so ``json.dumps(..., allow_nan=False)`` is strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -752,7 +742,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                                             gradcache=gradcache)
     mean_pair_tokens = sum(pair_tokens) / len(pair_tokens)
     tokens_per_step = mean_pair_tokens * config.batch_size
-    planned_steps = int(config.budget // (per_token * tokens_per_step))
+    planned_steps = steps_for_budget(config.budget, per_token, tokens_per_step)
     if planned_steps < 1:
         raise BudgetError(
             f"budget {config.budget:.3g} FLOPs affords less than one step; the minimum is about "

@@ -154,7 +154,8 @@ def _speed_options(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..trainer import TrainConfig, json_safe, train
+    from ..jsonio import json_safe
+    from ..trainer import TrainConfig, train
 
     if args.batch_size < 2:
         raise InputError(f"--batch-size must be >= 2, got {args.batch_size}")
