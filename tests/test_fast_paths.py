@@ -124,3 +124,10 @@ def test_cuda_only_modes_are_disabled_cleanly_on_cpu():
         TrainConfig(model="m", data="d", budget=1.0, compile="max").validate()
     with pytest.raises(InputError, match="sync_every"):
         TrainConfig(model="m", data="d", budget=1.0, sync_every=0).validate()
+
+
+def test_packing_refuses_a_pooling_that_excludes_prompts(tiny_models, tiny_pair_data):
+    # packed pooling averages every token of a text; prompts excluded from pooling need the padded path
+    with pytest.raises(InputError, match="include_prompt"):
+        train(TrainConfig(model=tiny_models["llama"], data=tiny_pair_data, budget=6e8, batch_size=16,
+                          progress=False, packing="on", query_prompt="query: "))

@@ -114,6 +114,8 @@ def supports_packing(st_model: Any) -> str | None:
         return "packing needs a Transformer + Pooling model"
     if getattr(mods[1], "pooling_mode", None) not in PACKED_POOLINGS:
         return f"packing pools by mean only (this model pools by {getattr(mods[1], 'pooling_mode', '?')})"
+    if getattr(mods[1], "include_prompt", True) is False:
+        return "the pooling excludes prompt tokens (include_prompt=False), which packed pooling does not do"
     return None
 
 

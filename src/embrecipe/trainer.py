@@ -600,8 +600,6 @@ def _resolve_packing(config: TrainConfig, device: Any, model: Any, gradcache: bo
     why = supports_packing(model)
     if why is None and gradcache:
         why = "GradCache re-embeds padded mini-batches"
-    if why is None and (config.query_prompt or config.doc_prompt):
-        why = "prompts are excluded from pooling, which packed pooling does not do"
     if why is None and config.attn_implementation not in ("sdpa", "eager", "flex_attention"):
         why = f"attention {config.attn_implementation!r} takes no packed mask"
     if why is not None:
