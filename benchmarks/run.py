@@ -162,7 +162,7 @@ def st_baseline_steps(model_dir: str, method, data, batch: int, steps: int, prec
 
 def per_pair_model_flops(model_dir: str, method, data, max_len: int = 75) -> float:
     """Model FLOPs of one average pair of the pool (the same estimate for both trainers)."""
-    from embrecipe.flops import flops_per_token
+    from embrecipe.methods import flops_per_token
     from embrecipe.modeling import apply_method, load_sentence_transformer
     from embrecipe.trainer import _tokenize
 

@@ -1,6 +1,6 @@
 """Grid arithmetic for study v2 (docs/study_v2_plan.md): FLOPs, optimizer steps and epochs of every cell.
 
-Pure bookkeeping over the FLOP convention (``embrecipe.methods.method_flops_per_token``) and the corpus
+Pure bookkeeping over the FLOP convention (``MethodConfig.flops_per_token`` in ``embrecipe.methods``) and the corpus
 statistics; nothing is trained or timed here. The throughput is an INPUT (``--flops-per-s``), a placeholder
 until it is measured on the GPU: the wall-time column is only as good as that number.
 
@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from embrecipe.flops import ModelShape
-from embrecipe.methods import method_flops_per_token, parse_method
+from embrecipe.methods import parse_method
 
 VARIANTS = {
     "full": ("full", {}),
@@ -66,7 +66,7 @@ def main() -> None:
     per_budget = dict.fromkeys(budgets, 0.0)
     for shape in shapes:
         for label, (name, hp) in VARIANTS.items():
-            c = method_flops_per_token(parse_method(name, **hp), shape)
+            c = parse_method(name, **hp).flops_per_token(shape)
             cells = []
             lowest = None
             for b in budgets:
@@ -99,11 +99,11 @@ def main() -> None:
     print(f"wall time at the placeholder throughput {args.flops_per_s:.3g} FLOP/s (TO BE MEASURED): "
           f"{minutes:.1f} min for the total; two 9-minute runs hold {2 * 9 * 60 * args.flops_per_s:.3g} FLOPs; "
           f"the total needs {total / (2 * 9 * 60):.3g} FLOP/s to fit them (no overheads counted)")
-    ceiling = {s.name: args.max_epochs * args.tokens * method_flops_per_token(parse_method("full"), s)
+    ceiling = {s.name: args.max_epochs * args.tokens * parse_method("full").flops_per_token(s)
                for s in shapes}
     print(f"largest budget with <= {args.max_epochs:g} epochs (full fine-tuning): "
           + ", ".join(f"{k} {v:.3g}" for k, v in ceiling.items()))
-    floor = {s.name: args.min_steps * args.batch * t * method_flops_per_token(parse_method("full"), s)
+    floor = {s.name: args.min_steps * args.batch * t * parse_method("full").flops_per_token(s)
              for s in shapes}
     print(f"smallest budget with >= {args.min_steps:g} steps (full fine-tuning): "
           + ", ".join(f"{k} {v:.3g}" for k, v in floor.items()))

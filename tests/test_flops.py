@@ -2,13 +2,8 @@
 
 import pytest
 
-from embrecipe.flops import (
-    ModelShape,
-    flops_per_token,
-    hardware_flops_per_token,
-    steps_for_budget,
-    tokens_for_budget,
-)
+from embrecipe.flops import ModelShape, steps_for_budget, tokens_for_budget
+from embrecipe.methods import flops_per_token, hardware_flops_per_token
 
 
 def test_formulas_match_design():

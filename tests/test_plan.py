@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from embrecipe.errors import BudgetError, InputError
-from embrecipe.flops import ModelShape, flops_per_token
+from embrecipe.flops import ModelShape
 from embrecipe.laws import LawSet, ScalingLaw, fit_laws
+from embrecipe.methods import flops_per_token
 from embrecipe.plan import FamilyMember, load_family, load_laws, parse_budgets, plan, plan_many
 from embrecipe.synthetic import synthetic_train, toy_shape, true_loss, variant_params
 

@@ -19,7 +19,7 @@ _LAZY = {
     "PairData": "data",
     "parse_method": "methods",
     "ModelShape": "flops",
-    "flops_per_token": "flops",
+    "flops_per_token": "methods",
 }
 
 

@@ -1,28 +1,27 @@
 r"""FLOP accounting: the budget convention of embrecipe, as pure functions.
 
 No maintained library states the per-method training cost that the compute-optimal study budgets with, so
-these few formulas are written here, kept free of torch so that the planner and the tests can use them
-without a model.
+this arithmetic is written here, kept free of torch so that the planner and the tests can use it without a
+model.
 
 With :math:`N` the non-embedding parameters, :math:`N_t` the trainable non-embedding parameters and
-:math:`D` the training tokens actually processed (non-padding tokens of every text in every batch):
+:math:`D` the training tokens actually processed (non-padding tokens of every text in every batch), every
+method costs
 
 .. math::
 
-    C_{\text{full}}   &= 6 N D                 \\
-    C_{\text{freeze}} &= (2N + 4N_t) D         \\
-    C_{\text{bias}} = C_{\text{lora}} &= (4N + 2N_t) D
+    C = (a N + b N_t) D
 
-Forward costs :math:`2N` per token. Full fine-tuning's backward costs :math:`4N` (activation and weight
-gradients). Block freezing needs no backward at all into the frozen prefix, so only the trained suffix pays
-:math:`4N_t`. Bias-only and LoRA must propagate activation gradients through every layer (:math:`2N`) but
-compute weight gradients only for the trained parameters (:math:`2N_t`).
+with two whole coefficients per method (a :class:`TokenCost`). Forward costs :math:`2N` per token; what the
+backward costs depends on where gradients flow, so each method states its own coefficients in
+:mod:`embrecipe.methods` (full :math:`6N`, block freezing :math:`2N + 4N_t`, bias-only and LoRA
+:math:`4N + 2N_t`). This module knows no method names.
 
 Example::
 
     >>> shape = ModelShape(name="toy", embedding_params=1000, block_params=(100, 100), final_norm_params=2,
     ...                    bias_params=20, linear_in_out={"fc": 64})
-    >>> flops_per_token("full", shape.non_embedding_params, shape.non_embedding_params)
+    >>> TokenCost(per_param=6, per_trainable=0).model_flops(shape.non_embedding_params, 0)
     1212
 """
 
@@ -32,8 +31,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-METHOD_NAMES = ("full", "freeze", "bias", "lora")
 
 
 @dataclass(frozen=True)
@@ -84,41 +81,46 @@ class ModelShape:
         )
 
 
-def flops_per_token(method: str, n_params: int, n_trainable: int) -> int:
-    """Model FLOPs of one training token under ``method`` (see the module docstring)."""
-    if method == "full":
-        return 6 * n_params
-    if method == "freeze":
-        return 2 * n_params + 4 * n_trainable
-    if method in ("bias", "lora"):
-        return 4 * n_params + 2 * n_trainable
-    raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHOD_NAMES)}")
+@dataclass(frozen=True)
+class TokenCost:
+    r"""Per-token FLOPs of one fine-tuning method: :math:`a N + b N_t` (``per_param``, ``per_trainable``).
 
+    ``recomputes_trainable_only``: gradient checkpointing recomputes the forward of the layers that need
+    gradients; that is every layer (:math:`2N`) when activation gradients flow through the whole model, and only
+    the trained parameters (:math:`2N_t`) when the backward stops at a frozen prefix.
 
-def hardware_flops_per_token(
-    method: str,
-    n_params: int,
-    n_trainable: int,
-    *,
-    gradient_checkpointing: bool = False,
-    gradcache: bool = False,
-    n_recomputed: int | None = None,
-) -> int:
-    """Model FLOPs plus the work the hardware does on top of the budget convention.
+    Example::
 
-    GradCache embeds every text once without gradients and again with them (one extra forward, ``2N``).
-    Gradient checkpointing recomputes the forward of the layers that need gradients (``2 * n_recomputed``;
-    by default every layer for full/bias/LoRA and only the trained suffix for block freezing).
-    Padding is accounted separately by the trainer (it knows the padded token count).
+        >>> TokenCost(per_param=2, per_trainable=4, recomputes_trainable_only=True).hardware_flops(
+        ...     100, 10, gradient_checkpointing=True)
+        260
     """
-    total = flops_per_token(method, n_params, n_trainable)
-    if gradcache:
-        total += 2 * n_params
-    if gradient_checkpointing:
-        if n_recomputed is None:
-            n_recomputed = n_trainable if method == "freeze" else n_params
-        total += 2 * n_recomputed
-    return total
+
+    per_param: int
+    per_trainable: int
+    recomputes_trainable_only: bool = False
+
+    def model_flops(self, n_params: int, n_trainable: int) -> int:
+        """Model FLOPs of one training token (the budget convention)."""
+        return self.per_param * n_params + self.per_trainable * n_trainable
+
+    def hardware_flops(self, n_params: int, n_trainable: int, *, gradient_checkpointing: bool = False,
+                       gradcache: bool = False, n_recomputed: int | None = None) -> int:
+        """Model FLOPs plus the work the hardware does on top of the budget convention.
+
+        GradCache embeds every text once without gradients and again with them (one extra forward, ``2N``).
+        Gradient checkpointing recomputes the forward of the layers that need gradients (``2 * n_recomputed``;
+        by default every layer, or only the trained parameters with ``recomputes_trainable_only``).
+        Padding is accounted separately by the trainer (it knows the padded token count).
+        """
+        total = self.model_flops(n_params, n_trainable)
+        if gradcache:
+            total += 2 * n_params
+        if gradient_checkpointing:
+            if n_recomputed is None:
+                n_recomputed = n_trainable if self.recomputes_trainable_only else n_params
+            total += 2 * n_recomputed
+        return total
 
 
 def tokens_for_budget(budget: float, per_token: int) -> float:

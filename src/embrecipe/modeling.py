@@ -1,9 +1,9 @@
 """Load any HF decoder as a SentenceTransformer and apply a fine-tuning method to it.
 
 The model is ``models.Transformer`` + ``models.Pooling`` from sentence-transformers (mean pooling over
-non-padding tokens by default, as in the study). LoRA comes from peft: we wrap the inner HF model with
-``peft.get_peft_model`` directly because transformers 5.24's ``add_adapter`` (used by
-sentence-transformers' ``add_adapter``) requires peft >= 0.22, which this registry does not serve.
+non-padding tokens by default, as in the study). What a method changes on the model (freezing, wrapping with
+peft's LoRA) is the method's own :meth:`~embrecipe.methods.MethodConfig.apply`; this module finds the parts
+it acts on and counts what became trainable.
 
 Example::
 
@@ -17,7 +17,6 @@ Example::
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InputError
 from .family import find_decoder_parts, shape_of
 from .flops import ModelShape
-from .methods import BiasOnly, BlockFreezing, FullFineTuning, LoRA, Method
+from .methods import MethodConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from sentence_transformers import SentenceTransformer
@@ -231,7 +230,7 @@ def inner_model(st_model: SentenceTransformer) -> nn.Module:
 class MethodInfo:
     """What :func:`apply_method` did: N and N_t counted on the actual model (embeddings excluded)."""
 
-    method: Method
+    method: MethodConfig
     shape: ModelShape
     n_params: int
     n_trainable: int
@@ -239,13 +238,7 @@ class MethodInfo:
     trainable_names: tuple[str, ...]
 
 
-def _lora_regex(blocks_path: str, suffixes: list[str]) -> str:
-    # A full-match regex so that only linear layers *inside the blocks* are adapted, never an LM head.
-    prefix = re.escape(blocks_path) + r"\.\d+\.(?:.*\.)?"
-    return rf"(?:.*\.)?{prefix}(?:{'|'.join(re.escape(s) for s in suffixes)})"
-
-
-def apply_method(st_model: SentenceTransformer, method: Method) -> MethodInfo:
+def apply_method(st_model: SentenceTransformer, method: MethodConfig) -> MethodInfo:
     """Set ``requires_grad`` (or wrap with peft) according to ``method``; error if nothing is trainable."""
     hf = st_model[0].auto_model
     parts = find_decoder_parts(hf)
@@ -253,46 +246,17 @@ def apply_method(st_model: SentenceTransformer, method: Method) -> MethodInfo:
     modules = dict(hf.named_modules())
     embedding_ids = {id(p) for e in parts.embedding_paths for p in modules[e].parameters()}
 
-    if isinstance(method, FullFineTuning):
-        for p in hf.parameters():
-            p.requires_grad_(True)
-    elif isinstance(method, BlockFreezing):
-        k = method.blocks_to_train(parts.num_blocks)
-        for p in hf.parameters():
-            p.requires_grad_(False)
-        blocks = modules[parts.blocks_path]
-        for block in list(blocks)[parts.num_blocks - k :]:
-            for p in block.parameters():
-                p.requires_grad_(True)
-        for n in parts.final_norm_paths:
-            for p in modules[n].parameters():
-                p.requires_grad_(True)
-    elif isinstance(method, BiasOnly):
-        for name, p in hf.named_parameters():
-            p.requires_grad_(name.endswith("bias") and id(p) not in embedding_ids)
-    elif isinstance(method, LoRA):
-        from peft import LoraConfig, get_peft_model
-
-        suffixes = method.target_suffixes(sorted(shape.linear_in_out))
-        config = LoraConfig(
-            r=method.rank,
-            lora_alpha=method.lora_alpha,
-            lora_dropout=method.dropout,
-            target_modules=_lora_regex(parts.blocks_path, suffixes),
-            bias="none",
-        )
-        peft_model = get_peft_model(hf, config)
-        st_model[0].model = peft_model
-        hf = peft_model
-    else:  # pragma: no cover - Method is a closed union
-        raise InputError(f"unknown method {method!r}")
+    trained = method.apply(hf, parts, shape)
+    if trained is not hf:  # a wrapper (peft): the SentenceTransformer trains and saves the wrapper
+        st_model[0].model = trained
+        hf = trained
 
     trainable = [(n, p) for n, p in hf.named_parameters() if p.requires_grad]
     n_trainable = int(sum(p.numel() for _, p in trainable if id(p) not in embedding_ids))
     n_total = int(sum(p.numel() for _, p in trainable))
-    if n_trainable == 0 and not isinstance(method, FullFineTuning):
+    if n_trainable == 0 and not method.trains_everything:
         raise InputError(f"method {method.key!r} leaves no trainable parameters in {type(hf).__name__}")
-    if isinstance(method, FullFineTuning):
+    if method.trains_everything:  # the cost convention counts N_t = N
         n_trainable = shape.non_embedding_params
     return MethodInfo(method, shape, shape.non_embedding_params, n_trainable, n_total,
                       tuple(n for n, _ in trainable))

@@ -51,7 +51,7 @@ import numpy as np
 from .errors import BudgetError, EmbrecipeError, InputError
 from .flops import ModelShape
 from .laws import LawSet, _with_run_noise, fit_laws
-from .methods import method_flops_per_token, method_from_dict
+from .methods import method_from_dict
 from .units import (
     DEFAULT_OVERHEAD_BYTES,
     GIB,
@@ -527,7 +527,7 @@ def plan(
             method = method_from_dict(laws.methods[v])
             try:
                 n_t = method.trainable_params(m.shape)
-                cost = method_flops_per_token(method, m.shape)
+                cost = method.flops_per_token(m.shape)
             except EmbrecipeError as exc:
                 skipped.append(f"{v} on {m.name}: {exc}")
                 continue

@@ -31,7 +31,6 @@ import numpy as np
 from .errors import EmbrecipeError, InputError
 from .laws import PARAM_NAMES, LawSet, RunPoint, fit_laws, run_point
 
-METHOD_COLOURS = {"full": "#1f77b4", "lora": "#d62728", "freeze": "#2ca02c", "bias": "#9467bd"}
 _LINESTYLES = ("-", "--", "-.", ":")
 
 
@@ -48,18 +47,21 @@ def _matplotlib():
 
 def _variant_styles(variants: Sequence[str], methods: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """Colour by method, line style by variant within the method (so ranks/fractions stay apart)."""
+    from .methods import METHODS
+
     styles, seen = {}, {}
     for v in sorted(variants):
         m = methods.get(v, v.split("-")[0])
         i = seen.get(m, 0)
         seen[m] = i + 1
-        styles[v] = {"color": METHOD_COLOURS.get(m, "#7f7f7f"), "linestyle": _LINESTYLES[i % len(_LINESTYLES)]}
+        colour = METHODS[m].colour if m in METHODS else "#7f7f7f"
+        styles[v] = {"color": colour, "linestyle": _LINESTYLES[i % len(_LINESTYLES)]}
     return styles
 
 
 def law_envelope(laws: LawSet, variant: str, budgets: np.ndarray) -> np.ndarray | None:
     """:math:`L^*_v(C)` on ``budgets`` over the card's family; None without family shapes."""
-    from .methods import method_flops_per_token, method_from_dict
+    from .methods import method_from_dict
     from .plan import family_from_laws
 
     try:
@@ -70,7 +72,7 @@ def law_envelope(laws: LawSet, variant: str, budgets: np.ndarray) -> np.ndarray 
     curves = []
     for m in members:
         try:
-            cost = method_flops_per_token(method, m.shape)
+            cost = method.flops_per_token(m.shape)
         except EmbrecipeError:  # e.g. bias-only on a model without biases
             continue
         curves.append(laws[variant].predict(m.shape.non_embedding_params, np.asarray(budgets) / cost))

@@ -50,7 +50,7 @@ from typing import Any
 from .adaptive import AdaptiveReport, AdaptiveSpec
 from .errors import EmbrecipeError, InputError, OutOfDiskSpace, is_disk_full
 from .flops import ModelShape
-from .methods import method_flops_per_token, method_to_dict, parse_method
+from .methods import canonical_method_name, method_class, method_names, method_to_dict, parse_method
 
 TrainFn = Callable[[dict[str, Any]], dict[str, Any]]
 DEFAULT_TRAIN_FN = "embrecipe.trainer:train_from_dict"
@@ -58,7 +58,6 @@ SYNTHETIC_TRAIN_FN = "embrecipe.synthetic:synthetic_train"
 _GRID_KEYS = {"name", "models", "family", "methods", "budgets", "train", "min_steps", "allow_repeat",
               "tokens_per_pair", "dataset_pairs", "store", "out", "trainer", "executor", "workers",
               "ray", "heartbeat_s", "adaptive", "gpu", "lr_search"}
-_METHOD_ALIASES = {"full": "full", "lora": "lora", "freeze": "freeze", "bias": "bias", "bitfit": "bias"}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -164,9 +163,9 @@ def expand_methods(spec: Any) -> list[dict[str, Any]]:
                          "{full: {}, lora: {rank: [8, 32]}}")
     out = []
     for name, hparams in spec.items():
-        canonical = _METHOD_ALIASES.get(str(name))
+        canonical = canonical_method_name(str(name))
         if canonical is None:
-            raise InputError(f"grid: unknown method {name!r}; expected one of full, freeze, bias, lora")
+            raise InputError(f"grid: unknown method {name!r}; expected one of {', '.join(method_names())}")
         hparams = dict(hparams or {})
         keys = sorted(hparams)
         for combo in itertools.product(*(_as_list(hparams[k]) for k in keys)):
@@ -422,7 +421,7 @@ def expand(grid: Grid, stats: DataStats | None = None,
             for budget in grid.budgets:
                 try:
                     n_t = method.trainable_params(shape)
-                    cost = method_flops_per_token(method, shape)
+                    cost = method.flops_per_token(shape)
                 except EmbrecipeError as exc:
                     skipped.append(Skipped(model["name"], method.key, budget, str(exc)))
                     continue
@@ -1031,7 +1030,7 @@ class _GpuPlacer:
         batch = int(cell.config.get("mini_batch_size") or cell.config.get("batch_size", 1024))
         per_pair = (cell.planned_tokens / cell.planned_steps / int(cell.config.get("batch_size", 1024))
                     if cell.planned_steps else 2.0 * float(cell.config.get("max_seq_length", 75)))
-        trainable = total if cell.method.get("name") == "full" else cell.n_trainable
+        trainable = total if method_class(cell.method["name"]).trains_everything else cell.n_trainable
         return estimate_cell_mib(total, trainable, layers, hidden, per_pair * batch)
 
     def place(self, cell: Cell) -> Any:

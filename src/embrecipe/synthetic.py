@@ -42,7 +42,7 @@ import numpy as np
 
 from .errors import InputError
 from .flops import ModelShape
-from .methods import method_flops_per_token, method_from_dict, method_to_dict
+from .methods import method_from_dict, method_to_dict
 
 # (E, A, alpha, B, beta) per method; LoRA's B shrinks slowly with rank, freezing's grows with frozen depth.
 SYNTHETIC_LAWS: dict[str, tuple[float, float, float, float, float]] = {
@@ -125,7 +125,7 @@ def synthetic_train(config: Mapping[str, Any]) -> dict[str, Any]:
     if config.get("sleep"):
         time.sleep(float(config["sleep"]))
     n, n_t = shape.non_embedding_params, method.trainable_params(shape)
-    cost = method_flops_per_token(method, shape)
+    cost = method.flops_per_token(shape)
     tpp = float(config.get("tokens_per_pair", TOKENS_PER_PAIR))
     batch = int(config.get("batch_size", 1024))
     steps = int(budget // (cost * tpp * batch))

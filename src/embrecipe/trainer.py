@@ -42,9 +42,16 @@ from .errors import (
     TrainingDiverged,
     is_disk_full,
 )
-from .flops import flops_per_token, hardware_flops_per_token, steps_for_budget
+from .flops import steps_for_budget
 from .jsonio import json_safe
-from .methods import FullFineTuning, LoRA, Method, method_from_dict, method_to_dict
+from .methods import (
+    FullFineTuning,
+    MethodConfig,
+    flops_per_token,
+    hardware_flops_per_token,
+    method_from_dict,
+    method_to_dict,
+)
 from .tracking import step_metrics
 
 RECORD_SCHEMA = 1
@@ -82,7 +89,7 @@ class TrainConfig:
     model: str
     data: str | PairData
     budget: float
-    method: Method = field(default_factory=FullFineTuning)
+    method: MethodConfig = field(default_factory=FullFineTuning)
     batch_size: int = 1024
     mini_batch_size: int | None = None  # GradCache when set and < batch_size
     max_seq_length: int = 75
@@ -713,7 +720,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if config.gradient_checkpointing:
         hf = model[0].auto_model
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if isinstance(config.method, LoRA) or not isinstance(config.method, FullFineTuning):
+        if not config.method.trains_everything:  # frozen inputs: checkpointed blocks need a gradient to flow
             hf.enable_input_require_grads() if hasattr(hf, "enable_input_require_grads") else None
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and _bf16_supported(device))
     if config.precision == "bf16" and not _bf16_supported(device):
@@ -1164,7 +1171,7 @@ def _export(model: Any, config: TrainConfig, record: dict[str, Any], out: Path, 
     try:
         hf = model[0].auto_model
         apply_card_data(model, record, loss_fn)
-        if config.keep_adapter and isinstance(config.method, LoRA):
+        if config.keep_adapter and config.method.adapter:
             hf.save_pretrained(tmp)
             model._create_model_card(str(tmp))
         else:

@@ -294,18 +294,6 @@ def activation_values_per_token(shape: ModelShape) -> list[float]:
     return [per_block] * shape.num_blocks
 
 
-def trained_params_in_memory(shape: ModelShape, method: Any) -> int:
-    """Parameters with a gradient and AdamW state: for full fine-tuning the embeddings too (the trainer trains them)."""
-    n_t = int(method.trainable_params(shape))
-    return n_t + (shape.embedding_params if method.name == "full" else 0)
-
-
-def blocks_with_saved_activations(shape: ModelShape, method: Any) -> int:
-    if method.name == "freeze":
-        return int(method.blocks_to_train(shape.num_blocks))
-    return shape.num_blocks
-
-
 def training_memory(shape: ModelShape, method: Any, *, batch_size: int, seq_len: int,
                     mini_batch: int | None = None, param_bytes: int = 4, activation_bytes: int = 2,
                     overhead_bytes: float = DEFAULT_OVERHEAD_BYTES, kappa: float = DEFAULT_KAPPA,
@@ -318,15 +306,15 @@ def training_memory(shape: ModelShape, method: Any, *, batch_size: int, seq_len:
         raise InputError("batch size and sequence length must be positive")
     live = batch_size if not mini_batch or mini_batch >= batch_size else int(mini_batch)
     p_all = shape.embedding_params + shape.non_embedding_params
-    p_t = trained_params_in_memory(shape, method)
+    p_t = method.optimizer_params(shape)
     a = activation_values_per_token(shape)
-    k = blocks_with_saved_activations(shape, method)
+    k = method.blocks_with_gradients(shape.num_blocks)
     saved = sum(a[len(a) - k:]) if k else 0.0
     terms = {
         "weights": float(param_bytes * p_all),
         "gradients": float(param_bytes * p_t),
         "optimizer": float(8 * p_t),
-        "activations": float(kappa * (1 + (lora_excess if method.name == "lora" else 0.0)) * activation_bytes
+        "activations": float(kappa * method.activation_factor(lora_excess) * activation_bytes
                              * 2 * live * seq_len * saved),
         "gradcache": float(2 * 2 * batch_size * shape.hidden_size * 4) if live < batch_size else 0.0,
         "overhead": float(overhead_bytes),

@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..methods import method_names
 from .train import parse_budget
 
 
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=int, default=2, help="testbed ladder depth to train (default: 2)")
     p.add_argument("--budget", type=parse_budget, default=6e12, help="model-FLOP budget (default: 6e12)")
     p.add_argument("--batch-size", type=int, default=64, help="pairs per step (default: 64)")
-    p.add_argument("--method", default="full", choices=["full", "freeze", "bias", "lora"])
+    p.add_argument("--method", default="full", choices=method_names())
     p.add_argument("--eval-pairs", type=int, default=500, help="held-out test pairs to evaluate on")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--quiet", action="store_true")

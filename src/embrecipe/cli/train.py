@@ -19,52 +19,29 @@ def parse_budget(text: str) -> float:
     return value
 
 
-def parse_blocks(text: str) -> int | float:
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"--trainable-blocks takes an int (blocks) or a fraction, got {text!r}") \
-                from None
-
-
 def add_method_arguments(p: argparse.ArgumentParser) -> None:
+    from ..methods import METHODS
+
     g = p.add_argument_group("method")
-    g.add_argument("--method", choices=["full", "freeze", "bias", "lora"], default="full",
+    g.add_argument("--method", choices=list(METHODS), default="full",
                    help="fine-tuning method (default: full)")
-    # Defaults are None so that a flag given with the wrong --method is an error, not silently ignored.
-    g.add_argument("--trainable-blocks", type=parse_blocks, default=None,
-                   help="freeze: train the last k blocks (int) or this fraction of blocks (default: 0.25)")
-    g.add_argument("--lora-rank", type=int, default=None, help="lora: rank r (default: 32)")
-    g.add_argument("--lora-alpha", type=float, default=None, help="lora: alpha (default: = rank)")
-    g.add_argument("--lora-dropout", type=float, default=None, help="lora: dropout (default: 0)")
-    g.add_argument("--lora-targets", default=None,
-                   help="lora: 'all-linear' (default: every linear layer of the blocks) or comma-separated "
-                        "module names, e.g. query_key_value,dense")
-
-
-_METHOD_FLAGS = {"freeze": ("trainable_blocks",), "lora": ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")}
+    # Each method's own flags (embrecipe.methods.MethodConfig.cli_options). Defaults are None so that a flag
+    # given with the wrong --method is an error, not silently ignored.
+    for cls in METHODS.values():
+        for option in cls.cli_options:
+            g.add_argument(option.flag, type=option.type, default=None, help=option.help)
 
 
 def method_from_args(args: argparse.Namespace):
-    from ..methods import parse_method
+    from ..methods import METHODS, parse_method
 
-    for method, flags in _METHOD_FLAGS.items():
-        given = [f for f in flags if getattr(args, f, None) is not None]
-        if given and args.method != method:
-            raise InputError(f"--{given[0].replace('_', '-')} applies to --method {method}, not --method "
-                             f"{args.method}")
-    if args.method == "freeze":
-        blocks = 0.25 if args.trainable_blocks is None else args.trainable_blocks
-        return parse_method("freeze", trainable_blocks=blocks)
-    if args.method == "lora":
-        spec = args.lora_targets or "all-linear"
-        targets = spec if spec == "all-linear" else tuple(t.strip() for t in spec.split(",") if t.strip())
-        return parse_method("lora", rank=32 if args.lora_rank is None else args.lora_rank, alpha=args.lora_alpha,
-                            dropout=args.lora_dropout or 0.0, targets=targets)
-    return parse_method(args.method)
+    for name, cls in METHODS.items():
+        given = [o.flag for o in cls.cli_options if getattr(args, o.dest, None) is not None]
+        if given and args.method != name:
+            raise InputError(f"{given[0]} applies to --method {name}, not --method {args.method}")
+    options = METHODS[args.method].cli_options
+    return parse_method(args.method, **{o.field: getattr(args, o.dest) for o in options
+                                        if getattr(args, o.dest) is not None})
 
 
 def register(sub: argparse._SubParsersAction) -> None:
