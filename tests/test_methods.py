@@ -100,3 +100,120 @@ def test_other_architectures_introspect(tiny_models, arch):
     for method in (FullFineTuning(), BlockFreezing(1), BiasOnly(), LoRA(2)):
         _, info = _apply(tiny_models[arch], method)
         assert info.n_trainable == method.trainable_params(info.shape) > 0
+
+
+# --- a new method, defined in one place ------------------------------------------------------------------
+
+
+@pytest.fixture
+def norm_only_method():
+    """A toy method registered by the test alone: train the final norm (and, optionally, the last k blocks)."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from embrecipe.flops import TokenCost
+    from embrecipe.methods import MethodConfig, MethodOption, register_method, unregister_method
+
+    @register_method
+    @dataclass(frozen=True)
+    class NormOnly(MethodConfig):
+        last_blocks: int = 0
+        name: ClassVar[str] = "norm"
+        cost: ClassVar[TokenCost] = TokenCost(per_param=4, per_trainable=2)
+        colour: ClassVar[str] = "#8c564b"
+        cli_options: ClassVar[tuple[MethodOption, ...]] = (
+            MethodOption("--norm-last-blocks", "last_blocks", type=int, help="norm: also train the last k blocks"),
+        )
+
+        @property
+        def key(self) -> str:
+            return f"norm-b{self.last_blocks}"
+
+        def hparams(self):
+            return {"last_blocks": self.last_blocks}
+
+        def trainable_params(self, shape):
+            return shape.final_norm_params + sum(shape.block_params[shape.num_blocks - self.last_blocks:])
+
+        def apply(self, model, parts, shape):
+            modules = dict(model.named_modules())
+            trained = [modules[n] for n in parts.final_norm_paths]
+            trained += list(modules[parts.blocks_path])[parts.num_blocks - self.last_blocks:]
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for module in trained:
+                for p in module.parameters():
+                    p.requires_grad_(True)
+            return model
+
+    try:
+        yield NormOnly
+    finally:
+        unregister_method("norm")
+
+
+def test_a_registered_method_works_end_to_end(norm_only_method, tiny_models, tmp_path, capsys):
+    import argparse
+
+    from embrecipe.cli import main
+    from embrecipe.cli.train import add_method_arguments, method_from_args
+    from embrecipe.methods import flops_per_token, method_names
+    from embrecipe.report import _variant_styles
+    from embrecipe.sweep import expand, grid_from_dict
+    from embrecipe.synthetic import toy_shape
+    from embrecipe.units import training_memory
+
+    # registry, parsing and the stored form
+    assert method_names() == ["full", "freeze", "bias", "lora", "norm"]
+    method = parse_method("norm", last_blocks=1)
+    assert isinstance(method, norm_only_method) and method.key == "norm-b1"
+    assert method_from_dict(method_to_dict(method)) == method
+    with pytest.raises(InputError, match="no hyper-parameter"):
+        parse_method("norm", rank=2)
+
+    # FLOPs and trainable parameters on a shape: 4N + 2N_t
+    shape = toy_shape(64, 2)
+    n_t = shape.final_norm_params + shape.block_params[-1]
+    assert method.trainable_params(shape) == n_t
+    assert method.flops_per_token(shape) == 4 * shape.non_embedding_params + 2 * n_t
+    assert flops_per_token("norm", 100, 10) == 420
+    assert training_memory(shape, method, batch_size=8, seq_len=5)["optimizer"] == 8 * n_t
+
+    # applied to a real (tiny) model
+    _, info = _apply(tiny_models["llama"], parse_method("norm"))
+    assert info.trainable_names and all("norm" in n for n in info.trainable_names), info.trainable_names
+    assert info.n_trainable == parse_method("norm").trainable_params(info.shape) > 0
+
+    # the CLI: --method choices and the method's own flag
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = capsys.readouterr().out
+    assert "{full,freeze,bias,lora,norm}" in help_text and "--norm-last-blocks" in help_text
+    parser = argparse.ArgumentParser()
+    add_method_arguments(parser)
+    assert method_from_args(parser.parse_args(["--method", "norm", "--norm-last-blocks", "1"])) == method
+    with pytest.raises(InputError, match="--norm-last-blocks applies to --method norm"):
+        method_from_args(parser.parse_args(["--method", "full", "--norm-last-blocks", "1"]))
+
+    # a synthetic sweep grid
+    grid = grid_from_dict({"name": "toy", "trainer": "synthetic", "models": ["toy-h64-l2"], "budgets": [1e13],
+                           "methods": {"norm": {"last_blocks": [0, 1]}, "full": {}}, "tokens_per_pair": 60,
+                           "train": {"batch_size": 32}}, base_dir=tmp_path)
+    cells, skipped = expand(grid)
+    assert not skipped and [c.variant for c in cells] == ["norm-b0", "norm-b1", "full"]
+    assert cells[1].n_trainable == n_t and cells[1].flops_per_token == method.flops_per_token(shape)
+
+    # the report's colour
+    assert _variant_styles(["norm-b1"], {"norm-b1": "norm"})["norm-b1"]["color"] == "#8c564b"
+
+
+def test_register_rejects_duplicates_and_unregister_removes(norm_only_method):
+    from embrecipe.methods import method_names, register_method, unregister_method
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_method(norm_only_method)
+    unregister_method("norm")
+    assert "norm" not in method_names()
+    with pytest.raises(InputError, match="unknown method"):
+        parse_method("norm")
+    register_method(norm_only_method)  # back, for the fixture's own unregister
