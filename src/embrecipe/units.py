@@ -23,14 +23,15 @@ under bf16 autocast), :math:`b_a` bytes per saved activation value, :math:`S` th
 :math:`a_\ell` the activation values one token saves in block :math:`\ell` (the sum of in+out features of
 the block's linear layers: every linear keeps its input for the weight gradient and its output feeds the
 next op), :math:`\mathcal B` the blocks autograd saves activations for (all blocks for full, bias and LoRA
-— gradients flow through all of them — and only the trained suffix for block freezing) and :math:`h` the
+— gradients flow through all of them — and only the trained suffix for block freezing; each method's
+:meth:`~embrecipe.methods.MethodConfig.blocks_with_gradients`) and :math:`h` the
 hidden size:
 
 .. math::
 
     M = \underbrace{b_w P}_{\text{weights}} + \underbrace{b_w P_t}_{\text{grads}}
       + \underbrace{8 P_t}_{\text{AdamW } m, v}
-      + \underbrace{\kappa\, (1 + \lambda [v = \text{LoRA}])\, b_a\, 2 m S
+      + \underbrace{\kappa\, (1 + \lambda [v \text{ is an adapter (LoRA)}])\, b_a\, 2 m S
         \textstyle\sum_{\ell \in \mathcal B} a_\ell}_{\text{activations}}
       + \underbrace{[m < B]\; 2 \cdot 2 B h \cdot 4}_{\text{GradCache's cached embeddings + grads}}
       + M_0
