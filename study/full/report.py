@@ -223,6 +223,10 @@ def score_embeddings(checks: list[dict[str, Any]], check: list[dict[str, Any]],
     return sorted(out, key=lambda e: (-e["budget"], e["rank"] or 99))
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def load_scores(checks: list[dict[str, Any]], check: list[dict[str, Any]], *, strict: bool,
                 out_path: Path) -> dict[str, dict[str, Any]] | None:
     """The per-run scores the report uses: the committed ``scores.json``, checked against ``emb/*.npz`` when
@@ -231,14 +235,14 @@ def load_scores(checks: list[dict[str, Any]], check: list[dict[str, Any]], *, st
     if not any(EMB.glob("*.npz")):
         if not committed:
             raise SystemExit(f"neither {SCORES} nor {EMB}/*.npz: nothing to score the check models from")
-        print(f"{EMB.relative_to(ROOT)}/*.npz absent: using the committed scores in {SCORES.relative_to(ROOT)} "
+        print(f"{_shown(EMB)}/*.npz absent: using the committed scores in {_shown(SCORES)} "
               f"(restore the embeddings with: git restore --source {NPZ_COMMIT} --worktree -- "
-              f"{EMB.relative_to(ROOT)})", file=sys.stderr)
+              f"{_shown(EMB)})", file=sys.stderr)
         return committed
     fresh = rescore_embeddings(checks, check)
     diffs = score_differences(committed, fresh)
     if not diffs:
-        print(f"{len(fresh)} embedding file(s) rescored: they match {SCORES.relative_to(ROOT)}", file=sys.stderr)
+        print(f"{len(fresh)} embedding file(s) rescored: they match {_shown(SCORES)}", file=sys.stderr)
         return committed
     print("\n".join([f"{SCORES} disagrees with {EMB}/*.npz:", *diffs]), file=sys.stderr)
     if strict:
