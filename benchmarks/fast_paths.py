@@ -27,6 +27,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from common import device_name, pool, trainer_steps  # noqa: E402
+
 VARIANTS = {
     "reference": {"packing": "off", "sync_every": 1},
     "no-per-step-sync": {"packing": "off"},
@@ -64,12 +66,7 @@ def adamw_step_times(model_dir: str, reps: int) -> dict:
 
 
 def run_variant(model_dir: str, data, batch: int, steps: int, precision: str, overrides: dict) -> dict:
-    from embrecipe.trainer import TrainConfig, train
-
-    cfg = dict(model=model_dir, data=data, budget=1e30, batch_size=batch, stop_after_steps=steps + 1,
-               progress=False, lr=1e-4, precision=precision, allow_repeat=True)
-    cfg.update(overrides)
-    state = train(TrainConfig(**cfg))
+    state = trainer_steps(model_dir, data, batch, steps, precision, **overrides)
     times, flops = state["step_times"][1:], state["step_flops"][1:]
     return {"model_flops_per_s": sum(flops) / sum(times), "padded_over_real": state["padded_tokens"] / state["tokens"]}
 
@@ -87,7 +84,6 @@ def main() -> int:
     args = ap.parse_args()
 
     import torch
-    from run import device_name, pool
 
     if args.model:
         model_dir = args.model

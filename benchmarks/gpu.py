@@ -11,7 +11,6 @@ the weights' values; the table says which was used).
 
 from __future__ import annotations
 
-import gc
 import json
 import shutil
 import subprocess
@@ -21,6 +20,20 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import (  # noqa: E402
+    device_name,
+    free_device_memory,
+    gemm_peak,
+    model_dir,
+    peak_cuda_mib,
+    per_pair_model_flops,
+    pool,
+    st_trainer_steps,
+    trainer_steps,
+)
+from render import merge_runs, render_file, render_gpu_markdown  # noqa: E402
 
 WHEELS = ["datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "sentence-transformers==6.2.0",
           "transformers==5.24.0", "peft==0.21.2"]
@@ -55,77 +68,16 @@ def prepare_gpu(dest: Path) -> None:
     print(f"wrote {dest} ({size / 2**20:.1f} MiB): carry it with the run")
 
 
-def model_dir(layers: int, assets: Path | None, tmp: Path) -> tuple[str, str]:
-    """(checkpoint path, provenance) of smollm2-L{layers}: the real testbed member when it can be built here,
-    else a shape twin from ``assets``."""
-    from embrecipe.errors import EmbrecipeError
-
-    try:
-        from embrecipe.testbed.models import ensure_model
-
-        return str(ensure_model(layers)), "testbed weights"
-    except (EmbrecipeError, ImportError, OSError) as exc:
-        if assets is None:
-            raise SystemExit(f"no testbed GGUF here ({exc}) and no --assets folder: run --prepare-gpu first") from None
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
-
-    out = tmp / f"smollm2-L{layers}"
-    if not (out / "config.json").exists():
-        cfg = LlamaConfig.from_pretrained(assets / "smollm2")
-        cfg.num_hidden_layers = layers
-        for key, value in list(cfg.to_dict().items()):  # per-layer lists shrink with the depth
-            if isinstance(value, list) and len(value) == 30 and key.endswith(("layer_types", "_layers")):
-                setattr(cfg, key, value[:layers])
-        torch.manual_seed(0)
-        LlamaModel(cfg).save_pretrained(out)
-        AutoTokenizer.from_pretrained(assets / "smollm2").save_pretrained(out)
-    return str(out), "shape twin (random weights, testbed config and tokenizer)"
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _clean() -> None:
-    import torch
-
-    gc.collect()
-    if _cuda():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _sync() -> None:
-    import torch
-
-    if _cuda():
-        torch.cuda.synchronize()
-
-
-def _peak_mib() -> float | None:
-    import torch
-
-    return torch.cuda.max_memory_allocated() / 2**20 if _cuda() else None
-
-
 def embrecipe_gpu(model: str, method, data, batch: int, steps: int, precision: str = "bf16", **overrides) -> dict:
     """embrecipe's trainer at its defaults (bf16 autocast, fp32 master weights). The trainer syncs at step 1 and
     at the end, so the summed host times of steps 2.. are the device's time for them."""
-
-    from embrecipe.trainer import TrainConfig, train
-
-    _clean()
+    free_device_memory()
     t = time.perf_counter()
-    state = train(TrainConfig(model=model, data=data, budget=1e30, method=method, batch_size=batch,
-                              stop_after_steps=steps + 1, progress=False, lr=1e-4, precision=precision,
-                              allow_repeat=True, **overrides))
+    state = trainer_steps(model, data, batch, steps, precision, method=method, **overrides)
     wall = time.perf_counter() - t
     times, flops = state["step_times"][1:], state["step_flops"][1:]
     return {"pairs_per_s": batch * len(times) / sum(times), "model_flops_per_s": sum(flops) / sum(times),
-            "peak_mib": _peak_mib(), "steps_timed": len(times),
+            "peak_mib": peak_cuda_mib(), "steps_timed": len(times),
             "padded_over_real": state["padded_tokens"] / state["tokens"], "call_s": wall,
             "execution": state.get("execution")}
 
@@ -133,46 +85,12 @@ def embrecipe_gpu(model: str, method, data, batch: int, steps: int, precision: s
 def st_gpu(model: str, method, data, batch: int, steps: int, bf16: bool = True) -> dict:
     """The plain sentence-transformers trainer (MNRL both directions, scale 40, bf16). Timed from the start of
     step 2 to the end of the last step, synchronising only there."""
-    import datasets
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from transformers import TrainerCallback
-
-    from embrecipe.modeling import apply_method, load_sentence_transformer
-
-    _clean()
-    st = load_sentence_transformer(model)
-    apply_method(st, method)
-    marks: dict[str, float] = {}
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            if state.global_step == 1:
-                _sync()
-                marks["t0"] = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == steps + 1:
-                _sync()
-                marks["t1"] = time.perf_counter()
-
-    ds = datasets.Dataset.from_dict({"anchor": data.queries, "positive": data.positives})
-    loss = MultipleNegativesRankingLoss(st, scale=40.0, directions=("query_to_doc", "doc_to_query"),
-                                        partition_mode="per_direction")
-    with tempfile.TemporaryDirectory() as tmp:
-        args = SentenceTransformerTrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=batch, max_steps=steps + 1, learning_rate=1e-4,
-            weight_decay=0.1, warmup_steps=0.1, lr_scheduler_type="cosine", logging_steps=10_000,
-            save_strategy="no", report_to=[], dataloader_drop_last=True, bf16=bf16, seed=0, disable_tqdm=True,
-            use_cpu=not _cuda())
-        SentenceTransformerTrainer(model=st, args=args, train_dataset=ds, loss=loss, callbacks=[Timer()]).train()
-    elapsed = marks["t1"] - marks["t0"]
-    return {"pairs_per_s": batch * steps / elapsed, "peak_mib": _peak_mib(), "steps_timed": steps}
+    free_device_memory()
+    elapsed = st_trainer_steps(model, method, data, batch, steps, bf16=bf16)["timed_s"]
+    return {"pairs_per_s": batch * steps / elapsed, "peak_mib": peak_cuda_mib(), "steps_timed": steps}
 
 
 def _save(results: dict, out: Path) -> None:
-    from run import merge_runs, render_file
-
     data = merge_runs(out.with_suffix(".json"), results)
     out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
     out.with_suffix(".md").write_text(render_file(data))
@@ -180,7 +98,6 @@ def _save(results: dict, out: Path) -> None:
 
 def gpu_main(args) -> int:
     import torch
-    from run import device_name, gemm_peak, per_pair_model_flops, pool
 
     from embrecipe.methods import BlockFreezing, FullFineTuning, LoRA
 
@@ -309,57 +226,3 @@ def gpu_main(args) -> int:
     shutil.rmtree(tmp, ignore_errors=True)
     print(render_gpu_markdown(results))
     return 0
-
-
-def _f(x, fmt: str, scale: float = 1.0) -> str:
-    return "—" if x is None else format(x / scale, fmt)
-
-
-def render_gpu_markdown(r: dict) -> str:
-    peak = r["peak"][0]["gflops"] / 1e3
-    lines = [f"## {r['device']}" + (" (PARTIAL: the run stopped before the end)" if r.get("partial") else "")
-             + (" (CPU REHEARSAL of the GPU driver: tiny models, not a measurement)" if r.get("smoke") else ""), "",
-             f"Measured {r['date']} on **{r['device']}**, bf16 autocast with fp32 master weights; "
-             f"Python {r['python']}, " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ". "
-             f"Command: `{r.get('command', '')}`.", "",
-             f"**Measured peak: {peak:.0f} TFLOP/s** (bf16 8192³ matmul, median of 10, same run). "
-             "MFU = model FLOP/s (budget convention) ÷ that peak.", ""]
-    if r.get("models"):
-        lines += ["Models: " + "; ".join(f"{k}: {v}" for k, v in r["models"].items())
-                  + ". smollm2-L30 is the whole SmolLM2-135M (all 30 layers).", ""]
-    lines += ["### Training: embrecipe vs plain sentence-transformers trainer (MNRL both directions, scale 40, "
-              "bf16, max length 75)", "",
-              "| model | method | batch | embrecipe pairs/s | ST pairs/s | ratio | embrecipe TFLOP/s | MFU | "
-              "ST TFLOP/s | ST MFU | embrecipe peak MiB | ST peak MiB | executed/real tokens |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for x in r["training"]:
-        err = " ".join(f"{k}: {x[k]}" for k in ("embrecipe_error", "st_error") if k in x)
-        lines.append(
-            f"| {x['model']} | {x['method']} | {x['batch']} | {_f(x.get('embrecipe_pairs_per_s'), '.0f')} | "
-            f"{_f(x.get('st_pairs_per_s'), '.0f')} | "
-            + (f"**{x['ratio']:.2f}×**" if "ratio" in x else "—") + " | "
-            f"{_f(x.get('embrecipe_model_flops_per_s'), '.1f', 1e12)} | {_f(x.get('embrecipe_mfu'), '.1%')} | "
-            f"{_f(x.get('st_model_flops_per_s'), '.1f', 1e12)} | {_f(x.get('st_mfu'), '.1%')} | "
-            f"{_f(x.get('embrecipe_peak_mib'), '.0f')} | {_f(x.get('st_peak_mib'), '.0f')} | "
-            f"{_f(x.get('embrecipe_padded_over_real'), '.2f')} |" + (f" {err}" if err else ""))
-    if r.get("fast_paths"):
-        lines += ["", "### One change at a time (smollm2-L30, full, batch 1024)", "",
-                  "| variant | TFLOP/s | MFU | pairs/s | peak MiB | executed/real tokens |", "|---|---:|---:|---:|---:|---:|"]
-        for v in r["fast_paths"]:
-            if "error" in v:
-                lines.append(f"| {v['variant']} | failed: {v['error']} | | | | |")
-                continue
-            lines.append(f"| {v['variant']} | {v['model_flops_per_s'] / 1e12:.1f} | {v['mfu']:.1%} | "
-                         f"{v['pairs_per_s']:.0f} | {_f(v['peak_mib'], '.0f')} | {v['padded_over_real']:.2f} |")
-    s = r.get("sweep")
-    if s:
-        lines += ["", "### Sweep utilization", ""]
-        if "error" in s:
-            lines.append(f"failed: {s['error']}")
-        else:
-            lines.append(f"{s['cells']} cells ({s['description']}): {s['model_flops']:.3g} model FLOPs in "
-                         f"{s['wall_s']:.1f} s = **{s['utilization']:.1%}** of the measured peak "
-                         f"(workers {s['workers']}; sequential: {_f(s.get('sequential_utilization'), '.1%')}).")
-    if r.get("skipped"):
-        lines += ["", "Not measured (deadline): " + "; ".join(r["skipped"]) + "."]
-    return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ LADDER = (2, 4, 8, 16, 30)
 def sweep_fill(assets: Path | None, tmp: Path, peak_flops_per_s: float, deadline: float, workers: int = 4,
                budgets: tuple[float, ...] = (5e14, 1.5e15), batch: int = 1024,
                ladder: dict[int, str] | None = None) -> dict:
-    from gpu import model_dir
+    from common import model_dir
 
     from embrecipe.gpu_schedule import sweep_utilization
     from embrecipe.sweep import grid_from_dict, run_sweep

@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import pool
+from common import pool
 
 from embrecipe.loss import symmetric_infonce
 from embrecipe.modeling import load_sentence_transformer

@@ -29,51 +29,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-
-def device_name() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({os.cpu_count()} cores, torch CPU capability {torch.backends.cpu.get_cpu_capability()})"
-
-
-def gemm_peak(dtype_name: str, n: int, reps: int) -> dict:
-    """Median GFLOP/s of an n×n×n matmul (the utilisation denominator)."""
-    import torch
-
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = getattr(torch, dtype_name)
-    a = torch.randn(n, n, dtype=dtype, device=dev)
-    b = torch.randn(n, n, dtype=dtype, device=dev)
-    a @ b
-    times = []
-    for _ in range(reps):
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        a @ b
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    med = statistics.median(times)
-    return {"dtype": dtype_name, "n": n, "reps": reps, "median_s": med, "gflops": 2 * n**3 / med / 1e9}
-
-
-def pool(n_pairs: int):
-    from embrecipe.data import load_pairs
-    from embrecipe.testbed.pairs import testbed_pairs_path
-
-    data = load_pairs(testbed_pairs_path("train"))
-    return data.subset(range(n_pairs))
+from common import (  # noqa: E402
+    auto_precision,
+    device_name,
+    gemm_peak,
+    per_pair_model_flops,
+    pool,
+    st_trainer_steps,
+    trainer_steps,
+)
+from render import derive, merge_runs, render_file  # noqa: E402
 
 
 def biased_twin(smollm_dir: str, out: Path) -> str:
@@ -101,22 +66,9 @@ def biased_twin(smollm_dir: str, out: Path) -> str:
     return str(out)
 
 
-def _precision() -> str:
-    import torch
-
-    from embrecipe.trainer import _bf16_supported
-
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return "bf16" if _bf16_supported(dev) else "fp32"
-
-
 def embrecipe_steps(model_dir: str, method, data, batch: int, steps: int, precision: str, **kw) -> dict:
     """Train ``steps`` steps with embrecipe's trainer; medians over steps 2.. (step 1 is warm-up)."""
-    from embrecipe.trainer import TrainConfig, train
-
-    state = train(TrainConfig(model=model_dir, data=data, budget=1e30, method=method, batch_size=batch,
-                              stop_after_steps=steps + 1, progress=False, lr=1e-4, precision=precision,
-                              allow_repeat=True, **kw))
+    state = trainer_steps(model_dir, data, batch, steps, precision, method=method, **kw)
     times = state["step_times"][1:]
     flops = state["step_flops"][1:]
     return {"step_s_median": statistics.median(times), "pairs_per_s": batch / statistics.median(times),
@@ -126,51 +78,9 @@ def embrecipe_steps(model_dir: str, method, data, batch: int, steps: int, precis
 
 def st_baseline_steps(model_dir: str, method, data, batch: int, steps: int, precision: str) -> dict:
     """The plain sentence-transformers trainer: same model and method, MNRL in both directions, scale 40."""
-    import datasets
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from transformers import TrainerCallback
-
-    from embrecipe.modeling import apply_method, load_sentence_transformer
-
-    model = load_sentence_transformer(model_dir)
-    apply_method(model, method)
-    times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t)
-
-    ds = datasets.Dataset.from_dict({"anchor": data.queries, "positive": data.positives})
-    loss = MultipleNegativesRankingLoss(model, scale=40.0, directions=("query_to_doc", "doc_to_query"),
-                                        partition_mode="per_direction")
-    with tempfile.TemporaryDirectory() as tmp:
-        args = SentenceTransformerTrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=batch, max_steps=steps + 1, learning_rate=1e-4,
-            weight_decay=0.1, warmup_steps=0.1, lr_scheduler_type="cosine", logging_steps=10_000,
-            save_strategy="no", report_to=[], dataloader_drop_last=True, bf16=precision == "bf16", seed=0,
-            disable_tqdm=True, use_cpu=not __import__("torch").cuda.is_available(),
-        )
-        SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss,
-                                   callbacks=[Timer()]).train()
+    times = st_trainer_steps(model_dir, method, data, batch, steps, bf16=precision == "bf16")["step_times"]
     med = statistics.median(times[1:])
     return {"step_s_median": med, "pairs_per_s": batch / med, "steps_timed": len(times) - 1}
-
-
-def per_pair_model_flops(model_dir: str, method, data, max_len: int = 75) -> float:
-    """Model FLOPs of one average pair of the pool (the same estimate for both trainers)."""
-    from embrecipe.methods import flops_per_token
-    from embrecipe.modeling import apply_method, load_sentence_transformer
-    from embrecipe.trainer import _tokenize
-
-    model = load_sentence_transformer(model_dir)
-    info = apply_method(model, method)
-    tok = model[0].tokenizer
-    n_tokens = sum(len(x) for col in (data.queries, data.positives) for x in _tokenize(tok, col, max_len))
-    return flops_per_token(method.name, info.n_params, info.n_trainable) * n_tokens / len(data)
 
 
 def memory_child(model_dir: str, batch: int, mini: int | None) -> None:
@@ -328,7 +238,7 @@ def main() -> int:
         twins = Path(tempfile.mkdtemp())
         models.update({f"neox-twin-L{k}": biased_twin(models[f"smollm2-L{k}"], twins / f"L{k}") for k in (2, 8)})
         batch, steps, big, mem_batch, gemm_n, reps, texts, runs = 64, args.steps, 256, 1024, 2048, 7, 2000, 200
-    precision = _precision()
+    precision = auto_precision()
     results: dict = {"device": device_name(), "precision": precision, "smoke": args.smoke,
                      "versions": {p: __import__("importlib.metadata").metadata.version(p) for p in
                                   ("embrecipe", "torch", "transformers", "sentence-transformers", "peft")},
@@ -413,100 +323,6 @@ def main() -> int:
     out.with_suffix(".partial.json").unlink(missing_ok=True)
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
     return 0
-
-
-def derive(row: dict) -> dict:
-    """The comparison that does not depend on which batches were timed.
-
-    embrecipe's bucketed batches differ in length, so pairs/s over a few timed steps depends on which batches
-    they were. Model FLOP/s is exact per step for embrecipe; for the baseline, whose batches are random (unbiased
-    samples of the pool), pairs/s × the pool's mean FLOPs per pair is its model FLOP/s. The ratio of the two is
-    the speed-up over a whole epoch of the same pool, and ``embrecipe_pairs_s_epoch`` its pairs/s equivalent.
-    """
-    flops_per_pair = row["baseline_model_gflops_est"] * 1e9 / row["baseline_pairs_s"]
-    row["embrecipe_pairs_s_epoch"] = row["embrecipe_model_gflops"] * 1e9 / flops_per_pair
-    row["ratio"] = row["embrecipe_pairs_s_epoch"] / row["baseline_pairs_s"]
-    row["ratio_timed_batches"] = row["embrecipe_pairs_s"] / row["baseline_pairs_s"]
-    return row
-
-
-def merge_runs(path: Path, results: dict) -> dict:
-    """One results file for every machine: a new run replaces only the earlier run on the same device."""
-    runs = []
-    if path.exists():
-        old = json.loads(path.read_text())
-        runs = old["runs"] if "runs" in old else [old]
-    runs = [r for r in runs if (r["device"], r["smoke"]) != (results["device"], results["smoke"])]
-    return {"runs": [*runs, results]}
-
-
-def render_file(data: dict) -> str:
-    parts = ["# embrecipe benchmarks", "",
-             "Command: `python benchmarks/run.py` (one section per machine; a rerun replaces its machine's section). "
-             "Medians of repeated measurements in one run; ratios pair by pair from the same run.", ""]
-    return "\n".join(parts) + "\n" + "\n".join(render_markdown(r) for r in data["runs"])
-
-
-def _mib(m: dict, which: str) -> str:
-    value = m[f"peak_rss_mib_{which}"]
-    return f"{value:.0f} MiB" if value is not None else m.get("errors", {}).get(which, "n/a")
-
-
-def render_markdown(r: dict) -> str:
-    if r.get("kind") == "gpu":
-        from gpu import render_gpu_markdown
-
-        return render_gpu_markdown(r)
-    lines = [
-        f"## {r['device']}" + (" (SMOKE RUN: tiny models, not representative)" if r["smoke"] else ""),
-        "",
-        f"Measured {r['date']} on **{r['device']}**, {r['threads']} threads, precision {r['precision']}; "
-        f"Python {r['python']}, " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".",
-        "",
-        "### Peak (matmul)",
-        "",
-        "| dtype | n | median GFLOP/s |",
-        "|---|---:|---:|",
-    ]
-    lines += [f"| {p['dtype']} | {p['n']} | {p['gflops']:.1f} |" for p in r["peak"]]
-    lines += ["", "### Training throughput: embrecipe vs plain sentence-transformers trainer", "",
-              "Same model, method, data pool, batch size, max length 75, precision; symmetric MNRL scale 40; "
-              "medians over the timed steps after one warm-up step. Model FLOP/s use the budget convention "
-              "(6N/token for full, etc.): exact per step for embrecipe, pairs/s × the pool's mean FLOPs per pair for "
-              "the baseline (its batches are random, so unbiased). **ratio** = embrecipe model FLOP/s ÷ baseline "
-              "model FLOP/s, i.e. the speed-up over an epoch of the same pool; the pairs/s of the few timed "
-              "bucketed batches (last column) depend on which lengths were drawn and are shown for transparency. "
-              "Utilisation = model FLOP/s ÷ measured peak. SmolLM2 (a Llama) has no biases, so bias-only runs on "
-              "`neox-twin-Lk`: a random-initialised GPT-NeoX with smollm2-Lk's width, depth, heads and tokenizer "
-              "(throughput does not depend on the weights' values).",
-              "",
-              "| model | method | batch | embrecipe pairs/s (epoch-equiv.) | ST pairs/s | ratio | "
-              "embrecipe model GFLOP/s | ST model GFLOP/s | util. vs fp32 peak | util. vs bf16 peak | "
-              "padded/real tokens (timed batches) | pairs/s ratio on timed batches |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for x in r["training"]:
-        derive(x)
-        lines.append(f"| {x['model']} | {x['method']} | {x['batch']} | {x['embrecipe_pairs_s_epoch']:.2f} | "
-                     f"{x['baseline_pairs_s']:.2f} | **{x['ratio']:.2f}×** | {x['embrecipe_model_gflops']:.1f} | "
-                     f"{x['baseline_model_gflops_est']:.1f} | {x['util_vs_fp32_peak']:.0%} | "
-                     f"{x['util_vs_bf16_peak']:.0%} | {x['padded_over_real']:.2f} | "
-                     f"{x['ratio_timed_batches']:.2f} |")
-    m = r["memory"]
-    e = r["embedding"]
-    f = r["fit_plan"]
-    lines += ["", "### Memory (one full fine-tuning step, fp32)", "",
-              f"{m['model']}, batch {m['batch']} pairs: peak RSS **{_mib(m, 'plain')}** without "
-              f"GradCache, **{_mib(m, 'gradcache')}** with GradCache (mini-batch {m['mini_batch']})"
-              + (f"; peak GPU memory {m['peak_gpu_mib_plain']:.0f} MiB vs {m['peak_gpu_mib_gradcache']:.0f} MiB."
-                 if m.get("peak_gpu_mib_plain") else "."),
-              "", "### Embedding", "",
-              f"{e['texts']} texts with {e['model']}: `SentenceTransformer(...).encode` {e['st_encode_s_median']:.2f} s, "
-              f"`embrecipe embed` {e['embrecipe_embed_s_median']:.2f} s ({e['note']}); as a new process "
-              f"{e['embrecipe_embed_new_process_s']:.2f} s.",
-              "", "### Law fitting and planning", "",
-              f"{f['runs']} (synthetic) runs, {f['bootstrap']} bootstrap refits per variant: fit "
-              f"{f['fit_s_median']:.2f} s, plan {f['plan_s_median'] * 1000:.1f} ms (medians).", ""]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

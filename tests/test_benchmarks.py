@@ -35,7 +35,7 @@ def test_gpu_section_renders_partial_runs_and_failed_rows():
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "benchmarks"))
     try:
-        from run import render_markdown
+        from render import render_markdown
     finally:
         sys.path.remove(str(root / "benchmarks"))
     run = {"kind": "gpu", "device": "NVIDIA H200 (GPU)", "smoke": False, "partial": True, "date": "d",

@@ -122,7 +122,7 @@ def test_hub_probe_accepts_a_real_http_answer(monkeypatch):
 
 
 def test_unknown_mteb_task_is_a_user_error(monkeypatch):
-    monkeypatch.setattr(ev, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(ev.tasks, "hub_reachable", lambda timeout=3.0: True)
     with pytest.raises(InputError, match=r"unknown MTEB task.*NoSuchTaskXYZ"):
         ev.resolve_tasks("NoSuchTaskXYZ", None)
 
@@ -143,7 +143,7 @@ def test_eval_cli(tiny_models, tmp_path, capsys):
 
 
 def test_paper15_preset_names_real_mteb_tasks_in_english(monkeypatch):
-    monkeypatch.setattr(ev, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(ev.tasks, "hub_reachable", lambda timeout=3.0: True)
     tasks = ev.resolve_tasks("paper15", None)  # metadata only: nothing is downloaded
     assert [t.metadata.name for t in tasks] == list(ev.PAPER_TASKS)
     sts22 = next(t for t in tasks if t.metadata.name == "STS22")

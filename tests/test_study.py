@@ -70,6 +70,41 @@ def test_study_doc_is_rendered_from_the_committed_results(report_module, results
     assert "{{" not in doc
 
 
+def test_committed_scores_are_the_mteb_rows_of_the_results(report_module, results):
+    """scores.json (what stays of the check models' embeddings) gives exactly the MTEB rows of results.json."""
+    plans = json.loads((STUDY / "plans.json").read_text())
+    with RunStore(STUDY / "check.sqlite") as st:
+        checks = st.records()
+    scores = json.loads((STUDY / "scores.json").read_text())["runs"]
+    assert all(len(s["npz_sha256"]) == 64 for s in scores.values())
+    assert report_module.score_embeddings(checks, report_module.recipe_check(plans, checks), scores) == results["mteb"]
+
+
+def test_missing_or_changed_embeddings_are_reported(report_module, tmp_path, monkeypatch, capsys):
+    committed = json.loads((STUDY / "scores.json").read_text())["runs"]
+    key = next(iter(committed))
+    same = {key: dict(committed[key])}
+    assert report_module.score_differences(committed, same) == []
+    nudged = {key: {**committed[key], "tasks": {**committed[key]["tasks"], "LocalDocRetrieval": 0.9}}}
+    assert [d for d in report_module.score_differences(committed, nudged) if "LocalDocRetrieval" in d]
+    other_file = {key: {**committed[key], "npz_sha256": "0" * 64}}
+    assert [d for d in report_module.score_differences(committed, other_file) if "sha256" in d]
+    assert report_module.score_differences({}, same) == [f"{key}: not in scores.json"]
+
+    monkeypatch.setattr(report_module, "EMB", tmp_path / "emb")  # no npz: the committed scores, said so
+    assert report_module.load_scores([], [], strict=True, out_path=tmp_path / "s.json") == committed
+    assert "absent: using the committed scores" in capsys.readouterr().err
+
+    (tmp_path / "emb").mkdir()
+    (tmp_path / "emb" / f"{key}.npz").write_bytes(b"")
+    monkeypatch.setattr(report_module, "rescore_embeddings", lambda checks, check: nudged)
+    assert report_module.load_scores([], [], strict=True, out_path=tmp_path / "s.json") is None  # --check fails
+    assert not (tmp_path / "s.json").exists()
+    merged = report_module.load_scores([], [], strict=False, out_path=tmp_path / "s.json")  # a plain run rewrites
+    assert merged[key]["tasks"]["LocalDocRetrieval"] == 0.9
+    assert json.loads((tmp_path / "s.json").read_text())["runs"] == merged
+
+
 def test_device_study_runs_sweep_fit_plan_and_check_against_a_deadline(tmp_path, monkeypatch):
     """The GPU-lease driver, end to end on the fake trainer: a sweep, a fit, plans at an inside and an x3-above
     budget, and the planned configuration + two alternatives trained at each (no GPU, no real training)."""

@@ -35,6 +35,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .device import bf16_supported
+
 ACTIVATION_BYTES = 40.0
 CONTEXT_MIB = 1024.0
 
@@ -108,11 +110,9 @@ def measure_peak_flops(device: str = "auto", dtype: str = "auto", n: int | None 
 
     import torch
 
-    from .trainer import _bf16_supported
-
     dev = torch.device("cuda" if (device == "auto" and torch.cuda.is_available()) or device == "cuda" else "cpu")
     if dtype == "auto":
-        dtype = "bfloat16" if _bf16_supported(dev) else "float32"
+        dtype = "bfloat16" if bf16_supported(dev) else "float32"
     n = n or (8192 if dev.type == "cuda" else 1024)
     a = torch.randn(n, n, device=dev, dtype=getattr(torch, dtype))
     b = torch.randn(n, n, device=dev, dtype=getattr(torch, dtype))

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import PairData, duplicate_fraction, load_pairs
+from .device import bf16_supported
 from .errors import (
     BudgetError,
     EmbrecipeError,
@@ -369,17 +370,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _bf16_supported(device: Any) -> bool:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _versions() -> dict[str, str]:
@@ -722,8 +712,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if not config.method.trains_everything:  # frozen inputs: checkpointed blocks need a gradient to flow
             hf.enable_input_require_grads() if hasattr(hf, "enable_input_require_grads") else None
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and _bf16_supported(device))
-    if config.precision == "bf16" and not _bf16_supported(device):
+    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_supported(device))
+    if config.precision == "bf16" and not bf16_supported(device):
         raise InputError(f"precision bf16 requested but {device.type} here has no bf16 support")
     if out is not None and dist.main:
         trainable_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)

@@ -4,9 +4,14 @@
     python study/full/report.py --check    # recompute and fail if docs/study.md would change
 
 Inputs (all committed under study/full/): ``study.sqlite`` (the grid), ``check.sqlite`` + ``plans.json`` (the
-recipe check, as planned on the GPU from the first fit), ``session.json`` (wall time, device), ``emb/*.npz``
-(held-out test embeddings of the check models, scored here with mteb), ``baselines.json`` (raw ladder models
-and all-MiniLM-L6-v2 on the same 500 test pairs, from ``embrecipe testbed baselines``).
+recipe check, as planned on the GPU from the first fit), ``session.json`` (wall time, device), ``scores.json``
+(the mteb scores of the check models' held-out test embeddings), ``baselines.json`` (raw ladder models and
+all-MiniLM-L6-v2 on the same 500 test pairs, from ``embrecipe testbed baselines``).
+Optional input: ``emb/*.npz``, those embeddings themselves (2.3 MB each, written on the GPU by
+``device_study.py``; not tracked, to keep the repository small: ``git restore --source 9afc065 --worktree --
+study/full/emb`` brings them back). When present, every one is scored again with mteb and checked against
+``scores.json`` (``--check`` fails on a difference; a plain run rewrites ``scores.json``); when absent, the
+committed scores are used and the run says so.
 Outputs: ``results.json``, ``report/`` (Figure 1, residuals, law card), the packaged default law card
 ``src/embrecipe/data/laws/default.json`` and ``docs/study.md`` (rendered from ``study.md.in``).
 """
@@ -14,6 +19,7 @@ Outputs: ``results.json``, ``report/`` (Figure 1, residuals, law card), the pack
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import re
@@ -26,6 +32,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CARD = ROOT / "src" / "embrecipe" / "data" / "laws" / "default.json"
 DOC = ROOT / "docs" / "study.md"
+SCORES = HERE / "scores.json"
+EMB = HERE / "emb"
+NPZ_COMMIT = "9afc065"  # the last commit that tracks emb/*.npz
+SCORE_TOLERANCE = 1e-6  # absolute, per score: mteb on another machine's BLAS may differ in the last digits
 BOOTSTRAP = 200
 LEVEL = 0.9
 
@@ -150,26 +160,108 @@ ADAPTIVE_SETTINGS = [  # the default policy first; then looser ones, to show wha
 ]
 
 
-def score_embeddings(checks: list[dict[str, Any]], check: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """mteb scores of every check model's stored test embeddings, ordered by check budget and plan rank."""
+def _check_label(r: dict[str, Any], check: list[dict[str, Any]]) -> tuple[str, int | None]:
+    """A check model's row label in the MTEB table and its plan rank."""
+    model = Path(str(r["config"]["model"])).name
+    rank = next((row["rank"] for c in check if _same(c["budget"], r["budget"]) for row in c["rows"]
+                 if row["model"] == model and row["variant"] == r["method_key"]), None)
+    name = (f"{r['method_key']} on {model} @ {r['budget']:.3g}"
+            + (" — **planned**" if rank == 1 else f" (plan rank {rank})"))
+    return name, rank
+
+
+def rescore_embeddings(checks: list[dict[str, Any]], check: list[dict[str, Any]],
+                       emb_dir: Path = EMB) -> dict[str, dict[str, Any]]:
+    """mteb scores of every stored ``emb_dir/KEY.npz`` (the check run KEY's held-out test embeddings), by key."""
     from embrecipe.evaluate import evaluate_embeddings
 
-    out = []
     by_key = {r["key"]: r for r in checks}
-    for npz in sorted((HERE / "emb").glob("*.npz")):
+    out = {}
+    for npz in sorted(emb_dir.glob("*.npz")):
         r = by_key.get(npz.stem)
         if r is None:
             raise SystemExit(f"{npz}: no run with this key in check.sqlite")
-        model = Path(str(r["config"]["model"])).name
-        rank = next((row["rank"] for c in check if _same(c["budget"], r["budget"]) for row in c["rows"]
-                     if row["model"] == model and row["variant"] == r["method_key"]), None)
-        name = (f"{r['method_key']} on {model} @ {r['budget']:.3g}"
-                + (" — **planned**" if rank == 1 else f" (plan rank {rank})"))
-        rec = evaluate_embeddings(npz, name=name)
-        out.append({"name": name, "key": npz.stem, "budget": r["budget"], "rank": rank,
-                    "heldout_loss": rec["heldout_loss"],
-                    "tasks": {t: v["main_score"] for t, v in rec["tasks"].items()}})
+        rec = evaluate_embeddings(npz, name=_check_label(r, check)[0])
+        out[npz.stem] = {"npz_sha256": hashlib.sha256(npz.read_bytes()).hexdigest(), "npz_bytes": npz.stat().st_size,
+                         "heldout_loss": rec["heldout_loss"],
+                         "tasks": {t: v["main_score"] for t, v in rec["tasks"].items()},
+                         "num_pairs": rec["num_pairs"], "pairs": rec["pairs"], "versions": rec["versions"]}
+    return out
+
+
+def score_differences(committed: dict[str, dict[str, Any]], fresh: dict[str, dict[str, Any]],
+                      tolerance: float = SCORE_TOLERANCE) -> list[str]:
+    """What the recomputed ``fresh`` scores contradict in the ``committed`` ones (one line each; [] = agree)."""
+    diffs = []
+    for key, f in sorted(fresh.items()):
+        c = committed.get(key)
+        if c is None:
+            diffs.append(f"{key}: not in {SCORES.name}")
+            continue
+        if c["npz_sha256"] != f["npz_sha256"]:
+            diffs.append(f"{key}: emb/{key}.npz is not the file the committed scores came from (sha256)")
+        for name in sorted(set(c["tasks"]) | set(f["tasks"]) | {"heldout_loss"}):
+            a = c["heldout_loss"] if name == "heldout_loss" else c["tasks"].get(name, math.nan)
+            b = f["heldout_loss"] if name == "heldout_loss" else f["tasks"].get(name, math.nan)
+            if not abs(a - b) <= tolerance:
+                diffs.append(f"{key}: {name} {b!r} recomputed, {a!r} committed")
+    return diffs
+
+
+def score_embeddings(checks: list[dict[str, Any]], check: list[dict[str, Any]],
+                     scores: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The MTEB table's trained rows from per-run ``scores``, ordered by check budget and plan rank."""
+    out = []
+    by_key = {r["key"]: r for r in checks}
+    for key, sc in sorted(scores.items()):
+        r = by_key.get(key)
+        if r is None:
+            raise SystemExit(f"{SCORES}: run {key} is not in check.sqlite")
+        name, rank = _check_label(r, check)
+        out.append({"name": name, "key": key, "budget": r["budget"], "rank": rank,
+                    "heldout_loss": sc["heldout_loss"], "tasks": dict(sc["tasks"])})
     return sorted(out, key=lambda e: (-e["budget"], e["rank"] or 99))
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def load_scores(checks: list[dict[str, Any]], check: list[dict[str, Any]], *, strict: bool,
+                out_path: Path) -> dict[str, dict[str, Any]] | None:
+    """The per-run scores the report uses: the committed ``scores.json``, checked against ``emb/*.npz`` when
+    those are present. A difference fails under ``strict`` (None) and otherwise rewrites ``out_path``."""
+    committed = json.loads(SCORES.read_text())["runs"] if SCORES.is_file() else {}
+    if not any(EMB.glob("*.npz")):
+        if not committed:
+            raise SystemExit(f"neither {SCORES} nor {EMB}/*.npz: nothing to score the check models from")
+        print(f"{_shown(EMB)}/*.npz absent: using the committed scores in {_shown(SCORES)} "
+              f"(restore the embeddings with: git restore --source {NPZ_COMMIT} --worktree -- "
+              f"{_shown(EMB)})", file=sys.stderr)
+        return committed
+    fresh = rescore_embeddings(checks, check)
+    diffs = score_differences(committed, fresh)
+    if not diffs:
+        print(f"{len(fresh)} embedding file(s) rescored: they match {_shown(SCORES)}", file=sys.stderr)
+        return committed
+    print("\n".join([f"{SCORES} disagrees with {EMB}/*.npz:", *diffs]), file=sys.stderr)
+    if strict:
+        return None
+    write_scores({**committed, **fresh}, out_path)
+    print(f"wrote {out_path}", file=sys.stderr)
+    return {**committed, **fresh}
+
+
+def write_scores(runs: dict[str, dict[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"about": "mteb main scores (LocalDocRetrieval: nDCG@10, LocalDocRelatedness: Spearman) and held-out "
+                    "loss of each recipe-check model (check.sqlite key), computed by "
+                    "embrecipe.evaluate.evaluate_embeddings from emb/KEY.npz (the model's held-out test "
+                    "embeddings, written on the GPU by device_study.py with embed_eval_texts)",
+           "command": "python study/full/report.py (with study/full/emb/*.npz present)",
+           "restore_npz": f"git restore --source {NPZ_COMMIT} --worktree -- study/full/emb",
+           "tolerance": SCORE_TOLERANCE, "runs": dict(sorted(runs.items()))}
+    path.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 def table(head: list[str], rows: list[list[Any]], align: str | None = None) -> str:
@@ -314,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
             a.pop("adaptive_keys", None)
             a["setting"] = setting["label"]
             adaptive.append(a)
+    check = recipe_check(plans, checks)
+    scores = load_scores(checks, check, strict=args.check,
+                         out_path=(out_dir or HERE) / "scores.json")
+    if scores is None:
+        print(f"{SCORES} is out of date: rerun python study/full/report.py", file=sys.stderr)
+        return 1
     plan_time = json.loads((HERE / "plan_time_runs.json").read_text())["keys"]
     baselines = json.loads((HERE / "baselines.json").read_text())
     res: dict[str, Any] = {
@@ -322,11 +420,11 @@ def main(argv: list[str] | None = None) -> int:
         "recipe_table": recipe.to_dict(),
         "recipe_table_md": recipe.to_markdown(),
         "crossovers": recipe.crossovers(),
-        "recipe_check": (check := recipe_check(plans, checks)),
+        "recipe_check": check,
         "plan_reproduction": plan_reproduces(records, plan_time, plans),
         "empirical": empirical_winners(records),
         "adaptive": adaptive,
-        "mteb": score_embeddings(checks, check),
+        "mteb": score_embeddings(checks, check, scores),
         "baselines": [{"name": b["name"], "heldout_loss": b["heldout_loss"],
                        "tasks": {t: v["main_score"] for t, v in b["tasks"].items()}} for b in baselines],
         "law_card": str(CARD.relative_to(ROOT)),
