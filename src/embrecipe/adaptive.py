@@ -237,9 +237,10 @@ def decide(records: Iterable[Mapping[str, Any]], alive: Iterable[ConfigId], *, r
            targets: Sequence[float], spec: AdaptiveSpec) -> RungDecision:
     """Apply the rule (module docstring) after ``rung`` (at ``budget``) to the completed ``records`` the
     adaptive sweep has so far; ``alive`` are the configurations still in the race. Pure and seeded."""
+    from .family import FamilyMember
     from .flops import ModelShape
     from .laws import fit_laws, run_point
-    from .plan import FamilyMember, plan
+    from .plan import plan
     from .store import normalize_record
 
     if not targets:

@@ -60,7 +60,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -76,6 +75,8 @@ import numpy as np
 from scipy.optimize import minimize
 
 from .errors import EmbrecipeError, InputError
+from .family import family_fingerprint
+from .jsonio import YAML_SUFFIXES, read_mapping, write_text_atomic
 
 try:  # installed with scikit-learn (a sentence-transformers dependency); optional here
     from threadpoolctl import threadpool_limits
@@ -880,18 +881,6 @@ def _group(points: Iterable[RunPoint]) -> dict[str, list[RunPoint]]:
     return dict(sorted(groups.items()))
 
 
-def _fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def family_fingerprint(shapes: Iterable[Mapping[str, Any] | None]) -> str:
-    """Fingerprint of a family's shapes, normalised through ModelShape so equivalent dicts agree."""
-    from .flops import ModelShape
-
-    norm = [None if s is None else ModelShape.from_dict(s).to_dict() for s in shapes]
-    return _fingerprint(sorted(norm, key=lambda d: json.dumps(d, sort_keys=True)))
-
-
 # ------------------------------------------------------------------------------------------------------
 # A set of laws: what the planner consumes and what a law card stores
 # ------------------------------------------------------------------------------------------------------
@@ -1011,37 +1000,17 @@ class LawSet:
         """Write the law card: JSON, or YAML when the name ends in .yaml/.yml."""
         path = Path(path)
         data = self.to_dict()
-        if path.suffix in (".yaml", ".yml"):
+        if path.suffix in YAML_SUFFIXES:
             import yaml
 
             text = yaml.safe_dump(data, sort_keys=False)
         else:
             text = json.dumps(data, indent=1)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)  # a reader never sees half a card
-        return path
+        return write_text_atomic(path, text)  # a reader never sees half a card
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LawSet:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"law card {path} does not exist")
-        text = path.read_text()
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except (ValueError, Exception) as exc:  # yaml raises its own error types
-            if isinstance(exc, EmbrecipeError):
-                raise
-            raise InputError(f"law card {path} is not valid JSON/YAML: {exc}") from None
-        if not isinstance(data, Mapping):
-            raise InputError(f"law card {path} does not hold a mapping")
-        return cls.from_dict(data)
+        return cls.from_dict(read_mapping(path, "law card"))
 
 
 def fit_laws(

@@ -37,7 +37,6 @@ Example::
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -49,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BudgetError, EmbrecipeError, InputError
+from .family import FamilyMember, family_fingerprint
 from .flops import ModelShape
 from .laws import LawSet, _with_run_noise, fit_laws
 from .methods import method_flops_per_token, method_from_dict
@@ -72,71 +72,25 @@ INTERVALS_NOTE = ("loss_low/loss_high: interval of the mean law (loss averaged o
 
 
 # ------------------------------------------------------------------------------------------------------
-# Family input (a tiny adapter: swap for embrecipe.family.Family once it exists)
+# The family from a law card (a family file is read by embrecipe.family.Family.load)
 # ------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FamilyMember:
-    name: str
-    path: str
-    shape: ModelShape
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.path, "shape": self.shape.to_dict()}
-
-
-def _members_from(entries: Iterable[Mapping[str, Any]], source: str) -> list[FamilyMember]:
-    members = []
-    for i, m in enumerate(entries):
-        if not isinstance(m, Mapping) or "shape" not in m:
-            raise InputError(f"{source}: member {i} has no 'shape' (a ModelShape dict)")
-        try:
-            shape = ModelShape.from_dict(m["shape"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{source}: member {i} has a malformed shape ({exc})") from None
-        name = str(m.get("name") or shape.name)
-        members.append(FamilyMember(name=name, path=str(m.get("path") or name), shape=shape))
-    if not members:
-        raise InputError(f"{source}: the family has no members")
-    return sorted(members, key=lambda m: m.shape.non_embedding_params)
-
-
-def load_family(path: str | os.PathLike[str]) -> list[FamilyMember]:
-    """Read a family file (JSON or YAML): ``{"name": ..., "members": [{"name", "path", "shape"}]}``.
-
-    Delegates to :meth:`embrecipe.family.Family.load` (which resolves relative paths and can introspect a
-    member without a ``shape``); the local reader remains for installs where that module cannot import.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"family file {path} does not exist")
-    try:
-        from .family import Family
-    except ImportError:  # pragma: no cover - family.py is part of the package
-        Family = None
-    if Family is not None:
-        fam = Family.load(path)
-        return [FamilyMember(name=m.name, path=m.path, shape=m.shape) for m in fam.members]
-    text = path.read_text()
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # json and yaml raise different types
-        raise InputError(f"family file {path} is not valid JSON/YAML: {exc}") from None
-    if not isinstance(data, Mapping) or not isinstance(data.get("members"), list):
-        raise InputError(f"family file {path} must hold a mapping with a 'members' list")
-    return _members_from(data["members"], str(path))
-
-
 def family_from_laws(laws: LawSet) -> list[FamilyMember]:
+    """The models the card's runs used, smallest first (each entry ``{"name", "path", "shape"}``)."""
     if not laws.family:
         raise InputError(
             "the law card records no model shapes; pass --family FILE (a family file with ModelShapes)"
         )
-    return _members_from(laws.family, "law card")
+    members = []
+    for i, m in enumerate(laws.family):
+        if not isinstance(m, Mapping) or "shape" not in m:
+            raise InputError(f"law card: member {i} has no 'shape' (a ModelShape dict)")
+        try:
+            shape = ModelShape.from_dict(m["shape"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"law card: member {i} has a malformed shape ({exc})") from None
+        name = str(m.get("name") or shape.name)
+        members.append(FamilyMember(name=name, path=str(m.get("path") or name), shape=shape))
+    return sorted(members, key=lambda m: m.shape.non_embedding_params)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -608,8 +562,6 @@ def plan(
         )
     warnings.extend(f"optimum {best.variant} on {best.model}: {w}" for w in best.warnings)
     if laws.family_fingerprint and family is not None:
-        from .laws import family_fingerprint
-
         if family_fingerprint(m.shape.to_dict() for m in members) != laws.family_fingerprint:
             warnings.append("the family differs from the one the laws were fitted on (family fingerprint)")
     n_boot = min((len(laws[v].samples_) for v in chosen if laws[v].samples_ is not None), default=0)

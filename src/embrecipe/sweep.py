@@ -33,7 +33,6 @@ The grid format is documented in ``docs/sweep.md``. Example::
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import itertools
 import math
@@ -209,9 +208,9 @@ def grid_from_dict(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] =
                          f"{', '.join(sorted(_GRID_KEYS))}")
     models: list[dict[str, Any]] = []
     if raw.get("family"):
-        from .plan import load_family
+        from .family import Family
 
-        for m in load_family(_resolve(base, raw["family"])):
+        for m in Family.load(_resolve(base, raw["family"])).members:
             models.append({"name": m.name, "path": m.path, "shape": m.shape})
     for i, m in enumerate(_as_list(raw.get("models") or [])):
         if isinstance(m, str):
@@ -300,12 +299,8 @@ def data_stats(grid: Grid) -> DataStats:
         return DataStats(fingerprint="none", pairs=pairs, tokens_per_pair=tpp)
     if not Path(str(data_path)).exists():
         raise InputError(f"grid: data {data_path} does not exist")
-    try:
-        from .data import load_pairs
-    except ImportError:  # pragma: no cover
-        load_pairs = None
-    if load_pairs is None:
-        return DataStats(fingerprint=_file_fingerprint(Path(str(data_path))), pairs=pairs, tokens_per_pair=tpp)
+    from .data import load_pairs
+
     data = load_pairs(data_path)
     fingerprint = data.fingerprint()
     train_pairs = len(data)
@@ -336,15 +331,6 @@ def _measure_tokens_per_pair(data: Any, model_path: str, max_len: int, hard_nega
         enc = tok([col[i] for i in idx], truncation=True, max_length=max_len, padding=False)
         total += sum(len(x) for x in enc["input_ids"])
     return total / n
-
-
-def _file_fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def model_shape(model: Mapping[str, Any]) -> ModelShape:

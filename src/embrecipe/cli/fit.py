@@ -41,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..family import Family
     from ..laws import fit_laws
-    from ..plan import load_family
     from ..store import RunStore, is_store_path
 
     if not is_store_path(args.store):
@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {' and '.join(skipped)} (left out of the fit)")
     if not records:
         raise InputError(f"{args.store}: no completed run with a finite loss to fit")
-    family = [m.to_dict() for m in load_family(args.family)] if args.family else None
+    family = ([{"name": m.name, "path": m.path, "shape": m.shape.to_dict()} for m in Family.load(args.family).members]
+              if args.family else None)
     label = args.label or f"fitted on {len(records)} completed runs of {args.store}"
     laws = fit_laws(records, bootstrap=args.bootstrap, seed=args.seed, loss_key=args.loss_key,
                     min_runs=args.min_runs, provenance=label, family=family, estimator=args.estimator,
