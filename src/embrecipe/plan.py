@@ -97,6 +97,7 @@ def family_from_laws(laws: LawSet) -> list[FamilyMember]:
 # Law sources
 # ------------------------------------------------------------------------------------------------------
 def default_card_path() -> Path:
+    """The law card that ships with the package: the testbed study's fit (``docs/study.md``)."""
     return Path(str(resources.files("embrecipe"))) / "data" / "laws" / "default.json"
 
 
@@ -108,7 +109,7 @@ def load_laws(source: str | os.PathLike[str] | None, *, bootstrap: int = 200, se
         card = default_card_path()
         if not card.is_file():
             raise InputError(
-                "no default law card ships with this version yet (none has been fitted on real runs); "
+                f"no default law card at {card} (the package ships one: reinstall embrecipe); "
                 "pass --laws FILE (a card written by `embrecipe fit`) or --laws STORE (a run store)"
             )
         return LawSet.load(card)

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(needs --throughput-from or --throughput-row)")
     p.add_argument("--laws", default=None,
                    help="law card (from `embrecipe fit`) or a run store to fit on the fly "
-                        "(default: the packaged card, when one ships)")
+                        "(default: the packaged card, fitted in the testbed study)")
     p.add_argument("--family", default=None,
                    help="family file {name, members: [{name, path, shape}]} (default: the card's models)")
     p.add_argument("--batch-size", type=int, default=None,
