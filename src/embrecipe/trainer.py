@@ -102,7 +102,8 @@ class TrainConfig:
     gguf_file: str | None = None
     precision: str = "auto"  # auto | bf16 | fp32
     gradient_checkpointing: bool = False
-    checkpoint_every: int = 0  # optimizer steps; 0 = never
+    # optimizer steps between checkpoints (0 = never); on by default so a killed run can --resume
+    checkpoint_every: int = 50
     resume: bool = False
     overwrite: bool = False  # write into a non-empty ``out`` (replacing what a run writes there)
     keep_adapter: bool = False
