@@ -1,6 +1,6 @@
 r"""Sweeps: a grid YAML → cells (model × method × hyper-parameters × budget) → runs in the store.
 
-Step 1–2 of the algorithm (DESIGN.md): for each cell the trainer spends exactly the cell's budget
+Step 1–2 of the algorithm (docs/design.md): for each cell the trainer spends exactly the cell's budget
 :math:`C` of model FLOPs, i.e. :math:`D = C / \mathrm{cost}_{method}(N, N_t)` tokens, which at
 ``tokens_per_pair`` tokens per pair and ``batch_size`` pairs per step is
 

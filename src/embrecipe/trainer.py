@@ -77,7 +77,7 @@ def default_lr(model_name: str) -> float:
 
 @dataclass
 class TrainConfig:
-    """Everything one training run needs. Defaults follow the study (DESIGN.md)."""
+    """Everything one training run needs. Defaults follow the study (docs/design.md)."""
 
     model: str
     data: str | PairData
