@@ -188,7 +188,8 @@ def sts_task(name: str, sentence1: Sequence[str], sentence2: Sequence[str], scor
         raise InputError(f"task {name}: needs ≥3 rows with sentence1, sentence2 and score")
     if len(set(scores)) < 2:
         raise InputError(f"task {name}: all scores are equal, Spearman correlation is undefined")
-    data = {"sentence1": list(sentence1), "sentence2": list(sentence2), "score": [float(s) for s in scores]}
+    data: dict[str, list[Any]] = {"sentence1": list(sentence1), "sentence2": list(sentence2),
+                                  "score": [float(s) for s in scores]}
 
     def load_data(self: Any, num_proc: int | None = None, **kwargs: Any) -> None:
         self.dataset = DatasetDict({"test": Dataset.from_dict(data)})
@@ -687,7 +688,7 @@ def evaluate_embeddings(
         raise InputError(f"embeddings {path}: arrays of shape {q.shape} / {p.shape} do not fit {len(rows)} pairs")
     table: dict[str, Any] = {}
     for texts, vecs in (([r["query"] for r in rows], q), ([r["pos"] for r in rows], p), (extra, x)):
-        for t, v in zip(texts, vecs if texts else (), strict=True):
+        for t, v in zip(texts, vecs if texts and vecs is not None else (), strict=True):
             table.setdefault(t, v)
     task_list = _tasks_for(tasks, rows)
     model_name = str(meta.get("model") or path.stem)

@@ -123,7 +123,8 @@ def _single_threaded_blas() -> Iterator[None]:
         yield
 
 
-def _objective(theta: np.ndarray, ln_n: np.ndarray, ln_d: np.ndarray, ln_l: np.ndarray, delta: float):
+def _objective(theta: np.ndarray, ln_n: np.ndarray, ln_d: np.ndarray, ln_l: np.ndarray,
+               delta: float) -> tuple[float, np.ndarray]:
     """Huber loss of log-predictions and its gradient in the internal coordinates.
 
     Hand-rolled log-sum-exp: scipy's generic one costs ~10x more on these tiny arrays, and the optimiser
@@ -316,7 +317,7 @@ class ScalingLaw:
         values = _huber_values(grid, ln_n, ln_d, ln_l, self.huber_delta)
         return [grid[i] for i in np.argsort(values, kind="stable")[:keep]]
 
-    def _optimise(self, ln_n, ln_d, ln_l, starts: Iterable[np.ndarray],
+    def _optimise(self, ln_n: np.ndarray, ln_d: np.ndarray, ln_l: np.ndarray, starts: Iterable[np.ndarray],
                   maxiter: int = 500) -> tuple[np.ndarray, float]:
         hi_e = float(ln_l.max()) + math.log(10.0)
         bounds = [(math.log(1e-9), hi_e), _COEF_BOUNDS, _LOG_EXP_BOUNDS, _COEF_BOUNDS, _LOG_EXP_BOUNDS]
@@ -416,6 +417,7 @@ class ScalingLaw:
         return self
 
     def _bootstrap_into(self, samples: np.ndarray, rng: np.random.Generator, extra_starts: int) -> None:
+        assert self._data is not None  # bootstrap() refuses an unfitted law
         ln_n, ln_d, ln_l = self._data
         m = len(ln_l)
         for i in range(len(samples)):
@@ -678,7 +680,7 @@ LOSS_KEYS = ("final_val_loss", "val_loss", "eval_loss")
 
 
 def _get(record: Mapping[str, Any], *names: str) -> Any:
-    cfg = record.get("config") if isinstance(record.get("config"), Mapping) else {}
+    cfg: Mapping[str, Any] = record["config"] if isinstance(record.get("config"), Mapping) else {}
     for src in (record, cfg):
         for name in names:
             if src.get(name) is not None:
@@ -698,9 +700,11 @@ def run_point(record: Mapping[str, Any], *, loss_key: str | None = None) -> RunP
     if v["method"] is None:
         raise InputError(f"run {key}: record has no 'method'")
     method = method_from_dict(v["method"])
-    shape, n = v["shape"], v["n_params"]
+    shape = v["shape"]
+    n: Any = v["n_params"]
     if n is None and isinstance(shape, Mapping):
         n = shape.get("non_embedding_params") or ModelShape.from_dict(shape).non_embedding_params
+    loss: Any
     if loss_key:
         loss = v.get(loss_key) if loss_key in v else _get(record, loss_key)
     else:
@@ -833,7 +837,7 @@ def choose_estimator(points: Sequence[RunPoint], *, huber_delta: float = 1e-3,
     scored = {k: v for k, v in errors.items() if v is not None}
     chosen = "huber-log"
     if scored and min(scored.values()) < scored.get("huber-log", math.inf):
-        chosen = min(scored, key=scored.get)
+        chosen = min(scored, key=lambda k: scored[k])
     out: dict[str, Any] = {"chosen": chosen, "criterion": "leave-largest-budget-out mean |log(pred/obs)|",
                            "errors": errors}
     if notes:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from .errors import InputError
@@ -169,7 +169,7 @@ def parse_method(name: str, **hparams: Any) -> Method:
     cls = _CLASSES.get(name)
     if cls is None:
         raise InputError(f"unknown method {name!r}; expected one of: {', '.join(_CLASSES)}")
-    allowed = {f for f in cls.__dataclass_fields__ if f != "name"}
+    allowed = {f.name for f in fields(cls) if f.name != "name"}
     unknown = set(hparams) - allowed
     if unknown:
         raise InputError(

@@ -490,8 +490,10 @@ def plan(
             unit_notes: list[str] = []
             cand_budget, fps, serve = budget, None, None
             if hours is not None:
+                assert throughput is not None  # refused above: hours need a throughput table
                 fps, unit_notes = throughput.flops_per_s(v, method.name, n)
                 cand_budget = hours_to_flops(hours, fps)
+            assert cand_budget is not None  # a budget, or hours converted to one
             if embed_tokens:
                 serve = serving_flops(n, embed_tokens)
                 if serve >= cand_budget:
@@ -565,10 +567,11 @@ def plan(
     if laws.family_fingerprint and family is not None:
         if family_fingerprint(m.shape.to_dict() for m in members) != laws.family_fingerprint:
             warnings.append("the family differs from the one the laws were fitted on (family fingerprint)")
-    n_boot = min((len(laws[v].samples_) for v in chosen if laws[v].samples_ is not None), default=0)
+    n_boot = min((len(s) for v in chosen if (s := laws[v].samples_) is not None), default=0)
     units: dict[str, Any] = {}
     notes: list[str] = []
     if hours is not None:
+        assert throughput is not None  # refused above: hours need a throughput table
         units.update(hours=float(hours), throughput=throughput.label)
         if throughput.batch_sizes and batch_size not in throughput.batch_sizes:
             warnings.append(f"throughput was measured at batch size {', '.join(map(str, throughput.batch_sizes))}, "
@@ -588,6 +591,7 @@ def plan(
     if device_memory_gib is not None:
         notes.extend(_shift_note("the memory limit", best, budget, laws, family, **same, embed_tokens=embed_tokens))
     # With hours the budget differs per option; the plan's budget is then the optimum's.
+    assert best.budget is not None  # every candidate carries the budget it was costed at
     plan_budget = float(budget) if budget is not None else float(best.budget)
     for w in (laws[best.variant].diagnostics_ or {}).get("warnings", []):
         warnings.append(f"law of {best.variant}: {w}")
@@ -623,9 +627,10 @@ def _noise_label(noise: Mapping[str, Any] | None) -> str:
 
 def _attach_uncertainty(candidates: list[Candidate], laws: LawSet, level: float) -> None:
     """Intervals and P(optimal) from the bootstrap samples, paired across variants by sample index."""
-    if any(laws[c.variant].samples_ is None for c in candidates):
+    samples = [s for c in candidates if (s := laws[c.variant].samples_) is not None]
+    if len(samples) < len(candidates):
         return
-    n_boot = min(len(laws[c.variant].samples_) for c in candidates)
+    n_boot = min(len(s) for s in samples)
     preds = np.empty((n_boot, len(candidates)))
     for j, c in enumerate(candidates):
         preds[:, j] = laws[c.variant].predict_samples(c.n_params, c.effective_tokens or c.tokens)[:n_boot]

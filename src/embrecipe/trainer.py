@@ -787,9 +787,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
                  "gradcache_mini_batch": mini_batch if gradcache else None,
                  "gradcache_auto": auto_mini is not None}
 
-    state = {"step": 0, "epoch": 0, "pos": 0, "model_flops": 0, "hardware_flops": 0, "tokens": 0,
-             "padded_tokens": 0, "loss_curve": [], "train_time_s": 0.0, "step_times": [], "step_flops": [],
-             "step_lrs": []}
+    state: dict[str, Any] = {
+        "step": 0, "epoch": 0, "pos": 0, "model_flops": 0, "hardware_flops": 0, "tokens": 0, "padded_tokens": 0,
+        "loss_curve": [], "train_time_s": 0.0, "step_times": [], "step_flops": [], "step_lrs": []}
     ckpt_dir = out / "checkpoint" if out else None
     if config.resume and ckpt_dir is not None:
         saved = _load_checkpoint(ckpt_dir, _fingerprint(config, data), device)
@@ -916,7 +916,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         bar.update(per_token * real)
         if failure:
             break
-        if checkpoint_now and dist.main:
+        if checkpoint_now and dist.main and ckpt_dir is not None:
             _save_checkpoint(ckpt_dir, model, optimizer, state, _fingerprint(config, data))
     if failure is None and pending:
         failure = drain()

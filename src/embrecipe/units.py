@@ -67,7 +67,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import InputError
 from .flops import ModelShape
@@ -247,7 +247,7 @@ def record_device(r: Mapping[str, Any]) -> str:
     return str(r.get("device_name") or r.get("device") or "unknown")
 
 
-def _num(x: Any) -> bool:
+def _num(x: Any) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 

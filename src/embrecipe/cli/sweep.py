@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from ..errors import InputError
 
@@ -62,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, object]:
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {setting: getattr(args, opt) for opt, setting in _SPEC_OPTIONS.items() if getattr(args, opt) is not None}
 
 
@@ -98,7 +99,7 @@ def _default_spec():
     return AdaptiveSpec()
 
 
-def _replay(args: argparse.Namespace, overrides: dict[str, object]) -> int:
+def _replay(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from ..adaptive import replay_adaptive
     from ..store import RunStore, is_store_path
 
