@@ -591,8 +591,11 @@ def plan(
     if device_memory_gib is not None:
         notes.extend(_shift_note("the memory limit", best, budget, laws, family, **same, embed_tokens=embed_tokens))
     # With hours the budget differs per option; the plan's budget is then the optimum's.
-    assert best.budget is not None  # every candidate carries the budget it was costed at
-    plan_budget = float(budget) if budget is not None else float(best.budget)
+    if budget is not None:
+        plan_budget = float(budget)
+    else:
+        assert best.budget is not None  # with hours, every candidate carries its own budget
+        plan_budget = float(best.budget)
     for w in (laws[best.variant].diagnostics_ or {}).get("warnings", []):
         warnings.append(f"law of {best.variant}: {w}")
     return Plan(budget=plan_budget, batch_size=batch_size, tokens_per_pair=float(tokens_per_pair),
