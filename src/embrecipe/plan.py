@@ -39,7 +39,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -220,7 +220,7 @@ class Plan:
         lines.append("")
         head = (f"{'#':>3} {'model':<22} {'variant':<14} {'N':>9} {'N_t':>9} {'tokens':>9} {'steps':>8} "
                 f"{'loss':>8} {'mean law ' + pct:>19} {'one run ' + pct:>19} {'P(opt)':>7} {'lr':>8}")
-        head += _unit_head(self)
+        head += _unit_text(self)
         lines.append(head)
         lines.append("-" * len(head))
         for c in self.candidates[:top]:
@@ -232,7 +232,7 @@ class Plan:
             lines.append(
                 f"{c.rank:>3} {c.model[:22]:<22} {c.variant:<14} {c.n_params:>9.3g} {c.n_trainable:>9.3g} "
                 f"{c.tokens:>9.3g} {c.steps:>8} {c.loss:>8.4g} {interval:>19} {run:>19} {p:>7} {lr:>8}"
-                f"{_unit_cells(c, self)}{mark}"
+                f"{_unit_text(self, c)}{mark}"
             )
         if len(self.candidates) > top:
             lines.append(f"... {len(self.candidates) - top} more options (--json lists all)")
@@ -265,7 +265,7 @@ def _describe(c: Candidate, p: Plan) -> str:
         interval += f", one run [{c.run_low:.4g}, {c.run_high:.4g}]"
     prob = "" if c.p_optimal is None else f", P(optimal) = {c.p_optimal:.2f}"
     return (f"{c.variant} on {c.model} — {c.tokens:.3g} tokens = {c.steps} steps of {p.batch_size} pairs; "
-            f"predicted loss {c.loss:.4g}{interval}{prob}{_unit_describe(c, p)}")
+            f"predicted loss {c.loss:.4g}{interval}{prob}{_unit_text(p, c, describe=True)}")
 
 
 def _header(p: Plan) -> str:
@@ -287,38 +287,39 @@ def _header(p: Plan) -> str:
     return head
 
 
-def _unit_head(p: Plan) -> str:
-    u, out = p.units, ""
-    if u.get("hours") is not None:
-        out += f" {'FLOPs':>9} {'FLOP/s':>9}"
-    if u.get("embed_tokens"):
-        out += f" {'serve':>9}"
-    if u.get("device_memory_gib"):
-        out += f" {'GiB':>6} {'mini':>5}"
-    return out
+@dataclass(frozen=True)
+class _Unit:
+    """One unit a plan can be in (Plan.units): what it adds to the table header, an option's row, and the
+    sentence describing an option."""
+
+    active: Callable[[Mapping[str, Any]], bool]
+    head: str
+    cells: Callable[[Candidate], str]
+    describe: Callable[[Candidate, Mapping[str, Any]], str]
 
 
-def _unit_cells(c: Candidate, p: Plan) -> str:
-    u, out = p.units, ""
-    if u.get("hours") is not None:
-        out += f" {c.budget:>9.3g} {c.flops_per_s:>9.3g}"
-    if u.get("embed_tokens"):
-        out += f" {c.serving_flops:>9.3g}"
-    if u.get("device_memory_gib"):
-        out += f" {c.memory_gib:>6.3g} {c.mini_batch or '-':>5}"
-    return out
+_UNITS = (
+    _Unit(lambda u: u.get("hours") is not None, f" {'FLOPs':>9} {'FLOP/s':>9}",
+          lambda c: f" {c.budget:>9.3g} {c.flops_per_s:>9.3g}",
+          lambda c, u: f"; {c.budget:.3g} FLOPs in {u['hours']:g} h at {c.flops_per_s:.3g} model FLOP/s"),
+    _Unit(lambda u: bool(u.get("embed_tokens")), f" {'serve':>9}",
+          lambda c: f" {c.serving_flops:>9.3g}",
+          lambda c, u: f"; training {c.budget:.3g} FLOPs + serving {c.serving_flops:.3g}"),
+    _Unit(lambda u: bool(u.get("device_memory_gib")), f" {'GiB':>6} {'mini':>5}",
+          lambda c: f" {c.memory_gib:>6.3g} {c.mini_batch or '-':>5}",
+          lambda c, u: f"; ~{c.memory_gib:.3g} GiB with "
+                       + (f"GradCache mini-batch {c.mini_batch}" if c.mini_batch else "no GradCache")),
+)
 
 
-def _unit_describe(c: Candidate, p: Plan) -> str:
-    u, out = p.units, ""
-    if u.get("hours") is not None:
-        out += f"; {c.budget:.3g} FLOPs in {u['hours']:g} h at {c.flops_per_s:.3g} model FLOP/s"
-    if u.get("embed_tokens"):
-        out += f"; training {c.budget:.3g} FLOPs + serving {c.serving_flops:.3g}"
-    if u.get("device_memory_gib"):
-        gc = f"GradCache mini-batch {c.mini_batch}" if c.mini_batch else "no GradCache"
-        out += f"; ~{c.memory_gib:.3g} GiB with {gc}"
-    return out
+def _unit_text(p: Plan, c: Candidate | None = None, *, describe: bool = False) -> str:
+    """What the plan's units add to a line: the table header (no ``c``), ``c``'s row, or its description."""
+    units = [unit for unit in _UNITS if unit.active(p.units)]
+    if c is None:
+        return "".join(unit.head for unit in units)
+    if describe:
+        return "".join(unit.describe(c, p.units) for unit in units)
+    return "".join(unit.cells(c) for unit in units)
 
 
 @dataclass
