@@ -44,8 +44,11 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def read_mapping(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
-    """The mapping a JSON (or, by suffix, YAML) file holds; ``what`` names the file in errors ("law card")."""
+def read_mapping(path: str | os.PathLike[str], what: str, *, yaml_always: bool = False) -> dict[str, Any]:
+    """The mapping a JSON (or, by suffix, YAML) file holds; ``what`` names the file in errors ("law card").
+
+    ``yaml_always``: parse as YAML whatever the suffix (a YAML format; YAML reads JSON too).
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} {path} does not exist")
@@ -53,7 +56,7 @@ def read_mapping(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{what} {path}: cannot be read ({exc})") from None
-    if path.suffix in YAML_SUFFIXES:
+    if yaml_always or path.suffix in YAML_SUFFIXES:
         import yaml
 
         try:

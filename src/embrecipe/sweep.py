@@ -49,6 +49,7 @@ from typing import Any
 from .adaptive import AdaptiveReport, AdaptiveSpec
 from .errors import EmbrecipeError, InputError, OutOfDiskSpace, is_disk_full
 from .flops import ModelShape
+from .jsonio import read_mapping
 from .methods import method_flops_per_token, method_to_dict, parse_method
 
 TrainFn = Callable[[dict[str, Any]], dict[str, Any]]
@@ -185,17 +186,8 @@ def _resolve(base: Path, value: Any) -> Any:
 
 def load_grid(path: str | os.PathLike[str]) -> Grid:
     """Parse and validate a grid YAML (see ``docs/sweep.md``)."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"grid file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(f"grid file {path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, Mapping):
-        raise InputError(f"grid file {path} must hold a mapping")
+    raw = read_mapping(path, "grid file", yaml_always=True)
     return grid_from_dict(raw, base_dir=path.parent.resolve(), source=str(path))
 
 

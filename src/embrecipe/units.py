@@ -60,7 +60,6 @@ Example::
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import statistics
@@ -71,6 +70,7 @@ from typing import Any, TypeGuard
 
 from .errors import InputError
 from .flops import ModelShape
+from .jsonio import read_mapping
 
 GIB = 2**30
 # kappa and the LoRA excess lambda, fitted by benchmarks/memory_model.py (smollm2-L2, fp32, CPU; the fit and
@@ -272,10 +272,7 @@ def load_throughput(store: str | os.PathLike[str] | None = None, row: str | None
     path = Path(results) if results else default_benchmark_results()
     if not path.is_file():
         raise InputError(f"benchmark results {path} do not exist (run benchmarks/run.py, or use --throughput-from)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    data = read_mapping(path, "benchmark results")
     return ThroughputTable.from_benchmark_row(data, str(row), label=str(path))
 
 
