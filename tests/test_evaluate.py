@@ -148,3 +148,17 @@ def test_paper15_preset_names_real_mteb_tasks_in_english(monkeypatch):
     assert [t.metadata.name for t in tasks] == list(ev.PAPER_TASKS)
     sts22 = next(t for t in tasks if t.metadata.name == "STS22")
     assert sts22.hf_subsets == ["en"]
+
+
+def test_limit_keeps_evenly_spaced_pairs_as_the_help_says():
+    from embrecipe.cli import build_parser
+
+    full, sub = ev.load_split("test"), ev.load_split("test", limit=10)
+    assert sub == [full[i * len(full) // 10] for i in range(10)] != full[:10]
+    sub_parsers = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for command in ("eval", "testbed"):
+        parser = sub_parsers[command]
+        if command == "testbed":
+            parser = next(a for a in parser._actions if a.dest and a.choices).choices["baselines"]
+        limit_help = next(a.help for a in parser._actions if a.dest == "limit")
+        assert "evenly spaced" in limit_help and "first" not in limit_help

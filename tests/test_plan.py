@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from embrecipe.errors import BudgetError, InputError
+from embrecipe.family import Family, FamilyMember
 from embrecipe.flops import ModelShape
 from embrecipe.laws import LawSet, ScalingLaw, fit_laws
 from embrecipe.methods import flops_per_token
-from embrecipe.plan import FamilyMember, load_family, load_laws, parse_budgets, plan, plan_many
+from embrecipe.plan import load_laws, parse_budgets, plan, plan_many
 from embrecipe.synthetic import synthetic_train, toy_shape, true_loss, variant_params
 
 MODELS = ("toy-h64-l2", "toy-h128-l4", "toy-h256-l6", "toy-h512-l8")
@@ -142,11 +143,11 @@ def test_unaffordable_methods_are_skipped_with_a_note():
 def test_family_file_and_law_sources(tmp_path, monkeypatch):
     fam = {"name": "toys", "members": [m.to_dict() for m in family()]}
     (tmp_path / "fam.json").write_text(json.dumps(fam))
-    members = load_family(tmp_path / "fam.json")
+    members = Family.load(tmp_path / "fam.json").members
     assert [m.name for m in members] == list(MODELS)
     (tmp_path / "bad.json").write_text(json.dumps({"members": [{"name": "x"}]}))
     with pytest.raises(InputError, match="members"):
-        load_family(tmp_path / "bad.json")
+        Family.load(tmp_path / "bad.json")
     import embrecipe.plan as plan_module
 
     packaged = load_laws(None)  # the study's card ships with the package

@@ -137,10 +137,18 @@ def test_deterministic_on_cpu(tiny_models, tiny_pair_data):
 
 
 def test_training_reduces_validation_loss(tiny_models, tiny_pair_data):
+    from embrecipe.loss import heldout_loss
+    from embrecipe.modeling import load_sentence_transformer
+
+    # The raw model's loss on the validation pairs the trainer holds out (same fraction, same seed).
+    _, val = tiny_pair_data.split_off(0.25, seed=0)
+    before = heldout_loss(load_sentence_transformer(tiny_models["gpt_neox"]), val.queries, val.positives,
+                          batch_size=16)
     rec = train(_cfg(tiny_models["gpt_neox"], tiny_pair_data, budget=3e9, val_fraction=0.25, lr=3e-3))
     first = rec["loss_curve"][0][1]
     assert rec["final_train_loss"] < first
-    assert rec["final_val_loss"] is not None
+    assert rec["val_pairs"] == len(val)
+    assert rec["final_val_loss"] < before
 
 
 def test_gradcache_equals_uncached_loss_and_gradients(tiny_models, tiny_pair_data):

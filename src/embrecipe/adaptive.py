@@ -237,9 +237,10 @@ def decide(records: Iterable[Mapping[str, Any]], alive: Iterable[ConfigId], *, r
            targets: Sequence[float], spec: AdaptiveSpec) -> RungDecision:
     """Apply the rule (module docstring) after ``rung`` (at ``budget``) to the completed ``records`` the
     adaptive sweep has so far; ``alive`` are the configurations still in the race. Pure and seeded."""
+    from .family import FamilyMember
     from .flops import ModelShape
     from .laws import fit_laws, run_point
-    from .plan import FamilyMember, plan
+    from .plan import plan
     from .store import normalize_record
 
     if not targets:
@@ -250,7 +251,7 @@ def decide(records: Iterable[Mapping[str, Any]], alive: Iterable[ConfigId], *, r
     decision = RungDecision(rung=rung, budget=float(budget), alive=alive_list)
 
     points = [(config_id(r), run_point(r)) for r in recs]
-    here = {}
+    here: dict[ConfigId, Any] = {}
     for cid, p in points:
         if cid in alive_set and _same(p.budget, budget):
             here[cid] = min(here.get(cid, math.inf), p.loss)
@@ -288,11 +289,11 @@ def decide(records: Iterable[Mapping[str, Any]], alive: Iterable[ConfigId], *, r
     protected = {decision.measured_best} if decision.measured_best else set()
     for target in targets:
         try:
-            p = plan(float(target), laws, family, level=spec.level)
+            target_plan = plan(float(target), laws, family, level=spec.level)
         except EmbrecipeError as exc:
             decision.notes.append(f"cannot plan at {target:.3g} ({exc}); nothing dropped")
             return decision
-        cands = {(c.model, c.variant): c for c in p.candidates
+        cands = {(c.model, c.variant): c for c in target_plan.candidates
                  if (c.model, c.variant) in alive_set and c.feasible}
         if not cands:
             decision.notes.append(f"no alive configuration can be predicted at {target:.3g}; nothing dropped")
@@ -320,7 +321,7 @@ def decide(records: Iterable[Mapping[str, Any]], alive: Iterable[ConfigId], *, r
     order = sorted((k for k in (dominated or {}) if k not in protected), key=lambda k: (-severity[k], k))
     room = max(0, len(alive_list) - spec.keep_min)
     for k in order[:room]:
-        decision.dropped[k] = "; ".join(dominated[k])
+        decision.dropped[k] = "; ".join((dominated or {})[k])
     spared = order[room:]
     if spared:
         decision.notes.append(f"kept {len(spared)} dominated configuration(s) to keep keep_min={spec.keep_min} "

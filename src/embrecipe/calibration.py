@@ -117,8 +117,8 @@ def one_redraw(setup: Setup, rng: np.random.Generator, *, bootstrap: int, level:
             if where == "extrapolated":
                 out["width"] += ((hi - lo) / truth).tolist()
         for x in setup.sizes:
-            d = setup.tokens(variant, x, top)
-            options.append((variant, x, float(setup.true_loss(variant, x, d)), law.predict_samples(x, d)))
+            d_top = setup.tokens(variant, x, top)
+            options.append((variant, x, float(setup.true_loss(variant, x, d_top)), law.predict_samples(x, d_top)))
     draws = np.stack([o[3] for o in options], axis=1)  # (n_boot, options): draw b of every variant jointly
     p_opt = np.bincount(np.argmin(draws, axis=1), minlength=len(options)) / len(draws)
     best = int(np.argmin([o[2] for o in options]))
@@ -204,9 +204,9 @@ def known_law_check(*, redraws: int = 20, bootstrap: int = 100, level: float = 0
         new = fit_laws(recs, bootstrap=bootstrap, seed=r, validate=False)["full"]
         t0 = float(truth(n0, d0))
         for name, law in (("before", old), ("now", new)):
-            row = rows[name]
-            row.setdefault("E", []).append(law.params_["E"])
-            row.setdefault("alpha", []).append(law.params_["alpha"])
+            row, params = rows[name], law.params_ or {}
+            row.setdefault("E", []).append(params["E"])
+            row.setdefault("alpha", []).append(params["alpha"])
             ci = law.param_intervals(level)
             row.setdefault("E_covered", []).append(ci["E"][0] <= KNOWN["E"] <= ci["E"][1])
             row.setdefault("alpha_covered", []).append(ci["alpha"][0] <= KNOWN["alpha"] <= ci["alpha"][1])

@@ -95,11 +95,11 @@ class CheckReport:
     @property
     def best_measured(self) -> CheckedConfig | None:
         done = [c for c in self.configs if c.mean is not None]
-        return min(done, key=lambda c: c.mean) if done else None
+        return min(done, key=lambda c: float(c.mean or 0.0)) if done else None  # every mean is set
 
     def regret(self, role: str) -> float | None:
         best, c = self.best_measured, self._by_role(role)
-        if best is None or c.mean is None:
+        if best is None or best.mean is None or c.mean is None:
             return None
         return (c.mean - best.mean) / best.mean
 
@@ -231,22 +231,23 @@ def recipe_check(
 
     # Every variant's champion by the laws, in the plan's order; then the naive rule.
     champions, seen = [], set()
-    for c in p.candidates:
-        if c.feasible and c.variant not in seen:
-            seen.add(c.variant)
-            champions.append(c)
+    for cand in p.candidates:
+        if cand.feasible and cand.variant not in seen:
+            seen.add(cand.variant)
+            champions.append(cand)
     nm, nv, n_budget = _naive_choice(points)
     naive = next((c for c in p.candidates if c.variant == nv and (c.path == nm or c.model == nm
                                                                    or c.path.endswith("/" + nm))), None)
     if naive is None:
         raise InputError(f"the naive configuration ({nv} on {nm}) is not among the plan's options")
     configs: list[CheckedConfig] = []
-    for i, c in enumerate(champions):
-        roles = (["plan"] if i == 0 else []) + [f"best {c.variant}"]
-        configs.append(CheckedConfig(model=c.model, path=c.path, variant=c.variant, roles=roles, predicted=c.loss,
-                                     interval=check_interval(laws, c.variant, c.n_params,
-                                                             c.effective_tokens or c.tokens, level),
-                                     lr=c.lr, rank=c.rank, seeds=list(range(seeds if i < 2 else 1))))
+    for i, cand in enumerate(champions):
+        roles = (["plan"] if i == 0 else []) + [f"best {cand.variant}"]
+        configs.append(CheckedConfig(model=cand.model, path=cand.path, variant=cand.variant, roles=roles,
+                                     predicted=cand.loss,
+                                     interval=check_interval(laws, cand.variant, cand.n_params,
+                                                             cand.effective_tokens or cand.tokens, level),
+                                     lr=cand.lr, rank=cand.rank, seeds=list(range(seeds if i < 2 else 1))))
     match = next((x for x in configs if x.path == naive.path and x.variant == naive.variant), None)
     if match is not None:
         match.roles.append("naive")
@@ -290,6 +291,7 @@ def recipe_check(
         _train_jobs(st, todo, fn, workers)
         for c, s, _, _, key in jobs:
             row = st.get(key)
+            assert row is not None  # every job's key was added as pending above
             if row["status"] != "completed":
                 c.failed.append(f"seed {s}: {row.get('error') or row['status']}")
                 continue

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
 from .flops import ModelShape
+from .jsonio import read_mapping, write_text_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -171,20 +172,8 @@ class Family:
     @classmethod
     def load(cls, path: str | Path) -> Family:
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise InputError(f"family file {path}: {exc.strerror}") from exc
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                raw = yaml.safe_load(text)
-            else:
-                raw = json.loads(text)
-        except Exception as exc:  # JSON and YAML both say where
-            raise InputError(f"family file {path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from exc
-        if not isinstance(raw, dict) or not isinstance(raw.get("members"), list) or not raw["members"]:
+        raw = read_mapping(path, "family file")
+        if not isinstance(raw.get("members"), list) or not raw["members"]:
             raise InputError(f"family file {path}: expected an object with a non-empty 'members' list")
         members = []
         for i, m in enumerate(raw["members"]):
@@ -207,15 +196,29 @@ class Family:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         data = {"name": self.name, "members": [m.to_dict() for m in self.members]}
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(path)
-        return path
+        return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
     @property
     def shapes(self) -> list[ModelShape]:
         return [m.shape for m in self.members]
 
     def fingerprint(self) -> str:
-        blob = json.dumps([m.shape.to_dict() for m in self.members], sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        """The family's :func:`family_fingerprint` (the one a law card records)."""
+        return family_fingerprint(m.shape.to_dict() for m in self.members)
+
+
+def family_fingerprint(shapes: Iterable[Mapping[str, Any] | None]) -> str:
+    """Content hash of a family's shapes, independent of member order and of how a shape dict was written.
+
+    Each shape is normalised through :class:`ModelShape` (so equivalent dicts agree), the list is sorted by
+    its JSON text, and the first 16 hex digits of the SHA-256 of the sorted JSON are kept. Law cards store
+    this value (``family_fingerprint``); the planner compares it with the family it is given.
+
+        >>> s = ModelShape(name="toy", embedding_params=10, block_params=(100, 100),
+        ...                final_norm_params=0, bias_params=0).to_dict()
+        >>> family_fingerprint([s, None]) == family_fingerprint([None, s])
+        True
+    """
+    norm = [None if s is None else ModelShape.from_dict(s).to_dict() for s in shapes]
+    ordered = sorted(norm, key=lambda d: json.dumps(d, sort_keys=True))
+    return hashlib.sha256(json.dumps(ordered, sort_keys=True).encode()).hexdigest()[:16]

@@ -60,7 +60,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -76,6 +75,8 @@ import numpy as np
 from scipy.optimize import minimize
 
 from .errors import EmbrecipeError, InputError
+from .family import family_fingerprint
+from .jsonio import YAML_SUFFIXES, read_mapping, write_text_atomic
 
 try:  # installed with scikit-learn (a sentence-transformers dependency); optional here
     from threadpoolctl import threadpool_limits
@@ -122,7 +123,8 @@ def _single_threaded_blas() -> Iterator[None]:
         yield
 
 
-def _objective(theta: np.ndarray, ln_n: np.ndarray, ln_d: np.ndarray, ln_l: np.ndarray, delta: float):
+def _objective(theta: np.ndarray, ln_n: np.ndarray, ln_d: np.ndarray, ln_l: np.ndarray,
+               delta: float) -> tuple[float, np.ndarray]:
     """Huber loss of log-predictions and its gradient in the internal coordinates.
 
     Hand-rolled log-sum-exp: scipy's generic one costs ~10x more on these tiny arrays, and the optimiser
@@ -315,7 +317,7 @@ class ScalingLaw:
         values = _huber_values(grid, ln_n, ln_d, ln_l, self.huber_delta)
         return [grid[i] for i in np.argsort(values, kind="stable")[:keep]]
 
-    def _optimise(self, ln_n, ln_d, ln_l, starts: Iterable[np.ndarray],
+    def _optimise(self, ln_n: np.ndarray, ln_d: np.ndarray, ln_l: np.ndarray, starts: Iterable[np.ndarray],
                   maxiter: int = 500) -> tuple[np.ndarray, float]:
         hi_e = float(ln_l.max()) + math.log(10.0)
         bounds = [(math.log(1e-9), hi_e), _COEF_BOUNDS, _LOG_EXP_BOUNDS, _COEF_BOUNDS, _LOG_EXP_BOUNDS]
@@ -415,6 +417,7 @@ class ScalingLaw:
         return self
 
     def _bootstrap_into(self, samples: np.ndarray, rng: np.random.Generator, extra_starts: int) -> None:
+        assert self._data is not None  # bootstrap() refuses an unfitted law
         ln_n, ln_d, ln_l = self._data
         m = len(ln_l)
         for i in range(len(samples)):
@@ -677,7 +680,7 @@ LOSS_KEYS = ("final_val_loss", "val_loss", "eval_loss")
 
 
 def _get(record: Mapping[str, Any], *names: str) -> Any:
-    cfg = record.get("config") if isinstance(record.get("config"), Mapping) else {}
+    cfg: Mapping[str, Any] = record["config"] if isinstance(record.get("config"), Mapping) else {}
     for src in (record, cfg):
         for name in names:
             if src.get(name) is not None:
@@ -697,9 +700,11 @@ def run_point(record: Mapping[str, Any], *, loss_key: str | None = None) -> RunP
     if v["method"] is None:
         raise InputError(f"run {key}: record has no 'method'")
     method = method_from_dict(v["method"])
-    shape, n = v["shape"], v["n_params"]
+    shape = v["shape"]
+    n: Any = v["n_params"]
     if n is None and isinstance(shape, Mapping):
         n = shape.get("non_embedding_params") or ModelShape.from_dict(shape).non_embedding_params
+    loss: Any
     if loss_key:
         loss = v.get(loss_key) if loss_key in v else _get(record, loss_key)
     else:
@@ -832,7 +837,7 @@ def choose_estimator(points: Sequence[RunPoint], *, huber_delta: float = 1e-3,
     scored = {k: v for k, v in errors.items() if v is not None}
     chosen = "huber-log"
     if scored and min(scored.values()) < scored.get("huber-log", math.inf):
-        chosen = min(scored, key=scored.get)
+        chosen = min(scored, key=lambda k: scored[k])
     out: dict[str, Any] = {"chosen": chosen, "criterion": "leave-largest-budget-out mean |log(pred/obs)|",
                            "errors": errors}
     if notes:
@@ -878,18 +883,6 @@ def _group(points: Iterable[RunPoint]) -> dict[str, list[RunPoint]]:
     for p in points:
         groups.setdefault(p.variant, []).append(p)
     return dict(sorted(groups.items()))
-
-
-def _fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def family_fingerprint(shapes: Iterable[Mapping[str, Any] | None]) -> str:
-    """Fingerprint of a family's shapes, normalised through ModelShape so equivalent dicts agree."""
-    from .flops import ModelShape
-
-    norm = [None if s is None else ModelShape.from_dict(s).to_dict() for s in shapes]
-    return _fingerprint(sorted(norm, key=lambda d: json.dumps(d, sort_keys=True)))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -1011,37 +1004,17 @@ class LawSet:
         """Write the law card: JSON, or YAML when the name ends in .yaml/.yml."""
         path = Path(path)
         data = self.to_dict()
-        if path.suffix in (".yaml", ".yml"):
+        if path.suffix in YAML_SUFFIXES:
             import yaml
 
             text = yaml.safe_dump(data, sort_keys=False)
         else:
             text = json.dumps(data, indent=1)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)  # a reader never sees half a card
-        return path
+        return write_text_atomic(path, text)  # a reader never sees half a card
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LawSet:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"law card {path} does not exist")
-        text = path.read_text()
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except (ValueError, Exception) as exc:  # yaml raises its own error types
-            if isinstance(exc, EmbrecipeError):
-                raise
-            raise InputError(f"law card {path} is not valid JSON/YAML: {exc}") from None
-        if not isinstance(data, Mapping):
-            raise InputError(f"law card {path} does not hold a mapping")
-        return cls.from_dict(data)
+        return cls.from_dict(read_mapping(path, "law card"))
 
 
 def fit_laws(

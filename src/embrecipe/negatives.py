@@ -92,7 +92,7 @@ def mine_negatives(
     out = Path(out)
     if out.suffix not in (".jsonl",):
         raise InputError(f"--out {out}: write the mined pairs as .jsonl (the BGE format --hard-negatives reads)")
-    st = load_embedding_model(model, max_seq_length=max_seq_length) if isinstance(model, (str, Path)) else model
+    st = load_embedding_model(str(model), max_seq_length=max_seq_length) if isinstance(model, (str, Path)) else model
     torch.manual_seed(seed)  # "random" sampling draws from torch's RNG
     ds = datasets.Dataset.from_dict({"query": pairs.queries, "pos": pairs.positives})
     mined = mine_hard_negatives(

@@ -37,10 +37,9 @@ Example::
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -49,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BudgetError, EmbrecipeError, InputError
+from .family import FamilyMember, family_fingerprint
 from .flops import ModelShape
 from .laws import LawSet, _with_run_noise, fit_laws
 from .methods import method_from_dict
@@ -72,77 +72,32 @@ INTERVALS_NOTE = ("loss_low/loss_high: interval of the mean law (loss averaged o
 
 
 # ------------------------------------------------------------------------------------------------------
-# Family input (a tiny adapter: swap for embrecipe.family.Family once it exists)
+# The family from a law card (a family file is read by embrecipe.family.Family.load)
 # ------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FamilyMember:
-    name: str
-    path: str
-    shape: ModelShape
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.path, "shape": self.shape.to_dict()}
-
-
-def _members_from(entries: Iterable[Mapping[str, Any]], source: str) -> list[FamilyMember]:
-    members = []
-    for i, m in enumerate(entries):
-        if not isinstance(m, Mapping) or "shape" not in m:
-            raise InputError(f"{source}: member {i} has no 'shape' (a ModelShape dict)")
-        try:
-            shape = ModelShape.from_dict(m["shape"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{source}: member {i} has a malformed shape ({exc})") from None
-        name = str(m.get("name") or shape.name)
-        members.append(FamilyMember(name=name, path=str(m.get("path") or name), shape=shape))
-    if not members:
-        raise InputError(f"{source}: the family has no members")
-    return sorted(members, key=lambda m: m.shape.non_embedding_params)
-
-
-def load_family(path: str | os.PathLike[str]) -> list[FamilyMember]:
-    """Read a family file (JSON or YAML): ``{"name": ..., "members": [{"name", "path", "shape"}]}``.
-
-    Delegates to :meth:`embrecipe.family.Family.load` (which resolves relative paths and can introspect a
-    member without a ``shape``); the local reader remains for installs where that module cannot import.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"family file {path} does not exist")
-    try:
-        from .family import Family
-    except ImportError:  # pragma: no cover - family.py is part of the package
-        Family = None
-    if Family is not None:
-        fam = Family.load(path)
-        return [FamilyMember(name=m.name, path=m.path, shape=m.shape) for m in fam.members]
-    text = path.read_text()
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # json and yaml raise different types
-        raise InputError(f"family file {path} is not valid JSON/YAML: {exc}") from None
-    if not isinstance(data, Mapping) or not isinstance(data.get("members"), list):
-        raise InputError(f"family file {path} must hold a mapping with a 'members' list")
-    return _members_from(data["members"], str(path))
-
-
 def family_from_laws(laws: LawSet) -> list[FamilyMember]:
+    """The models the card's runs used, smallest first (each entry ``{"name", "path", "shape"}``)."""
     if not laws.family:
         raise InputError(
             "the law card records no model shapes; pass --family FILE (a family file with ModelShapes)"
         )
-    return _members_from(laws.family, "law card")
+    members = []
+    for i, m in enumerate(laws.family):
+        if not isinstance(m, Mapping) or "shape" not in m:
+            raise InputError(f"law card: member {i} has no 'shape' (a ModelShape dict)")
+        try:
+            shape = ModelShape.from_dict(m["shape"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"law card: member {i} has a malformed shape ({exc})") from None
+        name = str(m.get("name") or shape.name)
+        members.append(FamilyMember(name=name, path=str(m.get("path") or name), shape=shape))
+    return sorted(members, key=lambda m: m.shape.non_embedding_params)
 
 
 # ------------------------------------------------------------------------------------------------------
 # Law sources
 # ------------------------------------------------------------------------------------------------------
 def default_card_path() -> Path:
+    """The law card that ships with the package: the testbed study's fit (``docs/study.md``)."""
     return Path(str(resources.files("embrecipe"))) / "data" / "laws" / "default.json"
 
 
@@ -154,7 +109,7 @@ def load_laws(source: str | os.PathLike[str] | None, *, bootstrap: int = 200, se
         card = default_card_path()
         if not card.is_file():
             raise InputError(
-                "no default law card ships with this version yet (none has been fitted on real runs); "
+                f"no default law card at {card} (the package ships one: reinstall embrecipe); "
                 "pass --laws FILE (a card written by `embrecipe fit`) or --laws STORE (a run store)"
             )
         return LawSet.load(card)
@@ -265,7 +220,7 @@ class Plan:
         lines.append("")
         head = (f"{'#':>3} {'model':<22} {'variant':<14} {'N':>9} {'N_t':>9} {'tokens':>9} {'steps':>8} "
                 f"{'loss':>8} {'mean law ' + pct:>19} {'one run ' + pct:>19} {'P(opt)':>7} {'lr':>8}")
-        head += _unit_head(self)
+        head += _unit_text(self)
         lines.append(head)
         lines.append("-" * len(head))
         for c in self.candidates[:top]:
@@ -277,7 +232,7 @@ class Plan:
             lines.append(
                 f"{c.rank:>3} {c.model[:22]:<22} {c.variant:<14} {c.n_params:>9.3g} {c.n_trainable:>9.3g} "
                 f"{c.tokens:>9.3g} {c.steps:>8} {c.loss:>8.4g} {interval:>19} {run:>19} {p:>7} {lr:>8}"
-                f"{_unit_cells(c, self)}{mark}"
+                f"{_unit_text(self, c)}{mark}"
             )
         if len(self.candidates) > top:
             lines.append(f"... {len(self.candidates) - top} more options (--json lists all)")
@@ -310,7 +265,7 @@ def _describe(c: Candidate, p: Plan) -> str:
         interval += f", one run [{c.run_low:.4g}, {c.run_high:.4g}]"
     prob = "" if c.p_optimal is None else f", P(optimal) = {c.p_optimal:.2f}"
     return (f"{c.variant} on {c.model} — {c.tokens:.3g} tokens = {c.steps} steps of {p.batch_size} pairs; "
-            f"predicted loss {c.loss:.4g}{interval}{prob}{_unit_describe(c, p)}")
+            f"predicted loss {c.loss:.4g}{interval}{prob}{_unit_text(p, c, describe=True)}")
 
 
 def _header(p: Plan) -> str:
@@ -332,38 +287,39 @@ def _header(p: Plan) -> str:
     return head
 
 
-def _unit_head(p: Plan) -> str:
-    u, out = p.units, ""
-    if u.get("hours") is not None:
-        out += f" {'FLOPs':>9} {'FLOP/s':>9}"
-    if u.get("embed_tokens"):
-        out += f" {'serve':>9}"
-    if u.get("device_memory_gib"):
-        out += f" {'GiB':>6} {'mini':>5}"
-    return out
+@dataclass(frozen=True)
+class _Unit:
+    """One unit a plan can be in (Plan.units): what it adds to the table header, an option's row, and the
+    sentence describing an option."""
+
+    active: Callable[[Mapping[str, Any]], bool]
+    head: str
+    cells: Callable[[Candidate], str]
+    describe: Callable[[Candidate, Mapping[str, Any]], str]
 
 
-def _unit_cells(c: Candidate, p: Plan) -> str:
-    u, out = p.units, ""
-    if u.get("hours") is not None:
-        out += f" {c.budget:>9.3g} {c.flops_per_s:>9.3g}"
-    if u.get("embed_tokens"):
-        out += f" {c.serving_flops:>9.3g}"
-    if u.get("device_memory_gib"):
-        out += f" {c.memory_gib:>6.3g} {c.mini_batch or '-':>5}"
-    return out
+_UNITS = (
+    _Unit(lambda u: u.get("hours") is not None, f" {'FLOPs':>9} {'FLOP/s':>9}",
+          lambda c: f" {c.budget:>9.3g} {c.flops_per_s:>9.3g}",
+          lambda c, u: f"; {c.budget:.3g} FLOPs in {u['hours']:g} h at {c.flops_per_s:.3g} model FLOP/s"),
+    _Unit(lambda u: bool(u.get("embed_tokens")), f" {'serve':>9}",
+          lambda c: f" {c.serving_flops:>9.3g}",
+          lambda c, u: f"; training {c.budget:.3g} FLOPs + serving {c.serving_flops:.3g}"),
+    _Unit(lambda u: bool(u.get("device_memory_gib")), f" {'GiB':>6} {'mini':>5}",
+          lambda c: f" {c.memory_gib:>6.3g} {c.mini_batch or '-':>5}",
+          lambda c, u: f"; ~{c.memory_gib:.3g} GiB with "
+                       + (f"GradCache mini-batch {c.mini_batch}" if c.mini_batch else "no GradCache")),
+)
 
 
-def _unit_describe(c: Candidate, p: Plan) -> str:
-    u, out = p.units, ""
-    if u.get("hours") is not None:
-        out += f"; {c.budget:.3g} FLOPs in {u['hours']:g} h at {c.flops_per_s:.3g} model FLOP/s"
-    if u.get("embed_tokens"):
-        out += f"; training {c.budget:.3g} FLOPs + serving {c.serving_flops:.3g}"
-    if u.get("device_memory_gib"):
-        gc = f"GradCache mini-batch {c.mini_batch}" if c.mini_batch else "no GradCache"
-        out += f"; ~{c.memory_gib:.3g} GiB with {gc}"
-    return out
+def _unit_text(p: Plan, c: Candidate | None = None, *, describe: bool = False) -> str:
+    """What the plan's units add to a line: the table header (no ``c``), ``c``'s row, or its description."""
+    units = [unit for unit in _UNITS if unit.active(p.units)]
+    if c is None:
+        return "".join(unit.head for unit in units)
+    if describe:
+        return "".join(unit.describe(c, p.units) for unit in units)
+    return "".join(unit.cells(c) for unit in units)
 
 
 @dataclass
@@ -535,8 +491,10 @@ def plan(
             unit_notes: list[str] = []
             cand_budget, fps, serve = budget, None, None
             if hours is not None:
+                assert throughput is not None  # refused above: hours need a throughput table
                 fps, unit_notes = throughput.flops_per_s(v, method.name, n)
                 cand_budget = hours_to_flops(hours, fps)
+            assert cand_budget is not None  # a budget, or hours converted to one
             if embed_tokens:
                 serve = serving_flops(n, embed_tokens)
                 if serve >= cand_budget:
@@ -608,14 +566,13 @@ def plan(
         )
     warnings.extend(f"optimum {best.variant} on {best.model}: {w}" for w in best.warnings)
     if laws.family_fingerprint and family is not None:
-        from .laws import family_fingerprint
-
         if family_fingerprint(m.shape.to_dict() for m in members) != laws.family_fingerprint:
             warnings.append("the family differs from the one the laws were fitted on (family fingerprint)")
-    n_boot = min((len(laws[v].samples_) for v in chosen if laws[v].samples_ is not None), default=0)
+    n_boot = min((len(s) for v in chosen if (s := laws[v].samples_) is not None), default=0)
     units: dict[str, Any] = {}
     notes: list[str] = []
     if hours is not None:
+        assert throughput is not None  # refused above: hours need a throughput table
         units.update(hours=float(hours), throughput=throughput.label)
         if throughput.batch_sizes and batch_size not in throughput.batch_sizes:
             warnings.append(f"throughput was measured at batch size {', '.join(map(str, throughput.batch_sizes))}, "
@@ -635,7 +592,11 @@ def plan(
     if device_memory_gib is not None:
         notes.extend(_shift_note("the memory limit", best, budget, laws, family, **same, embed_tokens=embed_tokens))
     # With hours the budget differs per option; the plan's budget is then the optimum's.
-    plan_budget = float(budget) if budget is not None else float(best.budget)
+    if budget is not None:
+        plan_budget = float(budget)
+    else:
+        assert best.budget is not None  # with hours, every candidate carries its own budget
+        plan_budget = float(best.budget)
     for w in (laws[best.variant].diagnostics_ or {}).get("warnings", []):
         warnings.append(f"law of {best.variant}: {w}")
     return Plan(budget=plan_budget, batch_size=batch_size, tokens_per_pair=float(tokens_per_pair),
@@ -670,9 +631,10 @@ def _noise_label(noise: Mapping[str, Any] | None) -> str:
 
 def _attach_uncertainty(candidates: list[Candidate], laws: LawSet, level: float) -> None:
     """Intervals and P(optimal) from the bootstrap samples, paired across variants by sample index."""
-    if any(laws[c.variant].samples_ is None for c in candidates):
+    samples = [s for c in candidates if (s := laws[c.variant].samples_) is not None]
+    if len(samples) < len(candidates):
         return
-    n_boot = min(len(laws[c.variant].samples_) for c in candidates)
+    n_boot = min(len(s) for s in samples)
     preds = np.empty((n_boot, len(candidates)))
     for j, c in enumerate(candidates):
         preds[:, j] = laws[c.variant].predict_samples(c.n_params, c.effective_tokens or c.tokens)[:n_boot]

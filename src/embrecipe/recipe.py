@@ -107,7 +107,8 @@ def keep_selected_lr(points: Sequence[Any]) -> tuple[list[Any], dict[str, dict[s
     (model, variant)'s selected LR, and the card's ``recipe`` section ``{variant: {model: {lr, batch_size,
     lr_candidates, lr_searched_at}}}``. Points without an LR are kept as they are."""
     chosen = select_lrs((p.model, p.variant, p.budget, p.lr, p.loss) for p in points)
-    kept, recipe = [], {}
+    kept: list[Any] = []
+    recipe: dict[str, dict[str, dict[str, Any]]] = {}
     for p in points:
         lr = chosen.get((p.model, p.variant))
         if p.lr is not None and lr is not None and not math.isclose(float(p.lr), lr, rel_tol=1e-9):

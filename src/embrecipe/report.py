@@ -49,7 +49,8 @@ def _variant_styles(variants: Sequence[str], methods: Mapping[str, str]) -> dict
     """Colour by method, line style by variant within the method (so ranks/fractions stay apart)."""
     from .methods import METHODS
 
-    styles, seen = {}, {}
+    styles: dict[str, dict[str, Any]] = {}
+    seen: dict[str, int] = {}
     for v in sorted(variants):
         m = methods.get(v, v.split("-")[0])
         i = seen.get(m, 0)
@@ -205,9 +206,9 @@ def markdown_report(points: Sequence[RunPoint], laws: LawSet, *, figure: str = "
     for v, law in laws.laws.items():
         ci = law.param_intervals(0.9)
         cells = []
+        params = law.params_ or {}
         for k in PARAM_NAMES:
-            val = law.params_[k]
-            cells.append(f"{val:.4g}" + (f" [{ci[k][0]:.3g}, {ci[k][1]:.3g}]" if ci else ""))
+            cells.append(f"{params[k]:.4g}" + (f" [{ci[k][0]:.3g}, {ci[k][1]:.3g}]" if ci else ""))
         rms = law.to_dict()["residual_rms"]
         val = laws.validation.get(v, {})
         llo = (f"mean {100 * val['mean_abs_rel_error']:.2f}%, max {100 * val['max_abs_rel_error']:.2f}% "

@@ -48,10 +48,13 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import EmbrecipeError, InputError
 from .jsonio import json_safe
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 STATUSES = ("pending", "running", "completed", "failed")
 
@@ -183,7 +186,7 @@ def normalize_record(record: Mapping[str, Any]) -> dict[str, Any]:
         if out.get(name) is None:
             out[name] = next((v for a in aliases if (v := _lookup(record, a)) is not None), None)
     method = record.get("method")
-    cfg = record.get("config") if isinstance(record.get("config"), Mapping) else {}
+    cfg: Mapping[str, Any] = record["config"] if isinstance(record.get("config"), Mapping) else {}
     if not isinstance(method, Mapping):
         if isinstance(cfg.get("method"), Mapping):
             method = cfg["method"]
@@ -191,7 +194,7 @@ def normalize_record(record: Mapping[str, Any]) -> dict[str, Any]:
             method = {"name": method, **dict(record.get("hparams") or {})}
     out["method"] = dict(method) if isinstance(method, Mapping) else None
     out["variant"] = record.get("method_key") or _variant_of(out["method"])
-    data = record.get("data") if isinstance(record.get("data"), Mapping) else {}
+    data: Mapping[str, Any] = record["data"] if isinstance(record.get("data"), Mapping) else {}
     out["data_fingerprint"] = _lookup(record, "data_fingerprint") or data.get("fingerprint")
     out["pairs"] = _lookup(record, "pairs") or _lookup(record, "train_pairs")
     out["tokens_per_pair"] = _lookup(record, "tokens_per_pair") or data.get("mean_tokens_per_pair")
@@ -509,7 +512,7 @@ class RunStore:
         return self._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
     # -- export -----------------------------------------------------------------------------------------
-    def to_dataframe(self, status: str | None = None):
+    def to_dataframe(self, status: str | None = None) -> pd.DataFrame:
         """All columns as a :class:`pandas.DataFrame` (JSON columns kept as JSON text for flat export)."""
         import pandas as pd
 

@@ -1,6 +1,6 @@
 r"""Sweeps: a grid YAML → cells (model × method × hyper-parameters × budget) → runs in the store.
 
-Step 1–2 of the algorithm (DESIGN.md): for each cell the trainer spends exactly the cell's budget
+Step 1–2 of the algorithm (docs/design.md): for each cell the trainer spends exactly the cell's budget
 :math:`C` of model FLOPs, i.e. :math:`D = C / \mathrm{cost}_{method}(N, N_t)` tokens, which at
 ``tokens_per_pair`` tokens per pair and ``batch_size`` pairs per step is
 
@@ -33,7 +33,6 @@ The grid format is documented in ``docs/sweep.md``. Example::
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import itertools
 import math
@@ -50,6 +49,7 @@ from typing import Any
 from .adaptive import AdaptiveReport, AdaptiveSpec
 from .errors import EmbrecipeError, InputError, OutOfDiskSpace, is_disk_full
 from .flops import ModelShape
+from .jsonio import read_mapping
 from .methods import canonical_method_name, method_class, method_names, method_to_dict, parse_method
 
 TrainFn = Callable[[dict[str, Any]], dict[str, Any]]
@@ -185,17 +185,8 @@ def _resolve(base: Path, value: Any) -> Any:
 
 def load_grid(path: str | os.PathLike[str]) -> Grid:
     """Parse and validate a grid YAML (see ``docs/sweep.md``)."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"grid file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(f"grid file {path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, Mapping):
-        raise InputError(f"grid file {path} must hold a mapping")
+    raw = read_mapping(path, "grid file", yaml_always=True)
     return grid_from_dict(raw, base_dir=path.parent.resolve(), source=str(path))
 
 
@@ -208,9 +199,9 @@ def grid_from_dict(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] =
                          f"{', '.join(sorted(_GRID_KEYS))}")
     models: list[dict[str, Any]] = []
     if raw.get("family"):
-        from .plan import load_family
+        from .family import Family
 
-        for m in load_family(_resolve(base, raw["family"])):
+        for m in Family.load(_resolve(base, raw["family"])).members:
             models.append({"name": m.name, "path": m.path, "shape": m.shape})
     for i, m in enumerate(_as_list(raw.get("models") or [])):
         if isinstance(m, str):
@@ -299,12 +290,8 @@ def data_stats(grid: Grid) -> DataStats:
         return DataStats(fingerprint="none", pairs=pairs, tokens_per_pair=tpp)
     if not Path(str(data_path)).exists():
         raise InputError(f"grid: data {data_path} does not exist")
-    try:
-        from .data import load_pairs
-    except ImportError:  # pragma: no cover
-        load_pairs = None
-    if load_pairs is None:
-        return DataStats(fingerprint=_file_fingerprint(Path(str(data_path))), pairs=pairs, tokens_per_pair=tpp)
+    from .data import load_pairs
+
     data = load_pairs(data_path)
     fingerprint = data.fingerprint()
     train_pairs = len(data)
@@ -335,15 +322,6 @@ def _measure_tokens_per_pair(data: Any, model_path: str, max_len: int, hard_nega
         enc = tok([col[i] for i in idx], truncation=True, max_length=max_len, padding=False)
         total += sum(len(x) for x in enc["input_ids"])
     return total / n
-
-
-def _file_fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def model_shape(model: Mapping[str, Any]) -> ModelShape:

@@ -42,7 +42,7 @@ import numpy as np
 
 from .errors import InputError
 from .flops import ModelShape
-from .methods import method_from_dict, method_to_dict
+from .methods import BlockFreezing, LoRA, method_from_dict, method_to_dict
 
 # (E, A, alpha, B, beta) per method; LoRA's B shrinks slowly with rank, freezing's grows with frozen depth.
 SYNTHETIC_LAWS: dict[str, tuple[float, float, float, float, float]] = {
@@ -86,9 +86,9 @@ def true_loss(method: Mapping[str, Any], N: float, D: float) -> float:
 def variant_params(method: Mapping[str, Any]) -> tuple[float, float, float, float, float]:
     m = method_from_dict(method)
     E, A, alpha, B, beta = SYNTHETIC_LAWS[m.name]
-    if m.name == "lora":
+    if isinstance(m, LoRA):
         B *= (32 / m.rank) ** 0.1
-    if m.name == "freeze" and isinstance(m.trainable_blocks, float):
+    if isinstance(m, BlockFreezing) and isinstance(m.trainable_blocks, float):
         B *= (0.5 / m.trainable_blocks) ** 0.2
     return E, A, alpha, B, beta
 

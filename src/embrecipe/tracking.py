@@ -201,6 +201,7 @@ class MultiTracker(Tracker):
 
     def __init__(self, trackers: Sequence[Tracker]) -> None:
         self.trackers = list(trackers)
+        self.log_dir: str | None = None  # where the file-based backends write (set by the trainer)
 
     @property
     def backends(self) -> list[str]:
@@ -239,8 +240,10 @@ def open_tracker(report_to: str | Sequence[str] | None, *, log_dir: str | Path |
             raise TrackingError(f"--report-to {b}: needs a log directory (give --out or tracking_dir)")
         try:
             if b == "tensorboard":
+                assert log_dir is not None  # refused above
                 trackers.append(_TensorBoard(Path(log_dir), flat))
             elif b == "wandb":
+                assert log_dir is not None  # refused above
                 trackers.append(_Wandb(Path(log_dir), flat, run_name, group))
             elif b == "mlflow":
                 trackers.append(_MLflow(flat, run_name, group))

@@ -85,7 +85,7 @@ def default_lr(model_name: str) -> float:
 
 @dataclass
 class TrainConfig:
-    """Everything one training run needs. Defaults follow the study (DESIGN.md)."""
+    """Everything one training run needs. Defaults follow the study (docs/design.md)."""
 
     model: str
     data: str | PairData
@@ -110,7 +110,8 @@ class TrainConfig:
     gguf_file: str | None = None
     precision: str = "auto"  # auto | bf16 | fp32
     gradient_checkpointing: bool = False
-    checkpoint_every: int = 0  # optimizer steps; 0 = never
+    # optimizer steps between checkpoints (0 = never); on by default so a killed run can --resume
+    checkpoint_every: int = 50
     resume: bool = False
     overwrite: bool = False  # write into a non-empty ``out`` (replacing what a run writes there)
     keep_adapter: bool = False
@@ -783,9 +784,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
                  "gradcache_mini_batch": mini_batch if gradcache else None,
                  "gradcache_auto": auto_mini is not None}
 
-    state = {"step": 0, "epoch": 0, "pos": 0, "model_flops": 0, "hardware_flops": 0, "tokens": 0,
-             "padded_tokens": 0, "loss_curve": [], "train_time_s": 0.0, "step_times": [], "step_flops": [],
-             "step_lrs": []}
+    state: dict[str, Any] = {
+        "step": 0, "epoch": 0, "pos": 0, "model_flops": 0, "hardware_flops": 0, "tokens": 0, "padded_tokens": 0,
+        "loss_curve": [], "train_time_s": 0.0, "step_times": [], "step_flops": [], "step_lrs": []}
     ckpt_dir = out / "checkpoint" if out else None
     if config.resume and ckpt_dir is not None:
         saved = _load_checkpoint(ckpt_dir, _fingerprint(config, data), device)
@@ -912,7 +913,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         bar.update(per_token * real)
         if failure:
             break
-        if checkpoint_now and dist.main:
+        if checkpoint_now and dist.main and ckpt_dir is not None:
             _save_checkpoint(ckpt_dir, model, optimizer, state, _fingerprint(config, data))
     if failure is None and pending:
         failure = drain()

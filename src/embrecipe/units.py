@@ -61,17 +61,17 @@ Example::
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import InputError
 from .flops import ModelShape
+from .jsonio import read_mapping
 
 GIB = 2**30
 # kappa and the LoRA excess lambda, fitted by benchmarks/memory_model.py (smollm2-L2, fp32, CPU; the fit and
@@ -248,7 +248,7 @@ def record_device(r: Mapping[str, Any]) -> str:
     return str(r.get("device_name") or r.get("device") or "unknown")
 
 
-def _num(x: Any) -> bool:
+def _num(x: Any) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
@@ -273,10 +273,7 @@ def load_throughput(store: str | os.PathLike[str] | None = None, row: str | None
     path = Path(results) if results else default_benchmark_results()
     if not path.is_file():
         raise InputError(f"benchmark results {path} do not exist (run benchmarks/run.py, or use --throughput-from)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    data = read_mapping(path, "benchmark results")
     return ThroughputTable.from_benchmark_row(data, str(row), label=str(path))
 
 

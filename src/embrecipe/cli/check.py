@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
+from ._common import add_fit_options, check_fit_options, require_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,8 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=2, help="seeds for the two best-predicted configurations "
                    "(default: 2; the others get one)")
     p.add_argument("--level", type=float, default=0.9, help="interval level (default: 0.9)")
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap refits per variant (default: 200)")
-    p.add_argument("--min-runs", type=int, default=6, help="fewest runs to fit a variant (default: 6)")
+    add_fit_options(p)
     p.add_argument("--trainer", default=None,
                    help="module:function to train with, like the sweep's `trainer:` (default: the real trainer; "
                         "`synthetic` when the store holds fake-trainer runs)")
@@ -43,17 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..check import recipe_check
     from ..plan import parse_budgets
-    from ..store import RunStore, is_store_path
+    from ..store import RunStore
 
     budgets = parse_budgets(args.budget)
     if len(budgets) != 1:
         raise InputError("--budget takes one number")
-    if not is_store_path(args.store) or not Path(args.store).exists():
-        raise InputError(f"{args.store} is not a run store (an SQLite file written by `embrecipe sweep`)")
+    require_store(args.store, must_exist=True)
     if not 0 < args.level < 1:
         raise InputError(f"--level must be in (0, 1), got {args.level}")
-    if args.bootstrap < 0:
-        raise InputError("--bootstrap must be >= 0")
+    check_fit_options(args)
     if args.workers < 1:
         raise InputError(f"--workers must be >= 1, got {args.workers}")
     with RunStore(args.store) as st:

@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", default="local", help="local | paper15 | retrieval:DIR | sts:FILE | NAME,... "
                                                     "(default local)")
     p.add_argument("--out", help="folder for eval.json and mteb's result files")
-    p.add_argument("--limit", type=int, help="use only the first N held-out pairs")
+    p.add_argument("--limit", type=int, help="use N evenly spaced held-out pairs (deterministic; the files are ordered by package, so a prefix would be one package)")
     p.add_argument("--batch-size", type=int, default=1024,
                    help="pairs per batch of in-batch negatives for the held-out loss (default 1024)")
     p.add_argument("--max-seq-length", type=int, default=75,

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import InputError
+from ._common import add_fit_options, check_fit_options, require_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,13 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("store", help="run store (runs.sqlite or sqlite:///path)")
     p.add_argument("--out", required=True, help="law card to write (.json, or .yaml/.yml)")
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap refits per variant (default: 200; 0 = none)")
+    add_fit_options(p, bootstrap_help="bootstrap refits per variant (default: 200; 0 = none)")
     p.add_argument("--loss-key", default=None,
                    help="record field to fit (default: final_val_loss; e.g. final_train_loss)")
     p.add_argument("--label", default=None, help="provenance label stored in the card")
     p.add_argument("--family", default=None, help="family file whose shapes go into the card "
                    "(default: the shapes recorded by the runs)")
-    p.add_argument("--min-runs", type=int, default=6, help="fewest runs to fit a variant (default: 6)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     p.add_argument("--estimator", default="auto", choices=("auto", "huber-log", "varpro-nnls"),
                    help="how to estimate the parameters (default: auto = chosen per variant by "
@@ -41,14 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..family import Family
     from ..laws import fit_laws
-    from ..plan import load_family
-    from ..store import RunStore, is_store_path
+    from ..store import RunStore
 
-    if not is_store_path(args.store):
-        raise InputError(f"{args.store} is not a run store (an SQLite file written by `embrecipe sweep`)")
-    if args.bootstrap < 0:
-        raise InputError("--bootstrap must be >= 0")
+    require_store(args.store)
+    check_fit_options(args)
     with RunStore(args.store) as store:
         records = store.records()
         counts = store.counts()
@@ -60,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {' and '.join(skipped)} (left out of the fit)")
     if not records:
         raise InputError(f"{args.store}: no completed run with a finite loss to fit")
-    family = [m.to_dict() for m in load_family(args.family)] if args.family else None
+    family = ([{"name": m.name, "path": m.path, "shape": m.shape.to_dict()} for m in Family.load(args.family).members]
+              if args.family else None)
     label = args.label or f"fitted on {len(records)} completed runs of {args.store}"
     laws = fit_laws(records, bootstrap=args.bootstrap, seed=args.seed, loss_key=args.loss_key,
                     min_runs=args.min_runs, provenance=label, family=family, estimator=args.estimator,

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(needs --throughput-from or --throughput-row)")
     p.add_argument("--laws", default=None,
                    help="law card (from `embrecipe fit`) or a run store to fit on the fly "
-                        "(default: the packaged card, when one ships)")
+                        "(default: the packaged card, fitted in the testbed study)")
     p.add_argument("--family", default=None,
                    help="family file {name, members: [{name, path, shape}]} (default: the card's models)")
     p.add_argument("--batch-size", type=int, default=None,
@@ -66,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..plan import load_family, load_laws, parse_budgets, plan, plan_many
+    from ..family import Family
+    from ..plan import load_laws, parse_budgets, plan, plan_many
     from ..units import load_throughput
 
     # Parse the budgets first: a typo should not cost a bootstrap fit of a whole store.
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seq_len < 1:
         raise InputError(f"--seq-len must be positive, got {args.seq_len}")
     laws = load_laws(args.laws, bootstrap=args.bootstrap)
-    family = load_family(args.family) if args.family else None
+    family = Family.load(args.family).members if args.family else None
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     kwargs = dict(batch_size=args.batch_size, tokens_per_pair=args.tokens_per_pair, level=args.level,
                   variants=variants, embed_tokens=args.embed_tokens, device_memory_gib=args.device_memory,

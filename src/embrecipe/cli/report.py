@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import InputError
+from ._common import require_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,10 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from ..laws import LawSet
     from ..plan import parse_budgets
     from ..report import write_report
-    from ..store import RunStore, is_store_path
+    from ..store import RunStore
 
-    if not is_store_path(args.store):
-        raise InputError(f"{args.store} is not a run store (an SQLite file written by `embrecipe sweep`)")
+    require_store(args.store)
     out = Path(args.out)
     with RunStore(args.store) as store:
         records = store.records()

@@ -67,7 +67,8 @@ def recipe_line(best, batch_size: int, lr_override: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..plan import load_family, load_laws, parse_budgets, plan
+    from ..family import Family
+    from ..plan import load_laws, parse_budgets, plan
     from ..store import RunStore
     from ..sweep import resolve_train_fn
 
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.data).exists():
         raise InputError(f"data {args.data} does not exist")
     laws = load_laws(args.laws)
-    family = load_family(args.family) if args.family else None
+    family = Family.load(args.family).members if args.family else None
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     result = plan(budget, laws, family, batch_size=args.batch_size, tokens_per_pair=args.tokens_per_pair,
                   variants=variants, device_memory_gib=args.device_memory, embed_tokens=args.embed_tokens,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InputError
+from ._common import require_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,10 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def release(args: argparse.Namespace) -> int:
-    from ..store import RunStore, is_store_path
+    from ..store import RunStore
 
-    if not is_store_path(args.store):
-        raise InputError(f"{args.store} is not a run store (an SQLite file written by `embrecipe sweep`)")
+    require_store(args.store)
     with RunStore(args.store) as store:
         if args.key:
             unknown = [k for k in args.key if k not in store]

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from ..errors import InputError
+from ._common import require_store
 
 # CLI option → AdaptiveSpec setting
 _SPEC_OPTIONS = {"budget": "target", "keep_min": "keep_min", "margin": "margin", "level": "level",
@@ -62,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, object]:
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {setting: getattr(args, opt) for opt, setting in _SPEC_OPTIONS.items() if getattr(args, opt) is not None}
 
 
@@ -98,16 +100,15 @@ def _default_spec():
     return AdaptiveSpec()
 
 
-def _replay(args: argparse.Namespace, overrides: dict[str, object]) -> int:
+def _replay(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from ..adaptive import replay_adaptive
-    from ..store import RunStore, is_store_path
+    from ..store import RunStore
 
     if args.grid is not None:
         raise InputError("--adaptive-replay replays a store; give no grid file with it")
     if args.adaptive is False:
         raise InputError("--adaptive-replay and --no-adaptive contradict each other")
-    if not is_store_path(args.adaptive_replay):
-        raise InputError(f"{args.adaptive_replay} is not a run store (an SQLite file written by `embrecipe sweep`)")
+    require_store(args.adaptive_replay)
     # The replay compares recommendations at --budget; the decisions are taken for the same budget.
     target = overrides.pop("target", None)
     spec = _default_spec().with_overrides(**overrides)

@@ -154,7 +154,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--home", help="cache root (default $EMBRECIPE_HOME or ~/.cache/embrecipe)")
     b.add_argument("--split", default="test", choices=["validation", "test"])
     b.add_argument("--tasks", default="local", help="as for `embrecipe eval --tasks` (default: local)")
-    b.add_argument("--limit", type=int, default=None, help="evaluate on the first N pairs only")
+    b.add_argument("--limit", type=int, default=None, help="evaluate on N evenly spaced held-out pairs only")
     b.add_argument("--batch-size", type=int, default=1024, help="in-batch negatives of the held-out loss")
     b.add_argument("--no-minilm", action="store_true", help="skip the all-MiniLM-L6-v2 baseline")
     b.add_argument("--out", default="runs/baselines", help="results folder (default runs/baselines)")

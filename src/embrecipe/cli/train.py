@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..errors import InputError
+from ..trainer import TrainConfig
 
 
 def parse_budget(text: str) -> float:
@@ -85,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-repeat", action="store_true", help="error instead of repeating data (epochs > 1)")
     g.add_argument("--no-bucketing", action="store_true", help="disable length bucketing of batches")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (0: never)")
+    g.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every,
+                   help="steps between checkpoints (0: never)")
     g.add_argument("--resume", action="store_true",
                    help="continue a killed run from --out/checkpoint (an error when there is no checkpoint)")
     g.add_argument("--overwrite", action="store_true",
@@ -132,7 +134,7 @@ def _speed_options(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..jsonio import json_safe
-    from ..trainer import TrainConfig, train
+    from ..trainer import train
 
     if args.batch_size < 2:
         raise InputError(f"--batch-size must be >= 2, got {args.batch_size}")

@@ -192,7 +192,7 @@ def evaluate_embeddings(
         raise InputError(f"embeddings {path}: arrays of shape {q.shape} / {p.shape} do not fit {len(rows)} pairs")
     table: dict[str, Any] = {}
     for texts, vecs in (([r["query"] for r in rows], q), ([r["pos"] for r in rows], p), (extra, x)):
-        for t, v in zip(texts, vecs if texts else (), strict=True):
+        for t, v in zip(texts, vecs if texts and vecs is not None else (), strict=True):
             table.setdefault(t, v)
     task_list = tasks_for(tasks, rows)
     model_name = str(meta.get("model") or path.stem)

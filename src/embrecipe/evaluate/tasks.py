@@ -130,7 +130,8 @@ def sts_task(name: str, sentence1: Sequence[str], sentence2: Sequence[str], scor
         raise InputError(f"task {name}: needs ≥3 rows with sentence1, sentence2 and score")
     if len(set(scores)) < 2:
         raise InputError(f"task {name}: all scores are equal, Spearman correlation is undefined")
-    data = {"sentence1": list(sentence1), "sentence2": list(sentence2), "score": [float(s) for s in scores]}
+    data: dict[str, list[Any]] = {"sentence1": list(sentence1), "sentence2": list(sentence2),
+                                  "score": [float(s) for s in scores]}
 
     def load_data(self: Any, num_proc: int | None = None, **kwargs: Any) -> None:
         self.dataset = DatasetDict({"test": Dataset.from_dict(data)})

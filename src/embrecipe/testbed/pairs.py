@@ -448,7 +448,7 @@ def read_pairs(path: str | Path, limit: int | None = None) -> list[dict[str, Any
     """Rows of a (gzip) JSONL pairs file."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
+    rows: list[dict[str, Any]] = []
     with opener(path, "rt", encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if limit is not None and len(rows) >= limit:
