@@ -22,7 +22,7 @@ def _worker(rank, world, port, model, data_path, queue):
 
     rec = train(TrainConfig(model=model, data=data_path, budget=6e8, batch_size=16, progress=False, lr=2e-3,
                             precision="fp32"))
-    queue.put((rank, rec["model_flops"], rec["tokens"], rec["loss_curve"], rec["world_size"]))
+    queue.put((rank, rec.model_flops, rec.tokens, rec.loss_curve, rec.details["world_size"]))
     dist.destroy_process_group()
 
 

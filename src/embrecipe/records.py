@@ -142,16 +142,16 @@ class RunConfig:
     lr: Any = None
     data_fingerprint: Any = None
     extra: Mapping[str, Any] = field(default_factory=dict)
-    given: tuple[str, ...] = ()
+    given: frozenset[str] = frozenset()
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
-        given = tuple(k for k in d if k in _CONFIG_FIELDS)
+        given = frozenset(k for k in d if k in _CONFIG_FIELDS)
         typed = {k: (dict(d[k]) if isinstance(d[k], Mapping) else d[k]) for k in given}
         return cls(**typed, extra={k: v for k, v in d.items() if k not in _CONFIG_FIELDS}, given=given)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.given}
+        out = {k: getattr(self, k) for k in _CONFIG_FIELDS if k in self.given}
         out.update(self.extra)
         return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in out.items()}
 
