@@ -39,7 +39,7 @@ FLAT = {
     "data_fingerprint": "05d24de45cadf6d4", "tokens_per_pair": 45.9, "dataset_pairs": 300,
     "model_flops": 1999580160.0, "hardware_flops": 2.5e9, "tokens": 19430, "final_train_loss": 0.67,
     "final_val_loss": 0.62, "loss_curve": [[35195904, 4.03], [68436480, 4.45]],
-    "timings": {"train_time_s": 22.4, "wall_time_s": 22.8, "tokens_per_s": 867.4}, "step_times_s": [0.4, 0.4],
+    "train_time_s": 22.4, "wall_time_s": 22.8, "tokens_per_s": 867.4, "step_times_s": [0.4, 0.4],
     "device": "cpu",
 }
 
@@ -51,7 +51,10 @@ def test_legacy_nested_and_flat_layouts_parse_to_the_same_record():
     assert nested.method == {"name": "lora", "rank": 4} and nested.variant == "lora-r4"
     assert nested.unique_pairs == 300 and nested.tokens_per_pair == 45.9 and nested.shape.num_blocks == 2
     assert nested.details == {"trainable_params_total": 3100, "data_source": "/x/pairs.jsonl",
-                              "hardware_flops": 2.5e9, "step_times_s": [0.4, 0.4], "device": "cpu"}
+                              "hardware_flops": 2.5e9, "train_time_s": 22.4, "wall_time_s": 22.8,
+                              "tokens_per_s": 867.4, "step_times_s": [0.4, 0.4], "device": "cpu"}
+    assert nested.timings is None and nested.all_timings == {"train_time_s": 22.4, "wall_time_s": 22.8,
+                                                             "tokens_per_s": 867.4}
 
 
 def test_round_trip_in_one_layout():
@@ -108,7 +111,7 @@ def _legacy_store(path):
                 " model_flops, tokens, steps, final_train_loss, final_val_loss, loss_curve, timings, config, record,"
                 " attempts, created_at, updated_at) VALUES (?, 'completed', '/x/m2', 'lora', 'lora-r4', 2e9, 0,"
                 " 17152, 3072, 1999580160.0, 19430, 53, 0.67, 0.62, ?, ?, ?, ?, 1, 1.0, 1.0)",
-                (key, json.dumps(NESTED["loss_curve"]), json.dumps(FLAT["timings"]), json.dumps(CONFIG),
+                (key, json.dumps(NESTED["loss_curve"]), json.dumps({"train_time_s": 22.4, "wall_time_s": 22.8, "tokens_per_s": 867.4}), json.dumps(CONFIG),
                  json.dumps({**NESTED, "key": key})))
     con.commit()
     con.close()

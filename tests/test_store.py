@@ -188,7 +188,7 @@ def test_normalize_trainer_record_layout(tmp_path):
     assert v.model == "/x/m2" and v.n_params == 17152 and v.n_trainable == 3072
     assert v.method == {"name": "lora", "rank": 4} and v.variant == "lora-r4"
     assert v.data_fingerprint == "05d24de45cadf6d4" and v.tokens_per_pair == 45.9
-    assert v.timings == {"train_time_s": 22.4, "wall_time_s": 22.8}
+    assert v.all_timings == {"train_time_s": 22.4, "wall_time_s": 22.8}
     store = RunStore(tmp_path / "runs.sqlite")
     key = store.put(TRAINER_RECORD)
     row = store.get(key)

@@ -10,9 +10,9 @@ hex digits) of the canonical JSON of its configuration, ignoring :data:`NON_IDEN
 must never change, so the canonicalisation is pinned by tests.
 
 **One layout.** :meth:`RunRecord.to_dict` writes schema :data:`RECORD_SCHEMA` (2): flat, ``model`` a name,
-``method`` a dict, ``shape`` a dict, ``n_params``/``n_trainable``, ``timings`` a dict, and every further
-measurement (``hardware_flops``, ``step_times_s``, ``versions``, ``device_name``, ...) as a top-level key of
-:attr:`RunRecord.details`. :meth:`RunRecord.from_dict` is the only parser of run records: it reads schema 2
+``method`` a dict, ``shape`` a dict, ``n_params``/``n_trainable``, and every further measurement
+(``hardware_flops``, ``train_time_s``, ``wall_time_s``, ``tokens_per_s``, ``step_times_s``, ``versions``,
+``device_name``, ...) as a top-level key of :attr:`RunRecord.details`. :meth:`RunRecord.from_dict` is the only parser of run records: it reads schema 2
 and the two legacy layouts (the trainer's nested schema 1 and the synthetic trainer's flat one); a field it
 does not find on the record is looked up in the record's ``config`` (what the run was asked).
 
@@ -171,7 +171,7 @@ _RECORD_FIELDS = ("schema", "key", "status", "failure", "synthetic", "config", "
                   "n_trainable", "method", "variant", "budget", "seed", "model_flops", "tokens", "steps",
                   "batch_size", "lr", "pairs", "tokens_per_pair", "unique_pairs", "data_fingerprint",
                   "final_train_loss", "final_val_loss", "loss_curve", "eval", "timings")
-# Legacy keys the trainer wrote at the top level and that schema 2 keeps in ``timings``.
+# The trainer's timings (details at the top level); RunRecord.all_timings gathers them when there is no ``timings``.
 _TIMING_KEYS = ("train_time_s", "wall_time_s", "tokens_per_s")
 
 
@@ -215,9 +215,23 @@ class RunRecord:
     key: str | None = None
     schema: int = RECORD_SCHEMA
 
+    def __post_init__(self) -> None:
+        clash = sorted(set(self.details) & set(_RECORD_FIELDS))
+        if clash:  # to_dict writes details beside the fields: one name must not mean two things
+            raise InputError(f"run record details repeat the field(s) {', '.join(clash)}")
+
     @property
     def completed(self) -> bool:
+        """True unless the record says otherwise (records of the synthetic layout carried no status)."""
         return (self.status or "completed") == "completed"
+
+    @property
+    def all_timings(self) -> Mapping[str, Any] | None:
+        """``timings`` when the record has that dict, else the trainer's ``train_time_s``, ``wall_time_s`` and
+        ``tokens_per_s`` details (None when there are none)."""
+        if self.timings is not None:
+            return self.timings
+        return {k: self.details[k] for k in _TIMING_KEYS if k in self.details} or None
 
     def loss(self, key: str | None = None) -> float | None:
         """The loss a fit uses: the field (or detail, or config key) ``key``; by default the first of
@@ -292,11 +306,8 @@ class RunRecord:
             method = cfg.get("method") if isinstance(cfg.get("method"), Mapping) else None
         method = dict(method) if isinstance(method, Mapping) else None
         shape = look("shape", "model_shape")
-        timings = look("timings")
-        if timings is None:
-            timings = {k: flat[k] for k in _TIMING_KEYS if k in flat} or None
         consumed = {*_RECORD_FIELDS, "model_shape", "non_embedding_params", "trainable_params", "train_pairs",
-                    "dataset_pairs", *(_TIMING_KEYS if "timings" not in flat else ())}
+                    "dataset_pairs"}
         return cls(
             config=config,
             status=flat.get("status"),
@@ -323,7 +334,7 @@ class RunRecord:
             final_val_loss=look("final_val_loss"),
             loss_curve=look("loss_curve"),
             eval=look("eval"),
-            timings=timings,
+            timings=look("timings"),
             details={k: v for k, v in flat.items() if k not in consumed},
             key=None if d.get("key") is None else str(d["key"]),
         )

@@ -345,7 +345,7 @@ class RunStore:
                     _float_or_none(rec.model_flops), _float_or_none(rec.tokens),
                     _int_or_none(rec.steps), _float_or_none(rec.final_train_loss),
                     _float_or_none(rec.final_val_loss),
-                    *(_dumps_or_none(getattr(rec, col)) for col in _JSON_COLUMNS),
+                    *(_dumps_or_none(v) for v in (rec.loss_curve, rec.eval, rec.all_timings)),
                     _dumps(rec.to_dict()), now, now, key,
                 ),
             )

@@ -973,8 +973,6 @@ def train(config: TrainConfig) -> RunRecord | dict[str, Any]:
         final_train_loss=state["loss_curve"][-1][1],
         final_val_loss=val_loss,
         loss_curve=state["loss_curve"],
-        timings={"train_time_s": state["train_time_s"], "wall_time_s": time.time() - t_start,
-                 "tokens_per_s": state["tokens"] / max(state["train_time_s"], 1e-9)},
         details={
             "trainable_params_total": info.n_trainable_total,
             "data_source": data.source,
@@ -988,6 +986,9 @@ def train(config: TrainConfig) -> RunRecord | dict[str, Any]:
             "world_size": world,
             "step_times_s": state["step_times"],
             "val_pairs": (min(len(val), config.val_size_cap) if val is not None else 0),
+            "train_time_s": state["train_time_s"],
+            "wall_time_s": time.time() - t_start,
+            "tokens_per_s": state["tokens"] / max(state["train_time_s"], 1e-9),
             "model_flops_per_s": state["model_flops"] / max(state["train_time_s"], 1e-9),
             "versions": _versions(),
             "device": device.type,

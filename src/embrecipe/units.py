@@ -179,7 +179,7 @@ class ThroughputTable:
         """
         recs = [as_record(r) for r in records]
         usable = [r for r in recs if r.completed
-                  and _num(r.details.get("model_flops_per_s")) and _num((r.timings or {}).get("train_time_s"))]
+                  and _num(r.details.get("model_flops_per_s")) and _num(r.details.get("train_time_s"))]
         names = sorted({record_device(r) for r in usable})
         if device:
             usable = [r for r in usable if device.lower() in record_device(r).lower()]

@@ -53,9 +53,8 @@ def run(args: argparse.Namespace) -> int:
             # a run killed before its first checkpoint left only logs: start it again there
             overwrite=not (trained_dir / "checkpoint").exists(), progress=not args.quiet,
         ))
-    timings = record.timings or {}
     print(f"      {record.steps} steps, {record.tokens:,} tokens, {record.model_flops:.3g} model FLOPs, "
-          f"{timings['tokens_per_s']:.0f} tokens/s, {record.details['model_flops_per_s'] / 1e9:.1f} GFLOP/s, "
+          f"{record.details['tokens_per_s']:.0f} tokens/s, {record.details['model_flops_per_s'] / 1e9:.1f} GFLOP/s, "
           f"train loss {record.loss_curve[0][1]:.3f} → {record.final_train_loss:.3f}, "
           f"validation loss {record.final_val_loss:.3f}")
     print(f"[3/3] evaluating raw vs trained on {args.eval_pairs} held-out test pairs", flush=True)

@@ -181,11 +181,11 @@ def run(args: argparse.Namespace) -> int:
         from ..errors import EmbrecipeError
 
         raise EmbrecipeError(f"training failed: {record.failure}")
-    timings, details = record.timings or {}, record.details
+    details = record.details
     summary = {"method_key": record.variant, "budget": record.budget, "model_flops": record.model_flops,
                "hardware_flops": details["hardware_flops"], "tokens": record.tokens, "steps": record.steps,
                "final_train_loss": record.final_train_loss, "final_val_loss": record.final_val_loss,
-               "tokens_per_s": timings["tokens_per_s"], "model_flops_per_s": details["model_flops_per_s"]}
+               "tokens_per_s": details["tokens_per_s"], "model_flops_per_s": details["model_flops_per_s"]}
     print(json.dumps(json_safe(summary), indent=2, allow_nan=False))
     print(f"saved to {args.out}")
     if args.push_to_hub:
