@@ -49,8 +49,8 @@ def test_two_gloo_processes_match_one_process(tiny_models, tiny_pairs_file):
     for _rank, flops, tokens, curve, world in results:
         assert world == 2
         # the meter counts global tokens on every rank, so both ranks stop at the same, single-process FLOPs
-        assert flops == single["model_flops"] and tokens == single["tokens"]
+        assert flops == single.model_flops and tokens == single.tokens
         # in-batch negatives gathered across ranks: the same loss as one process with the whole batch
-        assert [c[0] for c in curve] == [c[0] for c in single["loss_curve"]]
-        for (_, got), (_, want) in zip(curve, single["loss_curve"], strict=True):
+        assert [c[0] for c in curve] == [c[0] for c in single.loss_curve]
+        for (_, got), (_, want) in zip(curve, single.loss_curve, strict=True):
             assert got == pytest.approx(want, rel=2e-3)

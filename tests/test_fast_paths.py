@@ -73,11 +73,11 @@ def test_packed_training_matches_padded_training(tiny_models, tiny_pair_data):
               precision="fp32")
     packed = train(TrainConfig(packing="on", pack_length=96, **kw))
     padded = train(TrainConfig(packing="off", **kw))
-    assert packed["execution"]["packing"] is True and padded["execution"]["packing"] is False
-    assert packed["model_flops"] == padded["model_flops"] and packed["steps"] == padded["steps"] >= 3
-    for (f1, a), (f2, b) in zip(packed["loss_curve"], padded["loss_curve"], strict=True):
+    assert packed.details["execution"]["packing"] is True and padded.details["execution"]["packing"] is False
+    assert packed.model_flops == padded.model_flops and packed.steps == padded.steps >= 3
+    for (f1, a), (f2, b) in zip(packed.loss_curve, padded.loss_curve, strict=True):
         assert f1 == f2 and a == pytest.approx(b, rel=2e-3)
-    assert packed["padded_tokens"] != padded["padded_tokens"]  # rows, not padded batches, were executed
+    assert packed.details["padded_tokens"] != padded.details["padded_tokens"]  # rows, not padded batches, were executed
 
 
 def test_packing_on_refuses_what_it_cannot_compute(tiny_models, tiny_pair_data):

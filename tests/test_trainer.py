@@ -238,8 +238,8 @@ def test_hard_negatives(tiny_models, tmp_path):
     plain = train(_cfg(tiny_models["llama"], str(p), budget=4e8))
     hard = train(_cfg(tiny_models["llama"], str(p), budget=4e8, hard_negatives=1))
     # a negative column adds tokens per pair, so the same budget buys fewer steps
-    assert hard["data"]["mean_tokens_per_pair"] > plain["data"]["mean_tokens_per_pair"]
-    assert hard["steps"] < plain["steps"]
+    assert hard.tokens_per_pair > plain.tokens_per_pair
+    assert hard.steps < plain.steps
 
 
 def test_tokenization_cache_reuses_only_identical_inputs(tiny_models):
@@ -408,9 +408,9 @@ def test_failed_export_keeps_the_trained_weights(tiny_models, tiny_pair_data, tm
     assert not (out / "run.json").exists() and not (out / ".export.tmp").exists()
     reference = train(_cfg(tiny_models["llama"], tiny_pair_data, **{**kw, "out": str(tmp_path / "ref")}))
     resumed = train(_cfg(tiny_models["llama"], tiny_pair_data, resume=True, **kw))  # exports, trains nothing
-    assert resumed["steps"] == reference["steps"]
-    assert resumed["final_train_loss"] == pytest.approx(reference["final_train_loss"])
-    assert resumed["final_val_loss"] == reference["final_val_loss"]
+    assert resumed.steps == reference.steps
+    assert resumed.final_train_loss == pytest.approx(reference.final_train_loss)
+    assert resumed.final_val_loss == reference.final_val_loss
     assert (out / "modules.json").exists() and not (out / "checkpoint").exists()
 
 

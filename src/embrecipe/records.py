@@ -12,9 +12,10 @@ must never change, so the canonicalisation is pinned by tests.
 **One layout.** :meth:`RunRecord.to_dict` writes schema :data:`RECORD_SCHEMA` (2): flat, ``model`` a name,
 ``method`` a dict, ``shape`` a dict, ``n_params``/``n_trainable``, and every further measurement
 (``hardware_flops``, ``train_time_s``, ``wall_time_s``, ``tokens_per_s``, ``step_times_s``, ``versions``,
-``device_name``, ...) as a top-level key of :attr:`RunRecord.details`. :meth:`RunRecord.from_dict` is the only parser of run records: it reads schema 2
-and the two legacy layouts (the trainer's nested schema 1 and the synthetic trainer's flat one); a field it
-does not find on the record is looked up in the record's ``config`` (what the run was asked).
+``device_name``, ...) as a top-level key of :attr:`RunRecord.details`. :meth:`RunRecord.from_dict` is the
+only parser of run records: it reads schema 2 and the two legacy layouts (the trainer's nested schema 1 and the
+synthetic trainer's flat one); a field it does not find on the record is looked up in the record's ``config``
+(what the run was asked).
 
 Example::
 
@@ -171,6 +172,17 @@ _RECORD_FIELDS = ("schema", "key", "status", "failure", "synthetic", "config", "
                   "n_trainable", "method", "variant", "budget", "seed", "model_flops", "tokens", "steps",
                   "batch_size", "lr", "pairs", "tokens_per_pair", "unique_pairs", "data_fingerprint",
                   "final_train_loss", "final_val_loss", "loss_curve", "eval", "timings")
+# Fields a record may leave to its config (a record field that is None is what the config says), with the older
+# names each was written under.
+_FROM_CONFIG: dict[str, tuple[str, ...]] = {
+    "budget": ("budget",), "seed": ("seed",), "model_flops": ("model_flops",), "tokens": ("tokens",),
+    "steps": ("steps",), "batch_size": ("batch_size",), "lr": ("lr",), "pairs": ("pairs", "train_pairs"),
+    "tokens_per_pair": ("tokens_per_pair",), "unique_pairs": ("unique_pairs", "dataset_pairs"),
+    "data_fingerprint": ("data_fingerprint",), "final_train_loss": ("final_train_loss",),
+    "final_val_loss": ("final_val_loss",), "loss_curve": ("loss_curve",), "eval": ("eval",),
+    "timings": ("timings",), "n_params": ("n_params", "non_embedding_params"),
+    "n_trainable": ("n_trainable", "trainable_params"),
+}
 # The trainer's timings (details at the top level); RunRecord.all_timings gathers them when there is no ``timings``.
 _TIMING_KEYS = ("train_time_s", "wall_time_s", "tokens_per_s")
 
@@ -219,6 +231,12 @@ class RunRecord:
         clash = sorted(set(self.details) & set(_RECORD_FIELDS))
         if clash:  # to_dict writes details beside the fields: one name must not mean two things
             raise InputError(f"run record details repeat the field(s) {', '.join(clash)}")
+        if self.config is not None:  # what the record does not say, its config does (e.g. a grid's dataset_pairs)
+            for name, aliases in _FROM_CONFIG.items():
+                if getattr(self, name) is None:
+                    value = next((v for a in aliases if (v := self.config.get(a)) is not None), None)
+                    if value is not None:
+                        object.__setattr__(self, name, _float(value) if name == "lr" else value)
 
     @property
     def completed(self) -> bool:
