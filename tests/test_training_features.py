@@ -264,9 +264,9 @@ def test_prompts_saved_excluded_from_mean_pooling_and_counted_as_flops(tiny_mode
     extra = sum(n(prompts["query_prompt"] + tiny_pair_data.queries[i]) - n(tiny_pair_data.queries[i])
                 + n(prompts["doc_prompt"] + tiny_pair_data.positives[i]) - n(tiny_pair_data.positives[i])
                 for b in batches for i in b)
-    assert extra > 0 and prompted.tokens - plain.tokens == extra
-    per_token = prompted.model_flops / prompted.tokens
-    assert prompted.model_flops - plain.model_flops == pytest.approx(per_token * extra, rel=1e-12)
+    assert extra > 0 and prompted["tokens"] - plain["tokens"] == extra
+    per_token = prompted["model_flops"] / prompted["tokens"]
+    assert prompted["model_flops"] - plain["model_flops"] == pytest.approx(per_token * extra, rel=1e-12)
 
     out = tmp_path / "prompted"
     train(_cfg(model, tiny_pair_data, out=str(out), **prompts))
