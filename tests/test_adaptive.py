@@ -51,8 +51,8 @@ def replay(runs):
 
 
 def _top_rung_best(records):
-    top = max(r["budget"] for r in records)
-    return config_id(min((r for r in records if r["budget"] == top), key=lambda r: r["final_val_loss"]))
+    top = max(r.budget for r in records)
+    return config_id(min((r for r in records if r.budget == top), key=lambda r: r.final_val_loss))
 
 
 def test_spec_from_grid_key():
@@ -96,7 +96,7 @@ def test_adaptive_never_drops_the_best_configuration(runs):
     report = runs["live_result"].adaptive
     best = _top_rung_best(runs["full"])
     assert best not in report.dropped
-    assert any(r["budget"] == TARGET and config_id(r) == best for r in runs["live"])  # trained to the top
+    assert any(r.budget == TARGET and config_id(r) == best for r in runs["live"])  # trained to the top
     for d in report.decisions:
         assert d.measured_best is not None and d.measured_best not in d.dropped
         if d.frontier is not None:
@@ -104,17 +104,17 @@ def test_adaptive_never_drops_the_best_configuration(runs):
         assert len(d.kept) >= SPEC.keep_min
     # Why the rule extrapolates instead of comparing the rung's losses: at the first rung the eventual
     # winner ranks in the bottom half (successive halving on measured loss would have dropped it).
-    first = sorted((r for r in runs["full"] if r["budget"] == 1e12), key=lambda r: r["final_val_loss"])
+    first = sorted((r for r in runs["full"] if r.budget == 1e12), key=lambda r: r.final_val_loss)
     rank = [config_id(r) for r in first].index(best)
     assert rank >= len(first) // 2
-    assert first[rank]["final_val_loss"] > 2 * first[0]["final_val_loss"]
+    assert first[rank].final_val_loss > 2 * first[0].final_val_loss
 
 
 def test_replay_matches_the_live_adaptive_run(runs, replay):
     rep = replay
     report = runs["live_result"].adaptive
     assert rep.runs_grid == 60 and rep.runs_adaptive == report.cells_selected
-    assert sorted(rep.adaptive_keys) == sorted(r["key"] for r in runs["live"])
+    assert sorted(rep.adaptive_keys) == sorted(r.key for r in runs["live"])
     assert rep.flops_adaptive == pytest.approx(sum(record_flops(r) for r in runs["live"]), rel=1e-12)
     assert rep.fraction == pytest.approx(report.fraction, rel=1e-2)  # model vs planned FLOPs
     assert [set(d.dropped) for d in rep.decisions] == [set(d.dropped) for d in report.decisions]
@@ -170,7 +170,7 @@ def test_adaptive_resumes_after_a_failure_and_an_interruption(runs, tmp_path):
     assert {b for _, _, b in trained} == {6.4e13, 2.56e14}  # the rest of rung 4, then rung 5
     # The same selection and the same decisions as the uninterrupted run.
     st = RunStore(store)
-    assert {r["key"] for r in st.rows("completed")} == {r["key"] for r in runs["live"]}
+    assert {r["key"] for r in st.rows("completed")} == {r.key for r in runs["live"]}
     assert len(st) == 42
     assert [set(d.dropped) for d in r3.adaptive.decisions] == \
         [set(d.dropped) for d in runs["live_result"].adaptive.decisions]

@@ -158,7 +158,7 @@ def test_fit_skips_failed_and_non_finite_runs_and_says_so(tmp_path, capsys):
                                        "batch_size": 32, "seed": 0}))
     # an old store's diverged run: completed, with a NaN loss written as a bare NaN token
     bad = synthetic_train({"model": "toy-h64-l2", "method": {"name": "full"}, "budget": 3e14, "batch_size": 32,
-                           "seed": 0})
+                           "seed": 0}).to_dict()
     bad["final_val_loss"] = float("nan")
     key = store.put({**bad, "final_val_loss": 1.0})
     with sqlite3.connect(path) as conn:

@@ -22,7 +22,7 @@ def _worker(rank, world, port, model, data_path, queue):
 
     rec = train(TrainConfig(model=model, data=data_path, budget=6e8, batch_size=16, progress=False, lr=2e-3,
                             precision="fp32"))
-    queue.put((rank, rec["model_flops"], rec["tokens"], rec["loss_curve"], rec["world_size"]))
+    queue.put((rank, rec.model_flops, rec.tokens, rec.loss_curve, rec.details["world_size"]))
     dist.destroy_process_group()
 
 
@@ -49,8 +49,8 @@ def test_two_gloo_processes_match_one_process(tiny_models, tiny_pairs_file):
     for _rank, flops, tokens, curve, world in results:
         assert world == 2
         # the meter counts global tokens on every rank, so both ranks stop at the same, single-process FLOPs
-        assert flops == single["model_flops"] and tokens == single["tokens"]
+        assert flops == single.model_flops and tokens == single.tokens
         # in-batch negatives gathered across ranks: the same loss as one process with the whole batch
-        assert [c[0] for c in curve] == [c[0] for c in single["loss_curve"]]
-        for (_, got), (_, want) in zip(curve, single["loss_curve"], strict=True):
+        assert [c[0] for c in curve] == [c[0] for c in single.loss_curve]
+        for (_, got), (_, want) in zip(curve, single.loss_curve, strict=True):
             assert got == pytest.approx(want, rel=2e-3)

@@ -73,11 +73,11 @@ def test_packed_training_matches_padded_training(tiny_models, tiny_pair_data):
               precision="fp32")
     packed = train(TrainConfig(packing="on", pack_length=96, **kw))
     padded = train(TrainConfig(packing="off", **kw))
-    assert packed["execution"]["packing"] is True and padded["execution"]["packing"] is False
-    assert packed["model_flops"] == padded["model_flops"] and packed["steps"] == padded["steps"] >= 3
-    for (f1, a), (f2, b) in zip(packed["loss_curve"], padded["loss_curve"], strict=True):
+    assert packed.details["execution"]["packing"] is True and padded.details["execution"]["packing"] is False
+    assert packed.model_flops == padded.model_flops and packed.steps == padded.steps >= 3
+    for (f1, a), (f2, b) in zip(packed.loss_curve, padded.loss_curve, strict=True):
         assert f1 == f2 and a == pytest.approx(b, rel=2e-3)
-    assert packed["padded_tokens"] != padded["padded_tokens"]  # rows, not padded batches, were executed
+    assert packed.details["padded_tokens"] != padded.details["padded_tokens"]  # rows, not padded batches, were executed
 
 
 def test_packing_on_refuses_what_it_cannot_compute(tiny_models, tiny_pair_data):
@@ -90,7 +90,7 @@ def test_packing_on_refuses_what_it_cannot_compute(tiny_models, tiny_pair_data):
         train(TrainConfig(packing="on", pack_length=10, **kw))
     # auto quietly falls back to padded batches where packing would change the result (or is not worth it)
     rec = train(TrainConfig(packing="auto", mini_batch_size=4, **kw))
-    assert rec["execution"]["packing"] is False and rec["execution"]["why_not_packed"]
+    assert rec.details["execution"]["packing"] is False and rec.details["execution"]["why_not_packed"]
 
 
 def test_deferred_loss_sync_keeps_the_loss_curve(tiny_models, tiny_pair_data):
@@ -98,8 +98,8 @@ def test_deferred_loss_sync_keeps_the_loss_curve(tiny_models, tiny_pair_data):
     kw = dict(model=tiny_models["llama"], data=tiny_pair_data, budget=6e8, batch_size=16, progress=False, lr=2e-3)
     every = train(TrainConfig(sync_every=1, **kw))
     rarely = train(TrainConfig(sync_every=1000, **kw))
-    assert every["loss_curve"] == rarely["loss_curve"]
-    assert len(every["step_times_s"]) == every["steps"] == len(every["loss_curve"])
+    assert every.loss_curve == rarely.loss_curve
+    assert len(every.details["step_times_s"]) == every.steps == len(every.loss_curve)
 
 
 def test_non_finite_loss_is_caught_at_the_sync_point(tiny_models, tiny_pair_data):
@@ -108,8 +108,8 @@ def test_non_finite_loss_is_caught_at_the_sync_point(tiny_models, tiny_pair_data
     with pytest.raises(TrainingDiverged) as caught:
         train(TrainConfig(lr=1e30, sync_every=1000, **kw))
     rec = caught.value.record
-    assert rec["status"] == "failed" and "diverged at step" in rec["failure"]
-    assert any(w in rec["failure"] for w in ("nan", "inf", "ran away"))
+    assert rec.status == "failed" and "diverged at step" in rec.failure
+    assert any(w in rec.failure for w in ("nan", "inf", "ran away"))
 
 
 def test_cuda_only_modes_are_disabled_cleanly_on_cpu():

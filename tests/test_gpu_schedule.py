@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -65,8 +66,8 @@ def gpu_fake_train(config):
     start = time.time()
     time.sleep(0.4)
     rec = synthetic_train(config)
-    rec.update(gpu=int(os.environ["EMBRECIPE_CUDA_DEVICE"]), t0=start, t1=time.time(), peak_gpu_mib=900.0)
-    return rec
+    return dataclasses.replace(rec, details={**rec.details, "gpu": int(os.environ["EMBRECIPE_CUDA_DEVICE"]),
+                                             "t0": start, "t1": time.time(), "peak_gpu_mib": 900.0})
 
 
 GRID = {"name": "fill", "models": ["toy-h64-l2"], "methods": {"full": {}, "lora": {"rank": [8, 32]}},
@@ -86,9 +87,9 @@ def test_pool_packs_cells_onto_fake_gpus_bounded_by_memory(tmp_path, monkeypatch
     assert len(res.ran) == 6 and not res.failed
     assert any("GPU packing: 2 GPU(s)" in line for line in logs)
     recs = RunStore(tmp_path / "runs.sqlite").records()
-    assert {r["gpu"] for r in recs} == {0, 1}
+    assert {r.details["gpu"] for r in recs} == {0, 1}
     for gpu in (0, 1):
-        spans = [(r["t0"], r["t1"]) for r in recs if r["gpu"] == gpu]
+        spans = [(r.details["t0"], r.details["t1"]) for r in recs if r.details["gpu"] == gpu]
         overlap = max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
         assert overlap <= 2  # 2 x 1,030 MiB fit in 0.9 x 2,400; a third would not
     assert res.utilization is not None and res.utilization > 0 and res.peak["devices"] == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -121,8 +123,7 @@ def _synthetic_records(methods, models=("toy-h64-l2", "toy-h128-l4", "toy-h256-l
             for b in budgets:
                 rec = synthetic_train({"model": m, "method": meth, "budget": b, "batch_size": 32, "seed": 0,
                                        "noise": noise})
-                rec["key"] = f"{m}-{meth['name']}-{b:g}"
-                out.append(rec)
+                out.append(rec.with_key(f"{m}-{meth['name']}-{b:g}"))
     return out
 
 
@@ -167,10 +168,8 @@ def test_leave_largest_budget_out():
     assert val["n_test"] == 4 and val["n_train"] == 12
     assert val["max_abs_rel_error"] < 0.01
     # A law that changes at the top budget must show up as a large held-out error.
-    bent = [dict(r) for r in recs]
-    for r in bent:
-        if r["budget"] == 6.4e14:
-            r["final_val_loss"] *= 1.3
+    bent = [dataclasses.replace(r, final_val_loss=r.final_val_loss * (1.3 if r.budget == 6.4e14 else 1.0))
+            for r in recs]
     assert leave_largest_budget_out([run_point(r) for r in bent])["full"]["max_abs_rel_error"] > 0.2
 
 
@@ -264,8 +263,8 @@ def test_run_noise_pools_repeated_seeds_and_says_when_it_cannot():
         for seed in range(3):
             rec = synthetic_train({"model": "toy-h64-l2", "method": {"name": "full"}, "budget": 1e13 * 2 ** cell,
                                    "batch_size": 32, "seed": seed, "noise": 0.0})
-            rec["final_val_loss"] *= float(np.exp(rng.normal(0, 0.05)))
-            recs.append(rec)
+            recs.append(dataclasses.replace(
+                rec, final_val_loss=rec.final_val_loss * float(np.exp(rng.normal(0, 0.05)))))
     from embrecipe.laws import run_noise
 
     pts = [run_point(r) for r in recs]

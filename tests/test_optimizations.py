@@ -12,8 +12,8 @@ def _run(model, data, **kw):
 def test_sdpa_attention_matches_eager(tiny_models, tiny_pair_data):
     fast = _run(tiny_models["llama"], tiny_pair_data)
     slow = _run(tiny_models["llama"], tiny_pair_data, attn_implementation="eager")
-    assert fast["model_flops"] == slow["model_flops"]
-    assert fast["final_train_loss"] == pytest.approx(slow["final_train_loss"], rel=0.01)
+    assert fast.model_flops == slow.model_flops
+    assert fast.final_train_loss == pytest.approx(slow.final_train_loss, rel=0.01)
 
 
 def test_padding_to_the_batch_longest_equals_padding_to_max_length(tiny_models, tiny_pair_data):
@@ -38,10 +38,10 @@ def test_padding_to_the_batch_longest_equals_padding_to_max_length(tiny_models, 
 def test_bucketing_reduces_padding_and_keeps_training(tiny_models, tiny_pair_data):
     bucketed = _run(tiny_models["llama"], tiny_pair_data)
     plain = _run(tiny_models["llama"], tiny_pair_data, length_bucketing=False)
-    assert bucketed["padded_tokens"] / bucketed["tokens"] < plain["padded_tokens"] / plain["tokens"]
+    assert bucketed.details["padded_tokens"] / bucketed.tokens < plain.details["padded_tokens"] / plain.tokens
     # different batches, same objective: both runs learn (the loss falls from its start)
     for rec in (bucketed, plain):
-        assert rec["final_train_loss"] < rec["loss_curve"][0][1]
+        assert rec.final_train_loss < rec.loss_curve[0][1]
 
 
 def test_all_fast_paths_together_match_the_unoptimised_path(tiny_models, tiny_pair_data):
@@ -57,6 +57,6 @@ def test_all_fast_paths_together_match_the_unoptimised_path(tiny_models, tiny_pa
     fast = train(TrainConfig(model=tiny_models["llama"], data=tiny_pair_data, **kw))
     slow = train(TrainConfig(model=tiny_models["llama"], data=tiny_pair_data, attn_implementation="eager",
                              length_bucketing=False, **kw))
-    assert fast["steps"] == slow["steps"] >= 3
-    assert fast["final_train_loss"] < fast["loss_curve"][0][1]  # it trained
-    assert fast["final_train_loss"] == pytest.approx(slow["final_train_loss"], rel=0.01)
+    assert fast.steps == slow.steps >= 3
+    assert fast.final_train_loss < fast.loss_curve[0][1]  # it trained
+    assert fast.final_train_loss == pytest.approx(slow.final_train_loss, rel=0.01)

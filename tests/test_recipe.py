@@ -3,6 +3,7 @@
 All runs here are SYNTHETIC (embrecipe.synthetic): they test the machinery against a known right answer.
 """
 
+import dataclasses
 import json
 import math
 
@@ -77,9 +78,9 @@ def test_lr_protocol_end_to_end_on_synthetic_trainer(tmp_path):
         recs = st.records()
     for model in MODELS:
         for variant, meth in (("full", {"name": "full"}), ("lora-r8", {"name": "lora", "rank": 8})):
-            mine = [r for r in recs if r["model"] == model and r["method"]["name"] == meth["name"]]
-            upper = {r["lr"] for r in mine if r["budget"] > 1e12}
-            n = mine[0]["n_params"]
+            mine = [r for r in recs if r.model == model and r.method["name"] == meth["name"]]
+            upper = {r.lr for r in mine if r.budget > 1e12}
+            n = mine[0].n_params
             # the grid LR closest (in log) to the synthetic optimum wins the search and runs the upper rungs
             best = min((1e-4, 1e-3, 1e-2), key=lambda x, n=n, meth=meth: abs(math.log(x / optimal_lr(meth, n))))
             assert upper == {best}, (model, variant)
@@ -226,7 +227,7 @@ def test_check_can_fail_when_the_laws_pick_the_wrong_method(tmp_path):
     def planned_method_collapses(config):  # the truth at the check budget is not what the laws extrapolate
         rec = synthetic_train(config)
         if config["method"]["name"] == wrong:
-            rec["final_val_loss"] *= 1.5
+            rec = dataclasses.replace(rec, final_val_loss=rec.final_val_loss * 1.5)
         return rec
 
     rep = recipe_check(recs, 2.56e14, train_fn=planned_method_collapses, bootstrap=20, log=lambda s: None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -45,9 +46,7 @@ def test_write_report_files(store_path, tmp_path):
 
 
 def test_report_without_family_falls_back_to_trend_lines(store_path, tmp_path):
-    records = [dict(r) for r in RunStore(store_path).records()]
-    for r in records:
-        r.pop("shape")
+    records = [dataclasses.replace(r, shape=None) for r in RunStore(store_path).records()]
     paths = write_report(records, tmp_path / "rep", bootstrap=0)
     assert paths["figure_png"].stat().st_size > 1000
     assert "no recipe table" in paths["report"].read_text()
@@ -110,8 +109,8 @@ def test_cli_run_plans_trains_and_records(store_path, tmp_path, capsys):
     assert "Optimum:" in out and "predicted loss" in out and "held-out loss" in out
     plan = json.loads((tmp_path / "out" / "plan.json").read_text())
     rec = RunStore(store).records()
-    assert len(rec) == 1 and rec[0]["model"] == plan["best"]["path"]
-    assert rec[0]["method"] == plan["best"]["method"] and rec[0]["budget"] == 3e14
+    assert len(rec) == 1 and rec[0].model == plan["best"]["path"]
+    assert rec[0].method == plan["best"]["method"] and rec[0].budget == 3e14
     assert main(["run", "--budget", "3e14", "--laws", str(card), "--data", str(tmp_path / "missing"),
                  "--out", str(tmp_path / "o2")]) == 2
 

@@ -40,8 +40,8 @@ def test_run_with_real_trainer(tmp_path, capsys):
     assert "lora-r4 on m2" in out and "held-out loss" in out
     assert "training at the card's lr 0.002" in out
     (rec,) = RunStore(store).records()
-    assert rec["lr"] == 2e-3 and rec["batch_size"] == 8  # trained at exactly the card's LR and batch size
-    assert rec["model_flops"] <= 3e8 and rec["steps"] >= 1
+    assert rec.lr == 2e-3 and rec.batch_size == 8  # trained at exactly the card's LR and batch size
+    assert rec.model_flops <= 3e8 and rec.steps >= 1
     p = run_point(rec)  # the record is ready for fitting
     assert p.variant == "lora-r4" and p.N == shape.non_embedding_params and p.loss > 0
     assert (tmp_path / "out" / "plan.json").is_file()

@@ -48,7 +48,7 @@ def test_claim_complete_lifecycle(tmp_path):
     assert row["loss_curve"] == [{"step": 1, "loss": 2.0}] and row["eval"] == {"sts": 0.7}
     assert not store.claim(key, CFG)  # completed runs are never retrained
     assert len(store) == 1
-    assert store.records()[0]["key"] == key
+    assert store.records()[0].key == key
 
 
 def test_add_pending_is_idempotent_and_keeps_status(tmp_path):
@@ -182,13 +182,13 @@ TRAINER_RECORD = {
 
 
 def test_normalize_trainer_record_layout(tmp_path):
-    from embrecipe.store import normalize_record
+    from embrecipe.records import RunRecord
 
-    v = normalize_record(TRAINER_RECORD)
-    assert v["model"] == "/x/m2" and v["n_params"] == 17152 and v["n_trainable"] == 3072
-    assert v["method"] == {"name": "lora", "rank": 4} and v["variant"] == "lora-r4"
-    assert v["data_fingerprint"] == "05d24de45cadf6d4" and v["tokens_per_pair"] == 45.9
-    assert v["timings"] == {"train_time_s": 22.4, "wall_time_s": 22.8}
+    v = RunRecord.from_dict(TRAINER_RECORD)
+    assert v.model == "/x/m2" and v.n_params == 17152 and v.n_trainable == 3072
+    assert v.method == {"name": "lora", "rank": 4} and v.variant == "lora-r4"
+    assert v.data_fingerprint == "05d24de45cadf6d4" and v.tokens_per_pair == 45.9
+    assert v.all_timings == {"train_time_s": 22.4, "wall_time_s": 22.8}
     store = RunStore(tmp_path / "runs.sqlite")
     key = store.put(TRAINER_RECORD)
     row = store.get(key)

@@ -132,10 +132,10 @@ def test_device_study_runs_sweep_fit_plan_and_check_against_a_deadline(tmp_path,
     assert 3e12 < plans["check_budgets"]["inside"] < 9e12
     with RunStore(out / "check.sqlite") as st:
         checks = st.records()
-    assert len(checks) == 6 and all(r.get("synthetic") for r in checks)
+    assert len(checks) == 6 and all(r.synthetic for r in checks)
     for label, p in plans["plans"].items():
-        trained = {(Path(str(r["config"]["model"])).name, run_point(r).variant) for r in checks
-                   if math.isclose(r["budget"], p["budget"], rel_tol=1e-9)}
+        trained = {(Path(str(r.config.model)).name, run_point(r).variant) for r in checks
+                   if math.isclose(r.budget, p["budget"], rel_tol=1e-9)}
         assert trained == {(c["model"], c["variant"]) for c in p["candidates"][:3]}, label
     session = json.loads((out / "session.json").read_text())
     assert session["sweep"]["counts"]["completed"] == 16 and "finished" in session

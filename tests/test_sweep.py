@@ -171,7 +171,7 @@ def test_ray_executor_on_local_instance(tmp_path):
     assert len(res.ran) == 6 and not res.failed
     st = RunStore(tmp_path / "runs.sqlite")
     assert st.counts()["completed"] == 6
-    assert all(r["synthetic"] for r in st.records())
+    assert all(r.synthetic for r in st.records())
 
 
 def test_tokens_per_pair_estimate_is_not_biased_by_a_sorted_file(tiny_models, tmp_path):

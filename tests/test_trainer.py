@@ -86,13 +86,13 @@ def test_run_with_batches_shorter_than_the_mean_never_steps_at_lr_zero(tiny_mode
     rec = None
     for seed in range(6):  # find a draw whose batches run past the planned step count (deterministic)
         rec = train(_cfg(tiny_models["llama"], data, budget=1.2e9, seed=seed, lr=1e-3))
-        if rec["steps"] > rec["planned_steps"]:
+        if rec.steps > rec.details["planned_steps"]:
             break
-    assert rec["steps"] > rec["planned_steps"], "the skewed data should draw short batches"
-    assert len(rec["step_lrs"]) == rec["steps"]
-    assert all(x > 0 for x in rec["step_lrs"])
-    assert rec["model_flops"] <= rec["budget"]
-    assert max(rec["step_lrs"]) <= 1e-3 + 1e-12
+    assert rec.steps > rec.details["planned_steps"], "the skewed data should draw short batches"
+    assert len(rec.details["step_lrs"]) == rec.steps
+    assert all(x > 0 for x in rec.details["step_lrs"])
+    assert rec.model_flops <= rec.budget
+    assert max(rec.details["step_lrs"]) <= 1e-3 + 1e-12
 
 
 @pytest.mark.parametrize("arch", ["gpt_neox", "llama"])
@@ -102,14 +102,14 @@ def test_budget_stop_overshoot_less_than_one_step(tiny_models, tiny_pair_data, a
     if arch == "llama" and isinstance(method, BiasOnly):
         pytest.skip("no biases in Llama")
     rec = train(_cfg(tiny_models[arch], tiny_pair_data, method=method, budget=1e9))
-    assert rec["model_flops"] <= rec["budget"]
+    assert rec.model_flops <= rec.budget
     # the step that was not taken would have exceeded the budget: unspent < one step's cost
-    max_step_cost = rec["flops_per_token"] * 16 * 3 * 75  # upper bound on one batch's tokens
-    assert rec["budget"] - rec["model_flops"] < max_step_cost
-    assert rec["model_flops"] == pytest.approx(rec["flops_per_token"] * rec["tokens"])
-    assert abs(rec["steps"] - rec["planned_steps"]) <= max(2, 0.1 * rec["planned_steps"])
-    assert rec["hardware_flops"] >= rec["model_flops"]
-    assert rec["loss_curve"][-1][0] == rec["model_flops"]
+    max_step_cost = rec.details["flops_per_token"] * 16 * 3 * 75  # upper bound on one batch's tokens
+    assert rec.budget - rec.model_flops < max_step_cost
+    assert rec.model_flops == pytest.approx(rec.details["flops_per_token"] * rec.tokens)
+    assert abs(rec.steps - rec.details["planned_steps"]) <= max(2, 0.1 * rec.details["planned_steps"])
+    assert rec.details["hardware_flops"] >= rec.model_flops
+    assert rec.loss_curve[-1][0] == rec.model_flops
 
 
 def test_too_small_budget_states_minimum(tiny_models, tiny_pair_data):
@@ -133,7 +133,7 @@ def test_bad_config_values(tiny_models, tiny_pair_data):
 def test_deterministic_on_cpu(tiny_models, tiny_pair_data):
     a = train(_cfg(tiny_models["gpt_neox"], tiny_pair_data, budget=4e8))
     b = train(_cfg(tiny_models["gpt_neox"], tiny_pair_data, budget=4e8))
-    assert a["loss_curve"] == b["loss_curve"]
+    assert a.loss_curve == b.loss_curve
 
 
 def test_training_reduces_validation_loss(tiny_models, tiny_pair_data):
@@ -145,10 +145,10 @@ def test_training_reduces_validation_loss(tiny_models, tiny_pair_data):
     before = heldout_loss(load_sentence_transformer(tiny_models["gpt_neox"]), val.queries, val.positives,
                           batch_size=16)
     rec = train(_cfg(tiny_models["gpt_neox"], tiny_pair_data, budget=3e9, val_fraction=0.25, lr=3e-3))
-    first = rec["loss_curve"][0][1]
-    assert rec["final_train_loss"] < first
-    assert rec["val_pairs"] == len(val)
-    assert rec["final_val_loss"] < before
+    first = rec.loss_curve[0][1]
+    assert rec.final_train_loss < first
+    assert rec.details["val_pairs"] == len(val)
+    assert rec.final_val_loss < before
 
 
 def test_gradcache_equals_uncached_loss_and_gradients(tiny_models, tiny_pair_data):
@@ -178,9 +178,9 @@ def test_gradcache_run_matches_plain_run(tiny_models, tiny_pair_data):
     # fp32: under bf16 autocast the logged loss is quantised to 1/32 near 5.8, coarser than the tolerance
     a = train(_cfg(tiny_models["llama"], tiny_pair_data, budget=5e8, precision="fp32"))
     b = train(_cfg(tiny_models["llama"], tiny_pair_data, budget=5e8, mini_batch_size=4, precision="fp32"))
-    assert a["model_flops"] == b["model_flops"]
-    assert b["hardware_flops"] > a["hardware_flops"]  # the extra forward is metered as hardware FLOPs
-    assert a["final_train_loss"] == pytest.approx(b["final_train_loss"], rel=1e-3)
+    assert a.model_flops == b.model_flops
+    assert b.details["hardware_flops"] > a.details["hardware_flops"]  # the extra forward is metered as hardware FLOPs
+    assert a.final_train_loss == pytest.approx(b.final_train_loss, rel=1e-3)
 
 
 def test_resume_after_interruption_matches_uninterrupted(tiny_models, tiny_pair_data, tmp_path):
@@ -192,9 +192,9 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_models, tiny_pair_
     assert (tmp_path / "b" / "checkpoint" / "state.pt").exists()
     resumed = train(_cfg(tiny_models["gpt_neox"], tiny_pair_data, out=str(tmp_path / "b"), checkpoint_every=3,
                          resume=True, **kw))
-    assert resumed["model_flops"] == full["model_flops"]
-    assert resumed["steps"] == full["steps"]
-    assert resumed["final_train_loss"] == pytest.approx(full["final_train_loss"], rel=0.01)
+    assert resumed.model_flops == full.model_flops
+    assert resumed.steps == full.steps
+    assert resumed.final_train_loss == pytest.approx(full.final_train_loss, rel=0.01)
     assert not (tmp_path / "b" / "checkpoint").exists()  # cleaned up after export
 
 
@@ -215,7 +215,7 @@ def test_export_reloads_as_sentence_transformer(tiny_models, tiny_pair_data, tmp
     emb = model.encode(["hello world"])
     assert emb.shape == (1, 32)
     saved = json.loads((out / "run.json").read_text())
-    assert saved["model_flops"] == rec["model_flops"] and saved["budget"] == 4e8
+    assert saved["model_flops"] == rec.model_flops and saved["budget"] == 4e8
     assert {"config", "versions", "seed", "tokens", "loss_curve", "final_train_loss", "final_val_loss",
             "wall_time_s"} <= saved.keys()
     card = (out / "README.md").read_text()
@@ -246,8 +246,8 @@ def test_hard_negatives(tiny_models, tmp_path):
     plain = train(_cfg(tiny_models["llama"], str(p), budget=4e8))
     hard = train(_cfg(tiny_models["llama"], str(p), budget=4e8, hard_negatives=1))
     # a negative column adds tokens per pair, so the same budget buys fewer steps
-    assert hard["data"]["mean_tokens_per_pair"] > plain["data"]["mean_tokens_per_pair"]
-    assert hard["steps"] < plain["steps"]
+    assert hard.tokens_per_pair > plain.tokens_per_pair
+    assert hard.steps < plain.steps
 
 
 def test_tokenization_cache_reuses_only_identical_inputs(tiny_models):
@@ -306,7 +306,7 @@ def test_diverging_run_fails_with_strict_record_and_no_model(tiny_models, tiny_p
     rec = _strict_json(out / "run.json")
     assert rec["status"] == "failed" and rec["failure"].startswith("diverged at step")
     assert rec["steps"] < rec["planned_steps"]  # stopped at that step
-    assert info.value.record["status"] == "failed"
+    assert info.value.record.status == "failed"
     assert not (out / "model.safetensors").exists() and not (out / "modules.json").exists()
 
 
@@ -416,9 +416,9 @@ def test_failed_export_keeps_the_trained_weights(tiny_models, tiny_pair_data, tm
     assert not (out / "run.json").exists() and not (out / ".export.tmp").exists()
     reference = train(_cfg(tiny_models["llama"], tiny_pair_data, **{**kw, "out": str(tmp_path / "ref")}))
     resumed = train(_cfg(tiny_models["llama"], tiny_pair_data, resume=True, **kw))  # exports, trains nothing
-    assert resumed["steps"] == reference["steps"]
-    assert resumed["final_train_loss"] == pytest.approx(reference["final_train_loss"])
-    assert resumed["final_val_loss"] == reference["final_val_loss"]
+    assert resumed.steps == reference.steps
+    assert resumed.final_train_loss == pytest.approx(reference.final_train_loss)
+    assert resumed.final_val_loss == reference.final_val_loss
     assert (out / "modules.json").exists() and not (out / "checkpoint").exists()
 
 

@@ -30,25 +30,25 @@ def test_tensorboard_logs_loss_vs_step_and_vs_flops(tiny_models, tiny_pair_data,
     out = tmp_path / "tb"
     rec = train(_cfg(tiny_models["llama"], tiny_pair_data, out=str(out), report_to="tensorboard",
                      val_fraction=0.2))
-    assert rec["tracking"] == {"backends": ["tensorboard"], "log_dir": str(out / "runs")}
+    assert rec.details["tracking"] == {"backends": ["tensorboard"], "log_dir": str(out / "runs")}
     acc = EventAccumulator(str(out / "runs"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"train/loss", "train/lr", "train/model_flops", "train/tokens_per_s", "train/model_flops_per_s",
             "train/loss_vs_mflops", "eval/loss"} <= tags
     by_step = acc.Scalars("train/loss")
-    assert [e.step for e in by_step] == list(range(1, rec["steps"] + 1))
+    assert [e.step for e in by_step] == list(range(1, rec.steps + 1))
     # the same losses the record's FLOP-indexed curve holds, once keyed on steps and once on FLOPs
-    curve = rec["loss_curve"]
+    curve = rec.loss_curve
     assert [e.value for e in by_step] == pytest.approx([loss for _, loss in curve], rel=1e-5)
     by_flops = acc.Scalars("train/loss_vs_mflops")
     assert [e.step for e in by_flops] == [flops_step(f) for f, _ in curve]
-    assert acc.Scalars("train/model_flops")[-1].value == pytest.approx(rec["model_flops"], rel=1e-6)  # float32
+    assert acc.Scalars("train/model_flops")[-1].value == pytest.approx(rec.model_flops, rel=1e-6)  # float32
     lrs = [e.value for e in acc.Scalars("train/lr")]
     # the LR each step used (set from the FLOPs spent), as the record has it; warm-up, then decay
-    assert lrs == pytest.approx(rec["step_lrs"], rel=1e-5)
-    assert max(lrs) <= rec["lr"] * (1 + 1e-6) and lrs[-1] < 0.5 * max(lrs)
-    assert acc.Scalars("eval/loss")[-1].value == pytest.approx(rec["final_val_loss"], rel=1e-5)
+    assert lrs == pytest.approx(rec.details["step_lrs"], rel=1e-5)
+    assert max(lrs) <= rec.lr * (1 + 1e-6) and lrs[-1] < 0.5 * max(lrs)
+    assert acc.Scalars("eval/loss")[-1].value == pytest.approx(rec.final_val_loss, rel=1e-5)
 
 
 def test_report_to_resolution_and_errors(monkeypatch):
@@ -183,7 +183,7 @@ def test_push_to_hub_uses_sentence_transformers_and_card_carries_run_facts(tiny_
     assert f"`budget (model FLOPs)`: {record['budget']:.4g}" in card
     assert f"`model FLOPs spent`: {record['model_flops']:.4g}" in card
     assert "`learning rate`: 0.0003" in card and "`method`: full" in card
-    assert record["data"]["fingerprint"] in card
+    assert record["data_fingerprint"] in card
     assert 'SentenceTransformer("me/tiny-embedder")' in card  # the usage snippet names the repository
 
 
@@ -301,7 +301,7 @@ def test_mine_negatives_cli_writes_bge_jsonl_that_training_uses(tiny_models, tin
     mined = load_pairs(out)
     assert mined.num_negatives == 2
     rec = train(_cfg(tiny_models["gpt_neox"], str(out), hard_negatives=2))
-    assert rec["steps"] >= 1 and rec["config"]["hard_negatives"] == 2
+    assert rec.steps >= 1 and rec.config.to_dict()["hard_negatives"] == 2
 
 
 def test_mine_negatives_rejects_bad_input(tiny_models, tiny_pairs_file, tmp_path, capsys):

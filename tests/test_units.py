@@ -5,6 +5,7 @@ Pure functions and the planner on synthetic laws (no torch), plus the CLI on a t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -301,9 +302,10 @@ def test_trainer_records_the_device_name(tiny_models, tiny_pair_data):
 
     rec = train(TrainConfig(model=tiny_models["llama"], data=tiny_pair_data, budget=4e8, batch_size=16,
                             progress=False, seed=0))
-    assert rec["device"] == "cpu" and rec["device_name"] and rec["device_name"] != "unknown"
-    t = ThroughputTable.from_records([dict(rec, status="completed")], device=rec["device_name"][:6])
-    assert t.flops_per_s("full", "full", 1.0)[0] == pytest.approx(rec["model_flops_per_s"])
+    d = rec.details
+    assert d["device"] == "cpu" and d["device_name"] and d["device_name"] != "unknown"
+    t = ThroughputTable.from_records([dataclasses.replace(rec, status="completed")], device=d["device_name"][:6])
+    assert t.flops_per_s("full", "full", 1.0)[0] == pytest.approx(d["model_flops_per_s"])
 
 
 def test_cli_run_dry_run_trains_on_what_serving_leaves_at_the_planned_mini_batch(tmp_path, capsys):

@@ -14,7 +14,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "TrainConfig": "trainer",
     "train": "trainer",
-    "RunRecord": "trainer",
+    "RunRecord": "records",
+    "RunConfig": "records",
     "load_pairs": "data",
     "PairData": "data",
     "parse_method": "methods",

@@ -61,9 +61,12 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import EmbrecipeError, InputError
+
+if TYPE_CHECKING:
+    from .records import RunRecord
 
 ConfigId = tuple[str, str]  # (model as the runs name it, variant)
 
@@ -150,27 +153,27 @@ class AdaptiveSpec:
 # ------------------------------------------------------------------------------------------------------
 # Records → configurations
 # ------------------------------------------------------------------------------------------------------
-def config_id(record: Mapping[str, Any]) -> ConfigId:
+def config_id(record: RunRecord | Mapping[str, Any]) -> ConfigId:
     """(model, variant) of a run record; the model as the sweep passed it to the trainer (its path)."""
     from .laws import run_point
-    from .store import normalize_record
+    from .records import as_record
 
-    cfg = record.get("config")
-    model = cfg.get("model") if isinstance(cfg, Mapping) else None
-    if not isinstance(model, str):  # records from elsewhere: the name normalize_record finds
-        model = str(normalize_record(record)["model"])
-    return model, run_point(record).variant
+    rec = as_record(record)
+    model = None if rec.config is None else rec.config.get("model")
+    if not isinstance(model, str):  # records from elsewhere: the record's model name
+        model = str(rec.model)
+    return model, run_point(rec).variant
 
 
-def record_flops(record: Mapping[str, Any]) -> float:
+def record_flops(record: RunRecord | Mapping[str, Any]) -> float:
     """Model FLOPs a run spent (its nominal budget when the record does not say)."""
-    from .store import normalize_record
+    from .records import as_record
 
-    v = normalize_record(record)
-    return float(v["model_flops"] if v["model_flops"] is not None else v["budget"])
+    rec = as_record(record)
+    return float(rec.model_flops if rec.model_flops is not None else rec.budget)
 
 
-def _budget(record: Mapping[str, Any]) -> float:
+def _budget(record: RunRecord | Mapping[str, Any]) -> float:
     from .laws import run_point
 
     return run_point(record).budget
@@ -222,10 +225,12 @@ class RungDecision:
                 "frontier": None if self.frontier is None else list(self.frontier), "notes": list(self.notes)}
 
 
-def _sorted_records(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def _sorted_records(records: Iterable[RunRecord | Mapping[str, Any]]) -> list[RunRecord]:
     # The bootstrap resamples by position: a canonical order makes a decision independent of the order in
     # which runs finished or were read, so a live sweep, its resumption and a replay decide identically.
-    return sorted(records, key=lambda r: (_budget(r), *config_id(r), str(r.get("key") or "")))
+    from .records import as_record
+
+    return sorted((as_record(r) for r in records), key=lambda r: (_budget(r), *config_id(r), str(r.key or "")))
 
 
 def _bounds(c: Any) -> tuple[float, float]:
@@ -233,7 +238,7 @@ def _bounds(c: Any) -> tuple[float, float]:
     return (c.loss if c.loss_low is None else c.loss_low, c.loss if c.loss_high is None else c.loss_high)
 
 
-def decide(records: Iterable[Mapping[str, Any]], alive: Iterable[ConfigId], *, rung: int, budget: float,
+def decide(records: Iterable[RunRecord | Mapping[str, Any]], alive: Iterable[ConfigId], *, rung: int, budget: float,
            targets: Sequence[float], spec: AdaptiveSpec) -> RungDecision:
     """Apply the rule (module docstring) after ``rung`` (at ``budget``) to the completed ``records`` the
     adaptive sweep has so far; ``alive`` are the configurations still in the race. Pure and seeded."""
@@ -241,7 +246,6 @@ def decide(records: Iterable[Mapping[str, Any]], alive: Iterable[ConfigId], *, r
     from .flops import ModelShape
     from .laws import fit_laws, run_point
     from .plan import plan
-    from .store import normalize_record
 
     if not targets:
         raise InputError("adaptive: no target budget to decide for")
@@ -279,9 +283,8 @@ def decide(records: Iterable[Mapping[str, Any]], alive: Iterable[ConfigId], *, r
 
     shapes: dict[str, dict[str, Any]] = {}
     for r, (cid, _) in zip(recs, points, strict=True):
-        shape = normalize_record(r)["shape"]
-        if isinstance(shape, Mapping) and cid[0] not in shapes:
-            shapes[cid[0]] = dict(shape)
+        if r.shape is not None and cid[0] not in shapes:
+            shapes[cid[0]] = r.shape.to_dict()
     family = [FamilyMember(name=m, path=m, shape=ModelShape.from_dict(s)) for m, s in sorted(shapes.items())]
 
     dominated: dict[ConfigId, list[str]] | None = None
@@ -384,7 +387,7 @@ class Recommendation:
         return f"{self.variant} on {self.model} (predicted loss {self.loss:.4g}, {self.tokens:.3g} tokens)"
 
 
-def recommend(records: Iterable[Mapping[str, Any]], target: float, *, seed: int = 0) -> Recommendation:
+def recommend(records: Iterable[RunRecord | Mapping[str, Any]], target: float, *, seed: int = 0) -> Recommendation:
     """Fit the laws on ``records`` and plan at ``target``: the optimum (point predictions; the bootstrap does
     not change which option ranks first)."""
     from .laws import fit_laws
@@ -454,7 +457,7 @@ class ReplayResult:
         }
 
 
-def replay_adaptive(records: Iterable[Mapping[str, Any]], *, target: float | None = None,
+def replay_adaptive(records: Iterable[RunRecord | Mapping[str, Any]], *, target: float | None = None,
                     spec: AdaptiveSpec | None = None,
                     log: Callable[[str], None] | None = None) -> ReplayResult:
     """Replay the adaptive policy on the completed runs of a full grid, training nothing.
@@ -466,10 +469,9 @@ def replay_adaptive(records: Iterable[Mapping[str, Any]], *, target: float | Non
     The decisions are for ``spec.targets`` when set, else for ``target``.
     """
     spec = spec or AdaptiveSpec()
-    recs = [r for r in records if str(r.get("status") or "completed") == "completed"]
+    recs = [r for r in _sorted_records(records) if r.completed]
     if not recs:
         raise InputError("no completed runs to replay the adaptive sweep on")
-    recs = _sorted_records(recs)
     rungs = sorted({_budget(r) for r in recs})
     target = float(target) if target is not None else rungs[-1]
     if not (math.isfinite(target) and target > 0):
@@ -477,7 +479,7 @@ def replay_adaptive(records: Iterable[Mapping[str, Any]], *, target: float | Non
     targets = spec.targets or (target,)
     ids = [config_id(r) for r in recs]
     alive = set(ids)
-    selected: list[Mapping[str, Any]] = []
+    selected: list[RunRecord] = []
     decisions: list[RungDecision] = []
     for k, b in enumerate(rungs, 1):
         selected += [r for r, cid in zip(recs, ids, strict=True) if cid in alive and _same(_budget(r), b)]
@@ -494,6 +496,6 @@ def replay_adaptive(records: Iterable[Mapping[str, Any]], *, target: float | Non
         runs_grid=len(recs), runs_adaptive=len(selected),
         flops_grid=sum(record_flops(r) for r in recs), flops_adaptive=sum(record_flops(r) for r in selected),
         grid_best=recommend(recs, target, seed=spec.seed), adaptive_best=recommend(selected, target, seed=spec.seed),
-        adaptive_keys=[str(r.get("key") or "") for r in selected],
-        synthetic=any(bool(r.get("synthetic")) for r in recs),
+        adaptive_keys=[str(r.key or "") for r in selected],
+        synthetic=any(r.synthetic for r in recs),
     )

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from .laws import ScalingLaw, fit_laws
+from .records import RunConfig, RunRecord, variant_of
 
 # Two variants whose optima compete near the extrapolated budget (so P(optimal) is not trivially 0 or 1).
 # (E, A, alpha, B, beta, FLOPs per parameter and token)
@@ -75,8 +76,8 @@ class Setup:
         return e + a / np.asarray(n) ** al + b / np.asarray(d) ** be
 
 
-def simulate_records(setup: Setup, rng: np.random.Generator) -> list[dict[str, Any]]:
-    """One SYNTHETIC study: run records as the trainer would write them (flat layout, ``synthetic: True``)."""
+def simulate_records(setup: Setup, rng: np.random.Generator) -> list[RunRecord]:
+    """One SYNTHETIC study: run records as the trainer would return them (``synthetic`` set)."""
     recs = []
     for variant in setup.truths:
         cells = [(n, b) for n in setup.sizes for b in setup.budgets]
@@ -87,9 +88,10 @@ def simulate_records(setup: Setup, rng: np.random.Generator) -> list[dict[str, A
                 d = setup.tokens(variant, n, b)
                 loss = float(setup.true_loss(variant, n, d) * math.exp(rng.normal(0.0, setup.sigma)))
                 cfg = {"model": f"m{n:g}", "method": {"name": variant}, "budget": b, "seed": seed}
-                recs.append({"key": f"{variant}-{n:g}-{b:g}-{seed}", "synthetic": True, "config": cfg,
-                             "model": cfg["model"], "method": {"name": variant}, "budget": b, "seed": seed,
-                             "n_params": n, "tokens": d, "model_flops": b, "final_val_loss": loss})
+                recs.append(RunRecord(key=f"{variant}-{n:g}-{b:g}-{seed}", synthetic=True,
+                                      config=RunConfig.from_dict(cfg), model=cfg["model"],
+                                      method={"name": variant}, variant=variant_of({"name": variant}), budget=b,
+                                      seed=seed, n_params=n, tokens=d, model_flops=b, final_val_loss=loss))
     return recs
 
 

@@ -13,32 +13,40 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from .records import RunRecord, as_record
 
 # Facts shown under "Non-Default Hyperparameters" (the card's headline list), in this order.
 HEADLINE = ("budget (model FLOPs)", "model FLOPs spent", "method", "learning rate", "batch size", "data",
             "final validation loss")
 
 
-def card_facts(record: dict[str, Any]) -> dict[str, Any]:
+def card_facts(record: RunRecord | Mapping[str, Any]) -> dict[str, Any]:
     """The run record → the ordered ``{name: value}`` facts the card lists (pure; no torch)."""
-    c = record.get("config", {})
-    hp = ", ".join(f"{k}={v}" for k, v in (record.get("hparams") or {}).items()) or "-"
-    data = record.get("data", {})
-    val = record.get("final_val_loss")
-    spent = float(record["model_flops"])
-    budget = float(record["budget"])
+    from .methods import method_from_dict
+
+    record = as_record(record)
+    c = record.config.to_dict() if record.config is not None else {}
+    method = method_from_dict(record.method) if record.method is not None else None
+    hp = ", ".join(f"{k}={v}" for k, v in (method.hparams() if method else {}).items()) or "-"
+    d = record.details
+    val = record.final_val_loss
+    spent = float(record.model_flops)
+    budget = float(record.budget)
     prompts = {k: v for k, v in (("query", c.get("query_prompt")), ("document", c.get("doc_prompt"))) if v}
     return {
         "budget (model FLOPs)": f"{budget:.4g}",
         "model FLOPs spent": f"{spent:.4g} ({spent / budget:.2%} of budget)",
-        "hardware FLOPs (incl. padding, recompute)": f"{float(record.get('hardware_flops', 0)):.4g}",
-        "method": f"{record.get('method')} ({hp})",
-        "learning rate": f"{record.get('lr'):g}" if record.get("lr") is not None else "-",
-        "batch size": record.get("batch_size", c.get("batch_size")),
-        "data": f"{data.get('source')} ({data.get('pairs', 0):,} pairs, fingerprint {data.get('fingerprint')})",
-        "final train loss": _fmt(record.get("final_train_loss")),
+        "hardware FLOPs (incl. padding, recompute)": f"{float(d.get('hardware_flops', 0)):.4g}",
+        "method": f"{method.name if method else None} ({hp})",
+        "learning rate": f"{record.lr:g}" if record.lr is not None else "-",
+        "batch size": record.batch_size,
+        "data": f"{d.get('data_source')} ({record.unique_pairs or 0:,} pairs, "
+                f"fingerprint {record.data_fingerprint})",
+        "final train loss": _fmt(record.final_train_loss),
         "final validation loss": _fmt(val),
         "base model": c.get("model"),
         "pooling": c.get("pooling"),
@@ -47,13 +55,12 @@ def card_facts(record: dict[str, Any]) -> dict[str, Any]:
         "max sequence length": c.get("max_seq_length"),
         "weight decay / warm-up": f"{c.get('weight_decay')} / {c.get('warmup_ratio')} then cosine to 0",
         "loss": f"symmetric InfoNCE, scale {c.get('scale')}",
-        "non-embedding params N / trainable N_t": (f"{record['model']['non_embedding_params']:,} / "
-                                                   f"{record['model']['trainable_params']:,}"
-                                                   if "model" in record else "-"),
-        "tokens": f"{int(record.get('tokens', 0)):,}",
-        "steps (planned)": f"{record.get('steps')} ({record.get('planned_steps')})",
-        "precision / device": f"{record.get('precision')} / {record.get('device')}",
-        "seed": record.get("seed"),
+        "non-embedding params N / trainable N_t": (f"{record.n_params:,} / {record.n_trainable:,}"
+                                                   if record.n_params is not None else "-"),
+        "tokens": f"{int(record.tokens or 0):,}",
+        "steps (planned)": f"{record.steps} ({d.get('planned_steps')})",
+        "precision / device": f"{d.get('precision')} / {d.get('device')}",
+        "seed": record.seed,
     }
 
 
@@ -61,22 +68,25 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{float(value):.4f}"
 
 
-def apply_card_data(model: Any, record: dict[str, Any], loss: Any = None) -> None:
+def apply_card_data(model: Any, record: RunRecord | Mapping[str, Any], loss: Any = None) -> None:
     """Fill ``model.model_card_data`` with the run's facts (offline: no Hub look-ups)."""
+    record = as_record(record)
+    c = record.config.to_dict() if record.config is not None else {}
+    name = None if record.method is None else record.method.get("name")
     card = model.model_card_data
     card.local_files_only = True  # never query the Hub for the base model or data set while exporting
     model._model_card_text = None  # a card loaded with the model would otherwise be reused as-is
-    base = str(record.get("config", {}).get("model") or "")
+    base = str(c.get("model") or "")
     if base and not Path(base).exists() and base.count("/") == 1:
         card.base_model = base  # a hub id: link it without asking the Hub (set_base_model would)
-    card.model_name = f"embrecipe {record.get('method_key', record.get('method'))} of {Path(base).name or base}"
-    card.add_tags(["embrecipe", "contrastive", f"method-{record.get('method')}"])
+    card.model_name = f"embrecipe {record.variant or name} of {Path(base).name or base}"
+    card.add_tags(["embrecipe", "contrastive", f"method-{name}"])
     facts = card_facts(record)
     card.all_hyperparameters = facts
     card.non_default_hyperparameters = {k: facts[k] for k in HEADLINE if k in facts}
-    data = record.get("data", {})
-    columns = ["query", "pos"] + (["neg"] if record.get("config", {}).get("hard_negatives") else [])
-    card.train_datasets = [{"name": Path(str(data.get("source", "pairs"))).name, "size": data.get("pairs"),
+    columns = ["query", "pos"] + (["neg"] if c.get("hard_negatives") else [])
+    card.train_datasets = [{"name": Path(str(record.details.get("data_source", "pairs"))).name,
+                            "size": record.unique_pairs,
                             "columns": columns,
                             "loss": {"fullname": "embrecipe symmetric InfoNCE (sentence_transformers "
                                                  "MultipleNegativesRankingLoss, both directions)"}}]

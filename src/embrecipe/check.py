@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .records import RunRecord, as_record, run_key
 
 # Settings of a stored run that describe how it ran, not what it is: dropped from a check run's template.
 _OPERATIONAL = ("out", "resume", "stop_after_steps", "checkpoint_every", "progress", "log_every")
@@ -163,16 +164,16 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _template(records: Sequence[Mapping[str, Any]], points: Sequence[Any], model: str,
+def _template(records: Sequence[RunRecord], points: Sequence[Any], model: str,
               variant: str) -> dict[str, Any]:
     """A fitted run's training config to copy for (model, variant): same model and variant if one ran (at the
     chosen LR), else the same variant on another model, else any run (model and method replaced)."""
-    by_key = {str(r.get("key")): r for r in records}
+    by_key = {str(r.key): r for r in records}
     ranked = sorted(points, key=lambda p: (p.model != model, p.variant != variant, -p.budget))
     for p in ranked:
         rec = by_key.get(p.key)
-        cfg = rec.get("config") if rec else None
-        if isinstance(cfg, Mapping) and cfg:
+        cfg = rec.config.to_dict() if rec and rec.config else None
+        if cfg:
             return {k: v for k, v in cfg.items() if k not in _OPERATIONAL}
     raise InputError("no fitted run records its training config (record['config']); cannot train the check")
 
@@ -184,7 +185,7 @@ def _naive_choice(points: Sequence[Any]) -> tuple[str, str, float]:
 
 
 def recipe_check(
-    records: Sequence[Mapping[str, Any]],
+    records: Sequence[RunRecord | Mapping[str, Any]],
     budget: float,
     *,
     train_fn: str | Callable[[dict[str, Any]], dict[str, Any]] | None = None,
@@ -206,18 +207,19 @@ def recipe_check(
     from .laws import fit_laws, run_point
     from .plan import plan
     from .recipe import keep_selected_lr
-    from .store import RunStore, run_key
+    from .store import RunStore
     from .sweep import resolve_train_fn
 
     if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
         raise InputError(f"check budget must be a positive number of FLOPs, got {budget!r}")
     if seeds < 1:
         raise InputError(f"seeds must be >= 1, got {seeds}")
+    records = [as_record(r) for r in records]
     held = [r for r in records if _same_budget(run_point(r).budget, budget)]
     fit_records = [r for r in records if not _same_budget(run_point(r).budget, budget)]
     if not fit_records:
         raise InputError(f"every run in the store is at the check budget {budget:.3g}: nothing to fit")
-    synthetic = any(r.get("synthetic") for r in fit_records)
+    synthetic = any(r.synthetic for r in fit_records)
     laws = fit_laws(fit_records, bootstrap=bootstrap, seed=seed, min_runs=min_runs,
                     provenance="recipe check: fitted without the check budget")
     points, _ = keep_selected_lr([run_point(r) for r in fit_records])
@@ -295,7 +297,7 @@ def recipe_check(
             if row["status"] != "completed":
                 c.failed.append(f"seed {s}: {row.get('error') or row['status']}")
                 continue
-            loss = (row["record"] or {}).get("final_val_loss")
+            loss = st.record(key).final_val_loss
             if loss is None or not math.isfinite(float(loss)):
                 c.failed.append(f"seed {s}: no validation loss")
                 continue

@@ -6,6 +6,8 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EmbrecipeError(Exception):
     """A problem with the user's input (file, column, model, budget, config), stated in one line."""
@@ -22,10 +24,11 @@ class BudgetError(EmbrecipeError):
 class TrainingDiverged(EmbrecipeError):
     """The loss became non-finite (or ran away) during training; the run is recorded as failed, no model exported.
 
-    ``record`` holds the failed run's record (``status: "failed"``, ``failure``) when the trainer got that far.
+    ``record`` holds the failed run's :class:`~embrecipe.records.RunRecord` (``status "failed"``, ``failure``)
+    when the trainer got that far.
     """
 
-    def __init__(self, message: str, record: dict | None = None) -> None:
+    def __init__(self, message: str, record: Any = None) -> None:
         super().__init__(message)
         self.record = record
 

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from .errors import InputError
+from .records import RunRecord
 
 
 def push_run(out: str | Path, repo_id: str, *, private: bool | None = None, token: str | None = None) -> str:
@@ -29,11 +30,11 @@ def push_run(out: str | Path, repo_id: str, *, private: bool | None = None, toke
         raise InputError(f"--push-to-hub {repo_id!r}: expected a repository id like 'user/name'")
     if not (out / "run.json").exists() or not (out / "modules.json").exists():
         raise InputError(f"{out}: no exported SentenceTransformer with run.json to push")
-    record = json.loads((out / "run.json").read_text())
+    record = RunRecord.from_dict(json.loads((out / "run.json").read_text()), where=str(out / "run.json"))
     model = SentenceTransformer(str(out), device="cpu", local_files_only=True)
     apply_card_data(model, record)
     model.model_card_data.set_model_id(repo_id)
     model._create_model_card(str(out))  # the same card, now naming the repository in its usage snippet
     return model.push_to_hub(repo_id, token=token, private=private, local_model_path=str(out), exist_ok=True,
-                             commit_message=f"embrecipe: {record.get('method_key')} at "
-                                            f"{float(record.get('model_flops', 0)):.3g} model FLOPs")
+                             commit_message=f"embrecipe: {record.variant} at "
+                                            f"{float(record.model_flops or 0):.3g} model FLOPs")

@@ -77,6 +77,7 @@ from scipy.optimize import minimize
 from .errors import EmbrecipeError, InputError
 from .family import family_fingerprint
 from .jsonio import YAML_SUFFIXES, read_mapping, write_text_atomic
+from .records import RunRecord, as_record, run_key
 
 try:  # installed with scikit-learn (a sentence-transformers dependency); optional here
     from threadpoolctl import threadpool_limits
@@ -676,40 +677,24 @@ class RunPoint:
     unique_pairs: int | None = None  # training pairs the run drew from (its data set, not pairs processed)
 
 
-LOSS_KEYS = ("final_val_loss", "val_loss", "eval_loss")
-
-
-def _get(record: Mapping[str, Any], *names: str) -> Any:
-    cfg: Mapping[str, Any] = record["config"] if isinstance(record.get("config"), Mapping) else {}
-    for src in (record, cfg):
-        for name in names:
-            if src.get(name) is not None:
-                return src[name]
-    return None
-
-
-def run_point(record: Mapping[str, Any], *, loss_key: str | None = None) -> RunPoint:
-    """Extract a :class:`RunPoint` from a run record (any layout :func:`~embrecipe.store.normalize_record`
-    understands). ``loss_key`` picks the loss field (default: the final validation loss)."""
+def run_point(record: RunRecord | Mapping[str, Any], *, loss_key: str | None = None) -> RunPoint:
+    """Extract a :class:`RunPoint` from a run record (a :class:`~embrecipe.records.RunRecord`, or a dict of
+    any layout it reads). ``loss_key`` picks the loss field (default: the final validation loss)."""
     from .flops import ModelShape
     from .methods import method_from_dict, method_to_dict
-    from .store import normalize_record
 
-    key = str(record.get("key") or "?")
-    v = normalize_record(record)
-    if v["method"] is None:
+    rec = as_record(record)
+    key = str(rec.key or "?")
+    if rec.method is None:
         raise InputError(f"run {key}: record has no 'method'")
-    method = method_from_dict(v["method"])
-    shape = v["shape"]
-    n: Any = v["n_params"]
-    if n is None and isinstance(shape, Mapping):
+    method = method_from_dict(rec.method)
+    # Sorted keys: the order a shape always had when read back from a store (whose JSON is key-sorted).
+    shape = None if rec.shape is None else dict(sorted(rec.shape.to_dict().items()))
+    n = rec.n_params
+    if n is None and shape is not None:
         n = shape.get("non_embedding_params") or ModelShape.from_dict(shape).non_embedding_params
-    loss: Any
-    if loss_key:
-        loss = v.get(loss_key) if loss_key in v else _get(record, loss_key)
-    else:
-        loss = next((x for x in (v["final_val_loss"], _get(record, *LOSS_KEYS[1:])) if x is not None), None)
-    d, c, budget = v["tokens"], v["model_flops"], v["budget"]
+    loss = rec.loss(loss_key)
+    d, c, budget = rec.tokens, rec.model_flops, rec.budget
     missing = [name for name, x in (("n_params", n), ("tokens", d), (loss_key or "final_val_loss", loss))
                if x is None]
     if c is None and budget is None:
@@ -719,47 +704,36 @@ def run_point(record: Mapping[str, Any], *, loss_key: str | None = None) -> RunP
             if "final_val_loss" in missing else ""
         raise InputError(f"run {key}: record lacks {', '.join(missing)}{hint}")
     c = float(c if c is not None else budget)
-    tpp = v["tokens_per_pair"]
-    if tpp is None and v["pairs"]:
-        tpp = float(d) / float(v["pairs"])
-    elif tpp is None and v["steps"] and v["batch_size"]:
-        tpp = float(d) / (float(v["steps"]) * float(v["batch_size"]))
+    tpp = rec.tokens_per_pair
+    if tpp is None and rec.pairs:
+        tpp = float(d) / float(rec.pairs)
+    elif tpp is None and rec.steps and rec.batch_size:
+        tpp = float(d) / (float(rec.steps) * float(rec.batch_size))
     return RunPoint(
-        key=key, variant=method.key, method=method_to_dict(method), model=str(v["model"] or "?"),
+        key=key, variant=method.key, method=method_to_dict(method), model=str(rec.model or "?"),
         N=float(n), D=float(d), C=c, budget=float(budget if budget is not None else c), loss=float(loss),
-        n_trainable=None if v["n_trainable"] is None else float(v["n_trainable"]),
-        shape=dict(shape) if isinstance(shape, Mapping) else None,
+        n_trainable=None if rec.n_trainable is None else float(rec.n_trainable),
+        shape=shape,
         tokens_per_pair=None if tpp is None else float(tpp),
-        batch_size=None if v["batch_size"] is None else int(v["batch_size"]),
-        data_fingerprint=v["data_fingerprint"],
-        cell=_cell(record, method.key, v),
-        seed=_get(record, "seed"),
-        lr=None if _get(record, "lr") is None else float(_get(record, "lr")),
-        unique_pairs=_unique_pairs(record),
+        batch_size=None if rec.batch_size is None else int(rec.batch_size),
+        data_fingerprint=rec.data_fingerprint,
+        cell=_cell(rec, method.key),
+        seed=rec.seed,
+        lr=rec.lr,
+        unique_pairs=rec.unique_pairs,
     )
 
 
-def _cell(record: Mapping[str, Any], variant: str, v: Mapping[str, Any]) -> str:
+def _cell(record: RunRecord, variant: str) -> str:
     """The run's configuration minus its seed (run-key hash of the config), or, for records without a
     config, (variant, model, budget, batch size)."""
-    from .store import run_key
-
-    cfg = record.get("config")
-    if isinstance(cfg, Mapping) and cfg:
+    cfg = None if record.config is None else record.config.to_dict()
+    if cfg:
         try:
             return run_key({k: x for k, x in cfg.items() if k != "seed"})
         except (TypeError, ValueError, EmbrecipeError):
             pass
-    return json.dumps([variant, str(v.get("model")), v.get("budget"), v.get("batch_size")], default=str)
-
-
-def _unique_pairs(record: Mapping[str, Any]) -> int | None:
-    """The run's training-set size: the trainer's ``data.pairs``, else a ``dataset_pairs``/``unique_pairs``."""
-    data = record.get("data")
-    if isinstance(data, Mapping) and data.get("pairs"):
-        return int(data["pairs"])
-    value = _get(record, "unique_pairs", "dataset_pairs")
-    return None if value is None else int(value)
+    return json.dumps([variant, str(record.model), record.budget, record.batch_size], default=str)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -1018,7 +992,7 @@ class LawSet:
 
 
 def fit_laws(
-    records: Iterable[Mapping[str, Any]],
+    records: Iterable[RunRecord | Mapping[str, Any]],
     *,
     bootstrap: int = 200,
     seed: int = 0,
@@ -1051,7 +1025,7 @@ def fit_laws(
 
     from .recipe import LR_PROTOCOL, keep_selected_lr
 
-    records = list(records)
+    records = [as_record(r) for r in records]
     points = [run_point(r, loss_key=loss_key) for r in records]
     if not points:
         raise InputError("no completed runs to fit")
@@ -1061,7 +1035,7 @@ def fit_laws(
     searched = len(all_lrs) > len({(m, v) for m, v, _ in all_lrs})
     if effective_data:
         points = _with_effective_data(points)
-    if any(r.get("synthetic") for r in records) and "SYNTHETIC" not in provenance:
+    if any(r.synthetic for r in records) and "SYNTHETIC" not in provenance:
         # Fake-trainer runs must never pass for measurements, whatever label the caller chose.
         provenance = f"SYNTHETIC (fake trainer, not measurements): {provenance}"
     laws: dict[str, ScalingLaw] = {}

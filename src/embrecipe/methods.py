@@ -71,13 +71,14 @@ if TYPE_CHECKING:  # pragma: no cover
 class MethodOption:
     """One command-line flag of a method: ``embrecipe train --method NAME FLAG VALUE`` sets the field ``field``.
 
-    ``type`` converts the text (argparse's ``type=``); an absent flag leaves the field at its default.
+    ``type`` converts the text (argparse's ``type=``; ``str`` keeps it as given); an absent flag leaves the field
+    at its default.
     """
 
     flag: str
     field: str
     help: str
-    type: Callable[[str], Any] | None = None
+    type: Callable[[str], Any] = str
 
     @property
     def dest(self) -> str:

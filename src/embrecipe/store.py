@@ -17,10 +17,15 @@ Ray node) and resumed, possibly by several workers at once. The store therefore 
 
 Statuses: ``pending`` → ``running`` → ``completed`` | ``failed``.
 
-Run records (what the trainer returns, stored whole as JSON in ``record``) are plain dicts. Query columns
-(model, method, variant, budget, seed, N, N_t, model FLOPs, tokens, steps, final train/val loss, loss curve,
-eval, timings) are copied out of them by :func:`normalize_record`, which understands both a flat layout and
-the trainer's nested one.
+Run records (:class:`~embrecipe.records.RunRecord`, what the trainer returns) are stored whole as their
+schema-2 JSON in ``record``; query columns (model, method, variant, budget, seed, N, N_t, model FLOPs, tokens,
+steps, final train/val loss, loss curve, eval, timings) are copied out of them. :meth:`RunStore.records` parses
+them back into ``RunRecord`` objects.
+
+**Store schema.** ``meta.schema_version`` is ``"2"`` for stores whose records are schema 2. A store written
+before (``"1"``: trainer records in their nested layout) is read as it is; the first *write* to it rewrites
+every record into schema 2 in one transaction (query columns unchanged), so merely reading a store never
+changes its file.
 
 Example::
 
@@ -34,13 +39,13 @@ Example::
     >>> store.complete(key, {"config": cfg, "final_val_loss": 1.23, "tokens": 1e9})
     >>> store.get(key)["status"]
     'completed'
+    >>> store.records()[0].final_val_loss
+    1.23
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import socket
 import sqlite3
@@ -52,21 +57,12 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import EmbrecipeError, InputError
 from .jsonio import json_safe
+from .records import RunRecord, as_record, run_key, variant_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 STATUSES = ("pending", "running", "completed", "failed")
-
-# Keys that name *where* a run writes or how it is watched, not *what* it computes: two configs that differ
-# only in these are the same experiment and must share a row. Adding a key here never changes the key of a stored
-# run whose config lacks it (the committed study stores hold none of the operational ones added later:
-# tests/test_store.py recomputes their keys).
-NON_IDENTITY_KEYS = frozenset({"out", "output_dir", "log_every", "progress", "resume", "store",
-                               # operational settings: how often to checkpoint, how many workers, where to report
-                               "checkpoint_every", "overwrite", "workers", "num_workers", "executor",
-                               "heartbeat_s", "report_to", "push_to_hub", "hub_model_id",
-                               "tracking_dir", "run_name", "tracking_group"})
 
 # Heartbeats every DEFAULT_HEARTBEAT_S; a claim is stale after STALE_AFTER_BEATS of them are missed.
 DEFAULT_HEARTBEAT_S = 60.0
@@ -103,120 +99,12 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
 """
-_SCHEMA_VERSION = "1"
+_SCHEMA_VERSION = "2"
+# Store schemas this code opens: "1" (records in the layouts before embrecipe.records; migrated on first write).
+_OLD_SCHEMA_VERSIONS = ("1",)
 
 # Columns kept as JSON text.
 _JSON_COLUMNS = ("loss_curve", "eval", "timings")
-
-
-def _canonical(value: Any) -> Any:
-    """Normalise a config value so equal experiments serialise identically (1e15 == 1000000000000000)."""
-    if isinstance(value, Mapping):
-        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InputError(f"run config contains a non-finite number ({value!r})")
-        return int(value) if value.is_integer() and abs(value) < 2**63 else value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "item"):  # numpy scalars
-        return _canonical(value.item())
-    raise InputError(f"run config value of type {type(value).__name__} is not JSON-serialisable: {value!r}")
-
-
-def _canonical_method(method: Any) -> Any:
-    # A LoRA given as {"name": "lora", "rank": 8} and one with every default spelled out are the same run.
-    if isinstance(method, Mapping):
-        from .methods import method_from_dict, method_to_dict
-
-        return method_to_dict(method_from_dict(method))
-    return method
-
-
-def run_key(config: Mapping[str, Any]) -> str:
-    """Stable identity of a run: SHA-256 (first 20 hex digits) of the canonical JSON of its config.
-
-    Key order, ``1e15`` vs ``1000000000000000``, and defaulted method hyper-parameters do not change the
-    key; keys in :data:`NON_IDENTITY_KEYS` (output directory, logging) are ignored.
-    """
-    if not isinstance(config, Mapping):
-        raise InputError(f"run config must be a mapping, got {type(config).__name__}")
-    ident = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
-    if "method" in ident:
-        ident["method"] = _canonical_method(ident["method"])
-    text = json.dumps(_canonical(ident), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
-
-
-def _lookup(record: Mapping[str, Any], name: str) -> Any:
-    if name in record and record[name] is not None:
-        return record[name]
-    cfg = record.get("config")
-    if isinstance(cfg, Mapping):
-        return cfg.get(name)
-    return None
-
-
-def normalize_record(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Flat canonical fields of a run record, whichever of the known layouts it uses.
-
-    Accepted: flat records (``model`` a name, ``method`` a dict, ``n_params``, ``shape``) and the trainer's
-    nested layout (``model: {name, non_embedding_params, trainable_params, shape}``, ``method`` a name with
-    ``hparams``, ``data: {fingerprint, pairs, mean_tokens_per_pair}``); every field is also looked up in
-    ``record["config"]``. Missing fields are None.
-    """
-    out: dict[str, Any] = {}
-    model = _lookup(record, "model")
-    if isinstance(model, Mapping):
-        out["model"] = model.get("name") or model.get("path")
-        out["n_params"] = model.get("non_embedding_params")
-        out["n_trainable"] = model.get("trainable_params")
-        out["shape"] = model.get("shape")
-    else:
-        out["model"] = model
-    for name, aliases in (("n_params", ("n_params", "non_embedding_params")),
-                          ("n_trainable", ("n_trainable", "trainable_params")),
-                          ("shape", ("shape", "model_shape"))):
-        if out.get(name) is None:
-            out[name] = next((v for a in aliases if (v := _lookup(record, a)) is not None), None)
-    method = record.get("method")
-    cfg: Mapping[str, Any] = record["config"] if isinstance(record.get("config"), Mapping) else {}
-    if not isinstance(method, Mapping):
-        if isinstance(cfg.get("method"), Mapping):
-            method = cfg["method"]
-        elif isinstance(method, str):
-            method = {"name": method, **dict(record.get("hparams") or {})}
-    out["method"] = dict(method) if isinstance(method, Mapping) else None
-    out["variant"] = record.get("method_key") or _variant_of(out["method"])
-    data: Mapping[str, Any] = record["data"] if isinstance(record.get("data"), Mapping) else {}
-    out["data_fingerprint"] = _lookup(record, "data_fingerprint") or data.get("fingerprint")
-    out["pairs"] = _lookup(record, "pairs") or _lookup(record, "train_pairs")
-    out["tokens_per_pair"] = _lookup(record, "tokens_per_pair") or data.get("mean_tokens_per_pair")
-    for name in ("budget", "seed", "model_flops", "tokens", "steps", "batch_size", "final_train_loss",
-                 "final_val_loss", "loss_curve", "eval", "status"):
-        out[name] = _lookup(record, name)
-    timings = _lookup(record, "timings")
-    if timings is None:
-        timings = {k: record[k] for k in ("train_time_s", "wall_time_s", "tokens_per_s") if k in record} or None
-    out["timings"] = timings
-    return out
-
-
-def _variant_of(method: Any) -> str | None:
-    if not isinstance(method, Mapping):
-        return None if method is None else str(method)
-    try:
-        from .methods import method_from_dict
-
-        return method_from_dict(method).key
-    except EmbrecipeError:
-        return str(method.get("name"))
 
 
 # A per-process token: after a container restart the new sweep may get the killed one's PID (and hostname), and
@@ -294,18 +182,48 @@ class RunStore:
             self._conn.execute(
                 "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', ?)", (_SCHEMA_VERSION,)
             )
+        version = self._conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()[0]
+        if version != _SCHEMA_VERSION and version not in _OLD_SCHEMA_VERSIONS:
+            raise InputError(f"store {self.location} has schema version {version}; this embrecipe reads "
+                             f"{', '.join((*_OLD_SCHEMA_VERSIONS, _SCHEMA_VERSION))} (upgrade embrecipe)")
+        self._needs_migration = version != _SCHEMA_VERSION
 
     # -- plumbing ---------------------------------------------------------------------------------------
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
+            if self._needs_migration:
+                self._migrate()  # in the same transaction as the first write: all or nothing
             yield self._conn
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
         else:
             self._conn.execute("COMMIT")
+
+    _needs_migration = False  # set in __init__ once the schema is known
+
+    def migrate(self) -> int:
+        """Bring an older store to the current schema now (any write would); returns the records rewritten."""
+        if not self._needs_migration:
+            return 0
+        with self._tx():
+            pass  # _tx migrates first
+        return self._migrated
+
+    def _migrate(self) -> None:
+        """Rewrite every record of an older store into schema 2 (inside the caller's transaction)."""
+        rows = self._conn.execute("SELECT key, record FROM runs WHERE record IS NOT NULL").fetchall()
+        for row in rows:
+            rec = self._parse_record(row["key"], json.loads(row["record"]))
+            self._conn.execute("UPDATE runs SET record = ? WHERE key = ?", (_dumps(rec.to_dict()), row["key"]))
+        self._conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (_SCHEMA_VERSION,))
+        self._needs_migration = False
+        self._migrated = len(rows)
+
+    def _parse_record(self, key: str, record: Any) -> RunRecord:
+        return RunRecord.from_dict(record, where=f"store {self.location}, run {key}")
 
     def close(self) -> None:
         self._conn.close()
@@ -355,7 +273,7 @@ class RunStore:
                     "INSERT OR IGNORE INTO runs (key, status, model, method, variant, budget, seed, config,"
                     " created_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
                     (key, _str_or_none(cfg.get("model")), _method_name(cfg.get("method")),
-                     _variant_of(cfg.get("method")), _float_or_none(cfg.get("budget")),
+                     variant_of(cfg.get("method")), _float_or_none(cfg.get("budget")),
                      _int_or_none(cfg.get("seed")), _dumps(cfg), now, now),
                 )
         return keys
@@ -380,7 +298,7 @@ class RunStore:
                     " attempts, created_at, updated_at, heartbeat_at)"
                     " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
                     (key, _str_or_none(config.get("model")), _method_name(config.get("method")),
-                     _variant_of(config.get("method")), _float_or_none(config.get("budget")),
+                     variant_of(config.get("method")), _float_or_none(config.get("budget")),
                      _int_or_none(config.get("seed")), _dumps(config), worker, now, now, now),
                 )
                 return True
@@ -402,11 +320,12 @@ class RunStore:
         with self._tx() as c:
             c.execute("UPDATE runs SET heartbeat_at = ? WHERE key = ? AND status = 'running'", (now, key))
 
-    def complete(self, key: str, record: Mapping[str, Any]) -> None:
-        """Store a finished run's record and mark it ``completed`` (inserting the row if needed)."""
+    def complete(self, key: str, record: RunRecord | Mapping[str, Any]) -> None:
+        """Store a finished run's record (a :class:`RunRecord`, or a dict of any layout it reads) and mark it
+        ``completed`` (inserting the row if needed)."""
         now = time.time()
-        v = normalize_record(record)
-        cfg = record.get("config") if isinstance(record.get("config"), Mapping) else None
+        rec = as_record(record, where=f"record of run {key}")
+        cfg = None if rec.config is None else rec.config.to_dict()
         with self._tx() as c:
             exists = c.execute("SELECT config FROM runs WHERE key = ?", (key,)).fetchone()
             if exists is None:
@@ -423,14 +342,14 @@ class RunStore:
                 " final_train_loss = ?, final_val_loss = ?, loss_curve = ?, eval = ?, timings = ?,"
                 " record = ?, error = NULL, updated_at = ?, heartbeat_at = ? WHERE key = ?",
                 (
-                    _str_or_none(v["model"]), _method_name(v["method"]), v["variant"],
-                    _float_or_none(v["budget"]), _int_or_none(v["seed"]),
-                    _int_or_none(v["n_params"]), _int_or_none(v["n_trainable"]),
-                    _float_or_none(v["model_flops"]), _float_or_none(v["tokens"]),
-                    _int_or_none(v["steps"]), _float_or_none(v["final_train_loss"]),
-                    _float_or_none(v["final_val_loss"]),
-                    *(_dumps_or_none(v[col]) for col in _JSON_COLUMNS),
-                    _dumps(record), now, now, key,
+                    _str_or_none(rec.model), _method_name(rec.method), rec.variant,
+                    _float_or_none(rec.budget), _int_or_none(rec.seed),
+                    _int_or_none(rec.n_params), _int_or_none(rec.n_trainable),
+                    _float_or_none(rec.model_flops), _float_or_none(rec.tokens),
+                    _int_or_none(rec.steps), _float_or_none(rec.final_train_loss),
+                    _float_or_none(rec.final_val_loss),
+                    *(_dumps_or_none(v) for v in (rec.loss_curve, rec.eval, rec.all_timings)),
+                    _dumps(rec.to_dict()), now, now, key,
                 ),
             )
 
@@ -467,13 +386,13 @@ class RunStore:
                           (now, k))
         return released
 
-    def put(self, record: Mapping[str, Any]) -> str:
-        """Insert or replace a completed run from its record alone (key from ``record['config']``)."""
-        cfg = record.get("config")
-        if not isinstance(cfg, Mapping):
+    def put(self, record: RunRecord | Mapping[str, Any]) -> str:
+        """Insert or replace a completed run from its record alone (key from the record's config)."""
+        rec = as_record(record)
+        if rec.config is None:
             raise InputError("record has no 'config' mapping to derive its key from")
-        key = str(record.get("key") or run_key(cfg))
-        self.complete(key, record)
+        key = str(rec.key or rec.config.key())
+        self.complete(key, rec)
         return key
 
     # -- reads ------------------------------------------------------------------------------------------
@@ -492,15 +411,20 @@ class RunStore:
         sql = "SELECT * FROM runs" + (" WHERE status = ?" if status else "") + " ORDER BY created_at, key"
         return [self._row_to_dict(r) for r in self._conn.execute(sql, (status,) if status else ())]
 
-    def records(self) -> list[dict[str, Any]]:
-        """The full records of completed runs, each with its ``key`` added (what the law fit consumes)."""
-        out = []
-        for row in self.rows("completed"):
-            rec = dict(row["record"] or {})
-            rec.setdefault("key", row["key"])
-            rec.setdefault("config", row["config"])
-            out.append(rec)
-        return out
+    def record(self, key: str) -> RunRecord | None:
+        """The record of run ``key`` (its row's key and config filled in), None if there is no such row."""
+        row = self.get(key)
+        return None if row is None else self._row_record(row)
+
+    def records(self) -> list[RunRecord]:
+        """The records of completed runs, each with its row ``key`` (what the law fit consumes)."""
+        return [self._row_record(row) for row in self.rows("completed")]
+
+    def _row_record(self, row: Mapping[str, Any]) -> RunRecord:
+        raw = dict(row["record"] or {})
+        raw.setdefault("key", row["key"])
+        raw.setdefault("config", row["config"])
+        return self._parse_record(row["key"], raw)
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(STATUSES, 0)

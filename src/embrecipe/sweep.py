@@ -51,8 +51,9 @@ from .errors import EmbrecipeError, InputError, OutOfDiskSpace, is_disk_full
 from .flops import ModelShape
 from .jsonio import read_mapping
 from .methods import canonical_method_name, method_class, method_names, method_to_dict, parse_method
+from .records import RunRecord
 
-TrainFn = Callable[[dict[str, Any]], dict[str, Any]]
+TrainFn = Callable[[dict[str, Any]], "RunRecord | dict[str, Any]"]
 DEFAULT_TRAIN_FN = "embrecipe.trainer:train_from_dict"
 SYNTHETIC_TRAIN_FN = "embrecipe.synthetic:synthetic_train"
 _GRID_KEYS = {"name", "models", "family", "methods", "budgets", "train", "min_steps", "allow_repeat",
@@ -380,7 +381,7 @@ def expand(grid: Grid, stats: DataStats | None = None,
     budgets get one cell at ``lr_choice[(model path, variant)]`` — or, before the search has finished, are
     listed in ``skipped`` with the reason "waits for the LR search" (:data:`WAITS_FOR_LR`)."""
     from . import __version__
-    from .store import run_key
+    from .records import run_key
 
     stats = stats or data_stats(grid)
     batch = int(grid.train.get("batch_size", 1024))
@@ -482,8 +483,10 @@ def _call_train(train_fn: TrainFn, config: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:  # one bad cell must not end the sweep
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(limit=8), "disk_full": is_disk_full(exc)}
+    if isinstance(record, RunRecord):
+        return record.to_dict()  # a plain dict crosses process boundaries (spawn, Ray, torchrun) as it is
     if not isinstance(record, Mapping):
-        return {"status": "failed", "error": f"train function returned {type(record).__name__}, not a dict"}
+        return {"status": "failed", "error": f"train function returned {type(record).__name__}, not a record"}
     return dict(record)
 
 
@@ -704,10 +707,9 @@ def lr_choice_from_store(st: Any, cells: list[Cell]) -> dict[tuple[str, str], fl
 
     runs = []
     for c in cells:
-        row = st.get(c.key)
-        rec = (row or {}).get("record") or {}
-        loss = rec.get("final_val_loss") if (row or {}).get("status") == "completed" else None
-        if (row or {}).get("status") == "failed" or loss is not None:
+        status = st.status(c.key)
+        loss = st.record(c.key).final_val_loss if status == "completed" else None
+        if status == "failed" or loss is not None:
             runs.append((str(c.config["model"]), c.variant, c.budget, c.config.get("lr"), loss))
     return select_lrs(runs)
 
@@ -801,14 +803,6 @@ def _config_of(cell: Cell) -> tuple[str, str]:
     return str(cell.config["model"]), cell.variant
 
 
-def _stored_record(st: Any, key: str) -> dict[str, Any]:
-    row = st.get(key)
-    rec = dict(row["record"] or {})
-    rec.setdefault("key", key)
-    rec.setdefault("config", row["config"])
-    return rec
-
-
 def _run_adaptive(st, cells, skipped, spec, fn, grid, executor, workers, ray_address, progress, log,
                   location) -> SweepResult:
     """Rung by rung, smallest budget first: run the alive configurations' cells, then let
@@ -852,7 +846,7 @@ def _run_adaptive(st, cells, skipped, spec, fn, grid, executor, workers, ray_add
                 return result
             if k == len(rungs):
                 break
-            records = [_stored_record(st, key) for key in report.selected_keys]
+            records = [st.record(key) for key in report.selected_keys]
             decision = decide(records, alive, rung=k, budget=budget, targets=targets, spec=spec)
             report.decisions.append(decision)
             for line in decision.lines():

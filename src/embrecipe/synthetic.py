@@ -25,7 +25,7 @@ Example::
 
     >>> rec = synthetic_train({"model": "toy-h128-l4", "method": {"name": "full"}, "budget": 1e14,
     ...                        "batch_size": 32, "seed": 0, "noise": 0.0})
-    >>> rec["synthetic"], rec["n_params"]
+    >>> rec.synthetic, rec.n_params
     (True, 793344)
 """
 
@@ -43,6 +43,7 @@ import numpy as np
 from .errors import InputError
 from .flops import ModelShape
 from .methods import BlockFreezing, LoRA, method_from_dict, method_to_dict
+from .records import RunConfig, RunRecord, run_key
 
 # (E, A, alpha, B, beta) per method; LoRA's B shrinks slowly with rank, freezing's grows with frozen depth.
 SYNTHETIC_LAWS: dict[str, tuple[float, float, float, float, float]] = {
@@ -105,15 +106,13 @@ def lr_penalty(method: Mapping[str, Any], N: float, lr: float | None) -> float:
     return 1.0 + LR_CURVATURE * math.log(float(lr) / optimal_lr(method, N)) ** 2
 
 
-def synthetic_train(config: Mapping[str, Any]) -> dict[str, Any]:
+def synthetic_train(config: Mapping[str, Any]) -> RunRecord:
     """A fake trainer (SYNTHETIC): the record a real run would return, with a loss from a known law.
 
     Config keys used: ``model`` (a ``toy-h*-l*`` name, or ``shape``), ``method``, ``budget``,
     ``batch_size``, ``seed``; optional ``lr`` (see the LR dependence above), ``noise`` (σ of the log-normal noise, default 0.01),
     ``tokens_per_pair`` (default 60) and ``sleep`` (seconds, to imitate a slow run in tests).
     """
-    from .store import run_key
-
     shape = toy_shape_from_name(config.get("model", ""))
     if shape is None and isinstance(config.get("shape"), Mapping):
         shape = ModelShape.from_dict(config["shape"])
@@ -139,27 +138,29 @@ def synthetic_train(config: Mapping[str, Any]) -> dict[str, Any]:
     loss = true_loss(method_to_dict(method), n, tokens) * lr_penalty(method_to_dict(method), n, lr) * math.exp(eps)
     curve = [{"step": s, "loss": true_loss(method_to_dict(method), n, max(s, 1) * batch * tpp) * 1.05}
              for s in np.unique(np.linspace(1, steps, num=min(steps, 5)).astype(int)).tolist()]
-    return {
-        "synthetic": True,
-        "config": dict(config),
-        "model": config["model"],
-        "method": method_to_dict(method),
-        "budget": budget,
-        "seed": config.get("seed", 0),
-        "shape": shape.to_dict(),
-        "n_params": n,
-        "n_trainable": n_t,
-        "model_flops": tokens * cost,
-        "tokens": tokens,
-        "pairs": steps * batch,
-        "steps": steps,
-        "batch_size": batch,
-        "lr": lr,
-        "tokens_per_pair": tpp,
-        "final_train_loss": loss * 1.02,
-        "final_val_loss": loss,
-        "loss_curve": curve,
-        "eval": {},
-        "timings": {"train_s": time.time() - t0},
-        "data_fingerprint": config.get("data_fingerprint", "synthetic"),
-    }
+    return RunRecord(
+        config=RunConfig.from_dict(config),
+        status="completed",
+        synthetic=True,
+        model=config["model"],
+        shape=shape,
+        n_params=n,
+        n_trainable=n_t,
+        method=method_to_dict(method),
+        variant=method.key,
+        budget=budget,
+        seed=config.get("seed", 0),
+        model_flops=tokens * cost,
+        tokens=tokens,
+        pairs=steps * batch,
+        steps=steps,
+        batch_size=batch,
+        lr=lr,
+        tokens_per_pair=tpp,
+        final_train_loss=loss * 1.02,
+        final_val_loss=loss,
+        loss_curve=curve,
+        eval={},
+        timings={"train_s": time.time() - t0},
+        data_fingerprint=config.get("data_fingerprint", "synthetic"),
+    )

@@ -11,7 +11,7 @@ Example::
     >>> from embrecipe.methods import LoRA
     >>> record = train(TrainConfig(model="runs/base", data="pairs.jsonl", method=LoRA(rank=32),
     ...                            budget=3e13, batch_size=1024, mini_batch_size=64, out="runs/lora"))  # doctest: +SKIP
-    >>> record["model_flops"] <= record["budget"]                                                           # doctest: +SKIP
+    >>> record.model_flops <= record.budget                                                                 # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -53,9 +53,8 @@ from .methods import (
     method_from_dict,
     method_to_dict,
 )
+from .records import RunConfig, RunRecord
 from .tracking import step_metrics
-
-RECORD_SCHEMA = 1
 
 # A loss above this many times max(first step's loss, ln batch_size) counts as a runaway (diverged) run. ln B is
 # the loss of embeddings that carry no information; a healthy run starts near it and goes down, so 10x that is
@@ -205,7 +204,7 @@ _OPTIONAL_DEFAULTS: dict[str, Any] = {"query_prompt": None, "doc_prompt": None, 
                                       "tracking_dir": None, "run_name": None, "tracking_group": None}
 
 
-def train_from_dict(config: dict[str, Any]) -> dict[str, Any]:
+def train_from_dict(config: dict[str, Any]) -> RunRecord | dict[str, Any]:
     """Train from a plain dict (keys of :class:`TrainConfig`; ``method`` as ``method_to_dict``)."""
     return train(config_from_dict(config))
 
@@ -659,8 +658,10 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
 # --------------------------------------------------------------------------------------------- train
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Run one budget-exact training run; return (and write to ``out/run.json``) its record."""
+def train(config: TrainConfig) -> RunRecord | dict[str, Any]:
+    """Run one budget-exact training run; return (and write to ``out/run.json``, as ``record.to_dict()``) its
+    :class:`~embrecipe.records.RunRecord`. A run stopped by ``stop_after_steps`` (a test hook that imitates a
+    kill) is no finished run and has no record: it returns its loop state, a dict with ``status: "interrupted"``."""
     import torch
     from tqdm.auto import tqdm
 
@@ -947,53 +948,58 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if val_loss is not None:
         tracker.log(state["step"], {"eval/loss": val_loss})
     tracker.close()
-    record = {
-        "schema": RECORD_SCHEMA,
-        "status": "failed" if failure else "completed",
-        "config": config.to_dict(),
-        "model": {"name": config.model, "non_embedding_params": info.n_params, "trainable_params": info.n_trainable,
-                  "trainable_params_total": info.n_trainable_total, "shape": info.shape.to_dict()},
-        "method": config.method.name,
-        "method_key": config.method.key,
-        "hparams": config.method.hparams(),
-        "budget": float(config.budget),
-        "model_flops": float(state["model_flops"]),
-        "hardware_flops": float(state["hardware_flops"]),
-        "flops_per_token": per_token,
-        "tokens": int(state["tokens"]),
-        "padded_tokens": int(state["padded_tokens"]),
-        "steps": int(state["step"]),
-        "planned_steps": planned_steps,
-        "batch_size": config.batch_size,
-        "lr": lr,
-        "lr_schedule": "warm-up + cosine by spent FLOPs",
-        "step_lrs": [float(f"{x:.6g}") for x in state["step_lrs"]],
-        "precision": "bf16" if use_bf16 else "fp32",
-        "world_size": world,
-        "seed": config.seed,
-        "data": {"source": data.source, "pairs": len(data), "fingerprint": data.fingerprint(),
-                 "mean_tokens_per_pair": mean_pair_tokens},
-        "loss_curve": state["loss_curve"],
-        "step_times_s": state["step_times"],
-        "final_train_loss": state["loss_curve"][-1][1],
-        "final_val_loss": val_loss,
-        "val_pairs": (min(len(val), config.val_size_cap) if val is not None else 0),
-        "train_time_s": state["train_time_s"],
-        "wall_time_s": time.time() - t_start,
-        "tokens_per_s": state["tokens"] / max(state["train_time_s"], 1e-9),
-        "model_flops_per_s": state["model_flops"] / max(state["train_time_s"], 1e-9),
-        "versions": _versions(),
-        "device": device.type,
-        "device_name": _device_name(device),  # the planner's --hours picks throughput per device type
-        "tracking": {"backends": tracker.backends, "log_dir": getattr(tracker, "log_dir", None)},
-        "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-        "execution": execution,
-    }
+    record = RunRecord(
+        config=RunConfig.from_dict(config.to_dict()),
+        status="failed" if failure else "completed",
+        failure=failure,
+        model=config.model,
+        shape=info.shape,
+        n_params=info.n_params,
+        n_trainable=info.n_trainable,
+        method=method_to_dict(config.method),
+        variant=config.method.key,
+        budget=float(config.budget),
+        seed=config.seed,
+        model_flops=float(state["model_flops"]),
+        tokens=int(state["tokens"]),
+        steps=int(state["step"]),
+        batch_size=config.batch_size,
+        lr=lr,
+        tokens_per_pair=mean_pair_tokens,
+        unique_pairs=len(data),
+        data_fingerprint=data.fingerprint(),
+        final_train_loss=state["loss_curve"][-1][1],
+        final_val_loss=val_loss,
+        loss_curve=state["loss_curve"],
+        details={
+            "trainable_params_total": info.n_trainable_total,
+            "data_source": data.source,
+            "hardware_flops": float(state["hardware_flops"]),
+            "flops_per_token": per_token,
+            "padded_tokens": int(state["padded_tokens"]),
+            "planned_steps": planned_steps,
+            "lr_schedule": "warm-up + cosine by spent FLOPs",
+            "step_lrs": [float(f"{x:.6g}") for x in state["step_lrs"]],
+            "precision": "bf16" if use_bf16 else "fp32",
+            "world_size": world,
+            "step_times_s": state["step_times"],
+            "val_pairs": (min(len(val), config.val_size_cap) if val is not None else 0),
+            "train_time_s": state["train_time_s"],
+            "wall_time_s": time.time() - t_start,
+            "tokens_per_s": state["tokens"] / max(state["train_time_s"], 1e-9),
+            "model_flops_per_s": state["model_flops"] / max(state["train_time_s"], 1e-9),
+            "versions": _versions(),
+            "device": device.type,
+            "device_name": _device_name(device),  # the planner's --hours picks throughput per device type
+            "tracking": {"backends": tracker.backends, "log_dir": getattr(tracker, "log_dir", None)},
+            "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            "execution": execution,
+        },
+    )
     if failure is not None:
-        record["failure"] = failure
         if out and dist.main:  # the record only: a diverged model is not worth a file
             out.mkdir(parents=True, exist_ok=True)
-            _atomic_write_json(out / "run.json", record)
+            _atomic_write_json(out / "run.json", record.to_dict())
         dist.barrier()
         raise TrainingDiverged(f"training {failure} (lr {lr:g}); no model exported"
                                + (f", record in {out / 'run.json'}" if out else ""), record)
@@ -1147,7 +1153,7 @@ def _save_checkpoint(ckpt_dir: Path, model: Any, optimizer: Any, state: dict[str
         shutil.rmtree(old)
 
 
-def _export(model: Any, config: TrainConfig, record: dict[str, Any], out: Path, loss_fn: Any = None) -> None:
+def _export(model: Any, config: TrainConfig, record: RunRecord, out: Path, loss_fn: Any = None) -> None:
     """Write the SentenceTransformer (LoRA merged unless keep_adapter), model card and run.json atomically.
 
     The card is sentence-transformers' own README, rendered from ``model.model_card_data`` filled with the run's
@@ -1169,7 +1175,7 @@ def _export(model: Any, config: TrainConfig, record: dict[str, Any], out: Path, 
             merge_adapters(model)
             model.save(str(tmp))
             save_tokenizer_flags(model, tmp)
-        _atomic_write_json(tmp / "run.json", record)
+        _atomic_write_json(tmp / "run.json", record.to_dict())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a half-written export never lands in out
         raise

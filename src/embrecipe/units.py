@@ -72,6 +72,7 @@ from typing import Any, TypeGuard
 from .errors import InputError
 from .flops import ModelShape
 from .jsonio import read_mapping
+from .records import RunRecord, as_record
 
 GIB = 2**30
 # kappa and the LoRA excess lambda, fitted by benchmarks/memory_model.py (smollm2-L2, fp32, CPU; the fit and
@@ -170,15 +171,16 @@ class ThroughputTable:
 
     # -- sources --------------------------------------------------------------------------------------
     @classmethod
-    def from_records(cls, records: Iterable[Mapping[str, Any]], device: str | None = None,
+    def from_records(cls, records: Iterable[RunRecord | Mapping[str, Any]], device: str | None = None,
                      label: str = "") -> ThroughputTable:
         """Completed runs of a store → measurements, on the device whose name contains ``device``.
 
         A record's device is its ``device_name`` (e.g. "NVIDIA H100 80GB HBM3") when the trainer wrote one,
         else its ``device`` ("cuda", "cpu"). Without ``device`` the store must hold runs of one device only.
         """
-        usable = [r for r in records if r.get("status", "completed") == "completed"
-                  and _num(r.get("model_flops_per_s")) and _num(r.get("train_time_s"))]
+        recs = [as_record(r) for r in records]
+        usable = [r for r in recs if r.completed
+                  and _num(r.details.get("model_flops_per_s")) and _num(r.details.get("train_time_s"))]
         names = sorted({record_device(r) for r in usable})
         if device:
             usable = [r for r in usable if device.lower() in record_device(r).lower()]
@@ -190,14 +192,12 @@ class ThroughputTable:
                              "pick one with --throughput-device NAME")
         out = []
         for r in usable:
-            model = r.get("model")
-            n = model.get("non_embedding_params") if isinstance(model, Mapping) else r.get("n_params")
-            method = r.get("method")
-            kind = method.get("name") if isinstance(method, Mapping) else str(method)
-            variant = r.get("method_key") or r.get("variant") or kind
+            n = r.n_params
+            kind = r.method.get("name") if r.method is not None else None
+            variant = r.variant or kind
             if _num(n):
-                batch = r.get("batch_size") or (r.get("config") or {}).get("batch_size")
-                out.append(Measurement(str(variant), str(kind), float(n), float(r["model_flops_per_s"]),
+                batch = r.batch_size
+                out.append(Measurement(str(variant), str(kind), float(n), float(r.details["model_flops_per_s"]),
                                        record_device(r), int(batch) if _num(batch) else None))
         dev = names[0] if len(names) == 1 and not device else (device or "")
         return cls(out, label=f"{label} ({dev})" if dev else label)
@@ -244,8 +244,8 @@ class ThroughputTable:
         return len(self.measurements) == 1 and self.measurements[0].variant == "*"
 
 
-def record_device(r: Mapping[str, Any]) -> str:
-    return str(r.get("device_name") or r.get("device") or "unknown")
+def record_device(r: RunRecord) -> str:
+    return str(r.details.get("device_name") or r.details.get("device") or "unknown")
 
 
 def _num(x: Any) -> TypeGuard[float]:

@@ -138,15 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     with RunStore(store) as st:
         records = st.records()
         session["sweep"]["counts"] = st.counts()
-    session["sweep"]["model_flops"] = sum(float(r.get("model_flops") or 0) for r in records)
+    session["sweep"]["model_flops"] = sum(float(r.model_flops or 0) for r in records)
     log(f"sweep: {session['sweep']}")
     save_session()
 
     # -- 2. fit on every completed run, 3. plan at the check budgets
-    done_budgets = sorted({float(r["budget"]) for r in records})
+    done_budgets = sorted({float(r.budget) for r in records})
     grid_budgets = sorted(float(b) for b in grid_raw["budgets"])
     # a rung counts as fitted only when every configuration of it finished
-    per_budget = {b: sum(1 for r in records if math.isclose(float(r["budget"]), b, rel_tol=1e-6)) for b in done_budgets}
+    per_budget = {b: sum(1 for r in records if math.isclose(float(r.budget), b, rel_tol=1e-6)) for b in done_budgets}
     full_rungs = [b for b in grid_budgets if per_budget.get(b, 0) >= max(per_budget.values(), default=0) * 0.8]
     t0 = time.time()
     try:
@@ -206,13 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     with RunStore(check_store) as st:
         check_records = st.records()
     for r in check_records:
-        d = models_dir / r["key"]
+        d = models_dir / r.key
         if time.time() > args.until - 15 or not (d / "modules.json").is_file():
             continue
         try:
-            embed_eval_texts(d, emb / f"{r['key']}.npz", limit=args.eval_limit)
+            embed_eval_texts(d, emb / f"{r.key}.npz", limit=args.eval_limit)
         except Exception as exc:
-            log(f"embedding {r['key']} failed: {exc}")
+            log(f"embedding {r.key} failed: {exc}")
     session["embed_seconds"] = time.time() - t0
     session["finished"] = time.time()
     save_session()

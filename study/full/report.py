@@ -26,7 +26,10 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from embrecipe.records import RunRecord
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -48,31 +51,31 @@ def _same(a: float, b: float) -> bool:
     return math.isclose(float(a), float(b), rel_tol=1e-6)
 
 
-def sweep_cost(records: list[dict[str, Any]], session: dict[str, Any]) -> dict[str, Any]:
+def sweep_cost(records: list[RunRecord], session: dict[str, Any]) -> dict[str, Any]:
     return {
         "runs": len(records),
-        "model_flops": sum(float(r["model_flops"]) for r in records),
-        "hardware_flops": sum(float(r.get("hardware_flops") or 0) for r in records),
-        "train_seconds_summed": sum(float(r["train_time_s"]) for r in records),
-        "run_wall_seconds_summed": sum(float(r["wall_time_s"]) for r in records),
+        "model_flops": sum(float(r.model_flops) for r in records),
+        "hardware_flops": sum(float(r.details.get("hardware_flops") or 0) for r in records),
+        "train_seconds_summed": sum(float(r.details["train_time_s"]) for r in records),
+        "run_wall_seconds_summed": sum(float(r.details["wall_time_s"]) for r in records),
         "sweep_wall_seconds": float(session.get("sweep", {}).get("seconds", math.nan)),
         "device": session.get("device"),
         "workers": session.get("workers"),
-        "precision": sorted({r.get("precision") for r in records}),
-        "budgets": sorted({float(r["budget"]) for r in records}),
-        "steps_range": [min(int(r["steps"]) for r in records), max(int(r["steps"]) for r in records)],
+        "precision": sorted({r.details.get("precision") for r in records}),
+        "budgets": sorted({float(r.budget) for r in records}),
+        "steps_range": [min(int(r.steps) for r in records), max(int(r.steps) for r in records)],
         "smallest_model_steps_at_smallest_budget": min(
-            int(r["steps"]) for r in records
-            if _same(r["budget"], min(float(x["budget"]) for x in records))
-            and r["model"]["non_embedding_params"] == min(x["model"]["non_embedding_params"] for x in records)),
+            int(r.steps) for r in records
+            if _same(r.budget, min(float(x.budget) for x in records))
+            and r.n_params == min(x.n_params for x in records)),
     }
 
 
-def _steps_range(records: list[dict[str, Any]], cost: dict[str, Any]) -> tuple[int, int]:
+def _steps_range(records: list[RunRecord], cost: dict[str, Any]) -> tuple[int, int]:
     """Optimizer steps of the smallest model's runs at the smallest budget (min, max over methods)."""
     b0 = cost["budgets"][0]
-    n0 = min(r["model"]["non_embedding_params"] for r in records)
-    steps = [int(r["steps"]) for r in records if _same(r["budget"], b0) and r["model"]["non_embedding_params"] == n0]
+    n0 = min(r.n_params for r in records)
+    steps = [int(r.steps) for r in records if _same(r.budget, b0) and r.n_params == n0]
     return min(steps), max(steps)
 
 
@@ -90,7 +93,7 @@ def validation_rows(laws: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def recipe_check(plans: dict[str, Any], checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def recipe_check(plans: dict[str, Any], checks: list[RunRecord]) -> list[dict[str, Any]]:
     """Planned configuration vs the two best alternatives, each trained at the check budget."""
     out = []
     for label, p in plans["plans"].items():
@@ -98,9 +101,9 @@ def recipe_check(plans: dict[str, Any], checks: list[dict[str, Any]]) -> list[di
         cands = [c for c in p["candidates"] if c.get("feasible", True)][:3]
         rows = []
         for rank, c in enumerate(cands, 1):
-            match = [r for r in checks if _same(r["budget"], budget) and r["method_key"] == c["variant"]
-                     and Path(str(r["config"]["model"])).name == c["model"]]
-            measured = float(match[0]["final_val_loss"]) if match else None
+            match = [r for r in checks if _same(r.budget, budget) and r.variant == c["variant"]
+                     and Path(str(r.config.model)).name == c["model"]]
+            measured = float(match[0].final_val_loss) if match else None
             rows.append({"rank": rank, "model": c["model"], "variant": c["variant"], "predicted": c["loss"],
                          "low": c.get("loss_low"), "high": c.get("loss_high"), "p_optimal": c.get("p_optimal"),
                          "steps": c["steps"], "measured": measured,
@@ -117,28 +120,28 @@ def recipe_check(plans: dict[str, Any], checks: list[dict[str, Any]]) -> list[di
     return out
 
 
-def empirical_winners(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def empirical_winners(records: list[RunRecord]) -> list[dict[str, Any]]:
     """Per grid budget, the best measured run of each variant and the overall winner (no law involved)."""
     out = []
-    for b in sorted({float(r["budget"]) for r in records}):
-        at = [r for r in records if _same(r["budget"], b)]
+    for b in sorted({float(r.budget) for r in records}):
+        at = [r for r in records if _same(r.budget, b)]
         per_variant = {}
         for r in at:
-            v = r["method_key"]
-            if v not in per_variant or r["final_val_loss"] < per_variant[v]["loss"]:
-                per_variant[v] = {"model": Path(str(r["config"]["model"])).name, "loss": float(r["final_val_loss"]),
-                                  "steps": int(r["steps"])}
+            v = r.variant
+            if v not in per_variant or r.final_val_loss < per_variant[v]["loss"]:
+                per_variant[v] = {"model": Path(str(r.config.model)).name, "loss": float(r.final_val_loss),
+                                  "steps": int(r.steps)}
         win = min(per_variant, key=lambda v: per_variant[v]["loss"])
         out.append({"budget": b, "per_variant": per_variant, "winner": win, "winner_model": per_variant[win]["model"]})
     return out
 
 
-def plan_reproduces(records: list[dict[str, Any]], keys: list[str], plans: dict[str, Any]) -> dict[str, Any]:
+def plan_reproduces(records: list[RunRecord], keys: list[str], plans: dict[str, Any]) -> dict[str, Any]:
     """Refit on exactly the runs the GPU session had when it planned, and plan again: same top-3?"""
     from embrecipe.laws import fit_laws
     from embrecipe.plan import plan
 
-    subset = [r for r in records if r["key"] in set(keys)]
+    subset = [r for r in records if r.key in set(keys)]
     laws = fit_laws(subset, bootstrap=int(plans["plans"]["inside"]["n_bootstrap"] or 100), seed=0)
     out = {"runs": len(subset), "same_top3": True, "by_budget": {}}
     for label, p in plans["plans"].items():
@@ -160,22 +163,22 @@ ADAPTIVE_SETTINGS = [  # the default policy first; then looser ones, to show wha
 ]
 
 
-def _check_label(r: dict[str, Any], check: list[dict[str, Any]]) -> tuple[str, int | None]:
+def _check_label(r: RunRecord, check: list[dict[str, Any]]) -> tuple[str, int | None]:
     """A check model's row label in the MTEB table and its plan rank."""
-    model = Path(str(r["config"]["model"])).name
-    rank = next((row["rank"] for c in check if _same(c["budget"], r["budget"]) for row in c["rows"]
-                 if row["model"] == model and row["variant"] == r["method_key"]), None)
-    name = (f"{r['method_key']} on {model} @ {r['budget']:.3g}"
+    model = Path(str(r.config.model)).name
+    rank = next((row["rank"] for c in check if _same(c["budget"], r.budget) for row in c["rows"]
+                 if row["model"] == model and row["variant"] == r.variant), None)
+    name = (f"{r.variant} on {model} @ {r.budget:.3g}"
             + (" — **planned**" if rank == 1 else f" (plan rank {rank})"))
     return name, rank
 
 
-def rescore_embeddings(checks: list[dict[str, Any]], check: list[dict[str, Any]],
+def rescore_embeddings(checks: list[RunRecord], check: list[dict[str, Any]],
                        emb_dir: Path = EMB) -> dict[str, dict[str, Any]]:
     """mteb scores of every stored ``emb_dir/KEY.npz`` (the check run KEY's held-out test embeddings), by key."""
     from embrecipe.evaluate import evaluate_embeddings
 
-    by_key = {r["key"]: r for r in checks}
+    by_key = {r.key: r for r in checks}
     out = {}
     for npz in sorted(emb_dir.glob("*.npz")):
         r = by_key.get(npz.stem)
@@ -208,17 +211,17 @@ def score_differences(committed: dict[str, dict[str, Any]], fresh: dict[str, dic
     return diffs
 
 
-def score_embeddings(checks: list[dict[str, Any]], check: list[dict[str, Any]],
+def score_embeddings(checks: list[RunRecord], check: list[dict[str, Any]],
                      scores: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The MTEB table's trained rows from per-run ``scores``, ordered by check budget and plan rank."""
     out = []
-    by_key = {r["key"]: r for r in checks}
+    by_key = {r.key: r for r in checks}
     for key, sc in sorted(scores.items()):
         r = by_key.get(key)
         if r is None:
             raise SystemExit(f"{SCORES}: run {key} is not in check.sqlite")
         name, rank = _check_label(r, check)
-        out.append({"name": name, "key": key, "budget": r["budget"], "rank": rank,
+        out.append({"name": name, "key": key, "budget": r.budget, "rank": rank,
                     "heldout_loss": sc["heldout_loss"], "tasks": dict(sc["tasks"])})
     return sorted(out, key=lambda e: (-e["budget"], e["rank"] or 99))
 

@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate, format_table
     from ..methods import parse_method
+    from ..records import RunRecord
     from ..testbed.models import ensure_model
     from ..testbed.pairs import testbed_pairs_path
     from ..trainer import TrainConfig, train
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"[2/3] training {args.method} at {args.budget:.3g} model FLOPs → {trained_dir}", flush=True)
     run_json = trained_dir / "run.json"
     if run_json.exists():
-        record = json.loads(run_json.read_text())
+        record = RunRecord.from_dict(json.loads(run_json.read_text()), where=str(run_json))
         print("      (finished run found; reusing it)")
     else:
         record = train(TrainConfig(
@@ -53,10 +54,10 @@ def run(args: argparse.Namespace) -> int:
             # a run killed before its first checkpoint left only logs: start it again there
             overwrite=not (trained_dir / "checkpoint").exists(), progress=not args.quiet,
         ))
-    print(f"      {record['steps']} steps, {record['tokens']:,} tokens, {record['model_flops']:.3g} model FLOPs, "
-          f"{record['tokens_per_s']:.0f} tokens/s, {record['model_flops_per_s'] / 1e9:.1f} GFLOP/s, "
-          f"train loss {record['loss_curve'][0][1]:.3f} → {record['final_train_loss']:.3f}, "
-          f"validation loss {record['final_val_loss']:.3f}")
+    print(f"      {record.steps} steps, {record.tokens:,} tokens, {record.model_flops:.3g} model FLOPs, "
+          f"{record.details['tokens_per_s']:.0f} tokens/s, {record.details['model_flops_per_s'] / 1e9:.1f} GFLOP/s, "
+          f"train loss {record.loss_curve[0][1]:.3f} → {record.final_train_loss:.3f}, "
+          f"validation loss {record.final_val_loss:.3f}")
     print(f"[3/3] evaluating raw vs trained on {args.eval_pairs} held-out test pairs", flush=True)
     rows = []
     for name, path in (("raw", base), ("trained", trained_dir)):
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append(rec)
     print()
     print(format_table(rows))
-    (out / "demo.json").write_text(json.dumps({"train": {k: v for k, v in record.items() if k != "config"},
+    (out / "demo.json").write_text(json.dumps({"train": {k: v for k, v in record.to_dict().items() if k != "config"},
                                                "eval": rows}, indent=2, default=str) + "\n")
     print(f"\nwrote {out / 'demo.json'}")
     return 0

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Mapping
-from typing import Any
 
 from ..errors import InputError
+from ..records import RunRecord
 from ._common import add_fit_options, check_fit_options, require_store
 
 
@@ -73,27 +72,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _loss_of(record: Mapping[str, Any], loss_key: str | None) -> Any:
-    from ..laws import LOSS_KEYS
-
-    # the field the fit reads (laws.run_point): --loss-key, else the first validation loss present
-    keys = (loss_key,) if loss_key else LOSS_KEYS
-    return next((record[k] for k in keys if record.get(k) is not None), None)
-
-
-def finite_records(records: list[dict[str, Any]], loss_key: str | None = None) -> tuple[list[dict[str, Any]], int]:
+def finite_records(records: list[RunRecord], loss_key: str | None = None) -> tuple[list[RunRecord], int]:
     """(records to fit, how many were dropped): drops runs marked failed and those whose loss is NaN/inf.
 
     Stores written before divergence was detected hold diverged runs as ``completed`` with a NaN loss (strict
     JSON stores it as null); one of them would make its whole variant unfittable. A null loss is dropped only
     when other runs have one: if none has, the fit's own error (use --loss-key final_train_loss) is the answer.
     """
-    losses = [_loss_of(r, loss_key) for r in records]
+    # the field the fit reads (laws.run_point): --loss-key, else the first validation loss present
+    losses = [r.loss(loss_key) for r in records]
     some_have_loss = any(isinstance(x, (int, float)) and math.isfinite(x) for x in losses)
     kept = []
     for r, loss in zip(records, losses, strict=True):
         non_finite = isinstance(loss, (int, float)) and not math.isfinite(loss)
-        if r.get("status") == "failed" or non_finite or (loss is None and some_have_loss):
+        if r.status == "failed" or non_finite or (loss is None and some_have_loss):
             continue
         kept.append(r)
     return kept, len(records) - len(kept)

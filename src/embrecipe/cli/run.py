@@ -69,6 +69,7 @@ def recipe_line(best, batch_size: int, lr_override: float | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..family import Family
     from ..plan import load_laws, parse_budgets, plan
+    from ..records import as_record
     from ..store import RunStore
     from ..sweep import resolve_train_fn
 
@@ -117,12 +118,12 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "plan.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
     config["overwrite"] = True  # the folder now holds our plan.json, nothing else
-    record = resolve_train_fn(args.train_fn)(config)
-    if record.get("status", "completed") != "completed":
-        raise InputError(f"training did not complete (status {record.get('status')!r})")
-    achieved = record.get("final_val_loss")
-    print(f"\ntrained {best.variant} on {best.model}: {record.get('steps')} steps, "
-          f"{float(record.get('model_flops') or 0):.3g} model FLOPs; predicted loss {best.loss:.4g}"
+    record = as_record(resolve_train_fn(args.train_fn)(config), where=f"the record of {args.train_fn or 'train'}")
+    if not record.completed:
+        raise InputError(f"training did not complete (status {record.status!r})")
+    achieved = record.final_val_loss
+    print(f"\ntrained {best.variant} on {best.model}: {record.steps} steps, "
+          f"{float(record.model_flops or 0):.3g} model FLOPs; predicted loss {best.loss:.4g}"
           # One run is compared with the single-run interval (mean law + run noise), not the mean-law one.
           + (f" [{best.run_low:.4g}, {best.run_high:.4g}] for one run" if best.run_low is not None else
              f" [{best.loss_low:.4g}, {best.loss_high:.4g}] (mean law)" if best.loss_low is not None else "")
@@ -132,13 +133,13 @@ def run(args: argparse.Namespace) -> int:
         with RunStore(args.store) as store:
             key = store.put(record)
         print(f"recorded run {key} in {args.store}")
-    if args.eval_tasks != "none" and not record.get("synthetic"):
+    if args.eval_tasks != "none" and not record.synthetic:
         from ..evaluate import evaluate, format_table
 
         ev = evaluate(out, tasks=args.eval_tasks, pairs=args.eval_pairs, out=out / "eval",
                       max_seq_length=args.max_seq_length or 75)
         print(format_table(ev))
-    if args.push_to_hub and not record.get("synthetic"):
+    if args.push_to_hub and not record.synthetic:
         from ..hub import push_run
 
         print(f"pushed to the Hub: {push_run(out, args.push_to_hub, private=args.hub_private or None)}")

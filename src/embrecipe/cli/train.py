@@ -156,12 +156,15 @@ def run(args: argparse.Namespace) -> int:
     config.packing, config.pack_length, config.compile, config.sync_every = (
         args.packing, args.pack_length, args.compile, args.sync_every)
     record = train(config)
-    if record.get("status") == "failed":  # e.g. a non-finite loss found at a sync point
+    if record.status == "failed":  # e.g. a non-finite loss found at a sync point
         from ..errors import EmbrecipeError
 
-        raise EmbrecipeError(f"training failed: {record.get('failure')}")
-    summary = {k: record[k] for k in ("method_key", "budget", "model_flops", "hardware_flops", "tokens", "steps",
-                                      "final_train_loss", "final_val_loss", "tokens_per_s", "model_flops_per_s")}
+        raise EmbrecipeError(f"training failed: {record.failure}")
+    details = record.details
+    summary = {"method_key": record.variant, "budget": record.budget, "model_flops": record.model_flops,
+               "hardware_flops": details["hardware_flops"], "tokens": record.tokens, "steps": record.steps,
+               "final_train_loss": record.final_train_loss, "final_val_loss": record.final_val_loss,
+               "tokens_per_s": details["tokens_per_s"], "model_flops_per_s": details["model_flops_per_s"]}
     print(json.dumps(json_safe(summary), indent=2, allow_nan=False))
     print(f"saved to {args.out}")
     if args.push_to_hub:
