@@ -170,7 +170,10 @@ def record_flops(record: RunRecord | Mapping[str, Any]) -> float:
     from .records import as_record
 
     rec = as_record(record)
-    return float(rec.model_flops if rec.model_flops is not None else rec.budget)
+    spent = rec.model_flops if rec.model_flops is not None else rec.budget
+    if spent is None:
+        raise InputError(f"run {rec.key}: record has neither model_flops nor budget")
+    return float(spent)
 
 
 def _budget(record: RunRecord | Mapping[str, Any]) -> float:

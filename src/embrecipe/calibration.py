@@ -89,7 +89,7 @@ def simulate_records(setup: Setup, rng: np.random.Generator) -> list[RunRecord]:
                 loss = float(setup.true_loss(variant, n, d) * math.exp(rng.normal(0.0, setup.sigma)))
                 cfg = {"model": f"m{n:g}", "method": {"name": variant}, "budget": b, "seed": seed}
                 recs.append(RunRecord(key=f"{variant}-{n:g}-{b:g}-{seed}", synthetic=True,
-                                      config=RunConfig.from_dict(cfg), model=cfg["model"],
+                                      config=RunConfig.from_dict(cfg), model=str(cfg["model"]),
                                       method={"name": variant}, variant=variant_of({"name": variant}), budget=b,
                                       seed=seed, n_params=n, tokens=d, model_flops=b, final_val_loss=loss))
     return recs

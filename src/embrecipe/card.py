@@ -34,6 +34,8 @@ def card_facts(record: RunRecord | Mapping[str, Any]) -> dict[str, Any]:
     hp = ", ".join(f"{k}={v}" for k, v in (method.hparams() if method else {}).items()) or "-"
     d = record.details
     val = record.final_val_loss
+    # An exported model's record is a finished run's: both are set.
+    assert record.model_flops is not None and record.budget is not None
     spent = float(record.model_flops)
     budget = float(record.budget)
     prompts = {k: v for k, v in (("query", c.get("query_prompt")), ("document", c.get("doc_prompt"))) if v}

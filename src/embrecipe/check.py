@@ -34,10 +34,13 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
 from .records import RunRecord, as_record, run_key
+
+if TYPE_CHECKING:
+    from .sweep import TrainFn
 
 # Settings of a stored run that describe how it ran, not what it is: dropped from a check run's template.
 _OPERATIONAL = ("out", "resume", "stop_after_steps", "checkpoint_every", "progress", "log_every")
@@ -214,9 +217,9 @@ def recipe_check(
         raise InputError(f"check budget must be a positive number of FLOPs, got {budget!r}")
     if seeds < 1:
         raise InputError(f"seeds must be >= 1, got {seeds}")
-    records = [as_record(r) for r in records]
-    held = [r for r in records if _same_budget(run_point(r).budget, budget)]
-    fit_records = [r for r in records if not _same_budget(run_point(r).budget, budget)]
+    runs = [as_record(r) for r in records]
+    held = [r for r in runs if _same_budget(run_point(r).budget, budget)]
+    fit_records = [r for r in runs if not _same_budget(run_point(r).budget, budget)]
     if not fit_records:
         raise InputError(f"every run in the store is at the check budget {budget:.3g}: nothing to fit")
     synthetic = any(r.synthetic for r in fit_records)
@@ -297,7 +300,8 @@ def recipe_check(
             if row["status"] != "completed":
                 c.failed.append(f"seed {s}: {row.get('error') or row['status']}")
                 continue
-            loss = st.record(key).final_val_loss
+            rec = st.record(key)
+            loss = None if rec is None else rec.final_val_loss
             if loss is None or not math.isfinite(float(loss)):
                 c.failed.append(f"seed {s}: no validation loss")
                 continue
@@ -313,7 +317,7 @@ def recipe_check(
     return report
 
 
-def _train_jobs(st: Any, todo: list[tuple[Any, ...]], fn: Callable[[dict[str, Any]], dict[str, Any]],
+def _train_jobs(st: Any, todo: list[tuple[Any, ...]], fn: TrainFn,
                 workers: int) -> None:
     """Train the check's runs (in ``workers`` spawned processes when > 1), recording each in the store."""
     from .sweep import _call_train

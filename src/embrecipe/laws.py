@@ -703,7 +703,8 @@ def run_point(record: RunRecord | Mapping[str, Any], *, loss_key: str | None = N
         hint = " (no validation loss: fit with loss_key='final_train_loss' or add validation data)" \
             if "final_val_loss" in missing else ""
         raise InputError(f"run {key}: record lacks {', '.join(missing)}{hint}")
-    c = float(c if c is not None else budget)
+    assert n is not None and d is not None and loss is not None  # what `missing` just ruled out
+    c = float(c if c is not None else budget)  # type: ignore[arg-type]  # one of them is set (checked above)
     tpp = rec.tokens_per_pair
     if tpp is None and rec.pairs:
         tpp = float(d) / float(rec.pairs)
@@ -711,7 +712,7 @@ def run_point(record: RunRecord | Mapping[str, Any], *, loss_key: str | None = N
         tpp = float(d) / (float(rec.steps) * float(rec.batch_size))
     return RunPoint(
         key=key, variant=method.key, method=method_to_dict(method), model=str(rec.model or "?"),
-        N=float(n), D=float(d), C=c, budget=float(budget if budget is not None else c), loss=float(loss),
+        N=float(n), D=float(d), C=c, budget=float(budget) if budget is not None else c, loss=float(loss),
         n_trainable=None if rec.n_trainable is None else float(rec.n_trainable),
         shape=shape,
         tokens_per_pair=None if tpp is None else float(tpp),
@@ -1025,8 +1026,8 @@ def fit_laws(
 
     from .recipe import LR_PROTOCOL, keep_selected_lr
 
-    records = [as_record(r) for r in records]
-    points = [run_point(r, loss_key=loss_key) for r in records]
+    runs = [as_record(r) for r in records]
+    points = [run_point(r, loss_key=loss_key) for r in runs]
     if not points:
         raise InputError("no completed runs to fit")
     all_lrs = {(p.model, p.variant, p.lr) for p in points if p.lr is not None}
@@ -1035,7 +1036,7 @@ def fit_laws(
     searched = len(all_lrs) > len({(m, v) for m, v, _ in all_lrs})
     if effective_data:
         points = _with_effective_data(points)
-    if any(r.synthetic for r in records) and "SYNTHETIC" not in provenance:
+    if any(r.synthetic for r in runs) and "SYNTHETIC" not in provenance:
         # Fake-trainer runs must never pass for measurements, whatever label the caller chose.
         provenance = f"SYNTHETIC (fake trainer, not measurements): {provenance}"
     laws: dict[str, ScalingLaw] = {}

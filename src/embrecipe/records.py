@@ -203,8 +203,8 @@ class RunRecord:
     synthetic: bool = False
     model: str | None = None
     shape: ModelShape | None = None
-    n_params: int | None = None
-    n_trainable: int | None = None
+    n_params: float | None = None  # counts, but stores written by JSON may hold them as floats
+    n_trainable: float | None = None
     method: Mapping[str, Any] | None = None
     variant: str | None = None
     budget: float | None = None

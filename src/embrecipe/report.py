@@ -30,6 +30,7 @@ import numpy as np
 
 from .errors import EmbrecipeError, InputError
 from .laws import PARAM_NAMES, LawSet, RunPoint, fit_laws, run_point
+from .records import RunRecord
 
 _LINESTYLES = ("-", "--", "-.", ":")
 
@@ -264,7 +265,7 @@ def markdown_report(points: Sequence[RunPoint], laws: LawSet, *, figure: str = "
     return "\n".join(lines)
 
 
-def write_report(records: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike[str], *,
+def write_report(records: Sequence[RunRecord | Mapping[str, Any]], out_dir: str | os.PathLike[str], *,
                  laws: LawSet | None = None, bootstrap: int = 200, loss_key: str | None = None,
                  budgets: Sequence[float] | None = None, provenance: str | None = None) -> dict[str, Path]:
     """Fit (unless ``laws`` is given), draw Figure 1 and the residuals, write report.md and the law card."""

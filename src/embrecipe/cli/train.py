@@ -134,6 +134,7 @@ def _speed_options(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..jsonio import json_safe
+    from ..records import RunRecord
     from ..trainer import train
 
     if args.batch_size < 2:
@@ -156,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     config.packing, config.pack_length, config.compile, config.sync_every = (
         args.packing, args.pack_length, args.compile, args.sync_every)
     record = train(config)
+    assert isinstance(record, RunRecord)  # only the stop_after_steps test hook returns loop state
     if record.status == "failed":  # e.g. a non-finite loss found at a sync point
         from ..errors import EmbrecipeError
 
