@@ -19,7 +19,8 @@ def sweep_fill(assets: Path | None, tmp: Path, peak_flops_per_s: float, deadline
     from common import model_dir
 
     from embrecipe.gpu_schedule import sweep_utilization
-    from embrecipe.sweep import grid_from_dict, run_sweep
+    from embrecipe.grid import grid_from_dict
+    from embrecipe.sweep import run_sweep
     from embrecipe.testbed.pairs import testbed_pairs_path
 
     ladder = ladder or {k: model_dir(k, assets, tmp)[0] for k in LADDER}

@@ -12,8 +12,9 @@ import yaml
 from embrecipe.adaptive import AdaptiveSpec, config_id, recommend, record_flops, replay_adaptive
 from embrecipe.cli import main
 from embrecipe.errors import InputError
+from embrecipe.grid import grid_from_dict
 from embrecipe.store import RunStore
-from embrecipe.sweep import grid_from_dict, run_sweep
+from embrecipe.sweep import run_sweep
 from embrecipe.synthetic import synthetic_train
 
 # Three sizes × four variants × five budgets ×4 apart. Bias-only and freezing are clearly worse under the

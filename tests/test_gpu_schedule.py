@@ -10,8 +10,10 @@ import time
 import pytest
 
 from embrecipe.errors import InputError
+from embrecipe.executors import ray_gpu_fraction
 from embrecipe.gpu_schedule import GpuSlots, estimate_cell_mib, sweep_utilization, torchrun_command
-from embrecipe.sweep import grid_from_dict, ray_gpu_fraction, run_sweep
+from embrecipe.grid import grid_from_dict
+from embrecipe.sweep import run_sweep
 from embrecipe.synthetic import synthetic_train
 
 

@@ -155,11 +155,12 @@ def norm_only_method():
 def test_a_registered_method_works_end_to_end(norm_only_method, tiny_models, tmp_path, capsys):
     import argparse
 
+    from embrecipe.cells import expand
     from embrecipe.cli import main
     from embrecipe.cli.train import add_method_arguments, method_from_args
+    from embrecipe.grid import grid_from_dict
     from embrecipe.methods import flops_per_token, method_names
     from embrecipe.report import _variant_styles
-    from embrecipe.sweep import expand, grid_from_dict
     from embrecipe.synthetic import toy_shape
     from embrecipe.units import training_memory
 

@@ -9,14 +9,16 @@ import math
 
 import pytest
 
+from embrecipe.cells import expand
 from embrecipe.check import recipe_check
 from embrecipe.cli import main
 from embrecipe.errors import InputError
+from embrecipe.grid import grid_from_dict
 from embrecipe.laws import LawSet, fit_laws
 from embrecipe.plan import load_laws, plan
 from embrecipe.recipe import effective_tokens, epochs, select_lrs
 from embrecipe.store import RunStore
-from embrecipe.sweep import expand, grid_from_dict, run_sweep
+from embrecipe.sweep import run_sweep
 from embrecipe.synthetic import optimal_lr, synthetic_train
 
 MODELS = ["toy-h64-l2", "toy-h128-l4", "toy-h256-l6"]

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from embrecipe.cells import expand
 from embrecipe.cli import main
 from embrecipe.errors import InputError
+from embrecipe.grid import expand_methods, grid_from_dict, load_grid
 from embrecipe.store import RunStore
-from embrecipe.sweep import expand, expand_methods, grid_from_dict, load_grid, run_sweep
+from embrecipe.sweep import run_sweep
 from embrecipe.synthetic import synthetic_train
 
 BASE = {
@@ -178,8 +180,8 @@ def test_tokens_per_pair_estimate_is_not_biased_by_a_sorted_file(tiny_models, tm
     """A file sorted short-to-long (the testbed's is sorted by package) must not be measured by its head."""
     import json
 
+    from embrecipe.cells import _measure_tokens_per_pair
     from embrecipe.data import load_pairs
-    from embrecipe.sweep import _measure_tokens_per_pair
 
     rows = [{"query": "sum " * (1 + i // 50), "pos": "the sum of two arrays " * (1 + i // 50)} for i in range(300)]
     path = tmp_path / "sorted.jsonl"
@@ -276,7 +278,7 @@ def test_cells_writing_to_out_may_reuse_their_folder_and_keep_their_key(tmp_path
 def test_local_ray_listens_on_loopback_only(monkeypatch):
     import types
 
-    from embrecipe import sweep as sweep_mod
+    from embrecipe import executors as sweep_mod
 
     assert sweep_mod.ray_init_kwargs(2, None)["_node_ip_address"] == "127.0.0.1"
     assert sweep_mod.ray_init_kwargs(2, "ray://head:10001") == {"address": "ray://head:10001", "log_to_driver": False}
@@ -285,6 +287,6 @@ def test_local_ray_listens_on_loopback_only(monkeypatch):
                                  init=lambda **kw: seen.update(kw, env=os.environ.get(sweep_mod._RAY_LOCAL_ONLY_ENV)))
     monkeypatch.setitem(sys.modules, "ray", fake)
     monkeypatch.delenv(sweep_mod._RAY_LOCAL_ONLY_ENV, raising=False)
-    assert sweep_mod._start_ray(1, None)
+    assert sweep_mod.start_ray(1, None)
     # without the variable Ray resolves 127.0.0.1 to the network address and its servers bind to 0.0.0.0
     assert seen["_node_ip_address"] == "127.0.0.1" and seen["env"] == "0" and seen["num_cpus"] == 1

@@ -131,7 +131,8 @@ def test_wandb_and_mlflow_paths_without_network(monkeypatch, tmp_path):
 
 
 def test_sweep_tracks_one_run_per_cell_grouped_by_sweep(tmp_path):
-    from embrecipe.sweep import expand, grid_from_dict
+    from embrecipe.cells import expand
+    from embrecipe.grid import grid_from_dict
 
     raw = {"name": "toy", "trainer": "synthetic", "models": ["toy-h64-l2"], "methods": {"full": {}},
            "budgets": [1e12, 1e13], "tokens_per_pair": 60, "min_steps": 1, "train": {"batch_size": 32}}

@@ -40,7 +40,7 @@ from .errors import InputError
 from .records import RunRecord, as_record, run_key
 
 if TYPE_CHECKING:
-    from .sweep import TrainFn
+    from .executors import TrainFn
 
 # Settings of a stored run that describe how it ran, not what it is: dropped from a check run's template.
 _OPERATIONAL = ("out", "resume", "stop_after_steps", "checkpoint_every", "progress", "log_every")
@@ -207,11 +207,11 @@ def recipe_check(
     """See the module docstring. ``records``: completed run records (``RunStore.records()``). ``out_dir`` gets
     ``check.json``; with ``export`` also every trained model (``out_dir/<run key>``)."""
     from . import __version__
+    from .executors import resolve_train_fn
     from .laws import fit_laws, run_point
     from .plan import plan
     from .recipe import keep_selected_lr
     from .store import RunStore
-    from .sweep import resolve_train_fn
 
     if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
         raise InputError(f"check budget must be a positive number of FLOPs, got {budget!r}")
@@ -320,7 +320,7 @@ def recipe_check(
 def _train_jobs(st: Any, todo: list[tuple[Any, ...]], fn: TrainFn,
                 workers: int) -> None:
     """Train the check's runs (in ``workers`` spawned processes when > 1), recording each in the store."""
-    from .sweep import _call_train
+    from .executors import call_train
 
     def finish(key: str, record: dict[str, Any]) -> None:
         if record.get("status", "completed") != "completed":
@@ -333,7 +333,7 @@ def _train_jobs(st: Any, todo: list[tuple[Any, ...]], fn: TrainFn,
     if workers <= 1 or len(claimed) <= 1:
         for _, _, config, _, key in claimed:
             try:
-                finish(key, _call_train(fn, config))
+                finish(key, call_train(fn, config))
             except BaseException:
                 st.release(key)
                 raise
@@ -344,7 +344,7 @@ def _train_jobs(st: Any, todo: list[tuple[Any, ...]], fn: TrainFn,
     running: dict[Any, str] = {}
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            running = {pool.submit(_call_train, fn, config): key for _, _, config, _, key in claimed}
+            running = {pool.submit(call_train, fn, config): key for _, _, config, _, key in claimed}
             for fut in as_completed(list(running)):
                 key = running.pop(fut)
                 try:

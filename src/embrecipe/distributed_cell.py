@@ -14,11 +14,11 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .sweep import _call_train, resolve_train_fn
+    from .executors import call_train, resolve_train_fn
 
     cfg_path, rec_path = (argv if argv is not None else sys.argv[1:])[:2]
     spec = json.loads(Path(cfg_path).read_text())
-    record = _call_train(resolve_train_fn(spec.get("train_fn")), spec["config"])
+    record = call_train(resolve_train_fn(spec.get("train_fn")), spec["config"])
     if int(os.environ.get("RANK", "0")) == 0:
         tmp = Path(rec_path).with_suffix(".tmp")
         tmp.write_text(json.dumps(record, default=str))

@@ -67,11 +67,11 @@ def recipe_line(best, batch_size: int, lr_override: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..executors import resolve_train_fn
     from ..family import Family
     from ..plan import load_laws, parse_budgets, plan
     from ..records import as_record
     from ..store import RunStore
-    from ..sweep import resolve_train_fn
 
     budgets = parse_budgets(args.budget)
     if len(budgets) != 1:

@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give a grid YAML (or --adaptive-replay STORE to replay the adaptive policy)")
     if args.json:
         raise InputError("--json goes with --adaptive-replay")
-    from ..sweep import load_grid, run_sweep
+    from ..grid import load_grid
+    from ..sweep import run_sweep
 
     grid = load_grid(args.grid)
     adaptive = args.adaptive
