@@ -290,3 +290,32 @@ def test_local_ray_listens_on_loopback_only(monkeypatch):
     assert sweep_mod.start_ray(1, None)
     # without the variable Ray resolves 127.0.0.1 to the network address and its servers bind to 0.0.0.0
     assert seen["_node_ip_address"] == "127.0.0.1" and seen["env"] == "0" and seen["num_cpus"] == 1
+
+
+def test_executor_reports_busy_cells_and_hands_claims_back_on_interrupt(tmp_path):
+    """The one bookkeeping loop every executor shares: a cell another live worker holds is reported, not trained;
+    records reach the driver in order; an interrupt mid-cell releases that cell's claim."""
+    from embrecipe.executors import ExecutorSettings, SequentialExecutor, make_executor
+    from embrecipe.store import RunStore
+
+    grid = load_grid(write_grid(tmp_path, budgets=[1e13]))
+    cells, _ = expand(grid)
+    st = RunStore(tmp_path / "runs.sqlite")
+    assert st.claim(cells[1].key, cells[1].key_config, worker="other-host:1:x")
+    executor = make_executor(ExecutorSettings(), st, synthetic_train, grid, lambda s: None)
+    assert isinstance(executor, SequentialExecutor)
+    seen, busy = [], []
+    executor.run(cells[:3], on_result=lambda cell, record: seen.append((cell.key, record["status"])),
+                 on_busy=lambda cell: busy.append(cell.key))
+    assert busy == [cells[1].key]
+    assert seen == [(cells[0].key, "completed"), (cells[2].key, "completed")]
+    assert st.status(cells[1].key) == "running"  # still the other worker's
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        make_executor(ExecutorSettings(), st, interrupted, grid, lambda s: None).run(
+            cells[3:4], on_result=lambda cell, record: None, on_busy=lambda cell: None)
+    assert st.status(cells[3].key) == "pending"
+    st.close()

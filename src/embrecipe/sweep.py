@@ -202,38 +202,45 @@ def run_sweep(
             _attach_utilization(result, peak)
             log(result.summary())
             return result
-        if not dry_run:
-            st.add_pending(c.key_config for c in cells)
-        status = {c.key: st.status(c.key) for c in cells}
-        done = [c for c in cells if status[c.key] == "completed"]
-        # Cheapest budgets first: a partial sweep then already covers every model and method for a first fit.
-        todo = sorted((c for c in cells if status[c.key] != "completed"), key=lambda c: (c.budget, c.n_params))
-        result = SweepResult(total=len(cells), skipped=skipped, already_done=len(done),
-                             flops_planned=sum(c.budget for c in cells))
-        log(f"sweep {grid.name}: {len(cells)} cells ({len(done)} completed, {len(todo)} to run), "
-            f"{len(skipped)} skipped; store {location}")
-        if dry_run:
-            if spec is not None:
-                log("adaptive: rungs after the first run only for the configurations still in the race, so "
-                    "this list is an upper bound")
-            for c in todo:
-                steps = "?" if c.planned_steps is None else c.planned_steps
-                log(f"  would run {c.variant:<14} {c.model:<24} budget {c.budget:.3g}  "
-                    f"tokens {c.planned_tokens:.3g}  steps {steps}  key {c.key}")
-            return result
-        bar = _Progress(len(cells), len(done), result.flops_planned, sum(c.budget for c in done), progress)
-        peak = _measure_peak(fn) if todo else None
-        t_run = time.time()
-        try:
-            _run_cells(ctx, todo, result, bar)
-        finally:
-            bar.close()
-        result.elapsed_s = time.time() - t0
-        _attach_utilization(result, peak, time.time() - t_run)
-        log(result.summary())
-        return result
+        return _run_grid(ctx, cells, skipped, spec=spec, dry_run=dry_run, t0=t0)
     finally:
         st.close()
+
+
+def _run_grid(ctx: _SweepContext, cells: list[Cell], skipped: list[Skipped], *, spec: AdaptiveSpec | None,
+              dry_run: bool, t0: float) -> SweepResult:
+    """The whole grid in one go (or, with ``dry_run``, the list of what it would run)."""
+    st, log = ctx.store, ctx.log
+    if not dry_run:
+        st.add_pending(c.key_config for c in cells)
+    status = {c.key: st.status(c.key) for c in cells}
+    done = [c for c in cells if status[c.key] == "completed"]
+    # Cheapest budgets first: a partial sweep then already covers every model and method for a first fit.
+    todo = sorted((c for c in cells if status[c.key] != "completed"), key=lambda c: (c.budget, c.n_params))
+    result = SweepResult(total=len(cells), skipped=skipped, already_done=len(done),
+                         flops_planned=sum(c.budget for c in cells))
+    log(f"sweep {ctx.grid.name}: {len(cells)} cells ({len(done)} completed, {len(todo)} to run), "
+        f"{len(skipped)} skipped; store {ctx.location}")
+    if dry_run:
+        if spec is not None:
+            log("adaptive: rungs after the first run only for the configurations still in the race, so "
+                "this list is an upper bound")
+        for c in todo:
+            steps = "?" if c.planned_steps is None else c.planned_steps
+            log(f"  would run {c.variant:<14} {c.model:<24} budget {c.budget:.3g}  "
+                f"tokens {c.planned_tokens:.3g}  steps {steps}  key {c.key}")
+        return result
+    bar = _Progress(len(cells), len(done), result.flops_planned, sum(c.budget for c in done), ctx.progress)
+    peak = _measure_peak(ctx.train_fn) if todo else None
+    t_run = time.time()
+    try:
+        _run_cells(ctx, todo, result, bar)
+    finally:
+        bar.close()
+    result.elapsed_s = time.time() - t0
+    _attach_utilization(result, peak, time.time() - t_run)
+    log(result.summary())
+    return result
 
 
 def lr_choice_from_store(st: Any, cells: list[Cell]) -> dict[tuple[str, str], float]:
