@@ -133,14 +133,10 @@ def expand(grid: Grid, stats: DataStats | None = None,
     With ``grid.lr_search`` the lowest ``rungs`` budgets get one cell per LR of the search grid; the upper
     budgets get one cell at ``lr_choice[(model path, variant)]`` — or, before the search has finished, are
     listed in ``skipped`` with the reason "waits for the LR search" (:data:`WAITS_FOR_LR`)."""
-    from . import __version__
-    from .records import run_key
-
     stats = stats or data_stats(grid)
     batch = int(grid.train.get("batch_size", 1024))
     tpp = stats.tokens_per_pair
     data_tokens = stats.pairs * tpp if (stats.pairs is not None and tpp) else None
-    out_root = Path(grid.out) if grid.out else None
     search_rungs = set(grid.budgets[: grid.lr_search.rungs]) if grid.lr_search is not None else set()
     cells, skipped = [], []
     for model in grid.models:
@@ -169,33 +165,51 @@ def expand(grid: Grid, stats: DataStats | None = None,
                         f"needs {tokens:.3g} tokens but the training data holds {data_tokens:.3g} "
                         f"({tokens / data_tokens:.2g} epochs); set allow_repeat: true to repeat data"))
                     continue
-                lrs: list[float | None] = [None]
-                if grid.lr_search is not None:
-                    if budget in search_rungs:
-                        lrs = list(grid.lr_search.grid_for(str(model["path"]), grid.train.get("lr")))
-                    elif lr_choice is not None and (str(model["path"]), method.key) in lr_choice:
-                        lrs = [lr_choice[(str(model["path"]), method.key)]]
-                    else:
-                        skipped.append(Skipped(model["name"], method.key, budget, WAITS_FOR_LR))
-                        continue
+                lrs = _cell_lrs(grid, str(model["path"]), method.key, budget in search_rungs, lr_choice)
+                if lrs is None:
+                    skipped.append(Skipped(model["name"], method.key, budget, WAITS_FOR_LR))
+                    continue
                 for lr in lrs:
-                    config = {**grid.train, "model": model["path"], "method": mdict, "budget": budget}
-                    if lr is not None:
-                        config["lr"] = lr
-                    key_config = {k: v for k, v in config.items() if k not in ("data", "out", "report_to")}
-                    key_config["data_fingerprint"] = stats.fingerprint
-                    key_config["code_version"] = __version__
-                    key = run_key(key_config)
-                    if out_root is not None:
-                        config["out"] = str(out_root / key)
-                        # A retried cell (failed, or killed before its export) reuses its own folder.
-                        config["overwrite"] = True
-                    config.update(_tracking_settings(grid, model["name"], method.key, budget, key))
+                    config, key_config, key = _cell_configs(grid, stats, model, mdict, method.key, budget, lr)
                     cells.append(Cell(model=model["name"], path=str(model["path"]), method=mdict,
                                       variant=method.key, budget=budget, n_params=n, n_trainable=n_t,
                                       flops_per_token=cost, planned_tokens=tokens, planned_steps=steps,
                                       config=config, key_config=key_config, key=key))
     return cells, skipped
+
+
+def _cell_lrs(grid: Grid, model_path: str, variant: str, search_rung: bool,
+              lr_choice: Mapping[tuple[str, str], float] | None) -> list[float | None] | None:
+    """The LRs a (model, variant, budget) trains at: the trainer's own (None) without an LR search, the search
+    grid on a search rung, the chosen LR above; None while the choice is not made yet."""
+    if grid.lr_search is None:
+        return [None]
+    if search_rung:
+        return list(grid.lr_search.grid_for(model_path, grid.train.get("lr")))
+    if lr_choice is not None and (model_path, variant) in lr_choice:
+        return [lr_choice[(model_path, variant)]]
+    return None
+
+
+def _cell_configs(grid: Grid, stats: DataStats, model: Mapping[str, Any], mdict: dict[str, Any], variant: str,
+                  budget: float, lr: float | None) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """A cell's trainer config, its identity config and the run key of that identity."""
+    from . import __version__
+    from .records import run_key
+
+    config = {**grid.train, "model": model["path"], "method": mdict, "budget": budget}
+    if lr is not None:
+        config["lr"] = lr
+    key_config = {k: v for k, v in config.items() if k not in ("data", "out", "report_to")}
+    key_config["data_fingerprint"] = stats.fingerprint
+    key_config["code_version"] = __version__
+    key = run_key(key_config)
+    if grid.out:
+        config["out"] = str(Path(grid.out) / key)
+        # A retried cell (failed, or killed before its export) reuses its own folder.
+        config["overwrite"] = True
+    config.update(_tracking_settings(grid, model["name"], variant, budget, key))
+    return config, key_config, key
 
 
 def _tracking_settings(grid: Grid, model_name: str, variant: str, budget: float, key: str) -> dict[str, Any]:

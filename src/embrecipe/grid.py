@@ -164,25 +164,7 @@ def grid_from_dict(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] =
     if unknown:
         raise InputError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; allowed: "
                          f"{', '.join(sorted(_GRID_KEYS))}")
-    models: list[dict[str, Any]] = []
-    if raw.get("family"):
-        from .family import Family
-
-        for m in Family.load(_resolve(base, raw["family"])).members:
-            models.append({"name": m.name, "path": m.path, "shape": m.shape})
-    for i, m in enumerate(_as_list(raw.get("models") or [])):
-        if isinstance(m, str):
-            models.append({"name": Path(m).name or m, "path": _resolve(base, m), "shape": None})
-        elif isinstance(m, Mapping) and "path" in m:
-            if m.get("name") is not None:
-                check_name(str(m["name"]), f"{source}: models[{i}].name")
-            shape = ModelShape.from_dict(m["shape"]) if m.get("shape") else None
-            models.append({"name": str(m.get("name") or Path(str(m["path"])).name), "path": _resolve(base, m["path"]),
-                           "shape": shape})
-        else:
-            raise InputError(f"{source}: models[{i}] must be a path/hub id or {{path: ..., shape: ...}}")
-    if not models:
-        raise InputError(f"{source}: no models (give 'models: [...]' or 'family: file.json')")
+    models = _grid_models(raw, base, source)
     methods = expand_methods(raw.get("methods"))
     try:
         budgets = sorted(float(b) for b in _as_list(raw.get("budgets") or []))
@@ -220,6 +202,30 @@ def grid_from_dict(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] =
         source=source,
         lr_search=LRSearch.from_value(raw.get("lr_search"), source=source),
     )
+
+
+def _grid_models(raw: Mapping[str, Any], base: Path, source: str) -> list[dict[str, Any]]:
+    """The grid's models: a family file's members, then the ``models`` list (paths/hub ids or mappings)."""
+    models: list[dict[str, Any]] = []
+    if raw.get("family"):
+        from .family import Family
+
+        for m in Family.load(_resolve(base, raw["family"])).members:
+            models.append({"name": m.name, "path": m.path, "shape": m.shape})
+    for i, m in enumerate(_as_list(raw.get("models") or [])):
+        if isinstance(m, str):
+            models.append({"name": Path(m).name or m, "path": _resolve(base, m), "shape": None})
+        elif isinstance(m, Mapping) and "path" in m:
+            if m.get("name") is not None:
+                check_name(str(m["name"]), f"{source}: models[{i}].name")
+            shape = ModelShape.from_dict(m["shape"]) if m.get("shape") else None
+            models.append({"name": str(m.get("name") or Path(str(m["path"])).name), "path": _resolve(base, m["path"]),
+                           "shape": shape})
+        else:
+            raise InputError(f"{source}: models[{i}] must be a path/hub id or {{path: ..., shape: ...}}")
+    if not models:
+        raise InputError(f"{source}: no models (give 'models: [...]' or 'family: file.json')")
+    return models
 
 
 def check_name(name: str, what: str) -> None:
