@@ -50,7 +50,8 @@ import numpy as np
 from .errors import BudgetError, EmbrecipeError, InputError
 from .family import FamilyMember, family_fingerprint
 from .flops import ModelShape
-from .laws import LawSet, _with_run_noise, fit_laws
+from .laws import LawSet, fit_laws
+from .laws.noise import with_run_noise
 from .methods import method_from_dict
 from .units import (
     DEFAULT_OVERHEAD_BYTES,
@@ -643,7 +644,7 @@ def _attach_uncertainty(candidates: list[Candidate], laws: LawSet, level: float)
     for j, c in enumerate(candidates):
         noise = laws[c.variant].noise_
         if noise and noise.get("sigma") is not None:
-            runs = _with_run_noise(preds[:, j], noise)
+            runs = with_run_noise(preds[:, j], noise)
             c.run_low, c.run_high = float(np.quantile(runs, q)), float(np.quantile(runs, 1 - q))
     # P(optimal) uses the mean-law draws (which option has the lowest expected loss), the same draws as the
     # intervals; draw b of every variant's bootstrap forms one joint draw of all options.
