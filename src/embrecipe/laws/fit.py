@@ -108,12 +108,7 @@ def fit_laws(
         if bootstrap:
             law.bootstrap(bootstrap, extra_starts=extra_starts)
         laws[variant] = law
-        # Actual FLOPs stop just short of the nominal budget (whole steps); span both so that planning at a
-        # budget the sweep ran is not reported as extrapolation.
-        # Likewise D: the tokens the nominal budget affords (cost = C / D) as well as those processed.
-        cs = [p.C for p in pts] + [p.budget for p in pts]
-        ds = [p.D for p in pts] + [p.D * p.budget / p.C for p in pts]
-        ranges[variant] = {**law.ranges_, "C": [min(cs), max(cs)], "D": [min(ds), max(ds)]}
+        ranges[variant] = _fitted_ranges(law, pts)
     if not laws:
         detail = "; ".join(f"{v}: {why}" for v, why in skipped.items())
         raise InputError(f"no variant could be fitted ({detail})")
@@ -122,13 +117,7 @@ def fit_laws(
     # The family: what the caller gives, else every distinct model shape the runs recorded.
     fam: list[dict[str, Any]] = [dict(m) for m in family] if family else []
     if not fam:
-        seen: dict[str, dict[str, Any]] = {}
-        for p in points:
-            if p.shape is not None and p.model not in seen:
-                name = str(p.shape.get("name") or p.model)
-                # Trainer records name models by their path; the planner's tables want the short name.
-                seen[p.model] = {"name": Path(name).name or name, "path": p.model, "shape": p.shape}
-        fam = sorted(seen.values(), key=lambda m: float(m["shape"].get("non_embedding_params") or 0))
+        fam = _family_of_runs(points)
     tpps = [p.tokens_per_pair for p in points if p.tokens_per_pair]
     bss = [p.batch_size for p in points if p.batch_size]
     uniq = [p.unique_pairs for p in points if p.unique_pairs]
@@ -159,6 +148,27 @@ def fit_laws(
         unique_tokens=(max(set(uniq), key=uniq.count) * float(np.mean(tpps))) if uniq and tpps else None,
         effective_data=effective_data,
     )
+
+
+def _fitted_ranges(law: ScalingLaw, pts: Sequence[RunPoint]) -> dict[str, list[float]]:
+    """The law's fitted N and D ranges, with C and D widened to the nominal budgets the runs were given."""
+    # Actual FLOPs stop just short of the nominal budget (whole steps); span both so that planning at a
+    # budget the sweep ran is not reported as extrapolation.
+    # Likewise D: the tokens the nominal budget affords (cost = C / D) as well as those processed.
+    cs = [p.C for p in pts] + [p.budget for p in pts]
+    ds = [p.D for p in pts] + [p.D * p.budget / p.C for p in pts]
+    return {**law.ranges_, "C": [min(cs), max(cs)], "D": [min(ds), max(ds)]}
+
+
+def _family_of_runs(points: Sequence[RunPoint]) -> list[dict[str, Any]]:
+    """Every distinct model shape the runs recorded, smallest first (``{"name", "path", "shape"}`` each)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for p in points:
+        if p.shape is not None and p.model not in seen:
+            name = str(p.shape.get("name") or p.model)
+            # Trainer records name models by their path; the planner's tables want the short name.
+            seen[p.model] = {"name": Path(name).name or name, "path": p.model, "shape": p.shape}
+    return sorted(seen.values(), key=lambda m: float(m["shape"].get("non_embedding_params") or 0))
 
 
 def _with_effective_data(points: list[RunPoint]) -> list[RunPoint]:
