@@ -1,4 +1,4 @@
-r"""Fitting a law card from run records: :func:`fit_laws`, one :class:`~embrecipe.laws.law.ScalingLaw` per variant.
+r"""Fitting a law card from run records: :func:`fit_laws` (one :class:`~embrecipe.laws.law.ScalingLaw` a variant).
 
 **Method hyper-parameters are separate fits.** Each LoRA rank and each block-freezing fraction is its own
 *variant* (``lora-r8``, ``freeze-f0.25``: :attr:`method.key <embrecipe.methods.LoRA.key>`), fitted on its
