@@ -179,3 +179,22 @@ def test_plan_gives_a_single_run_interval_around_the_mean_law_interval():
     text = p.format()
     assert "mean law 90%" in text and "one run 90%" in text and "from test seeds" in text
     assert "run_low/run_high" in p.to_dict()["intervals"]
+
+
+def test_plan_counts_steps_with_the_trainers_arithmetic():
+    # A budget that is exactly the cost of 3 steps of 32 pairs: the planner counts steps with the trainer's
+    # flops.steps_for_budget, so it names the 3 steps the trainer will run (the old floor(D / tpp / batch)
+    # rounded this one down to 2).
+    from embrecipe.flops import steps_for_budget
+    from embrecipe.methods import method_from_dict
+
+    shape = {"name": "toy", "embedding_params": 1000, "block_params": [10**6] * 4, "final_norm_params": 0,
+             "bias_params": 1000}
+    law = ScalingLaw()
+    law.params_ = {"E": 0.5, "A": 400.0, "alpha": 0.35, "B": 200.0, "beta": 0.3}
+    laws = LawSet(laws={"full": law}, methods={"full": {"name": "full"}},
+                  family=[{"name": "toy", "path": "toy", "shape": shape}], tokens_per_pair=49.7)
+    cost = method_from_dict({"name": "full"}).flops_per_token(ModelShape.from_dict(shape))
+    budget = 3 * (cost * (49.7 * 32))
+    best = plan(budget, laws, batch_size=32).best
+    assert best.steps == steps_for_budget(budget, cost, 49.7 * 32) == 3

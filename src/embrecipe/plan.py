@@ -15,7 +15,8 @@ and the options are ranked by :math:`\hat L`. Uncertainty comes from the laws' b
 :math:`b` of every variant gives one predicted loss per option; the percentile interval of those is the
 loss interval, and the share of samples in which an option has the lowest loss is its probability of being
 optimal. Steps are ``floor(D / (batch_size * tokens_per_pair))`` where ``tokens_per_pair`` is the measured
-mean number of (non-padding) tokens per training pair, query and positive together.
+mean number of (non-padding) tokens per training pair, query and positive together: the trainer's own
+arithmetic (:func:`embrecipe.flops.steps_for_budget`), so a plan names the steps the trainer will run.
 
 Everything here is pure: no torch, no model loading. A family is read from a JSON/YAML family file
 (``{"name": ..., "members": [{"name", "path", "shape": ModelShape.to_dict()}]}``) or from the law card,
@@ -49,8 +50,9 @@ import numpy as np
 
 from .errors import BudgetError, EmbrecipeError, InputError
 from .family import FamilyMember, family_fingerprint
-from .flops import ModelShape
-from .laws import LawSet, _with_run_noise, fit_laws
+from .flops import ModelShape, steps_for_budget, tokens_for_budget
+from .laws import LawSet, fit_laws
+from .laws.noise import with_run_noise
 from .methods import method_from_dict
 from .units import (
     DEFAULT_OVERHEAD_BYTES,
@@ -515,9 +517,10 @@ def plan(
                     skipped.append(f"{v} on {m.name}: does not fit in {device_memory_gib:g} GiB (needs "
                                    f"~{need / GIB:.3g} GiB even with a GradCache mini-batch of 1)")
                     continue
-            tokens = cand_budget / cost
+            tokens = tokens_for_budget(cand_budget, cost)
             pairs = tokens / tokens_per_pair
-            steps = math.floor(pairs / batch_size)
+            # the trainer's own arithmetic (flops.steps_for_budget), so the plan names the steps it will run
+            steps = steps_for_budget(cand_budget, cost, tokens_per_pair * batch_size)
             d_eff = effective_tokens(tokens, unique_tokens)
             loss = float(laws[v].predict(n, d_eff))
             lr, lr_note = recipe_lr(laws.recipe, v, m.path, n, sizes)
@@ -643,7 +646,7 @@ def _attach_uncertainty(candidates: list[Candidate], laws: LawSet, level: float)
     for j, c in enumerate(candidates):
         noise = laws[c.variant].noise_
         if noise and noise.get("sigma") is not None:
-            runs = _with_run_noise(preds[:, j], noise)
+            runs = with_run_noise(preds[:, j], noise)
             c.run_low, c.run_high = float(np.quantile(runs, q)), float(np.quantile(runs, 1 - q))
     # P(optimal) uses the mean-law draws (which option has the lowest expected loss), the same draws as the
     # intervals; draw b of every variant's bootstrap forms one joint draw of all options.

@@ -1,0 +1,25 @@
+"""Scaling laws of the final contrastive loss, one per fine-tuning *variant*, with bootstrap uncertainty.
+
+- :mod:`~embrecipe.laws.estimators`: the form ``E + A/N^alpha + B/D^beta`` and its two estimators (the maths);
+- :mod:`~embrecipe.laws.law`: one fitted law (:class:`ScalingLaw`): bootstrap, intervals, identifiability;
+- :mod:`~embrecipe.laws.points` / :mod:`~embrecipe.laws.noise`: run points from run records, run-to-run noise;
+- :mod:`~embrecipe.laws.diagnostics`: leave-largest-budget-out validation, estimator choice, best-loss trends;
+- :mod:`~embrecipe.laws.card`: the law card (:class:`LawSet`); :mod:`~embrecipe.laws.fit`: :func:`fit_laws`.
+
+    >>> from embrecipe.laws import LawSet, fit_laws
+    >>> LawSet.load("laws.json").predict("full", 1e8, 1e9)  # doctest: +SKIP
+"""
+
+from .card import CARD_VERSION, LawSet
+from .diagnostics import best_loss_trends, choose_estimator, leave_largest_budget_out
+from .estimators import ESTIMATORS, FORM, PARAM_NAMES
+from .fit import fit_laws
+from .law import BOOTSTRAP_STARTS, ScalingLaw, identifiability
+from .noise import run_noise
+from .points import RunPoint, run_point
+
+__all__ = [
+    "BOOTSTRAP_STARTS", "CARD_VERSION", "ESTIMATORS", "FORM", "PARAM_NAMES", "LawSet", "RunPoint", "ScalingLaw",
+    "best_loss_trends", "choose_estimator", "fit_laws", "identifiability", "leave_largest_budget_out", "run_noise",
+    "run_point",
+]

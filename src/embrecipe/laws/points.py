@@ -1,0 +1,110 @@
+"""Run points: what a scaling-law fit needs from one completed run, read from a typed run record.
+
+:func:`run_point` turns a :class:`~embrecipe.records.RunRecord` (or a dict of any layout it reads) into a
+:class:`RunPoint` (variant, N, D, FLOPs, loss, and the run's configuration without its seed, so that
+repeated seeds can be told apart); :func:`group_by_variant` groups points per fitted variant.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import EmbrecipeError, InputError
+from ..records import RunRecord, as_record, run_key
+
+
+@dataclass(frozen=True)
+class RunPoint:
+    """What the fit needs from one completed run."""
+
+    key: str
+    variant: str
+    method: dict[str, Any]
+    model: str
+    N: float
+    D: float
+    C: float
+    budget: float
+    loss: float
+    n_trainable: float | None = None
+    shape: dict[str, Any] | None = None
+    tokens_per_pair: float | None = None
+    batch_size: int | None = None
+    data_fingerprint: str | None = None
+    # Identity of the configuration without its seed: runs sharing a cell are repeated seeds.
+    cell: str | None = None
+    seed: Any = None
+    lr: float | None = None
+    unique_pairs: int | None = None  # training pairs the run drew from (its data set, not pairs processed)
+
+
+def run_point(record: RunRecord | Mapping[str, Any], *, loss_key: str | None = None) -> RunPoint:
+    """Extract a :class:`RunPoint` from a run record (a :class:`~embrecipe.records.RunRecord`, or a dict of
+    any layout it reads). ``loss_key`` picks the loss field (default: the final validation loss)."""
+    from ..flops import ModelShape
+    from ..methods import method_from_dict, method_to_dict
+
+    rec = as_record(record)
+    key = str(rec.key or "?")
+    if rec.method is None:
+        raise InputError(f"run {key}: record has no 'method'")
+    method = method_from_dict(rec.method)
+    # Sorted keys: the order a shape always had when read back from a store (whose JSON is key-sorted).
+    shape = None if rec.shape is None else dict(sorted(rec.shape.to_dict().items()))
+    n = rec.n_params
+    if n is None and shape is not None:
+        n = shape.get("non_embedding_params") or ModelShape.from_dict(shape).non_embedding_params
+    loss = rec.loss(loss_key)
+    d, c, budget = rec.tokens, rec.model_flops, rec.budget
+    missing = [name for name, x in (("n_params", n), ("tokens", d), (loss_key or "final_val_loss", loss))
+               if x is None]
+    if c is None and budget is None:
+        missing.append("model_flops/budget")
+    if missing:
+        hint = " (no validation loss: fit with loss_key='final_train_loss' or add validation data)" \
+            if "final_val_loss" in missing else ""
+        raise InputError(f"run {key}: record lacks {', '.join(missing)}{hint}")
+    assert n is not None and d is not None and loss is not None  # what `missing` just ruled out
+    c = float(c if c is not None else budget)  # type: ignore[arg-type]  # one of them is set (checked above)
+    tpp = rec.tokens_per_pair
+    if tpp is None and rec.pairs:
+        tpp = float(d) / float(rec.pairs)
+    elif tpp is None and rec.steps and rec.batch_size:
+        tpp = float(d) / (float(rec.steps) * float(rec.batch_size))
+    return RunPoint(
+        key=key, variant=method.key, method=method_to_dict(method), model=str(rec.model or "?"),
+        N=float(n), D=float(d), C=c, budget=float(budget) if budget is not None else c, loss=float(loss),
+        n_trainable=None if rec.n_trainable is None else float(rec.n_trainable),
+        shape=shape,
+        tokens_per_pair=None if tpp is None else float(tpp),
+        batch_size=None if rec.batch_size is None else int(rec.batch_size),
+        data_fingerprint=rec.data_fingerprint,
+        cell=_cell(rec, method.key),
+        seed=rec.seed,
+        lr=rec.lr,
+        unique_pairs=rec.unique_pairs,
+    )
+
+
+def _cell(record: RunRecord, variant: str) -> str:
+    """The run's configuration minus its seed (run-key hash of the config), or, for records without a
+    config, (variant, model, budget, batch size)."""
+    cfg = None if record.config is None else record.config.to_dict()
+    if cfg:
+        try:
+            return run_key({k: x for k, x in cfg.items() if k != "seed"})
+        except (TypeError, ValueError, EmbrecipeError):
+            pass
+    return json.dumps([variant, str(record.model), record.budget, record.batch_size], default=str)
+
+
+
+def group_by_variant(points: Iterable[RunPoint]) -> dict[str, list[RunPoint]]:
+    """Points per variant, variants in sorted order (each variant is fitted on its own runs)."""
+    groups: dict[str, list[RunPoint]] = {}
+    for p in points:
+        groups.setdefault(p.variant, []).append(p)
+    return dict(sorted(groups.items()))
