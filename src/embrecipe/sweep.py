@@ -142,7 +142,7 @@ class LRSearch:
         if self.lrs is not None:
             return sorted(self.lrs)
         if base_lr is None:
-            from .trainer import default_lr
+            from .train_config import default_lr
 
             base_lr = default_lr(model_path)
         return log_spaced_lrs(float(base_lr), self.factors)
@@ -493,7 +493,8 @@ def _call_train(train_fn: TrainFn, config: dict[str, Any]) -> dict[str, Any]:
 def check_cells(cells: list[Cell], fn: TrainFn, source: str) -> None:
     """The checks the real trainer makes on settings alone (types, ranges, required keys), on every cell, so that
     a dry run fails where the real run would and a real run fails before the first cell, not in every cell."""
-    from .trainer import config_from_dict, train_from_dict
+    from .train_config import config_from_dict
+    from .trainer import train_from_dict
 
     if fn is not train_from_dict:  # another trainer has its own settings: nothing to mirror
         return
