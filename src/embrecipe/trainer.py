@@ -409,16 +409,24 @@ def _loop(config: TrainConfig, run: _Run, state: LoopState, tracker: Any, dist: 
         if checkpoint_now and dist.main and ckpt_dir is not None:
             save_checkpoint(ckpt_dir, run.model, run.optimizer, state, fingerprint)
     if failure is None and losses.steps:
-        failure = losses.drain(config, state, dist, tracker, bar)
-        now = time.time()  # the last steps' device work finished only now: charge it to the last step
-        if state.step_times:
-            state.step_times[-1] = round(state.step_times[-1] + now - step_t0, 6)
-        state.train_time_s += now - step_t0
+        failure = _drain_last(config, state, losses, dist, tracker, bar, step_t0)
     bar.close()
     if stopped_early:
         tracker.close()
         raise TrainingStopped({"status": "interrupted", "execution": run.execution, **state.to_dict()})
     return failure, losses.last_loss
+
+
+def _drain_last(config: TrainConfig, state: LoopState, losses: _PendingLosses, dist: Dist, tracker: Any, bar: Any,
+                step_t0: float) -> str | None:
+    """Read the losses still pending after the loop; the last steps' device work finished only now, so the wait
+    is charged to the last step."""
+    failure = losses.drain(config, state, dist, tracker, bar)
+    now = time.time()
+    if state.step_times:
+        state.step_times[-1] = round(state.step_times[-1] + now - step_t0, 6)
+    state.train_time_s += now - step_t0
+    return failure
 
 
 def _optimizer_step(config: TrainConfig, run: _Run, feats: list[dict[str, Any]], step_lr: float,
