@@ -200,6 +200,29 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_models, tiny_pair_
     assert not (tmp_path / "b" / "checkpoint").exists()  # cleaned up after export
 
 
+def test_stop_hook_raises_out_of_train_and_returns_state_from_train_until_stopped(tiny_models, tiny_pair_data):
+    from embrecipe.errors import EmbrecipeError
+    from embrecipe.trainer import TrainingStopped
+
+    with pytest.raises(TrainingStopped) as stopped:
+        train(_cfg(tiny_models["llama"], tiny_pair_data, stop_after_steps=2))
+    assert stopped.value.state["status"] == "interrupted" and stopped.value.state["step"] == 2
+    state = train_until_stopped(_cfg(tiny_models["llama"], tiny_pair_data, stop_after_steps=2))
+    assert state["step"] == 2 and len(state["step_flops"]) == 2 and state["model_flops"] == sum(state["step_flops"])
+    with pytest.raises(EmbrecipeError, match="before stop_after_steps"):  # the budget ends first: no stop to report
+        train_until_stopped(_cfg(tiny_models["llama"], tiny_pair_data, stop_after_steps=10**6))
+
+
+def test_loop_state_reads_checkpoints_without_the_later_per_step_lists():
+    from embrecipe.budget import LoopState
+
+    old = {"step": 3, "epoch": 0, "pos": 3, "model_flops": 30, "hardware_flops": 40, "tokens": 9,
+           "padded_tokens": 12, "loss_curve": [[10, 2.0]], "train_time_s": 0.5}
+    state = LoopState.from_dict(old)
+    assert state.step == 3 and state.step_times == [] and state.step_lrs == [] and state.step_flops == []
+    assert list(state.to_dict())[: len(old)] == list(old)  # state.json keeps the order checkpoints were written in
+
+
 def test_resume_refuses_other_config(tiny_models, tiny_pair_data, tmp_path):
     train_until_stopped(_cfg(tiny_models["llama"], tiny_pair_data, out=str(tmp_path / "r"), checkpoint_every=2,
                              stop_after_steps=3))
