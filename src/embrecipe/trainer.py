@@ -108,22 +108,12 @@ def train(config: TrainConfig) -> RunRecord:
     run = _set_up(config, data, out, dist)
     ckpt_dir = out / "checkpoint" if out else None
     fingerprint = run_fingerprint(config, data) if ckpt_dir is not None else ""
-    # No step-based scheduler: the LR is set before every step from the FLOPs spent (lr_at_fraction), so it
-    # needs no state of its own and a resumed run follows the same schedule from state.model_flops.
     state = LoopState()
     if config.resume and ckpt_dir is not None:
         state = restore_checkpoint(ckpt_dir, fingerprint, run.model, run.optimizer, run.device)
     tracker = _open_tracker(config, dist.main, out)
     failure, last_loss = _loop(config, run, state, tracker, dist, ckpt_dir, fingerprint)
-    if state.step == 0:
-        raise BudgetError(f"budget {config.budget:.3g} FLOPs is smaller than the first batch's cost")
-    if state.loss_curve and state.loss_curve[-1][0] != state.model_flops:
-        state.loss_curve.append([state.model_flops, last_loss])
-    if failure is None and ckpt_dir and config.checkpoint_every and dist.main \
-            and checkpoint_step(ckpt_dir) != state.step:
-        # The final weights go to disk before the export, so an export that fails (full disk) loses nothing:
-        # rerunning with --resume finds the budget spent and only exports.
-        save_checkpoint(ckpt_dir, run.model, run.optimizer, state, fingerprint)
+    _close_loop(config, run, state, failure, last_loss, ckpt_dir, fingerprint, dist)
     val_loss = _validate(config, run, val, dist, failure, tracker, state.step)
     tracker.close()
     record = _record(config, run, state, data, val, val_loss, failure, tracker, dist.world, t_start)
@@ -285,6 +275,8 @@ def _set_up_optimization(config: TrainConfig, model: Any, device: Any, info: Any
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=lr, betas=(0.9, 0.999), eps=1e-8, **({"fused": True} if fused else {"foreach": True}),
     )
+    # No step-based scheduler: the LR is set before every step from the FLOPs spent (lr_at_fraction), so it
+    # needs no state of its own and a resumed run follows the same schedule from state.model_flops.
     loss_fn = symmetric_infonce(model, scale=config.scale,
                                 mini_batch_size=meter.mini_batch if meter.gradcache else None,
                                 gather_across_devices=dist.enabled)
@@ -427,6 +419,21 @@ def _drain_last(config: TrainConfig, state: LoopState, losses: _PendingLosses, d
         state.step_times[-1] = round(state.step_times[-1] + now - step_t0, 6)
     state.train_time_s += now - step_t0
     return failure
+
+
+def _close_loop(config: TrainConfig, run: _Run, state: LoopState, failure: str | None, last_loss: float,
+                ckpt_dir: Path | None, fingerprint: str, dist: Dist) -> None:
+    """After the last step: a run that took no step is a budget error; the loss curve ends at the FLOPs spent;
+    the final weights are checkpointed."""
+    if state.step == 0:
+        raise BudgetError(f"budget {config.budget:.3g} FLOPs is smaller than the first batch's cost")
+    if state.loss_curve and state.loss_curve[-1][0] != state.model_flops:
+        state.loss_curve.append([state.model_flops, last_loss])
+    if failure is None and ckpt_dir and config.checkpoint_every and dist.main \
+            and checkpoint_step(ckpt_dir) != state.step:
+        # The final weights go to disk before the export, so an export that fails (full disk) loses nothing:
+        # rerunning with --resume finds the budget spent and only exports.
+        save_checkpoint(ckpt_dir, run.model, run.optimizer, state, fingerprint)
 
 
 def _optimizer_step(config: TrainConfig, run: _Run, feats: list[dict[str, Any]], step_lr: float,
