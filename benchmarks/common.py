@@ -119,14 +119,14 @@ def peak_cuda_mib() -> float | None:
 
 def per_pair_model_flops(model_dir: str, method, data, max_len: int = 75) -> float:
     """Model FLOPs of one average pair of the pool (the same estimate for both trainers)."""
+    from embrecipe.batching import tokenize
     from embrecipe.methods import flops_per_token
     from embrecipe.modeling import apply_method, load_sentence_transformer
-    from embrecipe.trainer import _tokenize
 
     model = load_sentence_transformer(model_dir)
     info = apply_method(model, method)
     tok = model[0].tokenizer
-    n_tokens = sum(len(x) for col in (data.queries, data.positives) for x in _tokenize(tok, col, max_len))
+    n_tokens = sum(len(x) for col in (data.queries, data.positives) for x in tokenize(tok, col, max_len))
     return flops_per_token(method.name, info.n_params, info.n_trainable) * n_tokens / len(data)
 
 
@@ -143,12 +143,12 @@ def auto_precision() -> str:
 def trainer_steps(model: str, data, batch: int, steps: int, precision: str, **overrides) -> dict:
     """embrecipe's trainer for one warm-up step and ``steps`` timed ones (the budget never binds); its final
     state. ``overrides`` are TrainConfig fields (the method, a fast path)."""
-    from embrecipe.trainer import TrainConfig, train
+    from embrecipe.trainer import TrainConfig, train_until_stopped
 
     cfg = dict(model=model, data=data, budget=1e30, batch_size=batch, stop_after_steps=steps + 1,
                progress=False, lr=1e-4, precision=precision, allow_repeat=True)
     cfg.update(overrides)
-    return train(TrainConfig(**cfg))
+    return train_until_stopped(TrainConfig(**cfg))
 
 
 def st_trainer_steps(model: str, method, data, batch: int, steps: int, bf16: bool) -> dict:

@@ -59,12 +59,12 @@ def main() -> None:
 
     import torch
 
+    from embrecipe.batching import Batches, pad_batch, tokenize
     from embrecipe.data import load_pairs
     from embrecipe.methods import parse_method
     from embrecipe.modeling import apply_method, load_sentence_transformer
     from embrecipe.testbed.models import ensure_model
     from embrecipe.testbed.pairs import testbed_pairs_path
-    from embrecipe.trainer import _Batches, _pad, _tokenize
 
     data = load_pairs(testbed_pairs_path("train")).subset(range(args.batch * 32))
     path = str(ensure_model(args.layers))
@@ -74,9 +74,9 @@ def main() -> None:
         model = load_sentence_transformer(path)
         apply_method(model, parse_method("full"))
         tok = model[0].tokenizer
-        cols = [_tokenize(tok, c, 75) for c in (data.queries, data.positives)]
-        order = _Batches([max(len(c[i]) for c in cols) for i in range(len(data))], args.batch, 0, True).epoch(0)
-        feats_list = [[_pad([c[i] for i in b], tok.pad_token_id) for c in cols] for b in order[: args.batches]]
+        cols = [tokenize(tok, c, 75) for c in (data.queries, data.positives)]
+        order = Batches([max(len(c[i]) for c in cols) for i in range(len(data))], args.batch, 0, True).epoch(0)
+        feats_list = [[pad_batch([c[i] for i in b], tok.pad_token_id) for c in cols] for b in order[: args.batches]]
         if variant == "compiled":
             # `auto_model` is a read-only property over `model` in sentence-transformers 6
             model[0].model = torch.compile(model[0].model, dynamic=True)

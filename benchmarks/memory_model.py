@@ -65,12 +65,13 @@ def child(model: str, method: str, batch: int, mini: int, seq: int, data: str) -
     import torch  # noqa: F401  (the baseline imports what the training process imports)
 
     from embrecipe.methods import method_from_dict
-    from embrecipe.trainer import TrainConfig, train
+    from embrecipe.trainer import TrainConfig, train_until_stopped
 
     if method != "baseline":
-        train(TrainConfig(model=model, data=data, budget=1e30, batch_size=batch, mini_batch_size=mini or None,
-                          method=method_from_dict(json.loads(method)), max_seq_length=seq, stop_after_steps=2,
-                          progress=False, precision="fp32", length_bucketing=False))
+        train_until_stopped(TrainConfig(model=model, data=data, budget=1e30, batch_size=batch,
+                                        mini_batch_size=mini or None, method=method_from_dict(json.loads(method)),
+                                        max_seq_length=seq, stop_after_steps=2, progress=False, precision="fp32",
+                                        length_bucketing=False))
     print(json.dumps({"peak_bytes": _peak_rss_bytes()}))
 
 

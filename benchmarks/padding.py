@@ -25,21 +25,21 @@ def padded_over_real(batches: list[list[int]], cols: list[list[int]]) -> float:
 def main() -> None:
     from transformers import AutoTokenizer
 
+    from embrecipe.batching import Batches, tokenize
     from embrecipe.data import load_pairs
     from embrecipe.testbed.models import ensure_model
     from embrecipe.testbed.pairs import testbed_pairs_path
-    from embrecipe.trainer import _Batches, _tokenize
 
     data = load_pairs(testbed_pairs_path("train"))
     tok = AutoTokenizer.from_pretrained(str(ensure_model(2)))
-    cols = [[len(t) for t in _tokenize(tok, c, 75)] for c in (data.queries, data.positives)]
+    cols = [[len(t) for t in tokenize(tok, c, 75)] for c in (data.queries, data.positives)]
     keys = [max(c[i] for c in cols) for i in range(len(data))]
     lines = [f"{len(data)} training pairs, max length 75; mean tokens query {sum(cols[0]) / len(data):.1f}, "
              f"positive {sum(cols[1]) / len(data):.1f}", "", "| batch | random batches | bucketed (embrecipe) |",
              "|---:|---:|---:|"]
     for bs in (64, 256, 1024):
-        rnd = padded_over_real(_Batches(keys, bs, 0, False).epoch(0), cols)
-        bkt = padded_over_real(_Batches(keys, bs, 0, True).epoch(0), cols)
+        rnd = padded_over_real(Batches(keys, bs, 0, False).epoch(0), cols)
+        bkt = padded_over_real(Batches(keys, bs, 0, True).epoch(0), cols)
         lines.append(f"| {bs} | {rnd:.2f} | {bkt:.2f} |")
     text = "\n".join(lines) + "\n"
     Path(__file__).with_name("padding.txt").write_text(text)

@@ -15,18 +15,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import pool
 
+from embrecipe.batching import packed_batch, pad_batch, tokenize
 from embrecipe.loss import symmetric_infonce
 from embrecipe.modeling import load_sentence_transformer
 from embrecipe.packing import packed_embeddings
 from embrecipe.testbed.models import ensure_model
-from embrecipe.trainer import _packed_batch, _pad, _tokenize
 
 
 def main(precision: str) -> None:
     model = load_sentence_transformer(str(ensure_model(2)))
     tok = model[0].tokenizer
     data = pool(64)
-    cols = [_tokenize(tok, c, 75) for c in (data.queries, data.positives)]
+    cols = [tokenize(tok, c, 75) for c in (data.queries, data.positives)]
     loss_fn = symmetric_infonce(model)
     bf16 = precision == "bf16"
 
@@ -34,12 +34,12 @@ def main(precision: str) -> None:
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
     def padded():
-        feats = [_pad(c, tok.pad_token_id) for c in cols]
+        feats = [pad_batch(c, tok.pad_token_id) for c in cols]
         with autocast():
             loss_fn(feats, None).backward()
 
     def packed():
-        feats = [_packed_batch(c, 192, tok.pad_token_id, torch.device("cpu"), "sdpa",
+        feats = [packed_batch(c, 192, tok.pad_token_id, torch.device("cpu"), "sdpa",
                                torch.bfloat16 if bf16 else torch.float32) for c in cols]
         with autocast():
             loss_fn.compute_loss_from_embeddings([packed_embeddings(model, f) for f in feats], None).backward()

@@ -24,21 +24,21 @@ def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from embrecipe.batching import Batches, pad_batch, tokenize
     from embrecipe.data import load_pairs
     from embrecipe.loss import symmetric_infonce
     from embrecipe.methods import parse_method
     from embrecipe.modeling import apply_method, load_sentence_transformer
     from embrecipe.testbed.models import ensure_model
     from embrecipe.testbed.pairs import testbed_pairs_path
-    from embrecipe.trainer import _Batches, _pad, _tokenize
 
     data = load_pairs(testbed_pairs_path("train")).subset(range(args.batch * 64))
     model = load_sentence_transformer(str(ensure_model(args.layers)))
     apply_method(model, parse_method(args.method))
     tok = model[0].tokenizer
-    cols = [_tokenize(tok, c, 75) for c in (data.queries, data.positives)]
-    batch = _Batches([max(len(c[i]) for c in cols) for i in range(len(data))], args.batch, 0, True).epoch(0)[0]
-    feats = [_pad([c[i] for i in batch], tok.pad_token_id) for c in cols]
+    cols = [tokenize(tok, c, 75) for c in (data.queries, data.positives)]
+    batch = Batches([max(len(c[i]) for c in cols) for i in range(len(data))], args.batch, 0, True).epoch(0)[0]
+    feats = [pad_batch([c[i] for i in batch], tok.pad_token_id) for c in cols]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1, foreach=True)
     loss_fn = symmetric_infonce(model)

@@ -84,10 +84,10 @@ def st_baseline_steps(model_dir: str, method, data, batch: int, steps: int, prec
 
 
 def memory_child(model_dir: str, batch: int, mini: int | None) -> None:
-    from embrecipe.trainer import TrainConfig, train
+    from embrecipe.trainer import TrainConfig, train_until_stopped
 
-    train(TrainConfig(model=model_dir, data=pool(batch), budget=1e30, batch_size=batch, stop_after_steps=1,
-                      progress=False, precision="fp32", mini_batch_size=mini))
+    train_until_stopped(TrainConfig(model=model_dir, data=pool(batch), budget=1e30, batch_size=batch,
+                                    stop_after_steps=1, progress=False, precision="fp32", mini_batch_size=mini))
     import torch
 
     # on a GPU the batch lives in device memory, so that peak is the number that matters there

@@ -6,7 +6,8 @@ import pytest
 
 from embrecipe.errors import InputError, TrainingDiverged
 from embrecipe.packing import auto_row_length, pack_rows, packed_layout
-from embrecipe.trainer import TrainConfig, _compile_mode, _use_fused_adamw, train
+from embrecipe.runtime import compile_mode, use_fused_adamw
+from embrecipe.trainer import TrainConfig, train
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -41,10 +42,10 @@ def test_packed_embeddings_equal_padded_mean_pooling(tiny_models, tiny_pair_data
     """The core claim: each text's packed embedding is the padded model's embedding (fp32, within rounding)."""
     import torch
 
+    from embrecipe.batching import packed_batch, tokenize
     from embrecipe.methods import LoRA
     from embrecipe.modeling import apply_method, load_sentence_transformer
     from embrecipe.packing import packed_embeddings
-    from embrecipe.trainer import _packed_batch, _tokenize
 
     model = load_sentence_transformer(tiny_models["llama"], attn_implementation=attn)
     if method == "lora":  # the adapter-wrapped model takes the packed inputs too
@@ -56,9 +57,9 @@ def test_packed_embeddings_equal_padded_mean_pooling(tiny_models, tiny_pair_data
     model.eval()
     tok = model[0].tokenizer
     texts = tiny_pair_data.positives[:24]
-    seqs = _tokenize(tok, texts, 75)
+    seqs = tokenize(tok, texts, 75)
     assert len({len(s) for s in seqs}) > 3  # varied lengths, so padding and packing really differ
-    batch = _packed_batch(seqs, 96, tok.pad_token_id, torch.device("cpu"), attn, torch.float32)
+    batch = packed_batch(seqs, 96, tok.pad_token_id, torch.device("cpu"), attn, torch.float32)
     assert batch["input_ids"].shape[0] < len(texts)  # several texts share a row
     with torch.no_grad():
         packed = packed_embeddings(model, batch)
@@ -116,10 +117,10 @@ def test_cuda_only_modes_are_disabled_cleanly_on_cpu():
     import torch
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert _compile_mode("cudagraphs", cpu) == "default"
-    assert _compile_mode("cudagraphs", cuda) == "cudagraphs"
-    assert _compile_mode("none", cpu) == "none"
-    assert _use_fused_adamw(cuda) and _use_fused_adamw(cpu)
+    assert compile_mode("cudagraphs", cpu) == "default"
+    assert compile_mode("cudagraphs", cuda) == "cudagraphs"
+    assert compile_mode("none", cpu) == "none"
+    assert use_fused_adamw(cuda) and use_fused_adamw(cpu)
     with pytest.raises(InputError, match="compile"):
         TrainConfig(model="m", data="d", budget=1.0, compile="max").validate()
     with pytest.raises(InputError, match="sync_every"):

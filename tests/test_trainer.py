@@ -4,9 +4,11 @@ from pathlib import Path
 
 import pytest
 
+from embrecipe.budget import lr_at_fraction, lr_lambda, step_lr_fraction
 from embrecipe.errors import BudgetError, InputError
 from embrecipe.methods import BiasOnly, BlockFreezing, FullFineTuning, LoRA
-from embrecipe.trainer import TrainConfig, default_lr, lr_at_fraction, lr_lambda, step_lr_fraction, train
+from embrecipe.train_config import TrainConfig, default_lr
+from embrecipe.trainer import train, train_until_stopped
 
 
 def _cfg(model, data, **kw):
@@ -186,8 +188,8 @@ def test_gradcache_run_matches_plain_run(tiny_models, tiny_pair_data):
 def test_resume_after_interruption_matches_uninterrupted(tiny_models, tiny_pair_data, tmp_path):
     kw = dict(budget=1.2e9, method=LoRA(rank=2), lr=2e-3)
     full = train(_cfg(tiny_models["gpt_neox"], tiny_pair_data, out=str(tmp_path / "a"), **kw))
-    part = train(_cfg(tiny_models["gpt_neox"], tiny_pair_data, out=str(tmp_path / "b"), checkpoint_every=3,
-                      stop_after_steps=7, **kw))
+    part = train_until_stopped(_cfg(tiny_models["gpt_neox"], tiny_pair_data, out=str(tmp_path / "b"),
+                                    checkpoint_every=3, stop_after_steps=7, **kw))
     assert part["status"] == "interrupted" and part["step"] == 7
     assert (tmp_path / "b" / "checkpoint" / "state.pt").exists()
     resumed = train(_cfg(tiny_models["gpt_neox"], tiny_pair_data, out=str(tmp_path / "b"), checkpoint_every=3,
@@ -198,9 +200,32 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_models, tiny_pair_
     assert not (tmp_path / "b" / "checkpoint").exists()  # cleaned up after export
 
 
+def test_stop_hook_raises_out_of_train_and_returns_state_from_train_until_stopped(tiny_models, tiny_pair_data):
+    from embrecipe.errors import EmbrecipeError
+    from embrecipe.trainer import TrainingStopped
+
+    with pytest.raises(TrainingStopped) as stopped:
+        train(_cfg(tiny_models["llama"], tiny_pair_data, stop_after_steps=2))
+    assert stopped.value.state["status"] == "interrupted" and stopped.value.state["step"] == 2
+    state = train_until_stopped(_cfg(tiny_models["llama"], tiny_pair_data, stop_after_steps=2))
+    assert state["step"] == 2 and len(state["step_flops"]) == 2 and state["model_flops"] == sum(state["step_flops"])
+    with pytest.raises(EmbrecipeError, match="before stop_after_steps"):  # the budget ends first: no stop to report
+        train_until_stopped(_cfg(tiny_models["llama"], tiny_pair_data, stop_after_steps=10**6))
+
+
+def test_loop_state_reads_checkpoints_without_the_later_per_step_lists():
+    from embrecipe.budget import LoopState
+
+    old = {"step": 3, "epoch": 0, "pos": 3, "model_flops": 30, "hardware_flops": 40, "tokens": 9,
+           "padded_tokens": 12, "loss_curve": [[10, 2.0]], "train_time_s": 0.5}
+    state = LoopState.from_dict(old)
+    assert state.step == 3 and state.step_times == [] and state.step_lrs == [] and state.step_flops == []
+    assert list(state.to_dict())[: len(old)] == list(old)  # state.json keeps the order checkpoints were written in
+
+
 def test_resume_refuses_other_config(tiny_models, tiny_pair_data, tmp_path):
-    train(_cfg(tiny_models["llama"], tiny_pair_data, out=str(tmp_path / "r"), checkpoint_every=2,
-               stop_after_steps=3))
+    train_until_stopped(_cfg(tiny_models["llama"], tiny_pair_data, out=str(tmp_path / "r"), checkpoint_every=2,
+                             stop_after_steps=3))
     with pytest.raises(InputError, match="different configuration"):
         train(_cfg(tiny_models["llama"], tiny_pair_data, out=str(tmp_path / "r"), resume=True, lr=1e-2))
 
@@ -253,17 +278,17 @@ def test_hard_negatives(tiny_models, tmp_path):
 def test_tokenization_cache_reuses_only_identical_inputs(tiny_models):
     from transformers import AutoTokenizer
 
-    from embrecipe import trainer
+    from embrecipe import batching
 
     tok = AutoTokenizer.from_pretrained(str(tiny_models["llama"]))
     texts = ["return the sum of two arrays", "load a model from a local directory"]
-    trainer._TOKEN_CACHE.clear()
-    first = trainer._tokenize(tok, texts, 75)
-    assert first == trainer._tokenize_uncached(tok, texts, 75)
-    assert trainer._tokenize(tok, list(texts), 75) is first  # equal texts, same tokenizer: a hit
-    assert trainer._tokenize(tok, texts, 3) == trainer._tokenize_uncached(tok, texts, 3)  # other length: a miss
-    assert all(len(ids) <= 3 for ids in trainer._tokenize(tok, texts, 3))
-    assert trainer._tokenize(tok, texts[::-1], 75) == first[::-1]
+    batching._TOKEN_CACHE.clear()
+    first = batching.tokenize(tok, texts, 75)
+    assert first == batching.tokenize_uncached(tok, texts, 75)
+    assert batching.tokenize(tok, list(texts), 75) is first  # equal texts, same tokenizer: a hit
+    assert batching.tokenize(tok, texts, 3) == batching.tokenize_uncached(tok, texts, 3)  # other length: a miss
+    assert all(len(ids) <= 3 for ids in batching.tokenize(tok, texts, 3))
+    assert batching.tokenize(tok, texts[::-1], 75) == first[::-1]
 
 
 # --------------------------------------------------------------------------------------- hardening (issue 13)
@@ -277,7 +302,7 @@ def _strict_json(path):
 
 
 def test_divergence_reason_flags_non_finite_and_runaway_losses():
-    from embrecipe.trainer import RUNAWAY_FACTOR, divergence_reason
+    from embrecipe.budget import RUNAWAY_FACTOR, divergence_reason
 
     assert divergence_reason(float("nan"), None, 16) == "loss is nan"
     assert divergence_reason(float("inf"), 2.0, 16) == "loss is inf"
@@ -289,7 +314,7 @@ def test_divergence_reason_flags_non_finite_and_runaway_losses():
 
 
 def test_json_safe_makes_records_strict_json():
-    from embrecipe.trainer import json_safe
+    from embrecipe.jsonio import json_safe
 
     rec = {"loss_curve": [[1.0, float("nan")], [2.0, 3.0]], "final": float("inf"), "n": 3, "s": "x"}
     assert json.dumps(json_safe(rec), allow_nan=False) == \
@@ -320,7 +345,7 @@ def test_new_config_checks():
 
 
 def test_config_from_dict_checks_types_like_a_grid_needs():
-    from embrecipe.trainer import config_from_dict
+    from embrecipe.train_config import config_from_dict
 
     base = {"model": "m", "data": "d.jsonl", "budget": 1e12, "method": {"name": "full"}}
     assert config_from_dict(base).budget == 1e12
@@ -340,7 +365,7 @@ def test_validation_set_of_one_pair_is_refused_before_training(tiny_models, tiny
 
 
 def test_out_checks_before_training(tiny_models, tiny_pair_data, tmp_path, monkeypatch):
-    import embrecipe.trainer as trainer_mod
+    import embrecipe.preflight as preflight
 
     a_file = tmp_path / "file"
     a_file.write_text("x")
@@ -355,7 +380,7 @@ def test_out_checks_before_training(tiny_models, tiny_pair_data, tmp_path, monke
         train(_cfg(tiny_models["llama"], tiny_pair_data, out=str(busy)))
     with pytest.raises(InputError, match="nothing to resume"):
         train(_cfg(tiny_models["llama"], tiny_pair_data, out=str(tmp_path / "fresh"), resume=True))
-    monkeypatch.setattr(trainer_mod, "_writable", lambda d: False)
+    monkeypatch.setattr(preflight, "_writable", lambda d: False)
     with pytest.raises(InputError, match="not writable"):
         train(_cfg(tiny_models["llama"], tiny_pair_data, out=str(tmp_path / "ro")))
 
@@ -386,7 +411,7 @@ def test_disk_space_is_checked_before_training(tiny_models, tiny_pair_data, tmp_
     from collections import namedtuple
 
     from embrecipe.errors import OutOfDiskSpace
-    from embrecipe.trainer import disk_bytes_needed
+    from embrecipe.preflight import disk_bytes_needed
 
     assert disk_bytes_needed(1000, 100, checkpoints=False) < disk_bytes_needed(1000, 100, checkpoints=True)
     usage = namedtuple("usage", "total used free")
@@ -436,7 +461,7 @@ def test_resume_never_runs_code_from_a_planted_checkpoint(tiny_models, tiny_pair
 
     out = tmp_path / "run"
     kw = dict(out=str(out), checkpoint_every=2)
-    train(_cfg(tiny_models["llama"], tiny_pair_data, stop_after_steps=2, **kw))
+    train_until_stopped(_cfg(tiny_models["llama"], tiny_pair_data, stop_after_steps=2, **kw))
     ckpt = out / "checkpoint"
     assert (ckpt / "state.json").exists() and (ckpt / "params.safetensors").exists()
     if layout == "legacy":  # the old single-file layout: no state.json

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from embrecipe.batching import Batches
 from embrecipe.cli import main
-from embrecipe.trainer import TrainConfig, _Batches, train
+from embrecipe.trainer import TrainConfig, train, train_until_stopped
 
 
 def _cfg(model, data, **kw):
@@ -216,7 +217,7 @@ def test_lasttoken_pools_eos_in_training_and_in_the_saved_model(tiny_models, tin
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from embrecipe import trainer
+    from embrecipe import batching
     from embrecipe.modeling import load_sentence_transformer, set_prompts
 
     base = tiny_models["llama"] if arch == "llama" else _neox_class_tokenizer_model(tiny_models, tmp_path)
@@ -229,15 +230,15 @@ def test_lasttoken_pools_eos_in_training_and_in_the_saved_model(tiny_models, tin
     set_prompts(tmodel, **prompts)
     tok = tmodel[0].tokenizer
     texts = ["return the sum of two arrays", "open a file"]
-    cols, plens = trainer._prompted_columns(tmodel, [texts, texts], prompts["query_prompt"], prompts["doc_prompt"])
-    ids = trainer._tokenize(tok, cols[0], 75)
+    cols, plens = batching.prompted_columns(tmodel, [texts, texts], prompts["query_prompt"], prompts["doc_prompt"])
+    ids = batching.tokenize(tok, cols[0], 75)
     assert all(seq[-1] == tok.eos_token_id for seq in ids)  # EOS appended: the pooled token
-    feats = trainer._pad(ids, tok.pad_token_id)
+    feats = batching.pad_batch(ids, tok.pad_token_id)
 
     saved = SentenceTransformer(str(out), device="cpu")
     inference = saved.preprocess([prompts["query_prompt"] + t for t in texts])
     assert torch.equal(inference["input_ids"], feats["input_ids"])  # the saved model appends EOS too
-    trainer._add_prompt_lengths([feats], plens[:1])
+    batching.add_prompt_lengths([feats], plens[:1])
     with torch.no_grad():
         trained_path = saved(dict(feats))["sentence_embedding"].numpy()
     np.testing.assert_allclose(saved.encode_query(texts), trained_path, rtol=1e-5, atol=1e-6)
@@ -248,16 +249,16 @@ def test_prompts_saved_excluded_from_mean_pooling_and_counted_as_flops(tiny_mode
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer
 
-    from embrecipe import trainer
+    from embrecipe import batching
 
     model = tiny_models["gpt_neox"]
     prompts = dict(query_prompt="query: ", doc_prompt="passage: ")
     kw = dict(budget=1e15, length_bucketing=False, stop_after_steps=3)
-    plain = train(_cfg(model, tiny_pair_data, **kw))
-    prompted = train(_cfg(model, tiny_pair_data, **kw, **prompts))
+    plain = train_until_stopped(_cfg(model, tiny_pair_data, **kw))
+    prompted = train_until_stopped(_cfg(model, tiny_pair_data, **kw, **prompts))
     # the FLOP meter counts every token the model processed, prompt tokens included, exactly
     tok = AutoTokenizer.from_pretrained(model)
-    batches = _Batches([0] * len(tiny_pair_data), 16, 0, False).epoch(0)[:3]
+    batches = Batches([0] * len(tiny_pair_data), 16, 0, False).epoch(0)[:3]
 
     def n(text):
         return len(tok(text, truncation=True, max_length=75)["input_ids"])
@@ -277,7 +278,7 @@ def test_prompts_saved_excluded_from_mean_pooling_and_counted_as_flops(tiny_mode
     saved = SentenceTransformer(str(out), device="cpu")
     # mean pooling over the text's tokens only: the prompt changes the context, not which tokens are averaged
     feats = saved.preprocess(["query: open a file"], prompt="query: ")
-    assert feats["prompt_length"] == trainer._prompted_columns(saved, [["x"]], "query: ", None)[1][0]
+    assert feats["prompt_length"] == batching.prompted_columns(saved, [["x"]], "query: ", None)[1][0]
     with torch.no_grad():
         emb = saved(dict(feats))["sentence_embedding"]
         tokens = saved[0](dict(feats))["token_embeddings"]
@@ -327,9 +328,9 @@ def test_flop_meter_counts_hard_negative_tokens_exactly(tiny_models, tmp_path):
     data = load_pairs(path)
     model = tiny_models["llama"]
     kw = dict(budget=1e15, length_bucketing=False, stop_after_steps=2)
-    runs = {k: train(_cfg(model, data, hard_negatives=k, **kw)) for k in (0, 1, 2)}
+    runs = {k: train_until_stopped(_cfg(model, data, hard_negatives=k, **kw)) for k in (0, 1, 2)}
     tok = AutoTokenizer.from_pretrained(model)
-    batches = _Batches([0] * len(data), 16, 0, False).epoch(0)[:2]
+    batches = Batches([0] * len(data), 16, 0, False).epoch(0)[:2]
 
     def neg_tokens(k):
         return sum(len(tok(data.negatives[i][j], truncation=True, max_length=75)["input_ids"])

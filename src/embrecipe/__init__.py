@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 # Heavy modules (torch, transformers) load lazily so that `import embrecipe` and the pure-math stages stay fast.
 _LAZY = {
-    "TrainConfig": "trainer",
+    "TrainConfig": "train_config",
     "train": "trainer",
     "RunRecord": "records",
     "RunConfig": "records",

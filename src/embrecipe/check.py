@@ -367,7 +367,7 @@ def _config_keys(fn: Callable[..., Any]) -> set[str]:
     import dataclasses
 
     if getattr(fn, "__name__", "") == "train_from_dict":
-        from .trainer import TrainConfig
+        from .train_config import TrainConfig
 
         return {f.name for f in dataclasses.fields(TrainConfig)}
     return set()

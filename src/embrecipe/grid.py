@@ -108,7 +108,7 @@ class LRSearch:
         if self.lrs is not None:
             return sorted(self.lrs)
         if base_lr is None:
-            from .trainer import default_lr
+            from .train_config import default_lr
 
             base_lr = default_lr(model_path)
         return log_spaced_lrs(float(base_lr), self.factors)

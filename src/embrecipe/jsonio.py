@@ -44,6 +44,12 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as strict JSON to ``path`` through a temporary file and a rename (never half-written)."""
+    # Strict JSON: a diverged run's NaN losses become null instead of bare NaN tokens.
+    write_text_atomic(path, json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False) + "\n")
+
+
 def read_mapping(path: str | os.PathLike[str], what: str, *, yaml_always: bool = False) -> dict[str, Any]:
     """The mapping a JSON (or, by suffix, YAML) file holds; ``what`` names the file in errors ("law card").
 

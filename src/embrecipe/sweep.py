@@ -43,7 +43,8 @@ from .grid import Grid
 def check_cells(cells: list[Cell], fn: TrainFn, source: str) -> None:
     """The checks the real trainer makes on settings alone (types, ranges, required keys), on every cell, so that
     a dry run fails where the real run would and a real run fails before the first cell, not in every cell."""
-    from .trainer import config_from_dict, train_from_dict
+    from .train_config import config_from_dict
+    from .trainer import train_from_dict
 
     if fn is not train_from_dict:  # another trainer has its own settings: nothing to mirror
         return

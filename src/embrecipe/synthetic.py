@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .flops import ModelShape
+from .flops import ModelShape, steps_for_budget
 from .methods import BlockFreezing, LoRA, method_from_dict, method_to_dict
 from .records import RunConfig, RunRecord, run_key
 
@@ -127,7 +127,7 @@ def synthetic_train(config: Mapping[str, Any]) -> RunRecord:
     cost = method.flops_per_token(shape)
     tpp = float(config.get("tokens_per_pair", TOKENS_PER_PAIR))
     batch = int(config.get("batch_size", 1024))
-    steps = int(budget // (cost * tpp * batch))
+    steps = steps_for_budget(budget, cost, tpp * batch)
     tokens = steps * batch * tpp
     if steps < 1:
         raise InputError(f"synthetic trainer: budget {budget:.3g} affords no step")

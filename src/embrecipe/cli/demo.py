@@ -47,15 +47,13 @@ def run(args: argparse.Namespace) -> int:
         record = RunRecord.from_dict(json.loads(run_json.read_text()), where=str(run_json))
         print("      (finished run found; reusing it)")
     else:
-        trained = train(TrainConfig(
+        record = train(TrainConfig(
             model=str(base), data=str(testbed_pairs_path("train")), val_data=str(testbed_pairs_path("validation")),
             val_size_cap=1024, budget=args.budget, method=parse_method(args.method), batch_size=args.batch_size,
             out=str(trained_dir), checkpoint_every=10, resume=(trained_dir / "checkpoint").exists(),
             # a run killed before its first checkpoint left only logs: start it again there
             overwrite=not (trained_dir / "checkpoint").exists(), progress=not args.quiet,
         ))
-        assert isinstance(trained, RunRecord)  # only the stop_after_steps test hook returns loop state
-        record = trained
     print(f"      {record.steps} steps, {record.tokens:,} tokens, {record.model_flops:.3g} model FLOPs, "
           f"{record.details['tokens_per_s']:.0f} tokens/s, {record.details['model_flops_per_s'] / 1e9:.1f} GFLOP/s, "
           f"train loss {record.loss_curve[0][1]:.3f} → {record.final_train_loss:.3f}, "

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     out = Path(args.out)
-    from ..trainer import check_out_dir
+    from ..preflight import check_out_dir
 
     check_out_dir(out, resume=False, overwrite=False)  # the trainer's --out checks, before plan.json lands there
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,225 @@
+"""Training settings: :class:`TrainConfig`, its checks, and how a plain dict (a grid cell, a CLI) becomes one.
+
+Everything here is plain data and validation (no torch at import), so a dry run and the sweep's pre-flight
+checks use it without loading a model. The LR default is the study's: one tenth of the model's published
+pre-training peak LR (:func:`default_lr`).
+
+Example::
+
+    >>> from embrecipe.train_config import config_from_dict
+    >>> config_from_dict({"model": "runs/base", "data": "pairs.jsonl", "budget": 1e12}).method.key
+    'full'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .data import PairData
+from .errors import BudgetError, EmbrecipeError, InputError
+from .methods import FullFineTuning, MethodConfig, method_from_dict, method_to_dict
+
+# Published pre-training peak LRs, by checkpoint name (Pythia: Biderman et al. 2023, Table 1 / the released
+# configs; SmolLM2-135M: its released training config). The study's default fine-tuning LR is one tenth of these.
+_PRETRAIN_LR = {
+    "pythia-14m": 1e-3, "pythia-31m": 1e-3, "pythia-70m": 1e-3, "pythia-160m": 6e-4, "pythia-410m": 3e-4,
+    "pythia-1b": 3e-4, "pythia-1.4b": 2e-4, "pythia-2.8b": 1.6e-4, "pythia-6.9b": 1.2e-4, "pythia-12b": 1.2e-4,
+    "smollm2": 3e-3,
+}
+
+
+def default_lr(model_name: str) -> float:
+    """The study's default: one tenth of the model's pre-training LR (1e-4 when the model is unknown)."""
+    name = model_name.lower().replace("_", "-")
+    for key in sorted(_PRETRAIN_LR, key=len, reverse=True):
+        if key in name:
+            return _PRETRAIN_LR[key] / 10
+    return 1e-4
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. Defaults follow the study (docs/design.md)."""
+
+    model: str
+    data: str | PairData
+    budget: float
+    method: MethodConfig = field(default_factory=FullFineTuning)
+    batch_size: int = 1024
+    mini_batch_size: int | None = None  # GradCache when set and < batch_size
+    max_seq_length: int = 75
+    lr: float | None = None
+    weight_decay: float = 0.1
+    warmup_ratio: float = 0.1
+    max_grad_norm: float | None = 1.0
+    scale: float = 40.0
+    pooling: str = "mean"
+    hard_negatives: int = 0
+    val_data: str | PairData | None = None
+    val_fraction: float = 0.0
+    val_size_cap: int = 4096
+    allow_repeat: bool = True
+    seed: int = 0
+    out: str | None = None
+    gguf_file: str | None = None
+    precision: str = "auto"  # auto | bf16 | fp32
+    gradient_checkpointing: bool = False
+    # optimizer steps between checkpoints (0 = never); on by default so a killed run can --resume
+    checkpoint_every: int = 50
+    resume: bool = False
+    overwrite: bool = False  # write into a non-empty ``out`` (replacing what a run writes there)
+    keep_adapter: bool = False
+    log_every: int = 1
+    progress: bool = True
+    length_bucketing: bool = True
+    attn_implementation: str = "sdpa"  # "eager" is the slow reference path; "flex_attention" on a GPU
+    # unpadded execution: each text column packed into rows (embrecipe.packing); auto = on a CUDA device
+    packing: str = "auto"  # auto | on | off
+    pack_length: int = 0  # tokens per packed row; 0 = auto (about twice max_seq_length)
+    # the host reads the loss (a device sync) only every sync_every steps, at checkpoints and at the end; the
+    # losses of the steps in between wait on the device, so the loss curve is the same
+    sync_every: int = 32
+    compile: str = "none"  # none | default (torch.compile) | cudagraphs (compile + CUDA graphs; CUDA only)
+    stop_after_steps: int | None = None  # for tests/benchmarks: simulate a kill after this many steps
+    # instruction prompts (sentence-transformers' "query"/"document" prompts), saved with the model
+    query_prompt: str | None = None
+    doc_prompt: str | None = None
+    # experiment tracking (embrecipe.tracking): HF-style report_to; logs under tracking_dir (default out/runs)
+    report_to: str = "auto"
+    tracking_dir: str | None = None
+    run_name: str | None = None
+    tracking_group: str | None = None  # a sweep's name: groups its cells (W&B group, MLflow experiment)
+
+    def validate(self) -> None:
+        if not (isinstance(self.budget, (int, float)) and math.isfinite(self.budget) and self.budget > 0):
+            raise BudgetError(f"budget must be a positive number of FLOPs, got {self.budget!r}")
+        if self.batch_size < 2:
+            raise InputError(f"batch_size must be >= 2 (in-batch negatives), got {self.batch_size}")
+        if self.mini_batch_size is not None and self.mini_batch_size < 1:
+            raise InputError(f"mini_batch_size must be >= 1, got {self.mini_batch_size}")
+        if self.max_seq_length < 2:
+            raise InputError(f"max_seq_length must be >= 2, got {self.max_seq_length}")
+        if self.lr is not None and not self.lr > 0:
+            raise InputError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise InputError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise InputError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.lr is not None and not math.isfinite(self.lr):
+            raise InputError(f"lr must be a finite number, got {self.lr}")
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise InputError(f"scale (the InfoNCE inverse temperature) must be > 0, got {self.scale}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise InputError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+            raise InputError(f"max_grad_norm must be >= 0 (0 or None: no clipping), got {self.max_grad_norm}")
+        if self.checkpoint_every < 0:
+            raise InputError(f"checkpoint_every must be >= 0 steps (0 = never), got {self.checkpoint_every}")
+        if self.log_every < 1:
+            raise InputError(f"log_every must be >= 1 step, got {self.log_every}")
+        if self.hard_negatives < 0:
+            raise InputError(f"hard_negatives must be >= 0, got {self.hard_negatives}")
+        if self.val_size_cap < 2:
+            raise InputError(f"val_size_cap must be >= 2 pairs (in-batch negatives), got {self.val_size_cap}")
+        if self.stop_after_steps is not None and self.stop_after_steps < 0:
+            raise InputError(f"stop_after_steps must be >= 0, got {self.stop_after_steps}")
+        if self.resume and self.overwrite:
+            raise InputError("resume and overwrite contradict each other: resume continues the run in out, "
+                             "overwrite starts a new one there")
+        if self.packing not in ("auto", "on", "off"):
+            raise InputError(f"packing must be auto, on or off, got {self.packing!r}")
+        if self.pack_length and self.pack_length < self.max_seq_length:
+            raise InputError(f"pack_length {self.pack_length} is shorter than max_seq_length {self.max_seq_length}")
+        if self.sync_every < 1:
+            raise InputError(f"sync_every must be >= 1, got {self.sync_every}")
+        if self.compile not in ("none", "default", "cudagraphs"):
+            raise InputError(f"compile must be none, default or cudagraphs, got {self.compile!r}")
+
+        from .tracking import resolve_report_to
+
+        resolve_report_to(self.report_to)  # an unknown or missing backend fails before the model loads
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["method"] = method_to_dict(self.method)
+        for k in ("data", "val_data"):
+            if isinstance(d[k], PairData):
+                d[k] = d[k].source
+        # Settings added after runs were first recorded appear only when set, so a run that does not use them
+        # keeps the config (and store key) it had before they existed.
+        for k, default in _OPTIONAL_DEFAULTS.items():
+            if d.get(k) == default:
+                del d[k]
+        return d
+
+
+_OPTIONAL_DEFAULTS: dict[str, Any] = {"query_prompt": None, "doc_prompt": None, "report_to": "auto",
+                                      "tracking_dir": None, "run_name": None, "tracking_group": None}
+
+
+
+# Setting types checked on dict configs (grid files): YAML reads ``1.0e6`` (no exponent sign) as a *string*,
+# which would otherwise pass every check and fail each cell with a TypeError. Fields not listed are not checked.
+_NUMBER_SETTINGS = ("budget", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "scale", "val_fraction")
+_INT_SETTINGS = ("batch_size", "mini_batch_size", "max_seq_length", "hard_negatives", "val_size_cap", "seed",
+                 "checkpoint_every", "log_every", "stop_after_steps")
+_BOOL_SETTINGS = ("allow_repeat", "gradient_checkpointing", "resume", "overwrite", "keep_adapter", "progress",
+                  "length_bucketing")
+_STR_SETTINGS = ("model", "pooling", "precision", "attn_implementation", "gguf_file", "out")
+
+
+def check_setting_types(config: dict[str, Any], source: str = "config") -> None:
+    """One-line :class:`InputError` for a training setting of the wrong type (``source`` names where it came from)."""
+    for name, value in config.items():
+        if value is None:
+            continue
+        if name in _NUMBER_SETTINGS or name in _INT_SETTINGS:
+            integer = name in _INT_SETTINGS
+            ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+            if ok and not isinstance(value, bool):
+                continue
+            hint = ""
+            if isinstance(value, str):
+                try:
+                    float(value)
+                    hint = " (YAML reads 1.0e6 as text: write 1.0e+6 or 1000000)"
+                except ValueError:
+                    pass
+            kind = "an integer" if integer else "a number"
+            raise InputError(f"{source}: {name} must be {kind}, got {type(value).__name__} {value!r}{hint}")
+        if name in _BOOL_SETTINGS and not isinstance(value, bool):
+            raise InputError(f"{source}: {name} must be true or false, got {type(value).__name__} {value!r}")
+        if name in _STR_SETTINGS and not isinstance(value, str):
+            raise InputError(f"{source}: {name} must be a string, got {type(value).__name__} {value!r}")
+        if name in ("data", "val_data") and not isinstance(value, (str, os.PathLike, PairData)):
+            raise InputError(f"{source}: {name} must be a path, got {type(value).__name__} {value!r}")
+
+
+def config_from_dict(config: dict[str, Any], source: str = "config") -> TrainConfig:
+    """A validated :class:`TrainConfig` from a plain dict: every check :func:`train` makes on settings alone
+    (unknown keys, types, ranges, ``data`` present), without loading data or models (so a dry run can use it)."""
+    cfg = dict(config)
+    method = cfg.pop("method", {"name": "full"})
+    if isinstance(method, str):
+        method = {"name": method}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(cfg) - fields
+    if unknown:
+        raise InputError(f"{source}: unknown training setting(s): {', '.join(sorted(unknown))}")
+    missing = [k for k in ("model", "data", "budget") if cfg.get(k) is None]
+    if missing:
+        raise InputError(f"{source}: missing training setting(s): {', '.join(missing)} (a grid gives data in "
+                         "'train: {data: pairs.jsonl}')")
+    check_setting_types(cfg, source)
+    tc = TrainConfig(method=method_from_dict(method), **cfg)
+    try:
+        tc.validate()
+    except EmbrecipeError as exc:
+        raise type(exc)(f"{source}: {exc}") from None
+    return tc
