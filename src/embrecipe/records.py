@@ -236,7 +236,7 @@ class RunRecord:
                 if getattr(self, name) is None:
                     value = next((v for a in aliases if (v := self.config.get(a)) is not None), None)
                     if value is not None:
-                        object.__setattr__(self, name, _float(value) if name == "lr" else value)
+                        object.__setattr__(self, name, float_or_none(value) if name == "lr" else value)
 
     @property
     def completed(self) -> bool:
@@ -343,7 +343,7 @@ class RunRecord:
             tokens=look("tokens"),
             steps=look("steps"),
             batch_size=look("batch_size"),
-            lr=_float(look("lr")),
+            lr=float_or_none(look("lr")),
             pairs=look("pairs", "train_pairs"),
             tokens_per_pair=look("tokens_per_pair"),
             unique_pairs=look("unique_pairs", "dataset_pairs"),
@@ -398,7 +398,8 @@ def _flatten_legacy(d: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _float(v: Any) -> float | None:
+def float_or_none(v: Any) -> float | None:
+    """``float(v)``, or None when ``v`` is None or not a number (stored records may hold anything)."""
     try:
         return None if v is None else float(v)
     except (TypeError, ValueError):

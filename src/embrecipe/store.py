@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import EmbrecipeError, InputError
 from .jsonio import json_safe
-from .records import RunRecord, as_record, run_key, variant_of
+from .records import RunRecord, as_record, float_or_none, run_key, variant_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -273,7 +273,7 @@ class RunStore:
                     "INSERT OR IGNORE INTO runs (key, status, model, method, variant, budget, seed, config,"
                     " created_at, updated_at) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
                     (key, _str_or_none(cfg.get("model")), _method_name(cfg.get("method")),
-                     variant_of(cfg.get("method")), _float_or_none(cfg.get("budget")),
+                     variant_of(cfg.get("method")), float_or_none(cfg.get("budget")),
                      _int_or_none(cfg.get("seed")), _dumps(cfg), now, now),
                 )
         return keys
@@ -298,7 +298,7 @@ class RunStore:
                     " attempts, created_at, updated_at, heartbeat_at)"
                     " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
                     (key, _str_or_none(config.get("model")), _method_name(config.get("method")),
-                     variant_of(config.get("method")), _float_or_none(config.get("budget")),
+                     variant_of(config.get("method")), float_or_none(config.get("budget")),
                      _int_or_none(config.get("seed")), _dumps(config), worker, now, now, now),
                 )
                 return True
@@ -343,11 +343,11 @@ class RunStore:
                 " record = ?, error = NULL, updated_at = ?, heartbeat_at = ? WHERE key = ?",
                 (
                     _str_or_none(rec.model), _method_name(rec.method), rec.variant,
-                    _float_or_none(rec.budget), _int_or_none(rec.seed),
+                    float_or_none(rec.budget), _int_or_none(rec.seed),
                     _int_or_none(rec.n_params), _int_or_none(rec.n_trainable),
-                    _float_or_none(rec.model_flops), _float_or_none(rec.tokens),
-                    _int_or_none(rec.steps), _float_or_none(rec.final_train_loss),
-                    _float_or_none(rec.final_val_loss),
+                    float_or_none(rec.model_flops), float_or_none(rec.tokens),
+                    _int_or_none(rec.steps), float_or_none(rec.final_train_loss),
+                    float_or_none(rec.final_val_loss),
                     *(_dumps_or_none(v) for v in (rec.loss_curve, rec.eval, rec.all_timings)),
                     _dumps(rec.to_dict()), now, now, key,
                 ),
@@ -500,13 +500,6 @@ def _method_name(method: Any) -> str | None:
 
 def _str_or_none(v: Any) -> str | None:
     return None if v is None else str(v)
-
-
-def _float_or_none(v: Any) -> float | None:
-    try:
-        return None if v is None else float(v)
-    except (TypeError, ValueError):
-        return None
 
 
 def _int_or_none(v: Any) -> int | None:
