@@ -77,6 +77,8 @@ def test_grid_errors(tmp_path):
         grid_from_dict({**BASE, "train": {"budget": 1}})
     with pytest.raises(InputError, match="does not exist"):
         load_grid(tmp_path / "missing.yaml")
+    with pytest.raises(InputError, match=r"models\[0\]\.shape is malformed \(KeyError: 'name'\)"):
+        grid_from_dict({**BASE, "models": [{"path": "toy-h64-l2", "shape": {"blocks": 2}}]})
 
 
 def test_run_only_missing_cells_and_retry_failures(tmp_path):

@@ -218,7 +218,10 @@ def _grid_models(raw: Mapping[str, Any], base: Path, source: str) -> list[dict[s
         elif isinstance(m, Mapping) and "path" in m:
             if m.get("name") is not None:
                 check_name(str(m["name"]), f"{source}: models[{i}].name")
-            shape = ModelShape.from_dict(m["shape"]) if m.get("shape") else None
+            try:
+                shape = ModelShape.from_dict(m["shape"]) if m.get("shape") else None
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise InputError(f"{source}: models[{i}].shape is malformed ({type(exc).__name__}: {exc})") from None
             models.append({"name": str(m.get("name") or Path(str(m["path"])).name), "path": _resolve(base, m["path"]),
                            "shape": shape})
         else:
