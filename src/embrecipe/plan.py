@@ -53,7 +53,7 @@ from .family import FamilyMember, family_fingerprint
 from .flops import ModelShape, steps_for_budget, tokens_for_budget
 from .laws import LawSet, fit_laws
 from .laws.noise import with_run_noise
-from .methods import method_from_dict
+from .methods import MethodConfig, method_from_dict
 from .units import (
     DEFAULT_OVERHEAD_BYTES,
     GIB,
@@ -428,8 +428,59 @@ def plan(
         t = ThroughputTable([Measurement("full", "full", 4e6, 2e12)])
         plan(None, laws, hours=2.0, throughput=t).best.budget      # 3600 * 2 * 2e12 = 1.44e16
     """
-    from .recipe import effective_tokens, epochs, recipe_lr
+    _check_budget_and_units(budget, hours, throughput, embed_tokens, device_memory_gib, precision, level)
+    members = list(family) if family is not None else family_from_laws(laws)
+    warnings: list[str] = []
+    batch_size = _resolve_batch_size(batch_size, laws)
+    tokens_per_pair = _resolve_tokens_per_pair(tokens_per_pair, laws, warnings)
+    if tokens_per_pair <= 0 or batch_size <= 0:
+        raise InputError("batch size and tokens per pair must be positive")
+    chosen = _chosen_variants(variants, laws)
+    if unique_pairs is not None and not (isinstance(unique_pairs, int) and unique_pairs > 0):
+        raise InputError(f"unique pairs must be a positive integer, got {unique_pairs!r}")
+    costing = _Costing(
+        budget=budget, batch_size=batch_size, tokens_per_pair=tokens_per_pair, min_steps=min_steps, hours=hours,
+        throughput=throughput, embed_tokens=embed_tokens, device_memory_gib=device_memory_gib, seq_len=seq_len,
+        precision=precision, memory_overhead_gib=memory_overhead_gib, unique_pairs=unique_pairs or laws.unique_pairs,
+    )
 
+    candidates, skipped = _cost_options(members, chosen, laws, costing)
+    _refuse_no_candidates(candidates, skipped, members, costing)
+    best = _rank(candidates, laws, level, costing)
+
+    warnings.extend(f"optimum {best.variant} on {best.model}: {w}" for w in best.warnings)
+    if laws.family_fingerprint and family is not None:
+        if family_fingerprint(m.shape.to_dict() for m in members) != laws.family_fingerprint:
+            warnings.append("the family differs from the one the laws were fitted on (family fingerprint)")
+    n_boot = min((len(s) for v in chosen if (s := laws[v].samples_) is not None), default=0)
+    units, notes = _units_and_notes(best, laws, family, costing, level, variants, warnings)
+    for w in (laws[best.variant].diagnostics_ or {}).get("warnings", []):
+        warnings.append(f"law of {best.variant}: {w}")
+    return Plan(budget=_plan_budget(budget, best), batch_size=batch_size, tokens_per_pair=float(tokens_per_pair),
+                level=level, n_bootstrap=n_boot, candidates=candidates, warnings=warnings, skipped=skipped,
+                provenance=laws.provenance, units=units, notes=notes,
+                noise_label=_noise_label(laws[best.variant].noise_), unique_pairs=costing.unique_pairs)
+
+
+# --- plan(), phase 1: inputs and defaults -------------------------------------------------------------
+def _check_budget_and_units(budget: float | None, hours: float | None, throughput: ThroughputTable | None,
+                            embed_tokens: float | None, device_memory_gib: float | None, precision: str,
+                            level: float) -> None:
+    """Refuse a malformed budget (FLOPs, or hours with a throughput table) and malformed unit options."""
+    _check_budget(budget, hours, throughput, embed_tokens)
+    if embed_tokens is not None and not (math.isfinite(embed_tokens) and embed_tokens >= 0):
+        raise InputError(f"tokens to embed must be a non-negative number, got {embed_tokens!r}")
+    if device_memory_gib is not None and not (math.isfinite(device_memory_gib) and device_memory_gib > 0):
+        raise InputError(f"device memory must be a positive number of GiB, got {device_memory_gib!r}")
+    if precision not in ("bf16", "fp32"):
+        raise InputError(f"precision must be bf16 or fp32, got {precision!r}")
+    if not 0 < level < 1:
+        raise InputError(f"interval level must be in (0, 1), got {level}")
+
+
+def _check_budget(budget: float | None, hours: float | None, throughput: ThroughputTable | None,
+                  embed_tokens: float | None) -> None:
+    """A positive FLOP budget, or positive hours (not both) with a throughput table and no serving."""
     if hours is not None:
         if budget is not None:
             raise InputError("give a FLOP budget or hours, not both")
@@ -443,120 +494,207 @@ def plan(
                              "inference throughput, which runs do not record; plan in FLOPs (--budget) instead")
     elif not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
         raise BudgetError(f"budget must be a positive number of FLOPs, got {budget!r}")
-    if embed_tokens is not None and not (math.isfinite(embed_tokens) and embed_tokens >= 0):
-        raise InputError(f"tokens to embed must be a non-negative number, got {embed_tokens!r}")
-    if device_memory_gib is not None and not (math.isfinite(device_memory_gib) and device_memory_gib > 0):
-        raise InputError(f"device memory must be a positive number of GiB, got {device_memory_gib!r}")
-    if precision not in ("bf16", "fp32"):
-        raise InputError(f"precision must be bf16 or fp32, got {precision!r}")
-    if not 0 < level < 1:
-        raise InputError(f"interval level must be in (0, 1), got {level}")
-    members = list(family) if family is not None else family_from_laws(laws)
-    warnings: list[str] = []
+
+
+def _resolve_batch_size(batch_size: int | None, laws: LawSet) -> int:
+    """The asked batch size, else the card's, else the default; refused when it is not the card's one."""
     fitted_bs = sorted(set(laws.batch_sizes or ([laws.batch_size] if laws.batch_size else [])))
     if batch_size is not None and len(fitted_bs) == 1 and int(batch_size) != fitted_bs[0]:
         raise InputError(
             f"batch size {batch_size} differs from the {fitted_bs[0]} the law card was fitted at; the contrastive "
             "loss depends on the in-batch negatives, so the laws do not predict it -- plan at batch size "
             f"{fitted_bs[0]}, or sweep and fit across batch sizes")
-    batch_size = int(batch_size or laws.batch_size or DEFAULT_BATCH_SIZE)
-    if tokens_per_pair is None:
-        tokens_per_pair = laws.tokens_per_pair
-        if tokens_per_pair is None:
-            tokens_per_pair = ASSUMED_TOKENS_PER_PAIR
-            warnings.append(f"tokens per pair unknown (not in the law card): assumed {ASSUMED_TOKENS_PER_PAIR:g} "
-                            "as in the study; pass --tokens-per-pair with your data's measured mean")
-    if tokens_per_pair <= 0 or batch_size <= 0:
-        raise InputError("batch size and tokens per pair must be positive")
+    return int(batch_size or laws.batch_size or DEFAULT_BATCH_SIZE)
+
+
+def _resolve_tokens_per_pair(tokens_per_pair: float | None, laws: LawSet, warnings: list[str]) -> float:
+    """The asked mean tokens per pair, else the card's measured one, else the study's assumption (warned)."""
+    if tokens_per_pair is not None:
+        return tokens_per_pair
+    if laws.tokens_per_pair is not None:
+        return laws.tokens_per_pair
+    warnings.append(f"tokens per pair unknown (not in the law card): assumed {ASSUMED_TOKENS_PER_PAIR:g} "
+                    "as in the study; pass --tokens-per-pair with your data's measured mean")
+    return ASSUMED_TOKENS_PER_PAIR
+
+
+def _chosen_variants(variants: Sequence[str] | None, laws: LawSet) -> list[str]:
+    """The variants to consider (default: all the card's); an unknown one is refused by ``laws[v]``."""
     chosen = list(variants) if variants else laws.variants
     for v in chosen:
         laws[v]
-    if unique_pairs is not None and not (isinstance(unique_pairs, int) and unique_pairs > 0):
-        raise InputError(f"unique pairs must be a positive integer, got {unique_pairs!r}")
-    unique_pairs = unique_pairs or laws.unique_pairs
-    unique_tokens = None if not unique_pairs else unique_pairs * float(tokens_per_pair)
-    sizes = {str(m.get(k)): float(m["shape"].get("non_embedding_params") or 0) for m in laws.family
-             for k in ("path", "name") if isinstance(m.get("shape"), Mapping) and m.get(k)}
+    return chosen
 
+
+@dataclass(frozen=True)
+class _Costing:
+    """The plan's resolved inputs that costing one (model, variant) option needs."""
+
+    budget: float | None
+    batch_size: int
+    tokens_per_pair: float
+    min_steps: int
+    hours: float | None
+    throughput: ThroughputTable | None
+    embed_tokens: float | None
+    device_memory_gib: float | None
+    seq_len: int
+    precision: str
+    memory_overhead_gib: float
+    unique_pairs: int | None
+
+    @property
+    def unique_tokens(self) -> float | None:
+        return None if not self.unique_pairs else self.unique_pairs * float(self.tokens_per_pair)
+
+    @property
+    def activation_bytes(self) -> int:
+        return 2 if self.precision == "bf16" else 4
+
+
+# --- plan(), phase 2: cost and predict every option ---------------------------------------------------
+class _Skipped(Exception):
+    """An option that cannot be planned (the message names it and why); it is listed in ``Plan.skipped``."""
+
+
+def _cost_options(members: Sequence[FamilyMember], chosen: Sequence[str], laws: LawSet,
+                  k: _Costing) -> tuple[list[Candidate], list[str]]:
+    """Every family member × chosen variant, costed and predicted; the options that cannot be, as notes."""
+    sizes = {str(m.get(key)): float(m["shape"].get("non_embedding_params") or 0) for m in laws.family
+             for key in ("path", "name") if isinstance(m.get("shape"), Mapping) and m.get(key)}
     candidates: list[Candidate] = []
     skipped: list[str] = []
     for m in members:
         for v in chosen:
-            method = method_from_dict(laws.methods[v])
             try:
-                n_t = method.trainable_params(m.shape)
-                cost = method.flops_per_token(m.shape)
-            except EmbrecipeError as exc:
-                skipped.append(f"{v} on {m.name}: {exc}")
-                continue
-            n = m.shape.non_embedding_params
-            unit_notes: list[str] = []
-            cand_budget, fps, serve = budget, None, None
-            if hours is not None:
-                assert throughput is not None  # refused above: hours need a throughput table
-                fps, unit_notes = throughput.flops_per_s(v, method.name, n)
-                cand_budget = hours_to_flops(hours, fps)
-            assert cand_budget is not None  # a budget, or hours converted to one
-            if embed_tokens:
-                serve = serving_flops(n, embed_tokens)
-                if serve >= cand_budget:
-                    skipped.append(f"{v} on {m.name}: serving {embed_tokens:.3g} tokens costs {serve:.3g} FLOPs, "
-                                   f"the whole budget {cand_budget:.3g} or more")
-                    continue
-                cand_budget -= serve
-            fit = None
-            if device_memory_gib is not None:
-                fit = auto_mini_batch(m.shape, method, batch_size=batch_size, seq_len=seq_len,
-                                      memory_bytes=device_memory_gib * GIB,
-                                      activation_bytes=2 if precision == "bf16" else 4,
-                                      overhead_bytes=memory_overhead_gib * GIB)
-                if fit is None:
-                    need = training_memory(m.shape, method, batch_size=batch_size, seq_len=seq_len, mini_batch=1,
-                                           activation_bytes=2 if precision == "bf16" else 4,
-                                           overhead_bytes=memory_overhead_gib * GIB)["total"]
-                    skipped.append(f"{v} on {m.name}: does not fit in {device_memory_gib:g} GiB (needs "
-                                   f"~{need / GIB:.3g} GiB even with a GradCache mini-batch of 1)")
-                    continue
-            tokens = tokens_for_budget(cand_budget, cost)
-            pairs = tokens / tokens_per_pair
-            # the trainer's own arithmetic (flops.steps_for_budget), so the plan names the steps it will run
-            steps = steps_for_budget(cand_budget, cost, tokens_per_pair * batch_size)
-            d_eff = effective_tokens(tokens, unique_tokens)
-            loss = float(laws[v].predict(n, d_eff))
-            lr, lr_note = recipe_lr(laws.recipe, v, m.path, n, sizes)
-            if lr is None:
-                lr, lr_note = recipe_lr(laws.recipe, v, m.name, n, sizes)
-            cand = Candidate(model=m.name, path=m.path, variant=v, method=dict(laws.methods[v]), n_params=n,
-                             n_trainable=n_t, flops_per_token=cost, tokens=tokens, pairs=pairs, steps=steps,
-                             loss=loss, feasible=steps >= min_steps, lr=lr, lr_note=lr_note,
-                             epochs=epochs(tokens, unique_tokens),
-                             effective_tokens=d_eff if d_eff < tokens else None)
-            if hours is not None or embed_tokens:
-                cand.budget, cand.flops_per_s, cand.serving_flops = cand_budget, fps, serve
-            if fit is not None:
-                cand.mini_batch, cand.memory_gib = fit[0], fit[1]["total"] / GIB
-            cand.warnings.extend(unit_notes)
-            if cand.epochs is not None and cand.epochs > 1:
-                cand.warnings.append(
-                    f"needs {cand.epochs:.2g} epochs of the {unique_pairs:,} unique training pairs (repeated data; "
-                    f"loss predicted at the effective {d_eff:.3g} of {tokens:.3g} tokens, Muennighoff et al. 2023)")
-            rng = laws.ranges.get(v, {})
-            for what, value, key in (("C", cand_budget, "C"), ("N", n, "N"), ("D", tokens, "D")):
-                w = _range_warning(f"{what} ({v})", value, rng.get(key))
-                if w:
-                    cand.warnings.append(w)
-            candidates.append(cand)
-    if not candidates and embed_tokens and all(": serving " in x for x in skipped):
+                candidates.append(_cost_option(m, v, laws, k, sizes))
+            except _Skipped as exc:
+                skipped.append(str(exc))
+    return candidates, skipped
+
+
+def _cost_option(m: FamilyMember, v: str, laws: LawSet, k: _Costing, sizes: dict[str, float]) -> Candidate:
+    """One option: its training budget (after hours and serving), memory fit, tokens, steps and loss."""
+    method = method_from_dict(laws.methods[v])
+    try:
+        n_t = method.trainable_params(m.shape)
+        cost = method.flops_per_token(m.shape)
+    except EmbrecipeError as exc:
+        raise _Skipped(f"{v} on {m.name}: {exc}") from None
+    n = m.shape.non_embedding_params
+    cand_budget, fps, unit_notes = _training_budget(v, method.name, n, k)
+    cand_budget, serve = _after_serving(cand_budget, n, k, f"{v} on {m.name}")
+    fit = _memory_fit(m, method, k, f"{v} on {m.name}")
+    cand = _predict(m, v, laws, k, sizes, n_t=n_t, cost=cost, budget=cand_budget)
+    if k.hours is not None or k.embed_tokens:
+        cand.budget, cand.flops_per_s, cand.serving_flops = cand_budget, fps, serve
+    if fit is not None:
+        cand.mini_batch, cand.memory_gib = fit[0], fit[1]["total"] / GIB
+    cand.warnings.extend(unit_notes)
+    cand.warnings.extend(_option_warnings(cand, laws, k, cand_budget))
+    return cand
+
+
+def _training_budget(variant: str, method_name: str, n: int, k: _Costing) -> tuple[float, float | None, list[str]]:
+    """The option's FLOP budget: the plan's, or with hours ``3600 * hours * its measured FLOP/s``; its
+    FLOP/s (None without hours) and the throughput table's notes on how that was measured."""
+    if k.hours is None:
+        assert k.budget is not None  # a budget, or hours converted to one
+        return k.budget, None, []
+    assert k.throughput is not None  # refused in phase 1: hours need a throughput table
+    fps, unit_notes = k.throughput.flops_per_s(variant, method_name, n)
+    return hours_to_flops(k.hours, fps), fps, unit_notes
+
+
+def _after_serving(budget: float, n: int, k: _Costing, option: str) -> tuple[float, float | None]:
+    """The training budget left after serving ``embed_tokens`` (``2 N T`` FLOPs), and that serving cost."""
+    if not k.embed_tokens:
+        return budget, None
+    serve = serving_flops(n, k.embed_tokens)
+    if serve >= budget:
+        raise _Skipped(f"{option}: serving {k.embed_tokens:.3g} tokens costs {serve:.3g} FLOPs, "
+                       f"the whole budget {budget:.3g} or more")
+    return budget - serve, serve
+
+
+def _memory_fit(m: FamilyMember, method: MethodConfig, k: _Costing,
+                option: str) -> tuple[int | None, dict[str, float]] | None:
+    """With a device memory: the GradCache mini-batch that fits and its memory estimate (None without one)."""
+    if k.device_memory_gib is None:
+        return None
+    fit = auto_mini_batch(m.shape, method, batch_size=k.batch_size, seq_len=k.seq_len,
+                          memory_bytes=k.device_memory_gib * GIB, activation_bytes=k.activation_bytes,
+                          overhead_bytes=k.memory_overhead_gib * GIB)
+    if fit is None:
+        need = training_memory(m.shape, method, batch_size=k.batch_size, seq_len=k.seq_len, mini_batch=1,
+                               activation_bytes=k.activation_bytes,
+                               overhead_bytes=k.memory_overhead_gib * GIB)["total"]
+        raise _Skipped(f"{option}: does not fit in {k.device_memory_gib:g} GiB (needs "
+                       f"~{need / GIB:.3g} GiB even with a GradCache mini-batch of 1)")
+    return fit
+
+
+def _predict(m: FamilyMember, v: str, laws: LawSet, k: _Costing, sizes: dict[str, float], *, n_t: int,
+             cost: int, budget: float) -> Candidate:
+    r"""The option at its training budget: :math:`D = C / \mathrm{cost}`, the trainer's steps, the law's loss
+    at the effective data (repeated pairs count less) and the LR the card's law was fitted at."""
+    from .recipe import effective_tokens, epochs, recipe_lr
+
+    n = m.shape.non_embedding_params
+    tokens = tokens_for_budget(budget, cost)
+    pairs = tokens / k.tokens_per_pair
+    # the trainer's own arithmetic (flops.steps_for_budget), so the plan names the steps it will run
+    steps = steps_for_budget(budget, cost, k.tokens_per_pair * k.batch_size)
+    d_eff = effective_tokens(tokens, k.unique_tokens)
+    loss = float(laws[v].predict(n, d_eff))
+    lr, lr_note = recipe_lr(laws.recipe, v, m.path, n, sizes)
+    if lr is None:
+        lr, lr_note = recipe_lr(laws.recipe, v, m.name, n, sizes)
+    return Candidate(model=m.name, path=m.path, variant=v, method=dict(laws.methods[v]), n_params=n,
+                     n_trainable=n_t, flops_per_token=cost, tokens=tokens, pairs=pairs, steps=steps,
+                     loss=loss, feasible=steps >= k.min_steps, lr=lr, lr_note=lr_note,
+                     epochs=epochs(tokens, k.unique_tokens),
+                     effective_tokens=d_eff if d_eff < tokens else None)
+
+
+def _option_warnings(cand: Candidate, laws: LawSet, k: _Costing, budget: float) -> list[str]:
+    """Repeated data (more than one epoch) and extrapolation beyond the fitted C, N and D ranges."""
+    out = []
+    if cand.epochs is not None and cand.epochs > 1:
+        d_eff = cand.effective_tokens if cand.effective_tokens is not None else cand.tokens
+        out.append(
+            f"needs {cand.epochs:.2g} epochs of the {k.unique_pairs:,} unique training pairs (repeated data; "
+            f"loss predicted at the effective {d_eff:.3g} of {cand.tokens:.3g} tokens, Muennighoff et al. 2023)")
+    v = cand.variant
+    rng = laws.ranges.get(v, {})
+    for what, value, key in (("C", budget, "C"), ("N", cand.n_params, "N"), ("D", cand.tokens, "D")):
+        w = _range_warning(f"{what} ({v})", value, rng.get(key))
+        if w:
+            out.append(w)
+    return out
+
+
+# --- plan(), phase 3: refuse, rank, and what the plan says besides the ranking -------------------------
+def _refuse_no_candidates(candidates: list[Candidate], skipped: list[str], members: Sequence[FamilyMember],
+                          k: _Costing) -> None:
+    """No option left: say why (serving costs all of the budget, nothing fits in memory, or each reason)."""
+    if candidates:
+        return
+    if k.embed_tokens and all(": serving " in x for x in skipped):
         smallest = min(members, key=lambda m: m.shape.non_embedding_params)
         raise BudgetError(
-            f"budget {budget:.3g} FLOPs cannot pay for embedding {embed_tokens:.3g} tokens with any model (the "
-            f"smallest, {smallest.name}, needs {serving_flops(smallest.shape.non_embedding_params, embed_tokens):.3g}"
+            f"budget {k.budget:.3g} FLOPs cannot pay for embedding {k.embed_tokens:.3g} tokens with any model (the "
+            f"smallest, {smallest.name}, needs "
+            f"{serving_flops(smallest.shape.non_embedding_params, k.embed_tokens):.3g}"
             " for serving alone); raise --budget or lower --embed-tokens")
-    if not candidates and device_memory_gib is not None and all("does not fit" in x for x in skipped):
-        raise BudgetError(f"no option fits in {device_memory_gib:g} GiB even with GradCache: " + skipped[0])
-    if not candidates:
-        raise InputError("no (model, variant) option can be costed: " + "; ".join(skipped))
+    if k.device_memory_gib is not None and all("does not fit" in x for x in skipped):
+        raise BudgetError(f"no option fits in {k.device_memory_gib:g} GiB even with GradCache: " + skipped[0])
+    raise InputError("no (model, variant) option can be costed: " + "; ".join(skipped))
 
+
+def _rank(candidates: list[Candidate], laws: LawSet, level: float, k: _Costing) -> Candidate:
+    """Intervals and P(optimal), then feasible options first by predicted loss; the best, refused if even it
+    cannot afford ``min_steps``."""
     _attach_uncertainty(candidates, laws, level)
     candidates.sort(key=lambda c: (not c.feasible, c.loss))
     for i, c in enumerate(candidates, 1):
@@ -564,48 +702,49 @@ def plan(
     best = candidates[0]
     if not best.feasible:
         raise BudgetError(
-            f"budget {best.budget or budget:.3g} FLOPs affords fewer than {min_steps} step(s) of {batch_size} pairs with every "
-            "option; raise the budget or lower the batch size"
+            f"budget {best.budget or k.budget:.3g} FLOPs affords fewer than {k.min_steps} step(s) of "
+            f"{k.batch_size} pairs with every option; raise the budget or lower the batch size"
         )
-    warnings.extend(f"optimum {best.variant} on {best.model}: {w}" for w in best.warnings)
-    if laws.family_fingerprint and family is not None:
-        if family_fingerprint(m.shape.to_dict() for m in members) != laws.family_fingerprint:
-            warnings.append("the family differs from the one the laws were fitted on (family fingerprint)")
-    n_boot = min((len(s) for v in chosen if (s := laws[v].samples_) is not None), default=0)
+    return best
+
+
+def _units_and_notes(best: Candidate, laws: LawSet, family: Sequence[FamilyMember] | None, k: _Costing,
+                     level: float, variants: Sequence[str] | None,
+                     warnings: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """``Plan.units`` (what the plan was asked in) and the notes on it; a throughput measured at another
+    batch size is added to ``warnings``."""
     units: dict[str, Any] = {}
     notes: list[str] = []
-    if hours is not None:
-        assert throughput is not None  # refused above: hours need a throughput table
-        units.update(hours=float(hours), throughput=throughput.label)
-        if throughput.batch_sizes and batch_size not in throughput.batch_sizes:
-            warnings.append(f"throughput was measured at batch size {', '.join(map(str, throughput.batch_sizes))}, "
-                            f"the plan is at {batch_size}: FLOP/s depend on the batch size (measure at yours)")
-        if throughput.single:
+    if k.hours is not None:
+        assert k.throughput is not None  # refused in phase 1: hours need a throughput table
+        units.update(hours=float(k.hours), throughput=k.throughput.label)
+        if k.throughput.batch_sizes and k.batch_size not in k.throughput.batch_sizes:
+            warnings.append(f"throughput was measured at batch size {', '.join(map(str, k.throughput.batch_sizes))}, "
+                            f"the plan is at {k.batch_size}: FLOP/s depend on the batch size (measure at yours)")
+        if k.throughput.single:
             notes.append("one benchmark row gives one throughput for every option: all get the same FLOP budget "
                          "(use --throughput-from STORE for per-method, per-size throughput)")
-    if device_memory_gib is not None:
-        units.update(device_memory_gib=float(device_memory_gib), seq_len=int(seq_len), precision=precision)
-    same = dict(batch_size=batch_size, tokens_per_pair=tokens_per_pair, level=level, variants=variants,
-                min_steps=min_steps, hours=hours, throughput=throughput, seq_len=seq_len, precision=precision,
-                memory_overhead_gib=memory_overhead_gib, unique_pairs=unique_pairs)
-    if embed_tokens:
-        units.update(embed_tokens=float(embed_tokens))
-        notes.extend(_shift_note("the serving cost", best, budget, laws, family,
-                                 **same, device_memory_gib=device_memory_gib))
-    if device_memory_gib is not None:
-        notes.extend(_shift_note("the memory limit", best, budget, laws, family, **same, embed_tokens=embed_tokens))
-    # With hours the budget differs per option; the plan's budget is then the optimum's.
+    if k.device_memory_gib is not None:
+        units.update(device_memory_gib=float(k.device_memory_gib), seq_len=int(k.seq_len), precision=k.precision)
+    same = dict(batch_size=k.batch_size, tokens_per_pair=k.tokens_per_pair, level=level, variants=variants,
+                min_steps=k.min_steps, hours=k.hours, throughput=k.throughput, seq_len=k.seq_len,
+                precision=k.precision, memory_overhead_gib=k.memory_overhead_gib, unique_pairs=k.unique_pairs)
+    if k.embed_tokens:
+        units.update(embed_tokens=float(k.embed_tokens))
+        notes.extend(_shift_note("the serving cost", best, k.budget, laws, family,
+                                 **same, device_memory_gib=k.device_memory_gib))
+    if k.device_memory_gib is not None:
+        notes.extend(_shift_note("the memory limit", best, k.budget, laws, family, **same,
+                                 embed_tokens=k.embed_tokens))
+    return units, notes
+
+
+def _plan_budget(budget: float | None, best: Candidate) -> float:
+    """The plan's budget: the one asked for; with hours the budget differs per option, so the optimum's."""
     if budget is not None:
-        plan_budget = float(budget)
-    else:
-        assert best.budget is not None  # with hours, every candidate carries its own budget
-        plan_budget = float(best.budget)
-    for w in (laws[best.variant].diagnostics_ or {}).get("warnings", []):
-        warnings.append(f"law of {best.variant}: {w}")
-    return Plan(budget=plan_budget, batch_size=batch_size, tokens_per_pair=float(tokens_per_pair),
-                level=level, n_bootstrap=n_boot, candidates=candidates, warnings=warnings, skipped=skipped,
-                provenance=laws.provenance, units=units, notes=notes,
-                noise_label=_noise_label(laws[best.variant].noise_), unique_pairs=unique_pairs)
+        return float(budget)
+    assert best.budget is not None  # with hours, every candidate carries its own budget
+    return float(best.budget)
 
 
 def _shift_note(what: str, best: Candidate, budget: float | None, laws: LawSet,

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    from ..plan import RecipeTable
+    from ..units import ThroughputTable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,22 +72,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..family import Family
-    from ..plan import load_laws, parse_budgets, plan, plan_many
-    from ..units import load_throughput
+    from ..plan import load_laws, plan, plan_many
 
     # Parse the budgets first: a typo should not cost a bootstrap fit of a whole store.
-    throughput = None
-    if args.hours is not None:
-        if not (args.hours > 0 and args.hours != float("inf")):
-            raise InputError(f"--hours must be a positive number, got {args.hours}")
-        throughput = load_throughput(args.throughput_from, args.throughput_row, device=args.throughput_device)
-        budgets = []
-    else:
-        if args.throughput_from or args.throughput_row:
-            raise InputError("--throughput-from/--throughput-row only apply to a plan in --hours")
-        budgets = parse_budgets(args.budget if args.budget is not None else args.budgets)
-    if args.budget is not None and len(budgets) != 1:
-        raise InputError("--budget takes one number; use --budgets for several")
+    budgets, throughput = _budgets_or_throughput(args)
     if args.seq_len < 1:
         raise InputError(f"--seq-len must be positive, got {args.seq_len}")
     laws = load_laws(args.laws, bootstrap=args.bootstrap)
@@ -104,11 +97,33 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(table.to_dict(), indent=1))
         return 0
-    print(f"law card: {laws.provenance}")
+    _print_table(laws.provenance, table)
+    return 0
+
+
+def _budgets_or_throughput(args: argparse.Namespace) -> tuple[list[float], ThroughputTable | None]:
+    """The FLOP budgets asked for, or (with --hours) none and the measured throughput table."""
+    from ..plan import parse_budgets
+    from ..units import load_throughput
+
+    if args.hours is not None:
+        if not (args.hours > 0 and args.hours != float("inf")):
+            raise InputError(f"--hours must be a positive number, got {args.hours}")
+        return [], load_throughput(args.throughput_from, args.throughput_row, device=args.throughput_device)
+    if args.throughput_from or args.throughput_row:
+        raise InputError("--throughput-from/--throughput-row only apply to a plan in --hours")
+    budgets = parse_budgets(args.budget if args.budget is not None else args.budgets)
+    if args.budget is not None and len(budgets) != 1:
+        raise InputError("--budget takes one number; use --budgets for several")
+    return budgets, None
+
+
+def _print_table(provenance: str, table: RecipeTable) -> None:
+    """The recipe table across budgets, then each plan's warnings and notes, labelled by its budget."""
+    print(f"law card: {provenance}")
     print(table.format())
     for p in table.plans:
         for w in p.warnings:
             print(f"WARNING at {p.budget:.3g}: {w}")
         for n in p.notes:
             print(f"note at {p.budget:.3g}: {n}")
-    return 0
