@@ -430,9 +430,8 @@ def plan(
     """
     _check_budget_and_units(budget, hours, throughput, embed_tokens, device_memory_gib, precision, level)
     members = list(family) if family is not None else family_from_laws(laws)
-    warnings: list[str] = []
     batch_size = _resolve_batch_size(batch_size, laws)
-    tokens_per_pair = _resolve_tokens_per_pair(tokens_per_pair, laws, warnings)
+    tokens_per_pair, warnings = _resolve_tokens_per_pair(tokens_per_pair, laws)
     if tokens_per_pair <= 0 or batch_size <= 0:
         raise InputError("batch size and tokens per pair must be positive")
     chosen = _chosen_variants(variants, laws)
@@ -448,14 +447,9 @@ def plan(
     _refuse_no_candidates(candidates, skipped, members, costing)
     best = _rank(candidates, laws, level, costing)
 
-    warnings.extend(f"optimum {best.variant} on {best.model}: {w}" for w in best.warnings)
-    if laws.family_fingerprint and family is not None:
-        if family_fingerprint(m.shape.to_dict() for m in members) != laws.family_fingerprint:
-            warnings.append("the family differs from the one the laws were fitted on (family fingerprint)")
+    warnings.extend(_plan_warnings(best, members, laws, family, costing))
     n_boot = min((len(s) for v in chosen if (s := laws[v].samples_) is not None), default=0)
-    units, notes = _units_and_notes(best, laws, family, costing, level, variants, warnings)
-    for w in (laws[best.variant].diagnostics_ or {}).get("warnings", []):
-        warnings.append(f"law of {best.variant}: {w}")
+    units, notes = _units_and_notes(best, laws, family, costing, level, variants)
     return Plan(budget=_plan_budget(budget, best), batch_size=batch_size, tokens_per_pair=float(tokens_per_pair),
                 level=level, n_bootstrap=n_boot, candidates=candidates, warnings=warnings, skipped=skipped,
                 provenance=laws.provenance, units=units, notes=notes,
@@ -507,15 +501,15 @@ def _resolve_batch_size(batch_size: int | None, laws: LawSet) -> int:
     return int(batch_size or laws.batch_size or DEFAULT_BATCH_SIZE)
 
 
-def _resolve_tokens_per_pair(tokens_per_pair: float | None, laws: LawSet, warnings: list[str]) -> float:
+def _resolve_tokens_per_pair(tokens_per_pair: float | None, laws: LawSet) -> tuple[float, list[str]]:
     """The asked mean tokens per pair, else the card's measured one, else the study's assumption (warned)."""
     if tokens_per_pair is not None:
-        return tokens_per_pair
+        return tokens_per_pair, []
     if laws.tokens_per_pair is not None:
-        return laws.tokens_per_pair
-    warnings.append(f"tokens per pair unknown (not in the law card): assumed {ASSUMED_TOKENS_PER_PAIR:g} "
-                    "as in the study; pass --tokens-per-pair with your data's measured mean")
-    return ASSUMED_TOKENS_PER_PAIR
+        return laws.tokens_per_pair, []
+    return ASSUMED_TOKENS_PER_PAIR, [
+        f"tokens per pair unknown (not in the law card): assumed {ASSUMED_TOKENS_PER_PAIR:g} "
+        "as in the study; pass --tokens-per-pair with your data's measured mean"]
 
 
 def _chosen_variants(variants: Sequence[str] | None, laws: LawSet) -> list[str]:
@@ -708,19 +702,32 @@ def _rank(candidates: list[Candidate], laws: LawSet, level: float, k: _Costing) 
     return best
 
 
+def _plan_warnings(best: Candidate, members: Sequence[FamilyMember], laws: LawSet,
+                   family: Sequence[FamilyMember] | None, k: _Costing) -> list[str]:
+    """The optimum's own warnings, a family other than the card's, a throughput measured at another batch
+    size, and the diagnostics of the optimum's law."""
+    out = [f"optimum {best.variant} on {best.model}: {w}" for w in best.warnings]
+    if laws.family_fingerprint and family is not None:
+        if family_fingerprint(m.shape.to_dict() for m in members) != laws.family_fingerprint:
+            out.append("the family differs from the one the laws were fitted on (family fingerprint)")
+    if k.throughput is not None and k.hours is not None:
+        if k.throughput.batch_sizes and k.batch_size not in k.throughput.batch_sizes:
+            out.append(f"throughput was measured at batch size {', '.join(map(str, k.throughput.batch_sizes))}, "
+                       f"the plan is at {k.batch_size}: FLOP/s depend on the batch size (measure at yours)")
+    for w in (laws[best.variant].diagnostics_ or {}).get("warnings", []):
+        out.append(f"law of {best.variant}: {w}")
+    return out
+
+
 def _units_and_notes(best: Candidate, laws: LawSet, family: Sequence[FamilyMember] | None, k: _Costing,
-                     level: float, variants: Sequence[str] | None,
-                     warnings: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """``Plan.units`` (what the plan was asked in) and the notes on it; a throughput measured at another
-    batch size is added to ``warnings``."""
+                     level: float, variants: Sequence[str] | None) -> tuple[dict[str, Any], list[str]]:
+    """``Plan.units`` (what the plan was asked in) and the notes on it: one throughput for every option,
+    and whether serving or the memory limit moves the optimum."""
     units: dict[str, Any] = {}
     notes: list[str] = []
     if k.hours is not None:
         assert k.throughput is not None  # refused in phase 1: hours need a throughput table
         units.update(hours=float(k.hours), throughput=k.throughput.label)
-        if k.throughput.batch_sizes and k.batch_size not in k.throughput.batch_sizes:
-            warnings.append(f"throughput was measured at batch size {', '.join(map(str, k.throughput.batch_sizes))}, "
-                            f"the plan is at {k.batch_size}: FLOP/s depend on the batch size (measure at yours)")
         if k.throughput.single:
             notes.append("one benchmark row gives one throughput for every option: all get the same FLOP budget "
                          "(use --throughput-from STORE for per-method, per-size throughput)")
