@@ -253,3 +253,25 @@ def test_check_cli(tmp_path, capsys):
     assert main(["check", str(tmp_path / "s.sqlite"), "--budget", "1e14", "--workers", "0"]) == 2
     with RunStore(tmp_path / "s-check.sqlite") as st:
         assert st.counts().get("completed") == len(st.rows())  # every check run recorded
+
+
+def test_check_interrupted_leaves_its_unstarted_runs_pending_and_a_rerun_finishes_them(tmp_path):
+    recs = _swept(tmp_path)
+    calls = []
+
+    def interrupted_at_the_second_run(config):
+        calls.append(config)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return synthetic_train(config)
+
+    with pytest.raises(KeyboardInterrupt):
+        recipe_check(recs, 2.56e14, train_fn=interrupted_at_the_second_run, bootstrap=20,
+                     check_store=tmp_path / "c.sqlite", log=lambda s: None)
+    with RunStore(tmp_path / "c.sqlite") as st:
+        assert {s: n for s, n in st.counts().items() if n} == {"completed": 1, "pending": 3}  # no claim left behind for a later run to wait on
+    rep = recipe_check(recs, 2.56e14, train_fn=synthetic_train, bootstrap=20, check_store=tmp_path / "c.sqlite",
+                       log=lambda s: None)
+    assert not any(c.failed for c in rep.configs) and rep.plan_regret is not None
+    with RunStore(tmp_path / "c.sqlite") as st:
+        assert {s: n for s, n in st.counts().items() if n} == {"completed": 4}

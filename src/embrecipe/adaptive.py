@@ -245,50 +245,87 @@ def decide(records: Iterable[RunRecord | Mapping[str, Any]], alive: Iterable[Con
            targets: Sequence[float], spec: AdaptiveSpec) -> RungDecision:
     """Apply the rule (module docstring) after ``rung`` (at ``budget``) to the completed ``records`` the
     adaptive sweep has so far; ``alive`` are the configurations still in the race. Pure and seeded."""
-    from .family import FamilyMember
-    from .flops import ModelShape
-    from .laws import fit_laws, run_point
-    from .plan import plan
+    from .laws import run_point
 
     if not targets:
         raise InputError("adaptive: no target budget to decide for")
     recs = _sorted_records(records)
     alive_list = sorted(set(alive))
-    alive_set = set(alive_list)
     decision = RungDecision(rung=rung, budget=float(budget), alive=alive_list)
+    ids = [config_id(r) for r in recs]
+    points = list(zip(ids, (run_point(r) for r in recs), strict=True))
+    decision.measured_best = _measured_best(points, set(alive_list), budget)
+    usable = _variants_with_enough_rungs(points, alive_list, spec, decision.notes)
+    if not usable:
+        return decision
+    laws = _fit_usable_laws([r for r, cid in zip(recs, ids, strict=True) if cid[1] in usable], spec, decision.notes)
+    if laws is None:
+        return decision
+    dominance = _dominance_at_targets(laws, _family_of(recs, ids), targets, set(alive_list), spec, decision)
+    if dominance is not None:
+        _drop_dominated(decision, *dominance, spec)
+    return decision
 
-    points = [(config_id(r), run_point(r)) for r in recs]
+
+def _measured_best(points: Sequence[tuple[ConfigId, Any]], alive: set[ConfigId], budget: float) -> ConfigId | None:
+    """The alive configuration with the lowest loss measured at this rung (protected from dropping)."""
     here: dict[ConfigId, Any] = {}
     for cid, p in points:
-        if cid in alive_set and _same(p.budget, budget):
+        if cid in alive and _same(p.budget, budget):
             here[cid] = min(here.get(cid, math.inf), p.loss)
-    decision.measured_best = min(here, key=lambda c: (here[c], c)) if here else None
+    return min(here, key=lambda c: (here[c], c)) if here else None
 
+
+def _variants_with_enough_rungs(points: Sequence[tuple[ConfigId, Any]], alive: Sequence[ConfigId],
+                                spec: AdaptiveSpec, notes: list[str]) -> set[str]:
+    """Variants with runs at ``min_rungs`` or more distinct budgets; a note names the alive ones still waiting."""
     rungs_of: dict[str, set[float]] = {}
     for cid, p in points:
         rungs_of.setdefault(cid[1], set()).add(p.budget)
     usable = {v for v, bs in rungs_of.items() if len(bs) >= spec.min_rungs}
-    waiting = sorted({c[1] for c in alive_list} - usable)
+    waiting = sorted({c[1] for c in alive} - usable)
     if waiting:
-        decision.notes.append(f"no decision yet for {', '.join(waiting)}: runs at fewer than "
-                              f"{spec.min_rungs} budgets (min_rungs)")
-    if not usable:
-        return decision
+        notes.append(f"no decision yet for {', '.join(waiting)}: runs at fewer than "
+                     f"{spec.min_rungs} budgets (min_rungs)")
+    return usable
+
+
+def _fit_usable_laws(records: list[RunRecord], spec: AdaptiveSpec, notes: list[str]) -> Any:
+    """The laws of the usable variants' runs, or None (with a note) when none can be fitted yet."""
+    from .laws import fit_laws
+
     try:
-        laws = fit_laws([r for r, (cid, _) in zip(recs, points, strict=True) if cid[1] in usable],
-                        bootstrap=spec.bootstrap, seed=spec.seed, validate=False,
+        laws = fit_laws(records, bootstrap=spec.bootstrap, seed=spec.seed, validate=False,
                         provenance="adaptive sweep decision")
     except EmbrecipeError as exc:
-        decision.notes.append(f"no law could be fitted yet ({exc}); nothing dropped")
-        return decision
+        notes.append(f"no law could be fitted yet ({exc}); nothing dropped")
+        return None
     for v, why in laws.skipped.items():
-        decision.notes.append(f"{v} kept: its law could not be fitted ({why})")
+        notes.append(f"{v} kept: its law could not be fitted ({why})")
+    return laws
+
+
+def _family_of(recs: Sequence[RunRecord], ids: Sequence[ConfigId]) -> list[Any]:
+    """The models the runs name, with the shape the first run of each recorded (the planner costs them)."""
+    from .family import FamilyMember
+    from .flops import ModelShape
 
     shapes: dict[str, dict[str, Any]] = {}
-    for r, (cid, _) in zip(recs, points, strict=True):
+    for r, cid in zip(recs, ids, strict=True):
         if r.shape is not None and cid[0] not in shapes:
             shapes[cid[0]] = r.shape.to_dict()
-    family = [FamilyMember(name=m, path=m, shape=ModelShape.from_dict(s)) for m, s in sorted(shapes.items())]
+    return [FamilyMember(name=m, path=m, shape=ModelShape.from_dict(s)) for m, s in sorted(shapes.items())]
+
+
+_Dominance = tuple[dict[ConfigId, list[str]], dict[ConfigId, float], set[ConfigId]]
+
+
+def _dominance_at_targets(laws: Any, family: list[Any], targets: Sequence[float], alive: set[ConfigId],
+                          spec: AdaptiveSpec, decision: RungDecision) -> _Dominance | None:
+    r"""(the configurations dominated at *every* target with the reasons, each one's severity
+    :math:`\ell_c / U^\star` (its smallest over the targets), the protected ones); None (with a note) when some
+    target cannot be planned."""
+    from .plan import plan
 
     dominated: dict[ConfigId, list[str]] | None = None
     severity: dict[ConfigId, float] = {}
@@ -298,41 +335,53 @@ def decide(records: Iterable[RunRecord | Mapping[str, Any]], alive: Iterable[Con
             target_plan = plan(float(target), laws, family, level=spec.level)
         except EmbrecipeError as exc:
             decision.notes.append(f"cannot plan at {target:.3g} ({exc}); nothing dropped")
-            return decision
+            return None
         cands = {(c.model, c.variant): c for c in target_plan.candidates
-                 if (c.model, c.variant) in alive_set and c.feasible}
+                 if (c.model, c.variant) in alive and c.feasible}
         if not cands:
             decision.notes.append(f"no alive configuration can be predicted at {target:.3g}; nothing dropped")
-            return decision
-
+            return None
         frontier = min(cands, key=lambda k: (_bounds(cands[k])[1], k))
-        u_star = _bounds(cands[frontier])[1]
         protected.add(frontier)
         protected.add(min(cands, key=lambda k: (cands[k].loss, k)))
         if decision.frontier is None:
             decision.frontier = frontier
-        here_dom = {}
-        for k, c in cands.items():
-            lo, hi = _bounds(c)
-            if lo > (1 + spec.margin) * u_star:
-                here_dom[k] = (f"at {target:.3g} predicted {c.loss:.4g} [{lo:.4g}, {hi:.4g}] ({spec.level:.0%}); "
-                               f"optimistic {lo:.4g} > (1+{spec.margin:g}) x frontier's pessimistic {u_star:.4g} "
-                               f"({_describe(frontier)})")
-                severity[k] = min(severity.get(k, math.inf), lo / u_star)
+        here_dom = _dominated_at(float(target), cands, frontier, spec, severity)
         if dominated is None:
             dominated = {k: [why] for k, why in here_dom.items()}
         else:
             dominated = {k: [*whys, here_dom[k]] for k, whys in dominated.items() if k in here_dom}
+    return dominated or {}, severity, protected
 
-    order = sorted((k for k in (dominated or {}) if k not in protected), key=lambda k: (-severity[k], k))
-    room = max(0, len(alive_list) - spec.keep_min)
+
+def _dominated_at(target: float, cands: Mapping[ConfigId, Any], frontier: ConfigId, spec: AdaptiveSpec,
+                  severity: dict[ConfigId, float]) -> dict[ConfigId, str]:
+    r"""The candidates with :math:`\ell_c > (1+\delta) U^\star` at one target, each with its reason; records
+    their severity :math:`\ell_c / U^\star` (the smallest over the targets so far) in ``severity``."""
+    u_star = _bounds(cands[frontier])[1]
+    here_dom = {}
+    for k, c in cands.items():
+        lo, hi = _bounds(c)
+        if lo > (1 + spec.margin) * u_star:
+            here_dom[k] = (f"at {target:.3g} predicted {c.loss:.4g} [{lo:.4g}, {hi:.4g}] ({spec.level:.0%}); "
+                           f"optimistic {lo:.4g} > (1+{spec.margin:g}) x frontier's pessimistic {u_star:.4g} "
+                           f"({_describe(frontier)})")
+            severity[k] = min(severity.get(k, math.inf), lo / u_star)
+    return here_dom
+
+
+def _drop_dominated(decision: RungDecision, dominated: dict[ConfigId, list[str]], severity: dict[ConfigId, float],
+                    protected: set[ConfigId], spec: AdaptiveSpec) -> None:
+    """Drop the unprotected dominated configurations, most clearly dominated first, while more than ``keep_min``
+    stay alive; a note names the ones spared for ``keep_min``."""
+    order = sorted((k for k in dominated if k not in protected), key=lambda k: (-severity[k], k))
+    room = max(0, len(decision.alive) - spec.keep_min)
     for k in order[:room]:
-        decision.dropped[k] = "; ".join((dominated or {})[k])
+        decision.dropped[k] = "; ".join(dominated[k])
     spared = order[room:]
     if spared:
         decision.notes.append(f"kept {len(spared)} dominated configuration(s) to keep keep_min={spec.keep_min} "
                               f"alive: {', '.join(_describe(k) for k in spared)}")
-    return decision
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from .errors import InputError
 from .records import RunRecord, as_record, run_key
 
 if TYPE_CHECKING:
+    from .cells import Cell
     from .executors import TrainFn
 
 # Settings of a stored run that describe how it ran, not what it is: dropped from a check run's template.
@@ -206,18 +207,56 @@ def recipe_check(
 ) -> CheckReport:
     """See the module docstring. ``records``: completed run records (``RunStore.records()``). ``out_dir`` gets
     ``check.json``; with ``export`` also every trained model (``out_dir/<run key>``)."""
-    from . import __version__
     from .executors import resolve_train_fn
-    from .laws import fit_laws, run_point
     from .plan import plan
-    from .recipe import keep_selected_lr
     from .store import RunStore
 
     if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
         raise InputError(f"check budget must be a positive number of FLOPs, got {budget!r}")
     if seeds < 1:
         raise InputError(f"seeds must be >= 1, got {seeds}")
-    runs = [as_record(r) for r in records]
+    fit = _fit_without_budget([as_record(r) for r in records], budget, bootstrap=bootstrap, seed=seed,
+                              min_runs=min_runs)
+    p = plan(budget, fit.laws, level=level)
+    chosen, naive_from_budget = _choose_configs(p, fit, seeds, level)
+    configs = [c for c, _ in chosen]
+    report = CheckReport(budget=float(budget), level=level, fitted_budgets=fit.budgets, configs=configs,
+                         naive_from_budget=naive_from_budget, provenance=fit.laws.provenance,
+                         notes=_fit_notes(fit, budget))
+    if dry_run:
+        for c in configs:
+            log(f"would train {c.variant} on {c.model} at {budget:.3g} (lr {c.lr}, seeds {c.seeds}): "
+                f"{'+'.join(c.roles)}")
+        return report
+
+    fn = resolve_train_fn(train_fn or ("synthetic" if fit.synthetic else None))
+    with RunStore(str(check_store) if check_store else ":memory:") as st:
+        jobs = _check_jobs(chosen, fit, float(budget), p.batch_size, fn, out_dir if export else None)
+        _train_missing(st, jobs, fn, workers, float(budget), log)
+        _score(st, jobs)
+    if out_dir is not None:
+        _write_report(report, Path(out_dir))
+    return report
+
+
+@dataclass
+class _FitWithoutBudget:
+    """The laws fitted on every run not at the check budget, and what the later phases read from that fit."""
+
+    laws: Any
+    records: list[RunRecord]  # the fitted runs
+    points: list[Any]  # their run points, only each (model, variant)'s selected LR
+    budgets: list[float]  # the fitted budgets, ascending
+    held: int  # stored runs at the check budget, left out
+    synthetic: bool  # the fitted runs come from the fake trainer
+
+
+def _fit_without_budget(runs: list[RunRecord], budget: float, *, bootstrap: int, seed: int,
+                        min_runs: int) -> _FitWithoutBudget:
+    """Phase 1: fit the laws on the runs at every budget but the check's (the LR protocol's runs included)."""
+    from .laws import fit_laws, run_point
+    from .recipe import keep_selected_lr
+
     held = [r for r in runs if _same_budget(run_point(r).budget, budget)]
     fit_records = [r for r in runs if not _same_budget(run_point(r).budget, budget)]
     if not fit_records:
@@ -226,136 +265,160 @@ def recipe_check(
     laws = fit_laws(fit_records, bootstrap=bootstrap, seed=seed, min_runs=min_runs,
                     provenance="recipe check: fitted without the check budget")
     points, _ = keep_selected_lr([run_point(r) for r in fit_records])
-    fitted_budgets = sorted({p.budget for p in points})
-    p = plan(budget, laws, level=level)
-    notes = []
-    if held:
-        notes.append(f"{len(held)} stored run(s) at the check budget were left out of the fit")
-    if fitted_budgets[0] < budget < fitted_budgets[-1]:
-        notes.append("the check budget lies inside the fitted range: an interpolation check")
+    return _FitWithoutBudget(laws=laws, records=fit_records, points=points,
+                             budgets=sorted({p.budget for p in points}), held=len(held), synthetic=synthetic)
 
-    # Every variant's champion by the laws, in the plan's order; then the naive rule.
+
+def _fit_notes(fit: _FitWithoutBudget, budget: float) -> list[str]:
+    notes = []
+    if fit.held:
+        notes.append(f"{fit.held} stored run(s) at the check budget were left out of the fit")
+    if fit.budgets[0] < budget < fit.budgets[-1]:
+        notes.append("the check budget lies inside the fitted range: an interpolation check")
+    return notes
+
+
+def _choose_configs(p: Any, fit: _FitWithoutBudget, seeds: int,
+                    level: float) -> tuple[list[tuple[CheckedConfig, Any]], float]:
+    """Phase 2: every variant's champion by the laws, in the plan's order (the first is the plan's optimum; the
+    first two get ``seeds`` seeds), then the naive rule, each with its plan candidate; and the budget the naive
+    rule was read at."""
     champions, seen = [], set()
     for cand in p.candidates:
         if cand.feasible and cand.variant not in seen:
             seen.add(cand.variant)
             champions.append(cand)
+    naive, naive_from_budget = _naive_candidate(p, fit.points)
+    chosen = [(_checked(cand, (["plan"] if i == 0 else []) + [f"best {cand.variant}"],
+                        list(range(seeds if i < 2 else 1)), fit.laws, level), cand)
+              for i, cand in enumerate(champions)]
+    match = next((c for c, _ in chosen if c.path == naive.path and c.variant == naive.variant), None)
+    if match is not None:
+        match.roles.append("naive")
+    else:
+        chosen.append((_checked(naive, ["naive"], [0], fit.laws, level), naive))
+    return chosen, naive_from_budget
+
+
+def _naive_candidate(p: Any, points: Sequence[Any]) -> tuple[Any, float]:
+    """The plan's option for the configuration best measured at the largest fitted budget, and that budget."""
     nm, nv, n_budget = _naive_choice(points)
     naive = next((c for c in p.candidates if c.variant == nv and (c.path == nm or c.model == nm
                                                                    or c.path.endswith("/" + nm))), None)
     if naive is None:
         raise InputError(f"the naive configuration ({nv} on {nm}) is not among the plan's options")
-    configs: list[CheckedConfig] = []
-    for i, cand in enumerate(champions):
-        roles = (["plan"] if i == 0 else []) + [f"best {cand.variant}"]
-        configs.append(CheckedConfig(model=cand.model, path=cand.path, variant=cand.variant, roles=roles,
-                                     predicted=cand.loss,
-                                     interval=check_interval(laws, cand.variant, cand.n_params,
-                                                             cand.effective_tokens or cand.tokens, level),
-                                     lr=cand.lr, rank=cand.rank, seeds=list(range(seeds if i < 2 else 1))))
-    match = next((x for x in configs if x.path == naive.path and x.variant == naive.variant), None)
-    if match is not None:
-        match.roles.append("naive")
-    else:
-        configs.append(CheckedConfig(model=naive.model, path=naive.path, variant=naive.variant, roles=["naive"],
-                                     predicted=naive.loss, lr=naive.lr, rank=naive.rank, seeds=[0],
-                                     interval=check_interval(laws, naive.variant, naive.n_params,
-                                                             naive.effective_tokens or naive.tokens, level)))
-    report = CheckReport(budget=float(budget), level=level, fitted_budgets=fitted_budgets, configs=configs,
-                         naive_from_budget=n_budget, provenance=laws.provenance, notes=notes)
-    if dry_run:
-        for c in configs:
-            log(f"would train {c.variant} on {c.model} at {budget:.3g} (lr {c.lr}, seeds {c.seeds}): "
-                f"{'+'.join(c.roles)}")
-        return report
-
-    fn = resolve_train_fn(train_fn or ("synthetic" if synthetic else None))
-    location = str(check_store) if check_store else ":memory:"
-    with RunStore(location) as st:
-        jobs = []  # (config entry, seed, trainer config, key config, key)
-        for c in configs:
-            base = _template(fit_records, points, c.path, c.variant)
-            for s in c.seeds:
-                config = {**base, "model": c.path, "method": dict(laws.methods[c.variant]), "budget": float(budget),
-                          "seed": s, "batch_size": p.batch_size}
-                if c.lr is not None:
-                    config["lr"] = c.lr
-                if "progress" in _config_keys(fn):
-                    config["progress"] = False
-                key_config = {k: v for k, v in config.items() if k not in ("data", "out")}
-                key_config["data_fingerprint"] = laws.data_fingerprint
-                key_config["code_version"] = __version__
-                key = run_key(key_config)
-                if export and out_dir is not None:  # a trained model per run: only when asked (100s of MB)
-                    config["out"] = str(Path(out_dir) / key)
-                jobs.append((c, s, config, key_config, key))
-        st.add_pending(j[3] for j in jobs)
-        todo = [j for j in jobs if st.status(j[4]) != "completed"]
-        for c, s, _, _, _ in todo:
-            log(f"check: training {c.variant} on {c.model} at {budget:.3g}, seed {s}")
-        _train_jobs(st, todo, fn, workers)
-        for c, s, _, _, key in jobs:
-            row = st.get(key)
-            assert row is not None  # every job's key was added as pending above
-            if row["status"] != "completed":
-                c.failed.append(f"seed {s}: {row.get('error') or row['status']}")
-                continue
-            rec = st.record(key)
-            loss = None if rec is None else rec.final_val_loss
-            if loss is None or not math.isfinite(float(loss)):
-                c.failed.append(f"seed {s}: no validation loss")
-                continue
-            c.keys.append(key)
-            c.losses.append(float(loss))
-            if c.interval is not None:
-                c.covered.append(c.interval[0] <= float(loss) <= c.interval[1])
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        tmp = Path(out_dir) / "check.json.tmp"
-        tmp.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
-        os.replace(tmp, Path(out_dir) / "check.json")
-    return report
+    return naive, n_budget
 
 
-def _train_jobs(st: Any, todo: list[tuple[Any, ...]], fn: TrainFn,
-                workers: int) -> None:
-    """Train the check's runs (in ``workers`` spawned processes when > 1), recording each in the store."""
-    from .executors import call_train
+def _checked(cand: Any, roles: list[str], seeds: list[int], laws: Any, level: float) -> CheckedConfig:
+    return CheckedConfig(model=cand.model, path=cand.path, variant=cand.variant, roles=roles, predicted=cand.loss,
+                         interval=check_interval(laws, cand.variant, cand.n_params,
+                                                 cand.effective_tokens or cand.tokens, level),
+                         lr=cand.lr, rank=cand.rank, seeds=seeds)
 
-    def finish(key: str, record: dict[str, Any]) -> None:
-        if record.get("status", "completed") != "completed":
-            st.fail(key, str(record.get("error") or record.get("failure") or record.get("status")))
-        else:
-            record.setdefault("key", key)
-            st.complete(key, record)
 
-    claimed = [j for j in todo if st.claim(j[4], j[3])]
-    if workers <= 1 or len(claimed) <= 1:
-        for _, _, config, _, key in claimed:
-            try:
-                finish(key, call_train(fn, config))
-            except BaseException:
-                st.release(key)
-                raise
-        return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+@dataclass
+class _CheckJob:
+    """One check run: a chosen configuration at one seed, as the sweep's executors run it (a cell)."""
 
-    running: dict[Any, str] = {}
-    try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            running = {pool.submit(call_train, fn, config): key for _, _, config, _, key in claimed}
-            for fut in as_completed(list(running)):
-                key = running.pop(fut)
-                try:
-                    record = fut.result()
-                except Exception as exc:  # the worker process died
-                    record = {"status": "failed", "error": f"worker crashed: {exc}"}
-                finish(key, record)
-    except BaseException:
-        for key in running.values():
-            st.release(key)
-        raise
+    entry: CheckedConfig
+    seed: int
+    cell: Cell
+
+
+def _check_jobs(chosen: Sequence[tuple[CheckedConfig, Any]], fit: _FitWithoutBudget, budget: float,
+                batch_size: int, fn: Callable[..., Any], export_dir: str | os.PathLike[str] | None) -> list[_CheckJob]:
+    """Phase 3a: each chosen configuration's runs, one per seed: a fitted run's training config with the model,
+    method, budget, seed, the card's batch size and LR; keyed like a sweep cell (data fingerprint and version
+    instead of the data path and output), so an interrupted check resumes."""
+    from . import __version__
+    from .cells import Cell
+
+    jobs = []
+    for c, cand in chosen:
+        base = _template(fit.records, fit.points, c.path, c.variant)
+        for s in c.seeds:
+            config = {**base, "model": c.path, "method": dict(fit.laws.methods[c.variant]), "budget": budget,
+                      "seed": s, "batch_size": batch_size}
+            if c.lr is not None:
+                config["lr"] = c.lr
+            if "progress" in _config_keys(fn):
+                config["progress"] = False
+            key_config = {k: v for k, v in config.items() if k not in ("data", "out")}
+            key_config["data_fingerprint"] = fit.laws.data_fingerprint
+            key_config["code_version"] = __version__
+            key = run_key(key_config)
+            if export_dir is not None:  # a trained model per run: only when asked (100s of MB)
+                config["out"] = str(Path(export_dir) / key)
+            cell = Cell(model=c.model, path=c.path, method=config["method"], variant=c.variant, budget=budget,
+                        n_params=cand.n_params, n_trainable=cand.n_trainable,
+                        flops_per_token=cand.flops_per_token, planned_tokens=cand.tokens,
+                        planned_steps=cand.steps, config=config, key_config=key_config, key=key)
+            jobs.append(_CheckJob(entry=c, seed=s, cell=cell))
+    return jobs
+
+
+def _train_missing(st: Any, jobs: list[_CheckJob], fn: TrainFn, workers: int, budget: float,
+                   log: Callable[[str], None]) -> None:
+    """Phase 3b: register every job in the check store and train those not completed yet."""
+    st.add_pending(j.cell.key_config for j in jobs)
+    todo = [j for j in jobs if st.status(j.cell.key) != "completed"]
+    for j in todo:
+        log(f"check: training {j.entry.variant} on {j.entry.model} at {budget:.3g}, seed {j.seed}")
+    _train_jobs(st, [j.cell for j in todo], fn, workers, log)
+
+
+def _train_jobs(st: Any, todo: list[Cell], fn: TrainFn, workers: int, log: Callable[[str], None]) -> None:
+    """Train the check's runs on the sweep's executors (in ``workers`` spawned processes when > 1 and more than
+    one run is left), recording each in the store; a run another live worker holds is left to it."""
+    from .executors import ExecutorSettings, make_executor
+    from .grid import Grid
+
+    def finish(cell: Cell, record: dict[str, Any]) -> None:
+        try:
+            if record.get("status", "completed") != "completed":
+                st.fail(cell.key, str(record.get("error") or record.get("failure") or record.get("status")))
+            else:
+                record.setdefault("key", cell.key)
+                st.complete(cell.key, record)
+        except BaseException:
+            st.release(cell.key)
+            raise
+
+    # The check's runs are placed as before: no GPU packing by memory (a grid's `gpu:` setting, which the check
+    # has no file for); claims are kept alive by the sweep's heartbeat.
+    grid = Grid(models=[], methods=[], budgets=[], train={}, name="check", gpu={"pack": False})
+    settings = ExecutorSettings(workers=workers if len(todo) > 1 else 1)
+    make_executor(settings, st, fn, grid, log).run(todo, on_result=finish, on_busy=lambda cell: None)
+
+
+def _score(st: Any, jobs: list[_CheckJob]) -> None:
+    """Phase 4: each run's held-out loss from the check store, and whether its configuration's interval covers
+    it; a run that failed, is still held by another worker, or has no validation loss is listed as failed."""
+    for j in jobs:
+        c, key = j.entry, j.cell.key
+        row = st.get(key)
+        assert row is not None  # every job's key was added as pending above
+        if row["status"] != "completed":
+            c.failed.append(f"seed {j.seed}: {row.get('error') or row['status']}")
+            continue
+        rec = st.record(key)
+        loss = None if rec is None else rec.final_val_loss
+        if loss is None or not math.isfinite(float(loss)):
+            c.failed.append(f"seed {j.seed}: no validation loss")
+            continue
+        c.keys.append(key)
+        c.losses.append(float(loss))
+        if c.interval is not None:
+            c.covered.append(c.interval[0] <= float(loss) <= c.interval[1])
+
+
+def _write_report(report: CheckReport, out_dir: Path) -> None:
+    """Phase 5: ``check.json`` in ``out_dir``, written whole or not at all."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "check.json.tmp"
+    tmp.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+    os.replace(tmp, out_dir / "check.json")
 
 
 def _same_budget(a: float, b: float) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,55 +96,14 @@ class TrainConfig:
     tracking_group: str | None = None  # a sweep's name: groups its cells (W&B group, MLflow experiment)
 
     def validate(self) -> None:
-        if not (isinstance(self.budget, (int, float)) and math.isfinite(self.budget) and self.budget > 0):
-            raise BudgetError(f"budget must be a positive number of FLOPs, got {self.budget!r}")
-        if self.batch_size < 2:
-            raise InputError(f"batch_size must be >= 2 (in-batch negatives), got {self.batch_size}")
-        if self.mini_batch_size is not None and self.mini_batch_size < 1:
-            raise InputError(f"mini_batch_size must be >= 1, got {self.mini_batch_size}")
-        if self.max_seq_length < 2:
-            raise InputError(f"max_seq_length must be >= 2, got {self.max_seq_length}")
-        if self.lr is not None and not self.lr > 0:
-            raise InputError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise InputError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise InputError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
-        if not 0 <= self.val_fraction < 1:
-            raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.lr is not None and not math.isfinite(self.lr):
-            raise InputError(f"lr must be a finite number, got {self.lr}")
-        if not (math.isfinite(self.scale) and self.scale > 0):
-            raise InputError(f"scale (the InfoNCE inverse temperature) must be > 0, got {self.scale}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise InputError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
-            raise InputError(f"max_grad_norm must be >= 0 (0 or None: no clipping), got {self.max_grad_norm}")
-        if self.checkpoint_every < 0:
-            raise InputError(f"checkpoint_every must be >= 0 steps (0 = never), got {self.checkpoint_every}")
-        if self.log_every < 1:
-            raise InputError(f"log_every must be >= 1 step, got {self.log_every}")
-        if self.hard_negatives < 0:
-            raise InputError(f"hard_negatives must be >= 0, got {self.hard_negatives}")
-        if self.val_size_cap < 2:
-            raise InputError(f"val_size_cap must be >= 2 pairs (in-batch negatives), got {self.val_size_cap}")
-        if self.stop_after_steps is not None and self.stop_after_steps < 0:
-            raise InputError(f"stop_after_steps must be >= 0, got {self.stop_after_steps}")
-        if self.resume and self.overwrite:
-            raise InputError("resume and overwrite contradict each other: resume continues the run in out, "
-                             "overwrite starts a new one there")
-        if self.packing not in ("auto", "on", "off"):
-            raise InputError(f"packing must be auto, on or off, got {self.packing!r}")
-        if self.pack_length and self.pack_length < self.max_seq_length:
-            raise InputError(f"pack_length {self.pack_length} is shorter than max_seq_length {self.max_seq_length}")
-        if self.sync_every < 1:
-            raise InputError(f"sync_every must be >= 1, got {self.sync_every}")
-        if self.compile not in ("none", "default", "cudagraphs"):
-            raise InputError(f"compile must be none, default or cudagraphs, got {self.compile!r}")
-
+        """Raise the first broken rule's one-line error (:data:`_RULES`, in their order), then check the tracking
+        backend (an unknown or missing one fails before the model loads)."""
+        for rule in _RULES:
+            if rule.broken(self):
+                raise rule.error(rule.message(self))
         from .tracking import resolve_report_to
 
-        resolve_report_to(self.report_to)  # an unknown or missing backend fails before the model loads
+        resolve_report_to(self.report_to)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -161,6 +121,75 @@ class TrainConfig:
 
 _OPTIONAL_DEFAULTS: dict[str, Any] = {"query_prompt": None, "doc_prompt": None, "report_to": "auto",
                                       "tracking_dir": None, "run_name": None, "tracking_group": None}
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One check of :meth:`TrainConfig.validate`: when ``broken(config)``, raise ``error(message(config))``."""
+
+    broken: Callable[[TrainConfig], bool]
+    message: Callable[[TrainConfig], str]
+    error: type[EmbrecipeError] = InputError
+
+
+def _finite_and(value: float, ok: Callable[[float], bool]) -> bool:
+    return math.isfinite(value) and ok(value)
+
+
+# The settings' checks, in the order validate() applies them (the first broken one is reported, so a config with
+# several faults names the same one as before); grouped by what they guard.
+_RULES: tuple[_Rule, ...] = (
+    # the budget, the batch and the sequence length
+    _Rule(lambda c: not (isinstance(c.budget, (int, float)) and _finite_and(c.budget, lambda b: b > 0)),
+          lambda c: f"budget must be a positive number of FLOPs, got {c.budget!r}", BudgetError),
+    _Rule(lambda c: c.batch_size < 2,
+          lambda c: f"batch_size must be >= 2 (in-batch negatives), got {c.batch_size}"),
+    _Rule(lambda c: c.mini_batch_size is not None and c.mini_batch_size < 1,
+          lambda c: f"mini_batch_size must be >= 1, got {c.mini_batch_size}"),
+    _Rule(lambda c: c.max_seq_length < 2,
+          lambda c: f"max_seq_length must be >= 2, got {c.max_seq_length}"),
+    # optimisation numbers and ranges (precision and val_fraction sit between the two LR rules: first fault wins)
+    _Rule(lambda c: c.lr is not None and not c.lr > 0,
+          lambda c: f"lr must be > 0, got {c.lr}"),
+    _Rule(lambda c: not 0 <= c.warmup_ratio < 1,
+          lambda c: f"warmup_ratio must be in [0, 1), got {c.warmup_ratio}"),
+    _Rule(lambda c: c.precision not in ("auto", "bf16", "fp32"),
+          lambda c: f"precision must be auto, bf16 or fp32, got {c.precision!r}"),
+    _Rule(lambda c: not 0 <= c.val_fraction < 1,
+          lambda c: f"val_fraction must be in [0, 1), got {c.val_fraction}"),
+    _Rule(lambda c: c.lr is not None and not math.isfinite(c.lr),
+          lambda c: f"lr must be a finite number, got {c.lr}"),
+    _Rule(lambda c: not _finite_and(c.scale, lambda x: x > 0),
+          lambda c: f"scale (the InfoNCE inverse temperature) must be > 0, got {c.scale}"),
+    _Rule(lambda c: not _finite_and(c.weight_decay, lambda x: x >= 0),
+          lambda c: f"weight_decay must be >= 0, got {c.weight_decay}"),
+    _Rule(lambda c: c.max_grad_norm is not None and not _finite_and(c.max_grad_norm, lambda x: x >= 0),
+          lambda c: f"max_grad_norm must be >= 0 (0 or None: no clipping), got {c.max_grad_norm}"),
+    # step counts: checkpoints, logging, data
+    _Rule(lambda c: c.checkpoint_every < 0,
+          lambda c: f"checkpoint_every must be >= 0 steps (0 = never), got {c.checkpoint_every}"),
+    _Rule(lambda c: c.log_every < 1,
+          lambda c: f"log_every must be >= 1 step, got {c.log_every}"),
+    _Rule(lambda c: c.hard_negatives < 0,
+          lambda c: f"hard_negatives must be >= 0, got {c.hard_negatives}"),
+    _Rule(lambda c: c.val_size_cap < 2,
+          lambda c: f"val_size_cap must be >= 2 pairs (in-batch negatives), got {c.val_size_cap}"),
+    _Rule(lambda c: c.stop_after_steps is not None and c.stop_after_steps < 0,
+          lambda c: f"stop_after_steps must be >= 0, got {c.stop_after_steps}"),
+    # output and resume
+    _Rule(lambda c: c.resume and c.overwrite,
+          lambda c: "resume and overwrite contradict each other: resume continues the run in out, "
+                    "overwrite starts a new one there"),
+    # execution: packing, host syncs, compilation
+    _Rule(lambda c: c.packing not in ("auto", "on", "off"),
+          lambda c: f"packing must be auto, on or off, got {c.packing!r}"),
+    _Rule(lambda c: bool(c.pack_length) and c.pack_length < c.max_seq_length,
+          lambda c: f"pack_length {c.pack_length} is shorter than max_seq_length {c.max_seq_length}"),
+    _Rule(lambda c: c.sync_every < 1,
+          lambda c: f"sync_every must be >= 1, got {c.sync_every}"),
+    _Rule(lambda c: c.compile not in ("none", "default", "cudagraphs"),
+          lambda c: f"compile must be none, default or cudagraphs, got {c.compile!r}"),
+)
 
 
 
