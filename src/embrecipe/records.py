@@ -307,23 +307,22 @@ class RunRecord:
         config = RunConfig.from_dict(cfg_raw) if isinstance(cfg_raw, Mapping) else None
         cfg = cfg_raw if isinstance(cfg_raw, Mapping) else {}
 
-        def look(*names: str) -> Any:
-            for name in names:
-                if flat.get(name) is not None:
-                    return flat[name]
-            for name in names:
-                if cfg.get(name) is not None:
-                    return cfg[name]
-            return None
+        # Fields the record leaves unset are filled from its config by __post_init__ (_FROM_CONFIG); only model and
+        # shape, which it does not fill, are looked up in the config here.
+        def first(source: Mapping[str, Any], *names: str) -> Any:
+            return next((source[name] for name in names if source.get(name) is not None), None)
 
-        model = look("model")
+        def look(*names: str) -> Any:
+            return first(flat, *names)
+
+        model = first(flat, "model") or first(cfg, "model")
         if isinstance(model, Mapping):
             model = model.get("name") or model.get("path")
         method = flat.get("method")
         if not isinstance(method, Mapping):
             method = cfg.get("method") if isinstance(cfg.get("method"), Mapping) else None
         method = dict(method) if isinstance(method, Mapping) else None
-        shape = look("shape", "model_shape")
+        shape = first(flat, "shape", "model_shape") or first(cfg, "shape", "model_shape")
         consumed = {*_RECORD_FIELDS, "model_shape", "non_embedding_params", "trainable_params", "train_pairs",
                     "dataset_pairs"}
         return cls(

@@ -58,17 +58,18 @@ def run_point(record: RunRecord | Mapping[str, Any], *, loss_key: str | None = N
     if n is None and shape is not None:
         n = shape.get("non_embedding_params") or ModelShape.from_dict(shape).non_embedding_params
     loss = rec.loss(loss_key)
-    d, c, budget = rec.tokens, rec.model_flops, rec.budget
+    d, budget = rec.tokens, rec.budget
+    spent = rec.model_flops if rec.model_flops is not None else budget
     missing = [name for name, x in (("n_params", n), ("tokens", d), (loss_key or "final_val_loss", loss))
                if x is None]
-    if c is None and budget is None:
+    if spent is None:
         missing.append("model_flops/budget")
     if missing:
         hint = " (no validation loss: fit with loss_key='final_train_loss' or add validation data)" \
             if "final_val_loss" in missing else ""
         raise InputError(f"run {key}: record lacks {', '.join(missing)}{hint}")
-    assert n is not None and d is not None and loss is not None  # what `missing` just ruled out
-    c = float(c if c is not None else budget)  # type: ignore[arg-type]  # one of them is set (checked above)
+    assert n is not None and d is not None and loss is not None and spent is not None  # ruled out by `missing`
+    c = float(spent)
     tpp = rec.tokens_per_pair
     if tpp is None and rec.pairs:
         tpp = float(d) / float(rec.pairs)
