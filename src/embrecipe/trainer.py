@@ -372,17 +372,18 @@ def _loop(config: TrainConfig, run: _Run, state: LoopState, tracker: Any, dist: 
             order = meter.batches.epoch(state.epoch)
         batch = order[state.pos]
         real = sum(meter.pair_tokens[i] for i in batch)
-        if state.exceeds(meter.per_token * real, config.budget):
+        step_cost = meter.per_token * real  # model FLOPs of this step
+        if state.exceeds(step_cost, config.budget):
             break  # the next step would exceed the budget
         if config.stop_after_steps is not None and steps_this_call >= config.stop_after_steps:
             stopped_early = True
             break
         # every rank builds the same global batch and keeps its shard, so the meter needs no communication
         feats, padded = run.inputs.build(batch[dist.rank::dist.world])
-        step_lr = run.lr * lr_at_fraction(step_lr_fraction(state.model_flops, meter.per_token * real, config.budget),
+        step_lr = run.lr * lr_at_fraction(step_lr_fraction(state.model_flops, step_cost, config.budget),
                                           config.warmup_ratio)
         loss = _optimizer_step(config, run, feats, step_lr, dist)
-        state.charge(meter.per_token * real, meter.hw_per_token * padded, real, padded)
+        state.charge(step_cost, meter.hw_per_token * padded, real, padded)
         steps_this_call += 1
         losses.steps.append((state.step, state.model_flops, loss.detach(), step_lr, state.tokens,
                              state.train_time_s))
@@ -392,10 +393,10 @@ def _loop(config: TrainConfig, run: _Run, state: LoopState, tracker: Any, dist: 
         now = time.time()
         state.train_time_s += now - step_t0
         state.step_times.append(round(now - step_t0, 6))
-        state.step_flops.append(meter.per_token * real)
+        state.step_flops.append(step_cost)
         state.step_lrs.append(step_lr)
         step_t0 = now
-        bar.update(meter.per_token * real)
+        bar.update(step_cost)
         if failure:
             break
         if checkpoint_now and dist.main and ckpt_dir is not None:
