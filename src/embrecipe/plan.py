@@ -40,8 +40,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ from .flops import ModelShape, steps_for_budget, tokens_for_budget
 from .laws import LawSet, fit_laws
 from .laws.noise import with_run_noise
 from .methods import MethodConfig, method_from_dict
+from .plan_format import format_plan, format_table, table_markdown
 from .units import (
     DEFAULT_OVERHEAD_BYTES,
     GIB,
@@ -212,116 +213,7 @@ class Plan:
 
     def format(self, top: int = 10) -> str:
         """Human-readable plan: the optimum, the runner-up, a ranked table and the warnings."""
-        pct = f"{self.level:.0%}"
-        lines = [_header(self)]
-        b = self.best
-        lines.append(f"Optimum:   {_describe(b, self)}")
-        lines.append(f"Train at:  {_train_at(b, self)}")
-        if self.runner_up is not None:
-            lines.append(f"Runner-up: {_describe(self.runner_up, self)}")
-        lines.append("")
-        head = (f"{'#':>3} {'model':<22} {'variant':<14} {'N':>9} {'N_t':>9} {'tokens':>9} {'steps':>8} "
-                f"{'loss':>8} {'mean law ' + pct:>19} {'one run ' + pct:>19} {'P(opt)':>7} {'lr':>8}")
-        head += _unit_text(self)
-        lines.append(head)
-        lines.append("-" * len(head))
-        for c in self.candidates[:top]:
-            interval = "" if c.loss_low is None else f"[{c.loss_low:.4g}, {c.loss_high:.4g}]"
-            run = "" if c.run_low is None else f"[{c.run_low:.4g}, {c.run_high:.4g}]"
-            p = "" if c.p_optimal is None else f"{c.p_optimal:.2f}"
-            mark = "" if c.feasible else "  (cannot afford min steps)"
-            lr = "?" if c.lr is None else f"{c.lr:.3g}"
-            lines.append(
-                f"{c.rank:>3} {c.model[:22]:<22} {c.variant:<14} {c.n_params:>9.3g} {c.n_trainable:>9.3g} "
-                f"{c.tokens:>9.3g} {c.steps:>8} {c.loss:>8.4g} {interval:>19} {run:>19} {p:>7} {lr:>8}"
-                f"{_unit_text(self, c)}{mark}"
-            )
-        if len(self.candidates) > top:
-            lines.append(f"... {len(self.candidates) - top} more options (--json lists all)")
-        lines.append(f"(steps at batch size {self.batch_size} and {self.tokens_per_pair:.1f} tokens per pair; "
-                     f"intervals and P(opt) over {self.n_bootstrap} bootstrap fits; 'mean law': where the "
-                     f"seed-averaged loss lies, 'one run': where a single training run's loss lies, with run "
-                     f"noise {self.noise_label or 'unknown'})")
-        for w in self.warnings:
-            lines.append(f"WARNING: {w}")
-        for s in self.skipped:
-            lines.append(f"note: skipped {s}")
-        for n in self.notes:
-            lines.append(f"note: {n}")
-        return "\n".join(lines)
-
-
-def _train_at(c: Candidate, p: Plan) -> str:
-    lr = "lr unknown (the card records none: the trainer's default rule applies)" if c.lr is None \
-        else f"lr {c.lr:.3g} ({c.lr_note})"
-    data = ("; training-set size unknown (pass --unique-pairs to check for repeated data)" if c.epochs is None
-            else f", {c.epochs:.2g} epoch(s) of {p.unique_pairs:,} unique pairs")
-    if c.effective_tokens is not None:
-        data += f" (loss predicted at {c.effective_tokens:.3g} effective tokens)"
-    return f"{lr}, batch size {p.batch_size}{data}"
-
-
-def _describe(c: Candidate, p: Plan) -> str:
-    interval = "" if c.loss_low is None else f" [{c.loss_low:.4g}, {c.loss_high:.4g}] (mean law)"
-    if c.run_low is not None:
-        interval += f", one run [{c.run_low:.4g}, {c.run_high:.4g}]"
-    prob = "" if c.p_optimal is None else f", P(optimal) = {c.p_optimal:.2f}"
-    return (f"{c.variant} on {c.model} — {c.tokens:.3g} tokens = {c.steps} steps of {p.batch_size} pairs; "
-            f"predicted loss {c.loss:.4g}{interval}{prob}{_unit_text(p, c, describe=True)}")
-
-
-def _header(p: Plan) -> str:
-    card = f"law card: {p.provenance or 'unlabelled'}"
-    u = p.units
-    if u.get("hours") is not None:
-        budgets = [c.budget for c in p.candidates if c.budget is not None]
-        span = f"{min(budgets):.3g}" if min(budgets) == max(budgets) else f"{min(budgets):.3g}..{max(budgets):.3g}"
-        head = (f"Budget {u['hours']:g} device-hours = {span} model FLOPs "
-                f"(each option at its measured throughput; {u.get('throughput', '')}) — {card}")
-    else:
-        head = f"Budget {p.budget:.3g} model FLOPs — {card}"
-    if u.get("embed_tokens"):
-        head += (f"\nServing: embedding {u['embed_tokens']:.3g} tokens afterwards costs 2 x N x tokens; "
-                 "each option trains on the budget left after it")
-    if u.get("device_memory_gib"):
-        head += (f"\nMemory: {u['device_memory_gib']:g} GiB device, batch {p.batch_size} x "
-                 f"{u['seq_len']} tokens, {u['precision']} activations (GradCache mini-batch sized to fit)")
-    return head
-
-
-@dataclass(frozen=True)
-class _Unit:
-    """One unit a plan can be in (Plan.units): what it adds to the table header, an option's row, and the
-    sentence describing an option."""
-
-    active: Callable[[Mapping[str, Any]], bool]
-    head: str
-    cells: Callable[[Candidate], str]
-    describe: Callable[[Candidate, Mapping[str, Any]], str]
-
-
-_UNITS = (
-    _Unit(lambda u: u.get("hours") is not None, f" {'FLOPs':>9} {'FLOP/s':>9}",
-          lambda c: f" {c.budget:>9.3g} {c.flops_per_s:>9.3g}",
-          lambda c, u: f"; {c.budget:.3g} FLOPs in {u['hours']:g} h at {c.flops_per_s:.3g} model FLOP/s"),
-    _Unit(lambda u: bool(u.get("embed_tokens")), f" {'serve':>9}",
-          lambda c: f" {c.serving_flops:>9.3g}",
-          lambda c, u: f"; training {c.budget:.3g} FLOPs + serving {c.serving_flops:.3g}"),
-    _Unit(lambda u: bool(u.get("device_memory_gib")), f" {'GiB':>6} {'mini':>5}",
-          lambda c: f" {c.memory_gib:>6.3g} {c.mini_batch or '-':>5}",
-          lambda c, u: f"; ~{c.memory_gib:.3g} GiB with "
-                       + (f"GradCache mini-batch {c.mini_batch}" if c.mini_batch else "no GradCache")),
-)
-
-
-def _unit_text(p: Plan, c: Candidate | None = None, *, describe: bool = False) -> str:
-    """What the plan's units add to a line: the table header (no ``c``), ``c``'s row, or its description."""
-    units = [unit for unit in _UNITS if unit.active(p.units)]
-    if c is None:
-        return "".join(unit.head for unit in units)
-    if describe:
-        return "".join(unit.describe(c, p.units) for unit in units)
-    return "".join(unit.cells(c) for unit in units)
+        return format_plan(self, top)
 
 
 @dataclass
@@ -354,25 +246,11 @@ class RecipeTable:
         return rows
 
     def to_markdown(self) -> str:
-        level = f"{self.plans[0].level:.0%}" if self.plans else "90%"
-        lines = [f"| budget (FLOPs) | model | method | tokens | steps | predicted loss [{level} mean law] | P(opt) | "
-                 "runner-up | warnings |",
-                 "|---:|---|---|---:|---:|---|---:|---|---:|"]
-        for r in self.rows():
-            interval = "" if r["loss_low"] is None else f" [{r['loss_low']:.4g}, {r['loss_high']:.4g}]"
-            p = "" if r["p_optimal"] is None else f"{r['p_optimal']:.2f}"
-            lines.append(
-                f"| {r['budget']:.3g} | {r['model']} | {r['variant']} | {r['tokens']:.3g} | {r['steps']} | "
-                f"{r['loss']:.4g}{interval} | {p} | {r['runner_up'] or ''} | {r['warnings']} |"
-            )
-        return "\n".join(lines)
+        return table_markdown(self)
 
     def format(self) -> str:
-        out = [self.to_markdown()]
-        for c in self.crossovers():
-            out.append(f"crossover: {c['from']} → {c['to']} between {c['between'][0]:.3g} and "
-                       f"{c['between'][1]:.3g} FLOPs")
-        return "\n".join(out)
+        """The markdown table, then one line per crossover."""
+        return format_table(self)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -389,26 +267,37 @@ def _range_warning(what: str, value: float, lo_hi: Sequence[float] | None) -> st
     return None
 
 
-def plan(
-    budget: float | None,
-    laws: LawSet,
-    family: Sequence[FamilyMember] | None = None,
-    *,
-    batch_size: int | None = None,
-    tokens_per_pair: float | None = None,
-    level: float = 0.9,
-    variants: Sequence[str] | None = None,
-    min_steps: int = 1,
-    hours: float | None = None,
-    throughput: ThroughputTable | None = None,
-    embed_tokens: float | None = None,
-    device_memory_gib: float | None = None,
-    seq_len: int = 75,
-    precision: str = "bf16",
-    memory_overhead_gib: float = DEFAULT_OVERHEAD_BYTES / GIB,
-    unique_pairs: int | None = None,
-) -> Plan:
+@dataclass(frozen=True)
+class PlanRequest:
+    """What a plan is asked: the budget and every option of :func:`plan` (see there), as one value.
+
+    ``None`` means "the card's" for ``batch_size``, ``tokens_per_pair`` and ``unique_pairs``. The notes on what
+    serving or the memory limit change are plans of the same request with that one field cleared
+    (:func:`dataclasses.replace`), so nothing has to be unpacked and passed on by hand.
+    """
+
+    budget: float | None
+    batch_size: int | None = None
+    tokens_per_pair: float | None = None
+    level: float = 0.9
+    variants: Sequence[str] | None = None
+    min_steps: int = 1
+    hours: float | None = None
+    throughput: ThroughputTable | None = None
+    embed_tokens: float | None = None
+    device_memory_gib: float | None = None
+    seq_len: int = 75
+    precision: str = "bf16"
+    memory_overhead_gib: float = DEFAULT_OVERHEAD_BYTES / GIB
+    unique_pairs: int | None = None
+
+
+def plan(budget: float | None, laws: LawSet, family: Sequence[FamilyMember] | None = None,
+         **options: Any) -> Plan:
     """Rank every (family member × fitted variant) at ``budget``; see the module docstring.
+
+    ``options`` are the fields of :class:`PlanRequest`; this is ``plan_request(PlanRequest(budget, **options),
+    laws, family)``.
 
     In the user's units (:mod:`embrecipe.units`): ``hours`` (with ``throughput``, and ``budget=None``) gives
     every option its own FLOP budget, ``3600 * hours * measured FLOP/s`` of that variant and size, so the
@@ -428,48 +317,49 @@ def plan(
         t = ThroughputTable([Measurement("full", "full", 4e6, 2e12)])
         plan(None, laws, hours=2.0, throughput=t).best.budget      # 3600 * 2 * 2e12 = 1.44e16
     """
-    _check_budget_and_units(budget, hours, throughput, embed_tokens, device_memory_gib, precision, level)
+    return plan_request(PlanRequest(budget, **options), laws, family)
+
+
+def plan_request(req: PlanRequest, laws: LawSet, family: Sequence[FamilyMember] | None = None) -> Plan:
+    """The plan for ``req``: resolve the card's defaults, cost every option, rank, then warn and note."""
+    _check_budget_and_units(req)
     members = list(family) if family is not None else family_from_laws(laws)
-    batch_size = _resolve_batch_size(batch_size, laws)
-    tokens_per_pair, warnings = _resolve_tokens_per_pair(tokens_per_pair, laws)
+    batch_size = _resolve_batch_size(req.batch_size, laws)
+    tokens_per_pair, warnings = _resolve_tokens_per_pair(req.tokens_per_pair, laws)
     if tokens_per_pair <= 0 or batch_size <= 0:
         raise InputError("batch size and tokens per pair must be positive")
-    chosen = _chosen_variants(variants, laws)
-    if unique_pairs is not None and not (isinstance(unique_pairs, int) and unique_pairs > 0):
-        raise InputError(f"unique pairs must be a positive integer, got {unique_pairs!r}")
-    costing = _Costing(
-        budget=budget, batch_size=batch_size, tokens_per_pair=tokens_per_pair, min_steps=min_steps, hours=hours,
-        throughput=throughput, embed_tokens=embed_tokens, device_memory_gib=device_memory_gib, seq_len=seq_len,
-        precision=precision, memory_overhead_gib=memory_overhead_gib, unique_pairs=unique_pairs or laws.unique_pairs,
-    )
+    chosen = _chosen_variants(req.variants, laws)
+    if req.unique_pairs is not None and not (isinstance(req.unique_pairs, int) and req.unique_pairs > 0):
+        raise InputError(f"unique pairs must be a positive integer, got {req.unique_pairs!r}")
+    k = _Costing(req=req, batch_size=batch_size, tokens_per_pair=tokens_per_pair,
+                 unique_pairs=req.unique_pairs or laws.unique_pairs)
 
-    candidates, skipped = _cost_options(members, chosen, laws, costing)
-    _refuse_no_candidates(candidates, skipped, members, costing)
-    best = _rank(candidates, laws, level, costing)
+    candidates, skipped = _cost_options(members, chosen, laws, k)
+    _refuse_no_candidates(candidates, skipped, members, k)
+    best = _rank(candidates, laws, k)
 
-    warnings.extend(_plan_warnings(best, members, laws, family, costing))
+    warnings.extend(_plan_warnings(best, members, laws, family, k))
     n_boot = min((len(s) for v in chosen if (s := laws[v].samples_) is not None), default=0)
-    units, notes = _units_and_notes(best, laws, family, costing, level, variants)
-    return Plan(budget=_plan_budget(budget, best), batch_size=batch_size, tokens_per_pair=float(tokens_per_pair),
-                level=level, n_bootstrap=n_boot, candidates=candidates, warnings=warnings, skipped=skipped,
+    units, notes = _units_and_notes(best, laws, family, k)
+    return Plan(budget=_plan_budget(req.budget, best), batch_size=batch_size, tokens_per_pair=float(tokens_per_pair),
+                level=req.level, n_bootstrap=n_boot, candidates=candidates, warnings=warnings, skipped=skipped,
                 provenance=laws.provenance, units=units, notes=notes,
-                noise_label=_noise_label(laws[best.variant].noise_), unique_pairs=costing.unique_pairs)
+                noise_label=_noise_label(laws[best.variant].noise_), unique_pairs=k.unique_pairs)
 
 
 # --- plan(), phase 1: inputs and defaults -------------------------------------------------------------
-def _check_budget_and_units(budget: float | None, hours: float | None, throughput: ThroughputTable | None,
-                            embed_tokens: float | None, device_memory_gib: float | None, precision: str,
-                            level: float) -> None:
+def _check_budget_and_units(req: PlanRequest) -> None:
     """Refuse a malformed budget (FLOPs, or hours with a throughput table) and malformed unit options."""
-    _check_budget(budget, hours, throughput, embed_tokens)
+    _check_budget(req.budget, req.hours, req.throughput, req.embed_tokens)
+    embed_tokens, device_memory_gib = req.embed_tokens, req.device_memory_gib
     if embed_tokens is not None and not (math.isfinite(embed_tokens) and embed_tokens >= 0):
         raise InputError(f"tokens to embed must be a non-negative number, got {embed_tokens!r}")
     if device_memory_gib is not None and not (math.isfinite(device_memory_gib) and device_memory_gib > 0):
         raise InputError(f"device memory must be a positive number of GiB, got {device_memory_gib!r}")
-    if precision not in ("bf16", "fp32"):
-        raise InputError(f"precision must be bf16 or fp32, got {precision!r}")
-    if not 0 < level < 1:
-        raise InputError(f"interval level must be in (0, 1), got {level}")
+    if req.precision not in ("bf16", "fp32"):
+        raise InputError(f"precision must be bf16 or fp32, got {req.precision!r}")
+    if not 0 < req.level < 1:
+        raise InputError(f"interval level must be in (0, 1), got {req.level}")
 
 
 def _check_budget(budget: float | None, hours: float | None, throughput: ThroughputTable | None,
@@ -522,19 +412,11 @@ def _chosen_variants(variants: Sequence[str] | None, laws: LawSet) -> list[str]:
 
 @dataclass(frozen=True)
 class _Costing:
-    """The plan's resolved inputs that costing one (model, variant) option needs."""
+    """The request with the card's defaults resolved: what costing one (model, variant) option needs."""
 
-    budget: float | None
+    req: PlanRequest
     batch_size: int
     tokens_per_pair: float
-    min_steps: int
-    hours: float | None
-    throughput: ThroughputTable | None
-    embed_tokens: float | None
-    device_memory_gib: float | None
-    seq_len: int
-    precision: str
-    memory_overhead_gib: float
     unique_pairs: int | None
 
     @property
@@ -543,7 +425,7 @@ class _Costing:
 
     @property
     def activation_bytes(self) -> int:
-        return 2 if self.precision == "bf16" else 4
+        return 2 if self.req.precision == "bf16" else 4
 
 
 # --- plan(), phase 2: cost and predict every option ---------------------------------------------------
@@ -580,7 +462,7 @@ def _cost_option(m: FamilyMember, v: str, laws: LawSet, k: _Costing, sizes: dict
     cand_budget, serve = _after_serving(cand_budget, n, k, f"{v} on {m.name}")
     fit = _memory_fit(m, method, k, f"{v} on {m.name}")
     cand = _predict(m, v, laws, k, sizes, n_t=n_t, cost=cost, budget=cand_budget)
-    if k.hours is not None or k.embed_tokens:
+    if k.req.hours is not None or k.req.embed_tokens:
         cand.budget, cand.flops_per_s, cand.serving_flops = cand_budget, fps, serve
     if fit is not None:
         cand.mini_batch, cand.memory_gib = fit[0], fit[1]["total"] / GIB
@@ -592,21 +474,21 @@ def _cost_option(m: FamilyMember, v: str, laws: LawSet, k: _Costing, sizes: dict
 def _training_budget(variant: str, method_name: str, n: int, k: _Costing) -> tuple[float, float | None, list[str]]:
     """The option's FLOP budget: the plan's, or with hours ``3600 * hours * its measured FLOP/s``; its
     FLOP/s (None without hours) and the throughput table's notes on how that was measured."""
-    if k.hours is None:
-        assert k.budget is not None  # a budget, or hours converted to one
-        return k.budget, None, []
-    assert k.throughput is not None  # refused in phase 1: hours need a throughput table
-    fps, unit_notes = k.throughput.flops_per_s(variant, method_name, n)
-    return hours_to_flops(k.hours, fps), fps, unit_notes
+    if k.req.hours is None:
+        assert k.req.budget is not None  # a budget, or hours converted to one
+        return k.req.budget, None, []
+    assert k.req.throughput is not None  # refused in phase 1: hours need a throughput table
+    fps, unit_notes = k.req.throughput.flops_per_s(variant, method_name, n)
+    return hours_to_flops(k.req.hours, fps), fps, unit_notes
 
 
 def _after_serving(budget: float, n: int, k: _Costing, option: str) -> tuple[float, float | None]:
     """The training budget left after serving ``embed_tokens`` (``2 N T`` FLOPs), and that serving cost."""
-    if not k.embed_tokens:
+    if not k.req.embed_tokens:
         return budget, None
-    serve = serving_flops(n, k.embed_tokens)
+    serve = serving_flops(n, k.req.embed_tokens)
     if serve >= budget:
-        raise _Skipped(f"{option}: serving {k.embed_tokens:.3g} tokens costs {serve:.3g} FLOPs, "
+        raise _Skipped(f"{option}: serving {k.req.embed_tokens:.3g} tokens costs {serve:.3g} FLOPs, "
                        f"the whole budget {budget:.3g} or more")
     return budget - serve, serve
 
@@ -614,16 +496,16 @@ def _after_serving(budget: float, n: int, k: _Costing, option: str) -> tuple[flo
 def _memory_fit(m: FamilyMember, method: MethodConfig, k: _Costing,
                 option: str) -> tuple[int | None, dict[str, float]] | None:
     """With a device memory: the GradCache mini-batch that fits and its memory estimate (None without one)."""
-    if k.device_memory_gib is None:
+    if k.req.device_memory_gib is None:
         return None
-    fit = auto_mini_batch(m.shape, method, batch_size=k.batch_size, seq_len=k.seq_len,
-                          memory_bytes=k.device_memory_gib * GIB, activation_bytes=k.activation_bytes,
-                          overhead_bytes=k.memory_overhead_gib * GIB)
+    fit = auto_mini_batch(m.shape, method, batch_size=k.batch_size, seq_len=k.req.seq_len,
+                          memory_bytes=k.req.device_memory_gib * GIB, activation_bytes=k.activation_bytes,
+                          overhead_bytes=k.req.memory_overhead_gib * GIB)
     if fit is None:
-        need = training_memory(m.shape, method, batch_size=k.batch_size, seq_len=k.seq_len, mini_batch=1,
+        need = training_memory(m.shape, method, batch_size=k.batch_size, seq_len=k.req.seq_len, mini_batch=1,
                                activation_bytes=k.activation_bytes,
-                               overhead_bytes=k.memory_overhead_gib * GIB)["total"]
-        raise _Skipped(f"{option}: does not fit in {k.device_memory_gib:g} GiB (needs "
+                               overhead_bytes=k.req.memory_overhead_gib * GIB)["total"]
+        raise _Skipped(f"{option}: does not fit in {k.req.device_memory_gib:g} GiB (needs "
                        f"~{need / GIB:.3g} GiB even with a GradCache mini-batch of 1)")
     return fit
 
@@ -646,7 +528,7 @@ def _predict(m: FamilyMember, v: str, laws: LawSet, k: _Costing, sizes: dict[str
         lr, lr_note = recipe_lr(laws.recipe, v, m.name, n, sizes)
     return Candidate(model=m.name, path=m.path, variant=v, method=dict(laws.methods[v]), n_params=n,
                      n_trainable=n_t, flops_per_token=cost, tokens=tokens, pairs=pairs, steps=steps,
-                     loss=loss, feasible=steps >= k.min_steps, lr=lr, lr_note=lr_note,
+                     loss=loss, feasible=steps >= k.req.min_steps, lr=lr, lr_note=lr_note,
                      epochs=epochs(tokens, k.unique_tokens),
                      effective_tokens=d_eff if d_eff < tokens else None)
 
@@ -674,29 +556,30 @@ def _refuse_no_candidates(candidates: list[Candidate], skipped: list[str], membe
     """No option left: say why (serving costs all of the budget, nothing fits in memory, or each reason)."""
     if candidates:
         return
-    if k.embed_tokens and all(": serving " in x for x in skipped):
+    req = k.req
+    if req.embed_tokens and all(": serving " in x for x in skipped):
         smallest = min(members, key=lambda m: m.shape.non_embedding_params)
         raise BudgetError(
-            f"budget {k.budget:.3g} FLOPs cannot pay for embedding {k.embed_tokens:.3g} tokens with any model (the "
-            f"smallest, {smallest.name}, needs "
-            f"{serving_flops(smallest.shape.non_embedding_params, k.embed_tokens):.3g}"
+            f"budget {req.budget:.3g} FLOPs cannot pay for embedding {req.embed_tokens:.3g} tokens with any model "
+            f"(the smallest, {smallest.name}, needs "
+            f"{serving_flops(smallest.shape.non_embedding_params, req.embed_tokens):.3g}"
             " for serving alone); raise --budget or lower --embed-tokens")
-    if k.device_memory_gib is not None and all("does not fit" in x for x in skipped):
-        raise BudgetError(f"no option fits in {k.device_memory_gib:g} GiB even with GradCache: " + skipped[0])
+    if req.device_memory_gib is not None and all("does not fit" in x for x in skipped):
+        raise BudgetError(f"no option fits in {req.device_memory_gib:g} GiB even with GradCache: " + skipped[0])
     raise InputError("no (model, variant) option can be costed: " + "; ".join(skipped))
 
 
-def _rank(candidates: list[Candidate], laws: LawSet, level: float, k: _Costing) -> Candidate:
+def _rank(candidates: list[Candidate], laws: LawSet, k: _Costing) -> Candidate:
     """Intervals and P(optimal), then feasible options first by predicted loss; the best, refused if even it
     cannot afford ``min_steps``."""
-    _attach_uncertainty(candidates, laws, level)
+    _attach_uncertainty(candidates, laws, k.req.level)
     candidates.sort(key=lambda c: (not c.feasible, c.loss))
     for i, c in enumerate(candidates, 1):
         c.rank = i
     best = candidates[0]
     if not best.feasible:
         raise BudgetError(
-            f"budget {best.budget or k.budget:.3g} FLOPs affords fewer than {k.min_steps} step(s) of "
+            f"budget {best.budget or k.req.budget:.3g} FLOPs affords fewer than {k.req.min_steps} step(s) of "
             f"{k.batch_size} pairs with every option; raise the budget or lower the batch size"
         )
     return best
@@ -710,39 +593,36 @@ def _plan_warnings(best: Candidate, members: Sequence[FamilyMember], laws: LawSe
     if laws.family_fingerprint and family is not None:
         if family_fingerprint(m.shape.to_dict() for m in members) != laws.family_fingerprint:
             out.append("the family differs from the one the laws were fitted on (family fingerprint)")
-    if k.throughput is not None and k.hours is not None:
-        if k.throughput.batch_sizes and k.batch_size not in k.throughput.batch_sizes:
-            out.append(f"throughput was measured at batch size {', '.join(map(str, k.throughput.batch_sizes))}, "
+    if k.req.throughput is not None and k.req.hours is not None:
+        if k.req.throughput.batch_sizes and k.batch_size not in k.req.throughput.batch_sizes:
+            out.append(f"throughput was measured at batch size {', '.join(map(str, k.req.throughput.batch_sizes))}, "
                        f"the plan is at {k.batch_size}: FLOP/s depend on the batch size (measure at yours)")
     for w in (laws[best.variant].diagnostics_ or {}).get("warnings", []):
         out.append(f"law of {best.variant}: {w}")
     return out
 
 
-def _units_and_notes(best: Candidate, laws: LawSet, family: Sequence[FamilyMember] | None, k: _Costing,
-                     level: float, variants: Sequence[str] | None) -> tuple[dict[str, Any], list[str]]:
+def _units_and_notes(best: Candidate, laws: LawSet, family: Sequence[FamilyMember] | None,
+                     k: _Costing) -> tuple[dict[str, Any], list[str]]:
     """``Plan.units`` (what the plan was asked in) and the notes on it: one throughput for every option,
     and whether serving or the memory limit moves the optimum."""
+    req = k.req
     units: dict[str, Any] = {}
     notes: list[str] = []
-    if k.hours is not None:
-        assert k.throughput is not None  # refused in phase 1: hours need a throughput table
-        units.update(hours=float(k.hours), throughput=k.throughput.label)
-        if k.throughput.single:
+    if req.hours is not None:
+        assert req.throughput is not None  # refused in phase 1: hours need a throughput table
+        units.update(hours=float(req.hours), throughput=req.throughput.label)
+        if req.throughput.single:
             notes.append("one benchmark row gives one throughput for every option: all get the same FLOP budget "
                          "(use --throughput-from STORE for per-method, per-size throughput)")
-    if k.device_memory_gib is not None:
-        units.update(device_memory_gib=float(k.device_memory_gib), seq_len=int(k.seq_len), precision=k.precision)
-    same = dict(batch_size=k.batch_size, tokens_per_pair=k.tokens_per_pair, level=level, variants=variants,
-                min_steps=k.min_steps, hours=k.hours, throughput=k.throughput, seq_len=k.seq_len,
-                precision=k.precision, memory_overhead_gib=k.memory_overhead_gib, unique_pairs=k.unique_pairs)
-    if k.embed_tokens:
-        units.update(embed_tokens=float(k.embed_tokens))
-        notes.extend(_shift_note("the serving cost", best, k.budget, laws, family,
-                                 **same, device_memory_gib=k.device_memory_gib))
-    if k.device_memory_gib is not None:
-        notes.extend(_shift_note("the memory limit", best, k.budget, laws, family, **same,
-                                 embed_tokens=k.embed_tokens))
+    if req.device_memory_gib is not None:
+        units.update(device_memory_gib=float(req.device_memory_gib), seq_len=int(req.seq_len),
+                     precision=req.precision)
+    if req.embed_tokens:
+        units.update(embed_tokens=float(req.embed_tokens))
+        notes.extend(_shift_note("the serving cost", best, replace(req, embed_tokens=None), laws, family))
+    if req.device_memory_gib is not None:
+        notes.extend(_shift_note("the memory limit", best, replace(req, device_memory_gib=None), laws, family))
     return units, notes
 
 
@@ -754,12 +634,12 @@ def _plan_budget(budget: float | None, best: Candidate) -> float:
     return float(best.budget)
 
 
-def _shift_note(what: str, best: Candidate, budget: float | None, laws: LawSet,
-                family: Sequence[FamilyMember] | None, **kwargs: Any) -> list[str]:
+def _shift_note(what: str, best: Candidate, without: PlanRequest, laws: LawSet,
+                family: Sequence[FamilyMember] | None) -> list[str]:
     """A note on whether ``what`` (the serving cost, the memory limit) moves the optimum: the plan is made
-    again without it (``kwargs`` carry everything else) and the two choices compared."""
+    again for the request ``without`` it and the two choices compared."""
     try:
-        base = plan(budget, laws, family, **kwargs).best
+        base = plan_request(without, laws, family).best
     except EmbrecipeError:
         return []
     if (base.model, base.variant) == (best.model, best.variant):
