@@ -198,3 +198,34 @@ def test_plan_counts_steps_with_the_trainers_arithmetic():
     budget = 3 * (cost * (49.7 * 32))
     best = plan(budget, laws, batch_size=32).best
     assert best.steps == steps_for_budget(budget, cost, 49.7 * 32) == 3
+
+
+def test_every_candidate_carries_its_own_training_budget():
+    """Candidate.budget is set in every mode (it was None without --hours/--embed-tokens), so no caller falls
+    back to the plan's budget; with serving it is what is left for training."""
+    p = plan(1e15, true_laws(), family())
+    assert all(c.budget == 1e15 for c in p.candidates)
+    served = plan(1e15, true_laws(), family(), embed_tokens=1e5)
+    assert all(c.budget == pytest.approx(1e15 - c.serving_flops) for c in served.candidates)
+
+
+def test_without_notes_are_the_same_request_with_one_field_cleared(monkeypatch):
+    """The 'what would change without X' notes rank the request with X cleared, nothing else changed: one
+    extra ranking per note, no notes of their own (the planner used to unpack 16 arguments and call itself,
+    recursively: 5 plans for one with serving and a memory limit)."""
+    import dataclasses
+
+    from embrecipe import plan as plan_module
+
+    seen = []
+    real = plan_module._resolve
+
+    def spy(req, laws, fam=None):
+        seen.append(req)
+        return real(req, laws, fam)
+
+    monkeypatch.setattr(plan_module, "_resolve", spy)
+    req = plan_module.PlanRequest(1e15, embed_tokens=1e5, device_memory_gib=80.0, batch_size=32)
+    p = plan_module.plan_request(req, true_laws(), family())
+    assert seen == [req, dataclasses.replace(req, embed_tokens=None), dataclasses.replace(req, device_memory_gib=None)]
+    assert any("the serving cost" in n for n in p.notes) and any("the memory limit" in n for n in p.notes)

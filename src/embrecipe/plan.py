@@ -141,6 +141,9 @@ class Candidate:
     pairs: float
     steps: int
     loss: float
+    # this option's own training budget: the plan's, or with --hours its FLOPs in that time, less serving with
+    # --embed-tokens (so it differs per option then); always set, callers need no fallback to the plan's
+    budget: float
     loss_low: float | None = None
     loss_high: float | None = None
     p_optimal: float | None = None
@@ -151,10 +154,9 @@ class Candidate:
     feasible: bool = True
     rank: int = 0
     warnings: list[str] = field(default_factory=list)
-    # Plans in the user's units (embrecipe.units): this option's own training budget (with --hours or
-    # --embed-tokens it differs per option), its measured throughput, the serving cost taken out of the
-    # budget, and the estimated memory at the GradCache mini-batch chosen to fit the device.
-    budget: float | None = None
+    # Plans in the user's units (embrecipe.units), None where that unit was not asked: the option's measured
+    # throughput, the serving cost taken out of the budget, and the estimated memory at the GradCache
+    # mini-batch chosen to fit the device.
     flops_per_s: float | None = None
     serving_flops: float | None = None
     memory_gib: float | None = None
@@ -322,6 +324,37 @@ def plan(budget: float | None, laws: LawSet, family: Sequence[FamilyMember] | No
 
 def plan_request(req: PlanRequest, laws: LawSet, family: Sequence[FamilyMember] | None = None) -> Plan:
     """The plan for ``req``: resolve the card's defaults, cost every option, rank, then warn and note."""
+    k, members, chosen, warnings = _resolve(req, laws, family)
+    candidates, skipped, best = _ranked_options(k, members, chosen, laws)
+    warnings.extend(_plan_warnings(best, members, laws, family, k))
+    n_boot = min((len(s) for v in chosen if (s := laws[v].samples_) is not None), default=0)
+    units, notes = _units_and_notes(best, laws, family, k)
+    return Plan(budget=_plan_budget(req.budget, best), batch_size=k.batch_size,
+                tokens_per_pair=float(k.tokens_per_pair), level=req.level, n_bootstrap=n_boot,
+                candidates=candidates, warnings=warnings, skipped=skipped, provenance=laws.provenance,
+                units=units, notes=notes, noise_label=_noise_label(laws[best.variant].noise_),
+                unique_pairs=k.unique_pairs)
+
+
+def _best_option(req: PlanRequest, laws: LawSet, family: Sequence[FamilyMember] | None) -> Candidate:
+    """The optimum of ``req`` alone (no warnings, no notes): what a "without X" note compares with."""
+    k, members, chosen, _ = _resolve(req, laws, family)
+    return _ranked_options(k, members, chosen, laws)[2]
+
+
+def _ranked_options(k: _Costing, members: Sequence[FamilyMember], chosen: Sequence[str],
+                    laws: LawSet) -> tuple[list[Candidate], list[str], Candidate]:
+    """Every option costed and ranked (best first), the skipped ones as notes, and the best."""
+    candidates, skipped = _cost_options(members, chosen, laws, k)
+    _refuse_no_candidates(candidates, skipped, members, k)
+    return candidates, skipped, _rank(candidates, laws, k)
+
+
+# --- plan(), phase 1: inputs and defaults -------------------------------------------------------------
+def _resolve(req: PlanRequest, laws: LawSet, family: Sequence[FamilyMember] | None
+             ) -> tuple[_Costing, list[FamilyMember], list[str], list[str]]:
+    """The request checked and its defaults taken from the card: the costing inputs, the family members,
+    the chosen variants, and the warnings resolving them raised."""
     _check_budget_and_units(req)
     members = list(family) if family is not None else family_from_laws(laws)
     batch_size = _resolve_batch_size(req.batch_size, laws)
@@ -333,21 +366,9 @@ def plan_request(req: PlanRequest, laws: LawSet, family: Sequence[FamilyMember] 
         raise InputError(f"unique pairs must be a positive integer, got {req.unique_pairs!r}")
     k = _Costing(req=req, batch_size=batch_size, tokens_per_pair=tokens_per_pair,
                  unique_pairs=req.unique_pairs or laws.unique_pairs)
-
-    candidates, skipped = _cost_options(members, chosen, laws, k)
-    _refuse_no_candidates(candidates, skipped, members, k)
-    best = _rank(candidates, laws, k)
-
-    warnings.extend(_plan_warnings(best, members, laws, family, k))
-    n_boot = min((len(s) for v in chosen if (s := laws[v].samples_) is not None), default=0)
-    units, notes = _units_and_notes(best, laws, family, k)
-    return Plan(budget=_plan_budget(req.budget, best), batch_size=batch_size, tokens_per_pair=float(tokens_per_pair),
-                level=req.level, n_bootstrap=n_boot, candidates=candidates, warnings=warnings, skipped=skipped,
-                provenance=laws.provenance, units=units, notes=notes,
-                noise_label=_noise_label(laws[best.variant].noise_), unique_pairs=k.unique_pairs)
+    return k, members, chosen, warnings
 
 
-# --- plan(), phase 1: inputs and defaults -------------------------------------------------------------
 def _check_budget_and_units(req: PlanRequest) -> None:
     """Refuse a malformed budget (FLOPs, or hours with a throughput table) and malformed unit options."""
     _check_budget(req.budget, req.hours, req.throughput, req.embed_tokens)
@@ -462,8 +483,7 @@ def _cost_option(m: FamilyMember, v: str, laws: LawSet, k: _Costing, sizes: dict
     cand_budget, serve = _after_serving(cand_budget, n, k, f"{v} on {m.name}")
     fit = _memory_fit(m, method, k, f"{v} on {m.name}")
     cand = _predict(m, v, laws, k, sizes, n_t=n_t, cost=cost, budget=cand_budget)
-    if k.req.hours is not None or k.req.embed_tokens:
-        cand.budget, cand.flops_per_s, cand.serving_flops = cand_budget, fps, serve
+    cand.flops_per_s, cand.serving_flops = fps, serve
     if fit is not None:
         cand.mini_batch, cand.memory_gib = fit[0], fit[1]["total"] / GIB
     cand.warnings.extend(unit_notes)
@@ -528,7 +548,7 @@ def _predict(m: FamilyMember, v: str, laws: LawSet, k: _Costing, sizes: dict[str
         lr, lr_note = recipe_lr(laws.recipe, v, m.name, n, sizes)
     return Candidate(model=m.name, path=m.path, variant=v, method=dict(laws.methods[v]), n_params=n,
                      n_trainable=n_t, flops_per_token=cost, tokens=tokens, pairs=pairs, steps=steps,
-                     loss=loss, feasible=steps >= k.req.min_steps, lr=lr, lr_note=lr_note,
+                     loss=loss, budget=budget, feasible=steps >= k.req.min_steps, lr=lr, lr_note=lr_note,
                      epochs=epochs(tokens, k.unique_tokens),
                      effective_tokens=d_eff if d_eff < tokens else None)
 
@@ -579,7 +599,7 @@ def _rank(candidates: list[Candidate], laws: LawSet, k: _Costing) -> Candidate:
     best = candidates[0]
     if not best.feasible:
         raise BudgetError(
-            f"budget {best.budget or k.req.budget:.3g} FLOPs affords fewer than {k.req.min_steps} step(s) of "
+            f"budget {best.budget:.3g} FLOPs affords fewer than {k.req.min_steps} step(s) of "
             f"{k.batch_size} pairs with every option; raise the budget or lower the batch size"
         )
     return best
@@ -630,8 +650,7 @@ def _plan_budget(budget: float | None, best: Candidate) -> float:
     """The plan's budget: the one asked for; with hours the budget differs per option, so the optimum's."""
     if budget is not None:
         return float(budget)
-    assert best.budget is not None  # with hours, every candidate carries its own budget
-    return float(best.budget)
+    return best.budget
 
 
 def _shift_note(what: str, best: Candidate, without: PlanRequest, laws: LawSet,
@@ -639,7 +658,7 @@ def _shift_note(what: str, best: Candidate, without: PlanRequest, laws: LawSet,
     """A note on whether ``what`` (the serving cost, the memory limit) moves the optimum: the plan is made
     again for the request ``without`` it and the two choices compared."""
     try:
-        base = plan_request(without, laws, family).best
+        base = _best_option(without, laws, family)
     except EmbrecipeError:
         return []
     if (base.model, base.variant) == (best.model, best.variant):

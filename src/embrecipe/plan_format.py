@@ -78,7 +78,7 @@ def _header(p: Plan) -> str:
     card = f"law card: {p.provenance or 'unlabelled'}"
     u = p.units
     if u.get("hours") is not None:
-        budgets = [c.budget for c in p.candidates if c.budget is not None]
+        budgets = [c.budget for c in p.candidates]
         span = f"{min(budgets):.3g}" if min(budgets) == max(budgets) else f"{min(budgets):.3g}..{max(budgets):.3g}"
         head = (f"Budget {u['hours']:g} device-hours = {span} model FLOPs "
                 f"(each option at its measured throughput; {u.get('throughput', '')}) — {card}")

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     best = result.best
     # With --embed-tokens the option's own budget is what remains for training after serving.
     config = {"model": best.path, "data": args.data, "method": best.method,
-              "budget": best.budget if best.budget is not None else budget,
+              "budget": best.budget,
               "batch_size": result.batch_size, "seed": args.seed, "out": args.out}
     if best.lr is not None:
         config["lr"] = best.lr
