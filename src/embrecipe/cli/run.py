@@ -43,6 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="module:function to train with (default: embrecipe.trainer:train_from_dict; "
                         "'synthetic' = fake trainer for testing)")
     p.add_argument("--dry-run", action="store_true", help="plan and print the training config; train nothing")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true",
+                   help="continue a killed run from --out/checkpoint (as `embrecipe train --resume`)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out, replacing the files a run writes there (as `embrecipe "
+                        "train --overwrite`); without it a non-empty --out is refused")
     p.add_argument("--device-memory", type=float, metavar="GIB", default=None,
                    help="plan only options that fit in GIB; trains with the GradCache mini-batch the plan sized "
                         "(unless --mini-batch-size is given)")
@@ -112,15 +118,18 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     out = Path(args.out)
+    from ..jsonio import atomic_write_json
     from ..preflight import check_out_dir
 
-    check_out_dir(out, resume=False, overwrite=False)  # the trainer's --out checks, before plan.json lands there
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "plan.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
-    config["overwrite"] = True  # the folder now holds our plan.json, nothing else
+    check_out_dir(out, resume=args.resume, overwrite=args.overwrite)  # the trainer's --out checks, before it starts
+    config.update(resume=args.resume, overwrite=args.overwrite)
     record = as_record(resolve_train_fn(args.train_fn)(config), where=f"the record of {args.train_fn or 'train'}")
     if not record.completed:
         raise InputError(f"training did not complete (status {record.status!r})")
+    # plan.json only beside a finished run: a failed run leaves nothing of ours (a killed one leaves the
+    # trainer's checkpoint, which --resume continues)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "plan.json", result.to_dict())
     achieved = record.final_val_loss
     print(f"\ntrained {best.variant} on {best.model}: {record.steps} steps, "
           f"{float(record.model_flops or 0):.3g} model FLOPs; predicted loss {best.loss:.4g}"
