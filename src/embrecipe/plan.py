@@ -144,6 +144,9 @@ class Candidate:
     # this option's own training budget: the plan's, or with --hours its FLOPs in that time, less serving with
     # --embed-tokens (so it differs per option then); always set, callers need no fallback to the plan's
     budget: float
+    # the mean of the mean-law loss over the bootstrap draws (the point prediction ``loss`` without draws):
+    # the options are ranked by it, the choice that minimises the expected loss
+    expected_loss: float
     loss_low: float | None = None
     loss_high: float | None = None
     p_optimal: float | None = None
@@ -329,6 +332,7 @@ def plan_request(req: PlanRequest, laws: LawSet, family: Sequence[FamilyMember] 
     warnings.extend(_plan_warnings(best, members, laws, family, k))
     n_boot = min((len(s) for v in chosen if (s := laws[v].samples_) is not None), default=0)
     units, notes = _units_and_notes(best, laws, family, k)
+    notes.extend(_rule_note(candidates, n_boot))
     return Plan(budget=_plan_budget(req.budget, best), batch_size=k.batch_size,
                 tokens_per_pair=float(k.tokens_per_pair), level=req.level, n_bootstrap=n_boot,
                 candidates=candidates, warnings=warnings, skipped=skipped, provenance=laws.provenance,
@@ -548,7 +552,7 @@ def _predict(m: FamilyMember, v: str, laws: LawSet, k: _Costing, sizes: dict[str
         lr, lr_note = recipe_lr(laws.recipe, v, m.name, n, sizes)
     return Candidate(model=m.name, path=m.path, variant=v, method=dict(laws.methods[v]), n_params=n,
                      n_trainable=n_t, flops_per_token=cost, tokens=tokens, pairs=pairs, steps=steps,
-                     loss=loss, budget=budget, feasible=steps >= k.req.min_steps, lr=lr, lr_note=lr_note,
+                     loss=loss, budget=budget, expected_loss=loss, feasible=steps >= k.req.min_steps, lr=lr, lr_note=lr_note,
                      epochs=epochs(tokens, k.unique_tokens),
                      effective_tokens=d_eff if d_eff < tokens else None)
 
@@ -590,10 +594,14 @@ def _refuse_no_candidates(candidates: list[Candidate], skipped: list[str], membe
 
 
 def _rank(candidates: list[Candidate], laws: LawSet, k: _Costing) -> Candidate:
-    """Intervals and P(optimal), then feasible options first by predicted loss; the best, refused if even it
-    cannot afford ``min_steps``."""
+    """Intervals and P(optimal), then feasible options first by expected loss (the mean over the bootstrap draws,
+    the point prediction without them); the best, refused if even it cannot afford ``min_steps``.
+
+    One rule decides: the least expected loss. P(optimal), the share of draws in which an option is lowest, is
+    reported beside it and can favour another option whose draws are more spread (it wins more often, by
+    less, and loses by more); :func:`_rule_note` says so when that happens."""
     _attach_uncertainty(candidates, laws, k.req.level)
-    candidates.sort(key=lambda c: (not c.feasible, c.loss))
+    candidates.sort(key=lambda c: (not c.feasible, c.expected_loss, c.loss))
     for i, c in enumerate(candidates, 1):
         c.rank = i
     best = candidates[0]
@@ -644,6 +652,18 @@ def _units_and_notes(best: Candidate, laws: LawSet, family: Sequence[FamilyMembe
     if req.device_memory_gib is not None:
         notes.extend(_shift_note("the memory limit", best, replace(req, device_memory_gib=None), laws, family))
     return units, notes
+
+
+def _rule_note(candidates: Sequence[Candidate], n_boot: int) -> list[str]:
+    """When an option other than the optimum is lowest in more bootstrap draws: why the optimum is still the
+    optimum (it has the least expected loss over the same draws)."""
+    best = candidates[0]
+    rival = max(candidates, key=lambda c: c.p_optimal or 0.0)
+    if rival is best or best.p_optimal is None or rival.p_optimal is None or rival.p_optimal <= best.p_optimal:
+        return []
+    return [f"{rival.variant} on {rival.model} is lowest in more of the {n_boot} draws (P(optimal) "
+            f"{rival.p_optimal:.2f} against {best.p_optimal:.2f}) but its expected loss over them is higher "
+            f"({rival.expected_loss:.4g} against {best.expected_loss:.4g}): the optimum is the least expected loss"]
 
 
 def _plan_budget(budget: float | None, best: Candidate) -> float:
@@ -698,8 +718,10 @@ def _attach_uncertainty(candidates: list[Candidate], laws: LawSet, level: float)
     feasible = np.array([c.feasible for c in candidates])
     masked = np.where(feasible[None, :], preds, np.inf)
     wins = np.bincount(np.argmin(masked, axis=1), minlength=len(candidates)) / n_boot
+    mean = preds.mean(axis=0)
     for j, c in enumerate(candidates):
         c.loss_low, c.loss_high = float(lo[j]), float(hi[j])
+        c.expected_loss = float(mean[j])
         c.p_optimal = float(wins[j]) if c.feasible else 0.0
 
 

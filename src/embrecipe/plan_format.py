@@ -25,7 +25,7 @@ def format_plan(p: Plan, top: int = 10) -> str:
         lines.append(f"Runner-up: {_describe(p.runner_up, p)}")
     lines.append("")
     head = (f"{'#':>3} {'model':<22} {'variant':<14} {'N':>9} {'N_t':>9} {'tokens':>9} {'steps':>8} "
-            f"{'loss':>8} {'mean law ' + pct:>19} {'one run ' + pct:>19} {'P(opt)':>7} {'lr':>8}")
+            f"{'loss':>8} {'E[loss]':>8} {'mean law ' + pct:>19} {'one run ' + pct:>19} {'P(opt)':>7} {'lr':>8}")
     head += _unit_text(p)
     lines.append(head)
     lines.append("-" * len(head))
@@ -37,13 +37,13 @@ def format_plan(p: Plan, top: int = 10) -> str:
         lr = "?" if c.lr is None else f"{c.lr:.3g}"
         lines.append(
             f"{c.rank:>3} {c.model[:22]:<22} {c.variant:<14} {c.n_params:>9.3g} {c.n_trainable:>9.3g} "
-            f"{c.tokens:>9.3g} {c.steps:>8} {c.loss:>8.4g} {interval:>19} {run:>19} {prob:>7} {lr:>8}"
+            f"{c.tokens:>9.3g} {c.steps:>8} {c.loss:>8.4g} {c.expected_loss:>8.4g} {interval:>19} {run:>19} {prob:>7} {lr:>8}"
             f"{_unit_text(p, c)}{mark}"
         )
     if len(p.candidates) > top:
         lines.append(f"... {len(p.candidates) - top} more options (--json lists all)")
     lines.append(f"(steps at batch size {p.batch_size} and {p.tokens_per_pair:.1f} tokens per pair; "
-                 f"intervals and P(opt) over {p.n_bootstrap} bootstrap fits; 'mean law': where the "
+                 f"intervals and P(opt) over {p.n_bootstrap} bootstrap fits; {_rank_rule(p)}; 'mean law': where the "
                  f"seed-averaged loss lies, 'one run': where a single training run's loss lies, with run "
                  f"noise {p.noise_label or 'unknown'})")
     for w in p.warnings:
@@ -53,6 +53,13 @@ def format_plan(p: Plan, top: int = 10) -> str:
     for n in p.notes:
         lines.append(f"note: {n}")
     return "\n".join(lines)
+
+
+def _rank_rule(p: Plan) -> str:
+    """The one rule the options are ranked by."""
+    if p.n_bootstrap:
+        return "ranked by the expected loss over those fits (E[loss]), P(opt) alongside"
+    return "ranked by the point prediction (no bootstrap fits)"
 
 
 def _train_at(c: Candidate, p: Plan) -> str:
@@ -69,7 +76,7 @@ def _describe(c: Candidate, p: Plan) -> str:
     interval = "" if c.loss_low is None else f" [{c.loss_low:.4g}, {c.loss_high:.4g}] (mean law)"
     if c.run_low is not None:
         interval += f", one run [{c.run_low:.4g}, {c.run_high:.4g}]"
-    prob = "" if c.p_optimal is None else f", P(optimal) = {c.p_optimal:.2f}"
+    prob = "" if c.p_optimal is None else f", E[loss] {c.expected_loss:.4g}, P(optimal) = {c.p_optimal:.2f}"
     return (f"{c.variant} on {c.model} — {c.tokens:.3g} tokens = {c.steps} steps of {p.batch_size} pairs; "
             f"predicted loss {c.loss:.4g}{interval}{prob}{_unit_text(p, c, describe=True)}")
 
