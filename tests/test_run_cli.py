@@ -49,3 +49,57 @@ def test_failed_run_leaves_nothing_in_out_and_the_rerun_advice_names_run_flags(t
     assert main([*argv, "--train-fn", "synthetic", "--overwrite"]) == 0
     assert json.loads((out / "plan.json").read_text())["best"]["path"] == "toy-h32-l2"
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_packaged_card_names_models_portably():
+    """The shipped card holds no absolute paths: testbed names, with shapes and content hashes."""
+    from embrecipe.plan import default_card_path, family_from_laws, load_laws
+
+    text = default_card_path().read_text()
+    assert "/root/" not in text and "/.cache/" not in text
+    laws = load_laws(None)
+    assert [m["path"] for m in laws.family] == [f"smollm2-L{k}" for k in (2, 4, 8, 16, 30)]
+    assert all(m.get("content_hash") and m["shape"]["name"] == m["path"] for m in laws.family)
+    assert all(set(by_model) <= {m["path"] for m in laws.family} for by_model in laws.recipe.values())
+    assert [m.path for m in family_from_laws(laws)] == [m["path"] for m in laws.family]
+
+
+def test_old_card_with_absolute_testbed_paths_loads_with_portable_names(tmp_path):
+    from embrecipe.plan import default_card_path
+
+    d = json.loads(default_card_path().read_text())
+    old = "/home/someone/.cache/embrecipe/testbed/"
+    for m in d["family"]:
+        m["path"] = m["shape"]["name"] = old + m["name"]
+    d["recipe"] = {v: {old + k: e for k, e in by_model.items()} for v, by_model in d["recipe"].items()}
+    d["family_fingerprint"] = "0123456789abcdef"  # what the old formula (hashing the paths too) stored
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    laws = LawSet.load(tmp_path / "old.json")
+    assert [m["path"] for m in laws.family] == [f"smollm2-L{k}" for k in (2, 4, 8, 16, 30)]
+    assert "smollm2-L4" in laws.recipe["full"]
+    assert laws.family_fingerprint == LawSet.load(default_card_path()).family_fingerprint
+
+
+def test_family_at_another_path_is_the_same_family_and_keeps_the_fitted_lr(tmp_path, capsys):
+    """A family file naming the card's models at other paths (same content) matches the card: no fingerprint
+    warning, and the LR is the one fitted for that model, not the nearest size's."""
+    from embrecipe.plan import load_laws
+
+    laws = load_laws(None)
+    members = [{"name": m["name"], "path": f"/data/models/{m['name']}-copy",
+                "shape": {**m["shape"], "name": f"/data/models/{m['name']}-copy"}} for m in laws.family]
+    fam = tmp_path / "family.json"
+    fam.write_text(json.dumps({"name": "moved", "members": members}))
+    assert main(["plan", "--budget", "3e13", "--family", str(fam), "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)
+    assert not any("family fingerprint" in w for w in p["warnings"])
+    assert all("nearest" not in c["lr_note"] and c["lr"] is not None for c in p["candidates"])
+
+
+def test_run_with_a_testbed_model_not_built_names_the_command_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EMBRECIPE_HOME", str(tmp_path / "home"))
+    out = tmp_path / "out"
+    assert main(["run", "--budget", "3e13", "--data", _pairs(tmp_path), "--out", str(out), "--eval", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "embrecipe testbed models --layers" in err[0] and str(tmp_path / "home") in err[0]
+    assert not out.exists()

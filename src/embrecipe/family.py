@@ -138,9 +138,10 @@ def shape_of_checkpoint(name_or_path: str, *, gguf_file: str | None = None, name
 @dataclass(frozen=True)
 class FamilyMember:
     name: str
-    path: str
+    path: str  # a testbed name, a hub id or a local path (resolved at use: embrecipe.model_ref.resolve_model)
     shape: ModelShape
     gguf_file: str | None = None
+    content_hash: str | None = None  # of the weights, where known (testbed members: their manifest)
 
     @property
     def non_embedding_params(self) -> int:
@@ -151,6 +152,8 @@ class FamilyMember:
                              "non_embedding_params": self.non_embedding_params, "shape": self.shape.to_dict()}
         if self.gguf_file:
             d["gguf_file"] = self.gguf_file
+        if self.content_hash:
+            d["content_hash"] = self.content_hash
         return d
 
 
@@ -172,6 +175,8 @@ class Family:
     @classmethod
     def load(cls, path: str | Path) -> Family:
         path = Path(path)
+        from .model_ref import resolve_model, testbed_layers
+
         raw = read_mapping(path, "family file")
         if not isinstance(raw.get("members"), list) or not raw["members"]:
             raise InputError(f"family file {path}: expected an object with a non-empty 'members' list")
@@ -182,15 +187,15 @@ class Family:
                 raise InputError(f"{where}: expected an object with at least 'path'")
             base = path.parent
             p = str(m["path"])
-            if not Path(p).is_absolute() and (base / p).exists():
-                p = str((base / p).resolve())
+            if testbed_layers(p) is None and not Path(p).is_absolute() and (base / p).exists():
+                p = str((base / p).resolve())  # a testbed name stays a name: resolved under $EMBRECIPE_HOME at use
             try:
                 shape = ModelShape.from_dict(m["shape"]) if "shape" in m else shape_of_checkpoint(
-                    p, gguf_file=m.get("gguf_file"))
+                    resolve_model(p), gguf_file=m.get("gguf_file"), name=Path(p).name)
             except (KeyError, TypeError, ValueError) as exc:
                 raise InputError(f"{where}: malformed 'shape' ({exc})") from exc
             members.append(FamilyMember(name=str(m.get("name") or Path(p).name), path=p, shape=shape,
-                                        gguf_file=m.get("gguf_file")))
+                                        gguf_file=m.get("gguf_file"), content_hash=m.get("content_hash")))
         return cls(name=str(raw.get("name") or path.stem), members=members)
 
     def save(self, path: str | Path) -> Path:
@@ -210,7 +215,8 @@ class Family:
 def family_fingerprint(shapes: Iterable[Mapping[str, Any] | None]) -> str:
     """Content hash of a family's shapes, independent of member order and of how a shape dict was written.
 
-    Each shape is normalised through :class:`ModelShape` (so equivalent dicts agree), the list is sorted by
+    Each shape is normalised through :class:`ModelShape` (so equivalent dicts agree) and its ``name`` dropped (the
+    content, not the path, identifies a model: :mod:`embrecipe.model_ref`), the list is sorted by
     its JSON text, and the first 16 hex digits of the SHA-256 of the sorted JSON are kept. Law cards store
     this value (``family_fingerprint``); the planner compares it with the family it is given.
 
@@ -219,6 +225,9 @@ def family_fingerprint(shapes: Iterable[Mapping[str, Any] | None]) -> str:
         >>> family_fingerprint([s, None]) == family_fingerprint([None, s])
         True
     """
-    norm = [None if s is None else ModelShape.from_dict(s).to_dict() for s in shapes]
+    # The name is left out: it is where the model lived (a path, a testbed name), not what it is, so the same
+    # models named by another path or name have the same fingerprint.
+    norm = [None if s is None else {k: v for k, v in ModelShape.from_dict(s).to_dict().items() if k != "name"}
+            for s in shapes]
     ordered = sorted(norm, key=lambda d: json.dumps(d, sort_keys=True))
     return hashlib.sha256(json.dumps(ordered, sort_keys=True).encode()).hexdigest()[:16]

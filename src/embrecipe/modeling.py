@@ -62,7 +62,9 @@ def load_sentence_transformer(
     _quiet_transformers()
     if pooling not in POOLING_MODES:
         raise InputError(f"pooling {pooling!r} is not one of: mean, last-token, weighted-mean")
-    model = str(model)
+    from .model_ref import resolve_model
+
+    model = resolve_model(str(model))  # a testbed name: the member under $EMBRECIPE_HOME/testbed
     if model.endswith(".gguf") and gguf_file is None:
         p = Path(model)
         if not p.is_file():

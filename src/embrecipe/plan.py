@@ -54,6 +54,7 @@ from .flops import ModelShape, steps_for_budget, tokens_for_budget
 from .laws import LawSet, fit_laws
 from .laws.noise import with_run_noise
 from .methods import MethodConfig, method_from_dict
+from .model_ref import shape_key
 from .plan_format import format_plan, format_table, table_markdown
 from .units import (
     DEFAULT_OVERHEAD_BYTES,
@@ -463,18 +464,26 @@ def _cost_options(members: Sequence[FamilyMember], chosen: Sequence[str], laws: 
     """Every family member × chosen variant, costed and predicted; the options that cannot be, as notes."""
     sizes = {str(m.get(key)): float(m["shape"].get("non_embedding_params") or 0) for m in laws.family
              for key in ("path", "name") if isinstance(m.get("shape"), Mapping) and m.get(key)}
+    # The card's names for each model content (shape key): a family member at another path or under another
+    # name finds the LR its identical model was fitted at.
+    aliases: dict[str, list[str]] = {}
+    for entry in laws.family:
+        if isinstance(entry.get("shape"), Mapping) and (key := shape_key(entry["shape"])):
+            aliases.setdefault(key, []).extend(str(entry[k]) for k in ("path", "name") if entry.get(k))
     candidates: list[Candidate] = []
     skipped: list[str] = []
     for m in members:
+        known_as = aliases.get(shape_key(m.shape.to_dict()) or "", [])
         for v in chosen:
             try:
-                candidates.append(_cost_option(m, v, laws, k, sizes))
+                candidates.append(_cost_option(m, v, laws, k, sizes, known_as))
             except _Skipped as exc:
                 skipped.append(str(exc))
     return candidates, skipped
 
 
-def _cost_option(m: FamilyMember, v: str, laws: LawSet, k: _Costing, sizes: dict[str, float]) -> Candidate:
+def _cost_option(m: FamilyMember, v: str, laws: LawSet, k: _Costing, sizes: dict[str, float],
+                 aliases: Sequence[str]) -> Candidate:
     """One option: its training budget (after hours and serving), memory fit, tokens, steps and loss."""
     method = method_from_dict(laws.methods[v])
     try:
@@ -486,7 +495,7 @@ def _cost_option(m: FamilyMember, v: str, laws: LawSet, k: _Costing, sizes: dict
     cand_budget, fps, unit_notes = _training_budget(v, method.name, n, k)
     cand_budget, serve = _after_serving(cand_budget, n, k, f"{v} on {m.name}")
     fit = _memory_fit(m, method, k, f"{v} on {m.name}")
-    cand = _predict(m, v, laws, k, sizes, n_t=n_t, cost=cost, budget=cand_budget)
+    cand = _predict(m, v, laws, k, sizes, aliases, n_t=n_t, cost=cost, budget=cand_budget)
     cand.flops_per_s, cand.serving_flops = fps, serve
     if fit is not None:
         cand.mini_batch, cand.memory_gib = fit[0], fit[1]["total"] / GIB
@@ -534,8 +543,8 @@ def _memory_fit(m: FamilyMember, method: MethodConfig, k: _Costing,
     return fit
 
 
-def _predict(m: FamilyMember, v: str, laws: LawSet, k: _Costing, sizes: dict[str, float], *, n_t: int,
-             cost: int, budget: float) -> Candidate:
+def _predict(m: FamilyMember, v: str, laws: LawSet, k: _Costing, sizes: dict[str, float], aliases: Sequence[str],
+             *, n_t: int, cost: int, budget: float) -> Candidate:
     r"""The option at its training budget: :math:`D = C / \mathrm{cost}`, the trainer's steps, the law's loss
     at the effective data (repeated pairs count less) and the LR the card's law was fitted at."""
     from .recipe import effective_tokens, epochs, recipe_lr
@@ -547,12 +556,16 @@ def _predict(m: FamilyMember, v: str, laws: LawSet, k: _Costing, sizes: dict[str
     steps = steps_for_budget(budget, cost, k.tokens_per_pair * k.batch_size)
     d_eff = effective_tokens(tokens, k.unique_tokens)
     loss = float(laws[v].predict(n, d_eff))
-    lr, lr_note = recipe_lr(laws.recipe, v, m.path, n, sizes)
+    lr, lr_note = None, ""
+    for name in (m.path, m.name, *aliases):  # the model itself, by any name the card knows it by
+        if lr is None:
+            lr, lr_note = recipe_lr(laws.recipe, v, name)
     if lr is None:
         lr, lr_note = recipe_lr(laws.recipe, v, m.name, n, sizes)
     return Candidate(model=m.name, path=m.path, variant=v, method=dict(laws.methods[v]), n_params=n,
                      n_trainable=n_t, flops_per_token=cost, tokens=tokens, pairs=pairs, steps=steps,
-                     loss=loss, budget=budget, expected_loss=loss, feasible=steps >= k.req.min_steps, lr=lr, lr_note=lr_note,
+                     loss=loss, budget=budget, expected_loss=loss, feasible=steps >= k.req.min_steps, lr=lr,
+                     lr_note=lr_note,
                      epochs=epochs(tokens, k.unique_tokens),
                      effective_tokens=d_eff if d_eff < tokens else None)
 
@@ -618,6 +631,7 @@ def _plan_warnings(best: Candidate, members: Sequence[FamilyMember], laws: LawSe
     """The optimum's own warnings, a family other than the card's, a throughput measured at another batch
     size, and the diagnostics of the optimum's law."""
     out = [f"optimum {best.variant} on {best.model}: {w}" for w in best.warnings]
+    # both fingerprints hash the shapes without names (the content): the card's models named by another path match
     if laws.family_fingerprint and family is not None:
         if family_fingerprint(m.shape.to_dict() for m in members) != laws.family_fingerprint:
             out.append("the family differs from the one the laws were fitted on (family fingerprint)")

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from embrecipe.errors import EmbrecipeError
+from embrecipe.model_ref import resolve_model, testbed_content_hash
 from embrecipe.testbed import models as tm
 
 
@@ -60,9 +61,27 @@ def test_family_file_lists_the_ladder_with_sizes(smollm_l2, tmp_path):
     raw = json.loads(path.read_text())
     assert raw["name"] == tm.FAMILY_NAME
     [member] = raw["members"]
-    assert member["name"] == "smollm2-L2" and member["path"] == str(smollm_l2.resolve())
+    # named portably (the testbed name, resolved under $EMBRECIPE_HOME at use) with the weights' content hash
+    assert member["name"] == member["path"] == member["shape"]["name"] == "smollm2-L2"
+    assert member["content_hash"] == testbed_content_hash(smollm_l2) and len(member["content_hash"]) == 16
     assert member["non_embedding_params"] == member["shape"]["non_embedding_params"] == 7080768
     assert Family.load(path).members[0].non_embedding_params == 7080768
+    assert Family.load(path).members[0].path == "smollm2-L2"
+
+
+def test_testbed_names_resolve_under_embrecipe_home(smollm_home, smollm_l2, tmp_path, monkeypatch):
+    from embrecipe.errors import InputError
+
+    monkeypatch.setenv("EMBRECIPE_HOME", str(smollm_home))
+    assert resolve_model("smollm2-L2") == str(smollm_l2)
+    # an old card's absolute path from another machine finds the member here
+    assert resolve_model("/root/.cache/embrecipe/testbed/smollm2-L2") == str(smollm_l2)
+    assert resolve_model("EleutherAI/pythia-70m") == "EleutherAI/pythia-70m"  # hub ids are left to the loader
+    with pytest.raises(InputError, match=r"build it with: embrecipe testbed models --layers 4$"):
+        resolve_model("smollm2-L4")
+    monkeypatch.setenv("EMBRECIPE_HOME", str(tmp_path / "empty"))
+    with pytest.raises(InputError, match="layers 2"):
+        resolve_model("smollm2-L2")
 
 
 @pytest.mark.slow  # converts the GGUF (~30 s); test_slice_... then reuses the conversion

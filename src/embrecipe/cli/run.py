@@ -72,9 +72,24 @@ def recipe_line(best, batch_size: int, lr_override: float | None) -> str:
     return f"training at the card's lr {best.lr:.3g} ({best.lr_note}) and batch size {batch_size}"
 
 
+def _check_content(ref: str, local: str, family, card_family) -> None:
+    """Warn when the model found here is not the one the card (or family file) was made with: its content
+    hash differs (another build of the testbed member)."""
+    from ..model_ref import testbed_content_hash
+
+    known = [m.content_hash for m in family or () if m.path == ref]
+    known += [m.get("content_hash") for m in card_family if m.get("path") == ref]
+    want = next((h for h in known if h), None)
+    have = testbed_content_hash(local)
+    if want and have and have != want:
+        print(f"WARNING: {ref} at {local} has content hash {have}, not the {want} it was planned with (another "
+              "build): the predicted loss is for the card's weights")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..executors import resolve_train_fn
     from ..family import Family
+    from ..model_ref import resolve_model
     from ..plan import load_laws, parse_budgets, plan
     from ..records import as_record
     from ..store import RunStore
@@ -117,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
     print("training config: " + json.dumps(config))
     if args.dry_run:
         return 0
+    # The card names the model portably (a testbed name, a hub id); where it is here is decided now, before
+    # anything is written: a testbed member that is not built is one line naming the command that builds it.
+    _check_content(best.path, resolve_model(best.path), family, laws.family)
     out = Path(args.out)
     from ..jsonio import atomic_write_json
     from ..preflight import check_out_dir

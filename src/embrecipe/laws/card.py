@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import InputError
 from ..family import family_fingerprint
 from ..jsonio import YAML_SUFFIXES, read_mapping, write_text_atomic
+from ..model_ref import portable_tree
 from .estimators import FORM
 from .law import ScalingLaw
 
@@ -59,7 +60,15 @@ class LawSet:
     def __post_init__(self) -> None:
         if not self.laws:
             raise InputError("a LawSet needs at least one fitted law")
-        if self.family and self.family_fingerprint is None:
+        # Models by testbed name or hub id, never by the folder they lived in on the machine that fitted the
+        # card (older cards held absolute testbed paths; they load with those mapped: embrecipe.model_ref).
+        self.family = portable_tree(self.family)
+        self.recipe = portable_tree(self.recipe)
+        self.points = portable_tree(self.points)
+        self.trends = portable_tree(self.trends)
+        self.validation = portable_tree(self.validation)
+        if self.family:
+            # recomputed, not trusted: older cards stored a fingerprint that hashed the models' paths too
             self.family_fingerprint = family_fingerprint(m.get("shape") for m in self.family)
 
     @property

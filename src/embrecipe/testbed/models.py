@@ -247,11 +247,15 @@ def build_ladder(layers: Iterable[int] = DEFAULT_LAYERS, home: str | os.PathLike
 
 
 def write_family(member_dirs: Iterable[Path], out: Path) -> Path:
-    """Write the family file for the given ladder checkpoints (shapes by introspection, on 'meta')."""
+    """Write the family file for the given ladder checkpoints (shapes by introspection, on 'meta'). Members are
+    named by their testbed name with their content hash, not by folder, so the file (and the cards fitted with
+    it) work under any ``$EMBRECIPE_HOME`` (:mod:`embrecipe.model_ref`)."""
     from ..family import Family, FamilyMember, shape_of_checkpoint
+    from ..model_ref import testbed_content_hash
 
     members = []
     for d in member_dirs:
         d = Path(d).resolve()
-        members.append(FamilyMember(name=d.name, path=str(d), shape=shape_of_checkpoint(str(d), name=d.name)))
+        members.append(FamilyMember(name=d.name, path=d.name, shape=shape_of_checkpoint(str(d), name=d.name),
+                                    content_hash=testbed_content_hash(d)))
     return Family(name=FAMILY_NAME, members=members).save(out)
