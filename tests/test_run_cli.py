@@ -103,3 +103,55 @@ def test_run_with_a_testbed_model_not_built_names_the_command_and_writes_nothing
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "embrecipe testbed models --layers" in err[0] and str(tmp_path / "home") in err[0]
     assert not out.exists()
+
+
+def _tiny_card(tmp_path, **extra):
+    """A hand-made card over a tiny random decoder that has a tokenizer (not a fitted card: it only has to
+    make the planner choose), fitted on 'other data' with 20 tokens per pair and 28,712 pairs."""
+    from embrecipe.family import shape_of_checkpoint
+    from embrecipe.testing import make_tiny_decoder
+
+    model = make_tiny_decoder(tmp_path / "m2", layers=2, hidden=32)
+    law = ScalingLaw()
+    law.params_ = {"E": 0.5, "A": 10.0, "alpha": 0.3, "B": 100.0, "beta": 0.4}
+    laws = LawSet(laws={"full": law}, methods={"full": {"name": "full"}},
+                  family=[{"name": "m2", "path": str(model), "shape": shape_of_checkpoint(str(model)).to_dict()}],
+                  tokens_per_pair=20.0, batch_size=8, unique_pairs=28712, data_fingerprint="0123456789abcdef",
+                  provenance="hand-made test card", **extra)
+    return str(laws.save(tmp_path / "tiny.json")), model
+
+
+def test_plan_with_data_measures_it_and_says_the_card_was_fitted_on_other_data(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    card, _ = _tiny_card(tmp_path)
+    data = _pairs(tmp_path, 120)
+    assert main(["plan", "--budget", "3e8", "--laws", card, "--json"]) == 0
+    before = json.loads(capsys.readouterr().out)
+    assert main(["plan", "--budget", "3e8", "--laws", card, "--data", data, "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)
+    assert p["unique_pairs"] == 120 and before["unique_pairs"] == 28712
+    assert before["tokens_per_pair"] == 20.0 and 30 < p["tokens_per_pair"] < 75  # tiny_pairs: ~48
+    best = p["best"]
+    assert best["steps"] == int(best["tokens"] // (p["tokens_per_pair"] * 8))
+    assert best["epochs"] == pytest.approx(best["tokens"] / (120 * p["tokens_per_pair"]))
+    other = [w for w in p["warnings"] if "fitted on other data" in w]
+    assert len(other) == 1 and "not of yours" in other[0]
+    # text output: the same, one line
+    assert main(["plan", "--budget", "3e8", "--laws", card, "--data", data]) == 0
+    assert capsys.readouterr().out.count("fitted on other data") == 1
+
+
+@pytest.mark.slow
+def test_run_plans_the_steps_the_trainer_runs_on_the_users_data(tmp_path, capsys):
+    """The issue's case in small: the card's tokens per pair (49.5, the data's 21.6) made the plan say 7 steps where
+    the trainer ran 17. Here the card says 20 and the data has ~48: planned with the card's, 2.4x too many steps;
+    with --data measured, the planned steps are the trained ones."""
+    pytest.importorskip("torch")
+    card, _ = _tiny_card(tmp_path)
+    data, out = _pairs(tmp_path, 120), tmp_path / "out"
+    assert main(["run", "--budget", "3e8", "--laws", card, "--data", data, "--out", str(out), "--eval", "none",
+                 "--max-seq-length", "75"]) == 0
+    planned = json.loads((out / "plan.json").read_text())["best"]
+    trained = json.loads((out / "run.json").read_text())
+    steps = trained.get("steps") or trained["training"]["steps"]
+    assert abs(planned["steps"] - steps) <= max(1, 0.1 * steps), (planned["steps"], steps)

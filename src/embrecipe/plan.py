@@ -296,6 +296,10 @@ class PlanRequest:
     precision: str = "bf16"
     memory_overhead_gib: float = DEFAULT_OVERHEAD_BYTES / GIB
     unique_pairs: int | None = None
+    # the user's data (embrecipe plan/run --data): its fingerprint, compared with the card's, and why its tokens
+    # per pair could not be measured (then the card's value is used, with a warning)
+    data_fingerprint: str | None = None
+    data_note: str | None = None
 
 
 def plan(budget: float | None, laws: LawSet, family: Sequence[FamilyMember] | None = None,
@@ -363,7 +367,7 @@ def _resolve(req: PlanRequest, laws: LawSet, family: Sequence[FamilyMember] | No
     _check_budget_and_units(req)
     members = list(family) if family is not None else family_from_laws(laws)
     batch_size = _resolve_batch_size(req.batch_size, laws)
-    tokens_per_pair, warnings = _resolve_tokens_per_pair(req.tokens_per_pair, laws)
+    tokens_per_pair, warnings = _resolve_tokens_per_pair(req.tokens_per_pair, laws, req.data_note)
     if tokens_per_pair <= 0 or batch_size <= 0:
         raise InputError("batch size and tokens per pair must be positive")
     chosen = _chosen_variants(req.variants, laws)
@@ -417,11 +421,18 @@ def _resolve_batch_size(batch_size: int | None, laws: LawSet) -> int:
     return int(batch_size or laws.batch_size or DEFAULT_BATCH_SIZE)
 
 
-def _resolve_tokens_per_pair(tokens_per_pair: float | None, laws: LawSet) -> tuple[float, list[str]]:
-    """The asked mean tokens per pair, else the card's measured one, else the study's assumption (warned)."""
+def _resolve_tokens_per_pair(tokens_per_pair: float | None, laws: LawSet,
+                             data_note: str | None = None) -> tuple[float, list[str]]:
+    """The asked (or measured) mean tokens per pair, else the card's measured one, else the study's assumption
+    (warned); ``data_note`` says why the user's data could not be measured (warned too)."""
     if tokens_per_pair is not None:
         return tokens_per_pair, []
     if laws.tokens_per_pair is not None:
+        if data_note:
+            return laws.tokens_per_pair, [
+                f"tokens per pair not measured on your data ({data_note}): planned at the card's "
+                f"{laws.tokens_per_pair:.1f}; the trainer counts your real tokens, so its steps will differ "
+                "(pass --tokens-per-pair)"]
         return laws.tokens_per_pair, []
     return ASSUMED_TOKENS_PER_PAIR, [
         f"tokens per pair unknown (not in the law card): assumed {ASSUMED_TOKENS_PER_PAIR:g} "
@@ -628,9 +639,10 @@ def _rank(candidates: list[Candidate], laws: LawSet, k: _Costing) -> Candidate:
 
 def _plan_warnings(best: Candidate, members: Sequence[FamilyMember], laws: LawSet,
                    family: Sequence[FamilyMember] | None, k: _Costing) -> list[str]:
-    """The optimum's own warnings, a family other than the card's, a throughput measured at another batch
-    size, and the diagnostics of the optimum's law."""
+    """The optimum's own warnings, data other than the card's, a family other than the card's, a throughput
+    measured at another batch size, and the diagnostics of the optimum's law."""
     out = [f"optimum {best.variant} on {best.model}: {w}" for w in best.warnings]
+    out.extend(_data_warning(k.req.data_fingerprint, laws.data_fingerprint))
     # both fingerprints hash the shapes without names (the content): the card's models named by another path match
     if laws.family_fingerprint and family is not None:
         if family_fingerprint(m.shape.to_dict() for m in members) != laws.family_fingerprint:
@@ -642,6 +654,15 @@ def _plan_warnings(best: Candidate, members: Sequence[FamilyMember], laws: LawSe
     for w in (laws[best.variant].diagnostics_ or {}).get("warnings", []):
         out.append(f"law of {best.variant}: {w}")
     return out
+
+
+def _data_warning(yours: str | None, card: str | None) -> list[str]:
+    """One line when the plan is for other data than the card's laws were fitted on, and what that means."""
+    if not yours or not card or yours in card.split(","):
+        return []
+    return [f"the laws were fitted on other data (card {card}, yours {yours}): the predicted losses are those of "
+            "the card's data at these settings, not of yours (another data set sits at another loss level); the "
+            "steps and epochs are your data's. To predict your loss, sweep and fit on your data"]
 
 
 def _units_and_notes(best: Candidate, laws: LawSet, family: Sequence[FamilyMember] | None,

@@ -30,11 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="learning rate (default: the card's, selected for the planned variant and size; an "
                         "override leaves the recipe the law was fitted at and is flagged)")
     p.add_argument("--unique-pairs", type=int, default=None,
-                   help="training pairs in --data for the epoch check (default: the card's)")
+                   help="training pairs in --data for the epoch check (default: counted in --data)")
     p.add_argument("--val-fraction", type=float, default=None, help="held-out fraction of --data")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokens-per-pair", type=float, default=None,
-                   help="mean tokens per pair for planning (default: the card's measured value)")
+                   help="mean tokens per pair for planning (default: measured on a sample spread over --data with "
+                        "the family's tokenizer; the card's when that tokenizer is not here, with a warning)")
     p.add_argument("--store", default=None, help="also record the run in this run store")
     p.add_argument("--eval", default="local", dest="eval_tasks",
                    help="evaluation tasks for `embrecipe eval` (default: local; 'none' to skip)")
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from ..plan import load_laws, parse_budgets, plan
     from ..records import as_record
     from ..store import RunStore
+    from .plan import measure_data
 
     budgets = parse_budgets(args.budget)
     if len(budgets) != 1:
@@ -103,9 +105,13 @@ def run(args: argparse.Namespace) -> int:
     laws = load_laws(args.laws)
     family = Family.load(args.family).members if args.family else None
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
-    result = plan(budget, laws, family, batch_size=args.batch_size, tokens_per_pair=args.tokens_per_pair,
-                  variants=variants, device_memory_gib=args.device_memory, embed_tokens=args.embed_tokens,
-                  seq_len=args.max_seq_length or 75, unique_pairs=args.unique_pairs)
+    # the plan is made for the data it will train on: its tokens per pair and its size, measured
+    measured = measure_data(args.data, laws, family, max_seq_length=args.max_seq_length or 75,
+                            tokens_per_pair=args.tokens_per_pair, unique_pairs=args.unique_pairs,
+                            hard_negatives=getattr(args, "hard_negatives", 0) or 0, val_fraction=args.val_fraction)
+    result = plan(budget, laws, family, batch_size=args.batch_size, variants=variants,
+                  device_memory_gib=args.device_memory, embed_tokens=args.embed_tokens,
+                  seq_len=args.max_seq_length or 75, **measured)
     print(result.format(top=5))
     best = result.best
     # With --embed-tokens the option's own budget is what remains for training after serving.
