@@ -321,3 +321,27 @@ def test_executor_reports_busy_cells_and_hands_claims_back_on_interrupt(tmp_path
             cells[3:4], on_result=lambda cell, record: None, on_busy=lambda cell: None)
     assert st.status(cells[3].key) == "pending"
     st.close()
+
+
+def test_a_grid_too_small_to_fit_says_so_before_training_and_report_writes_nothing(tmp_path, capsys):
+    """Issue 21 item 9: one model and two budgets can never give a law (fit needs 6 runs from 2 sizes per
+    variant). The dry run and the sweep's start say so before any run; `report` on the store then exits with one
+    line and leaves no half-written folder."""
+    small = write_grid(tmp_path, models=["toy-h64-l2"], methods={"full": {}}, budgets=[1e12, 1e13])
+    assert main(["sweep", str(small), "--dry-run", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "cannot produce a fittable law" in out and "full: 2 run(s), need 6, 1 model size(s), need 2" in out
+    assert out.index("cannot produce a fittable law") < out.index("would run")
+    lines: list[str] = []
+    run_sweep(load_grid(small), store=tmp_path / "small.sqlite", progress=False, log=lines.append)
+    warned = next(i for i, x in enumerate(lines) if "cannot produce a fittable law" in x)
+    assert warned < next(i for i, x in enumerate(lines) if "cells (" in x)  # before the sweep starts its cells
+    assert RunStore(tmp_path / "small.sqlite").records()  # it trained (a warning, not a refusal)
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "small.sqlite"), "--out", str(tmp_path / "rep"), "--bootstrap", "5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "too few runs" in err[0]
+    assert not (tmp_path / "rep").exists()
+    # the full BASE grid (2 sizes x 3 budgets per variant) is fittable: no warning
+    assert main(["sweep", str(write_grid(tmp_path)), "--dry-run", "--no-progress"]) == 0
+    assert "fittable" not in capsys.readouterr().out

@@ -268,15 +268,17 @@ def markdown_report(points: Sequence[RunPoint], laws: LawSet, *, figure: str = "
 def write_report(records: Sequence[RunRecord | Mapping[str, Any]], out_dir: str | os.PathLike[str], *,
                  laws: LawSet | None = None, bootstrap: int = 200, loss_key: str | None = None,
                  budgets: Sequence[float] | None = None, provenance: str | None = None) -> dict[str, Path]:
-    """Fit (unless ``laws`` is given), draw Figure 1 and the residuals, write report.md and the law card."""
+    """Fit (unless ``laws`` is given), draw Figure 1 and the residuals, write report.md and the law card.
+
+    The fit comes first: a store that cannot be fitted is an error before ``out_dir`` is touched."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     points = [run_point(r, loss_key=loss_key) for r in records]
     if not points:
         raise InputError("no completed runs to report on")
     if laws is None:
         laws = fit_laws(records, bootstrap=bootstrap, loss_key=loss_key,
                         provenance=provenance or f"fitted on {len(points)} runs")
+    out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     png, svg = figure1(points, laws, out / "figure1")
     paths["figure_png"], paths["figure_svg"] = png, svg

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,6 +178,8 @@ def run_sweep(
     if not cells:
         raise InputError("every cell of the grid was skipped (see the reasons above)")
     check_cells(cells, fn, grid.source)
+    for line in fit_shortfalls(cells):
+        log(line)  # before a single run is paid for (dry run and real start alike)
     t0 = time.time()
     if dry_run and not Path(location).exists():
         location = ":memory:"  # a dry run reports; it must not create the store
@@ -206,6 +208,35 @@ def run_sweep(
         return _run_grid(ctx, cells, skipped, spec=spec, dry_run=dry_run, t0=t0)
     finally:
         st.close()
+
+
+# What `fit`, `plan --laws STORE`, `report` and `check` need per variant (embrecipe.laws: ScalingLaw's checks).
+FIT_MIN_RUNS = 6
+FIT_MIN_SIZES = 2
+
+
+def fit_shortfalls(cells: Sequence[Cell], min_runs: int = FIT_MIN_RUNS, min_sizes: int = FIT_MIN_SIZES) -> list[str]:
+    """Warnings, one line each, for the variants whose cells, all completed, still cannot be fitted: fewer than
+    ``min_runs`` runs, fewer than ``min_sizes`` model sizes, or one budget only. LR candidates of one (model,
+    budget, seed) count once: only the chosen LR's runs are fitted. Empty when every variant can be fitted."""
+    runs: dict[str, set[tuple[int, float, Any]]] = {}
+    for c in cells:
+        runs.setdefault(c.variant, set()).add((c.n_params, c.budget, c.config.get("seed")))
+    short = {}
+    for variant, points in runs.items():
+        sizes, budgets = {n for n, _, _ in points}, {b for _, b, _ in points}
+        lacks = [f"{len(points)} run(s), need {min_runs}" if len(points) < min_runs else "",
+                 f"{len(sizes)} model size(s), need {min_sizes}" if len(sizes) < min_sizes else "",
+                 "one budget, need 2" if len(budgets) < 2 else ""]
+        if any(lacks):
+            short[variant] = ", ".join(x for x in lacks if x)
+    if not short:
+        return []
+    head = ("WARNING: this grid cannot produce a fittable law" if len(short) == len(runs) else
+            f"WARNING: {len(short)} of {len(runs)} variants of this grid cannot be fitted")
+    return [f"{head}: `fit`, `plan --laws`, `report` and `check` need at least {min_runs} runs from "
+            f"{min_sizes} model sizes (and 2 budgets) per variant; add budgets or models before training",
+            *(f"  {v}: {why}" for v, why in sorted(short.items()))]
 
 
 def _run_grid(ctx: _SweepContext, cells: list[Cell], skipped: list[Skipped], *, spec: AdaptiveSpec | None,

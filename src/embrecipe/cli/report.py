@@ -34,14 +34,15 @@ def run(args: argparse.Namespace) -> int:
 
     require_store(args.store)
     out = Path(args.out)
+    laws = LawSet.load(args.laws) if args.laws else None
+    budgets = parse_budgets(args.budgets) if args.budgets else None
     with RunStore(args.store) as store:
         records = store.records()
-        out.mkdir(parents=True, exist_ok=True)
+        # all or nothing: the fit (which a store with too few runs fails) happens before the first file is written
+        paths = write_report(records, out, laws=laws, bootstrap=args.bootstrap, loss_key=args.loss_key,
+                             budgets=budgets, provenance=args.label)
         store.export(out / "runs.csv")
         store.export(out / "runs.parquet")
-    laws = LawSet.load(args.laws) if args.laws else None
-    paths = write_report(records, out, laws=laws, bootstrap=args.bootstrap, loss_key=args.loss_key,
-                         budgets=parse_budgets(args.budgets) if args.budgets else None, provenance=args.label)
     for name, path in paths.items():
         print(f"{name:>14}: {path}")
     print(f"{'runs':>14}: {out / 'runs.csv'}, {out / 'runs.parquet'}")
