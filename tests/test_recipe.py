@@ -275,3 +275,23 @@ def test_check_interrupted_leaves_its_unstarted_runs_pending_and_a_rerun_finishe
     assert not any(c.failed for c in rep.configs) and rep.plan_regret is not None
     with RunStore(tmp_path / "c.sqlite") as st:
         assert {s: n for s, n in st.counts().items() if n} == {"completed": 4}
+
+
+def test_check_matches_a_stores_testbed_paths_to_the_cards_portable_names():
+    """A store trained on absolute testbed paths, fitted into a card that names the models portably: the check
+    still finds the naive configuration among the plan's options and copies that model's own run config (keeping
+    the store's model string, so the check's run keys are the ones an earlier check stored)."""
+    from types import SimpleNamespace as NS
+
+    from embrecipe.check import _naive_candidate, _template
+
+    path = "/root/.cache/embrecipe/testbed/smollm2-L4"
+    points = [NS(model=path, variant="full", budget=1e13, loss=3.0, key="a"),
+              NS(model="/root/.cache/embrecipe/testbed/smollm2-L2", variant="full", budget=1e13, loss=3.1, key="b")]
+    plan_ = NS(candidates=[NS(variant="full", path="smollm2-L2", model="smollm2-L2"),
+                           NS(variant="full", path="smollm2-L4", model="smollm2-L4")])
+    naive, budget = _naive_candidate(plan_, points)
+    assert naive.path == "smollm2-L4" and budget == 1e13
+    records = [NS(key=k, config=NS(to_dict=lambda m=m: {"model": m, "lr": 1e-3})) for k, m in
+               (("a", path), ("b", "/root/.cache/embrecipe/testbed/smollm2-L2"))]
+    assert _template(records, points, "smollm2-L4", "full")["model"] == path

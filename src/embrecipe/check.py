@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
+from .model_ref import portable
 from .records import RunRecord, as_record, run_key
 
 if TYPE_CHECKING:
@@ -173,7 +174,8 @@ def _template(records: Sequence[RunRecord], points: Sequence[Any], model: str,
     """A fitted run's training config to copy for (model, variant): same model and variant if one ran (at the
     chosen LR), else the same variant on another model, else any run (model and method replaced)."""
     by_key = {str(r.key): r for r in records}
-    ranked = sorted(points, key=lambda p: (p.model != model, p.variant != variant, -p.budget))
+    # the card names models portably (a testbed name), the store's runs as they were trained (maybe by path)
+    ranked = sorted(points, key=lambda p: (portable(p.model) != portable(model), p.variant != variant, -p.budget))
     for p in ranked:
         rec = by_key.get(p.key)
         cfg = rec.config.to_dict() if rec and rec.config else None
@@ -303,7 +305,7 @@ def _choose_configs(p: Any, fit: _FitWithoutBudget, seeds: int,
 def _naive_candidate(p: Any, points: Sequence[Any]) -> tuple[Any, float]:
     """The plan's option for the configuration best measured at the largest fitted budget, and that budget."""
     nm, nv, n_budget = _naive_choice(points)
-    naive = next((c for c in p.candidates if c.variant == nv and (c.path == nm or c.model == nm
+    naive = next((c for c in p.candidates if c.variant == nv and (c.path in (nm, portable(nm)) or c.model == nm
                                                                    or c.path.endswith("/" + nm))), None)
     if naive is None:
         raise InputError(f"the naive configuration ({nv} on {nm}) is not among the plan's options")
@@ -338,7 +340,9 @@ def _check_jobs(chosen: Sequence[tuple[CheckedConfig, Any]], fit: _FitWithoutBud
     for c, cand in chosen:
         base = _template(fit.records, fit.points, c.path, c.variant)
         for s in c.seeds:
-            config = {**base, "model": c.path, "method": dict(fit.laws.methods[c.variant]), "budget": budget,
+            # the store's own name for this model where its runs used it (so a rerun finds the same run keys)
+            model = base["model"] if portable(str(base.get("model"))) == portable(c.path) else c.path
+            config = {**base, "model": model, "method": dict(fit.laws.methods[c.variant]), "budget": budget,
                       "seed": s, "batch_size": batch_size}
             if c.lr is not None:
                 config["lr"] = c.lr
