@@ -423,6 +423,18 @@ def _affordable(opts: Iterable[Option], left: float | None) -> list[Option]:
     return [o for o in opts if left is None or o.flops <= left * (1 + 1e-9)]
 
 
+def _within(opts: Sequence[Option], left: float | None) -> list[Option]:
+    """The options in order while their sum fits the budget left (a batch never overspends)."""
+    out: list[Option] = []
+    for o in opts:
+        if left is not None and o.flops > left * (1 + 1e-9):
+            continue
+        out.append(o)
+        if left is not None:
+            left -= o.flops
+    return out
+
+
 def _verify_budget(config: ConfigId, options: Sequence[Option], target: float) -> float | None:
     """The largest budget of the configuration's cells not above the target (its rung for verification)."""
     mine = [o.budget for o in options if o.config == config and o.budget <= target * (1 + 1e-9)]
@@ -448,9 +460,10 @@ def next_step(runs: Sequence[Run], options: Sequence[Option], *, target: float, 
         step.recipe, er = post.configs[j], float(er_c[j])
         step.p_optimal, step.expected_regret = float(post.p_optimal()[j]), er
     pending = [o for o in options if not _done(o, runs)]
-    seed = _affordable(seed_options(options, runs, spec), left)
+    seed = _within(sorted(seed_options(options, runs, spec),
+                          key=lambda o: (o.budget, o.N, o.variant, o.model, o.lr or 0.0)), left)
     if seed:
-        step.phase, step.run = "seed", sorted(seed, key=lambda o: (o.budget, o.N, o.variant, o.model, o.lr or 0.0))
+        step.phase, step.run = "seed", seed
         return step
     all_counted = post is not None and not [n for n in notes if "waiting" in n]
     if post is None:
@@ -478,12 +491,12 @@ def next_step(runs: Sequence[Run], options: Sequence[Option], *, target: float, 
     # Options beyond the seed train at their configuration's chosen (or transferred) LR only.
     cands = [o for o in pending if (o.config not in step.deferred or any(o.config == c for c, _ in unverified))
              and o.variant in post.laws
-             and (o.lr is None or lr_of.get(o.config) is None or math.isclose(o.lr, lr_of[o.config]))]
+             and (o.lr is None or (lr := lr_of.get(o.config)) is None or math.isclose(o.lr, lr))]
     cands = _affordable(cands, left)
     if er <= spec.threshold and unverified:
         ver = [o for c, vb in unverified for o in cands if o.config == c and _same(o.budget, vb)]
         if ver:
-            step.phase, step.run = "verify", ver[:spec.batch]
+            step.phase, step.run = "verify", _within(ver, left)[:spec.batch]
             return step
     if not cands:
         step.phase = "done"

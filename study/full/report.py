@@ -155,11 +155,9 @@ def plan_reproduces(records: list[RunRecord], keys: list[str], plans: dict[str, 
     return out
 
 
-ADAPTIVE_SETTINGS = [  # the default policy first; then looser ones, to show what each knob buys on this study
-    {"label": "default (level 0.9, margin 0.02, min_rungs 3)"},
-    {"label": "min_rungs 2", "min_rungs": 2},
-    {"label": "min_rungs 2, margin 0", "min_rungs": 2, "margin": 0.0},
-    {"label": "min_rungs 2, margin 0, level 0.5", "min_rungs": 2, "margin": 0.0, "level": 0.5},
+ADAPTIVE_SETTINGS = [  # the default design first; then a looser one, to show what the verification buys
+    {"label": "default (threshold 0.5 %, min_sizes 2, min_budgets 3, verify 3)"},
+    {"label": "verify 1", "verify": 1},
 ]
 
 
