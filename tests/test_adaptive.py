@@ -184,3 +184,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys, argv, message, monkeypatch):
     assert main(argv) != 0
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_report_draws_the_design_trace(runs, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["report", str(runs["root"] / "live.sqlite"), "--out", str(out), "--bootstrap", "0"]) == 0
+    assert (out / "adaptive.png").exists()
+    assert "## Adaptive design" in (out / "report.md").read_text()

@@ -181,14 +181,21 @@ def options_of_records(runs: Iterable[Run]) -> list[Option]:
 # ------------------------------------------------------------------------------------------------------
 # The trace sidecar (FLOPs spent vs expected regret)
 # ------------------------------------------------------------------------------------------------------
-def trace_path(store: str | os.PathLike[str]) -> Path:
-    """``<store>.adaptive.json`` beside the store."""
-    return Path(f"{os.fspath(store)}.adaptive.json")
+def trace_path(store: str | os.PathLike[str]) -> Path | None:
+    """``<store>.adaptive.json`` beside the store's file (None for an in-memory store)."""
+    text = os.fspath(store)
+    if text.startswith("sqlite:///"):
+        text = text[len("sqlite:///"):]
+    if text in ("", ":memory:"):
+        return None
+    return Path(f"{text}.adaptive.json")
 
 
-def write_trace(store: str | os.PathLike[str], trace: Mapping[str, Any]) -> Path:
+def write_trace(store: str | os.PathLike[str], trace: Mapping[str, Any]) -> Path | None:
     """Write the design's trace atomically (tmp file + rename: a kill never leaves half a file)."""
     path = trace_path(store)
+    if path is None:
+        return None
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(trace, indent=1))
     os.replace(tmp, path)
@@ -197,7 +204,7 @@ def write_trace(store: str | os.PathLike[str], trace: Mapping[str, Any]) -> Path
 
 def read_trace(store: str | os.PathLike[str]) -> dict[str, Any] | None:
     path = trace_path(store)
-    if not path.exists():
+    if path is None or not path.exists():
         return None
     try:
         data = json.loads(path.read_text())

@@ -483,6 +483,17 @@ def next_step(runs: Sequence[Run], options: Sequence[Option], *, target: float, 
         vb = _verify_budget(c, options, target)
         if vb is not None and not any(r.config == c and _same(r.budget, vb) for r in runs):
             unverified.append((c, vb))
+    # A contender whose LR was transferred gets its own LR search at its cheapest cell first: a wrong LR
+    # biases every run of the configuration, and for the few configurations that can win it is cheap to avoid.
+    multi = _multi_lr(options)
+    searched = chosen_lrs(runs)
+    low = _lowest_budget(options)
+    contenders = [c for c in rivals if c in multi and c not in searched]
+    lr_cells = _within([o for c in contenders for o in options
+                        if o.config == c and _same(o.budget, low[c]) and not _done(o, runs)], left)
+    if lr_cells:
+        step.phase, step.run = "lr", lr_cells
+        return step
     if all_counted and er <= spec.threshold and not unverified:
         step.phase, step.stop = "done", (f"expected regret {100 * er:.2f}% <= threshold "
                                          f"{100 * spec.threshold:.2f}%")

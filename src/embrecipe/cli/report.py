@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ..adaptive import read_trace
     from ..laws import LawSet
     from ..plan import parse_budgets
     from ..report import write_report
@@ -41,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         store.export(out / "runs.parquet")
     laws = LawSet.load(args.laws) if args.laws else None
     paths = write_report(records, out, laws=laws, bootstrap=args.bootstrap, loss_key=args.loss_key,
-                         budgets=parse_budgets(args.budgets) if args.budgets else None, provenance=args.label)
+                         budgets=parse_budgets(args.budgets) if args.budgets else None, provenance=args.label,
+                         adaptive_trace=read_trace(args.store))
     for name, path in paths.items():
         print(f"{name:>14}: {path}")
     print(f"{'runs':>14}: {out / 'runs.csv'}, {out / 'runs.parquet'}")
