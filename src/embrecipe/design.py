@@ -41,16 +41,18 @@ particles; no refit per option, so it is cheap) and the design runs the options 
 :math:`P_{\mathrm{opt}}` from all runs and may bring it back).
 
 **Stopping.** The design stops when (1) every variant has its evidence, (2) :math:`\mathrm{ER} \le`
-``threshold`` (default 0.5 %), and (3) the recipe has been *verified*: it has a run at the largest grid budget
-not above the target (``verify``), so that no recipe rests on extrapolation alone — the guard against a
-bootstrap posterior that is overconfident far from its runs; or when the experiment budget cannot pay for
-any further useful run, or no option is left. It says which.
+``threshold`` (default 0.5 %), and (3) the recipe and its closest rivals by expected regret (``verify``
+configurations in all) each have a run at their budget nearest the target, so that no recipe rests on
+extrapolation alone — the guard against a bootstrap posterior that is overconfident far from its runs; or
+when the experiment budget cannot pay for any further useful run, or no option is left. It says which.
 
-**LR.** With ``lrs`` (the grid's LR search), each configuration whose cheapest cell is in the seed tries
-every LR there; its other cells train at the chosen LR (:func:`~embrecipe.recipe.select_lrs`). A
-configuration whose cheapest cell is above the seed inherits its LR by transfer across sizes: a least-squares
-line of log(chosen LR) on log N over the variant's searched models, snapped to the nearest candidate LR. The
-FLOPs of the runs at LRs that were not chosen are reported as what the LR choice cost.
+**LR.** When a configuration's options come at several LRs (the grid's LR search), the design tries every LR
+only at the cheapest cell of the configurations whose cheapest cell lies in the ``lr_rungs`` smallest
+budgets; their other cells train at the chosen LR (:func:`~embrecipe.recipe.select_lrs`). The other
+configurations inherit an LR by transfer across sizes: a least-squares line of log(chosen LR) on log N over
+the variant's searched models, snapped to the nearest candidate LR. A contender (one of the ``verify``
+closest) with a transferred LR gets its own search at its cheapest cell before it is verified. Only the chosen
+LR's runs are fitted; the FLOPs of the runs at LRs not chosen are what the LR choice cost.
 """
 
 from __future__ import annotations
