@@ -87,12 +87,12 @@ def lr_star(v: str, n: float) -> float:
     return LR_BASE[v] * (n / 1e6) ** -0.25
 
 
-def make_oracle(laws: dict[str, dict[str, float]], redraw: int):
+def make_oracle(laws: dict[str, dict[str, float]], redraw: int, noise: float = NOISE):
     def train(o: Option) -> Run:
         # The noise of a cell depends only on the redraw and the cell, so the design and the grid see the
         # same run when they train the same cell.
         h = int(hashlib.sha256(f"{redraw}|{o.model}|{o.variant}|{o.budget:.6g}|{o.lr}".encode()).hexdigest()[:8], 16)
-        eps = np.random.default_rng(h).normal(0.0, NOISE)
+        eps = np.random.default_rng(h).normal(0.0, noise)
         pen = 1.0 if o.lr is None else 1.0 + LR_CURVATURE * math.log(o.lr / lr_star(o.variant, o.N)) ** 2
         loss = true_loss(laws[o.variant], o.N, o.D) * pen * math.exp(eps)
         return Run(model=o.model, variant=o.variant, budget=o.budget, N=o.N, D=o.D, flops=o.flops, loss=loss,
@@ -136,10 +136,11 @@ def point_recipe(runs: list[Run], configs: dict[tuple[str, str], tuple[float, fl
     return best
 
 
-def one(redraw: int, cells, base, spec: DesignSpec, target: float, budget: float | None) -> dict:
+def one(redraw: int, cells, base, spec: DesignSpec, target: float, budget: float | None,
+        noise: float = NOISE) -> dict:
     rng = np.random.default_rng(1000 + redraw)
     laws = draw_laws(rng, base)
-    oracle = make_oracle(laws, redraw)
+    oracle = make_oracle(laws, redraw, noise)
     configs = {(m, v): (n, b / d) for m, v, b, n, d in cells}
     truth = {c: true_loss(laws[c[1]], n, target / cost) for c, (n, cost) in configs.items()}
     opt = min(truth, key=truth.get)
@@ -188,6 +189,8 @@ def summarise(rows: list[dict]) -> dict:
         "calibration": {"mean_stated": float(stated.mean()), "mean_realised": float(real.mean()),
                         "ratio_realised_over_stated": float(real.mean() / stated.mean()) if stated.mean() else None,
                         "bins": bins},
+        "p_optimal": {"mean_stated": float(np.mean([r["p_optimal"] for r in rows])),
+                      "realised": float(np.mean([r["adaptive_recipe"] == r["true_optimum"] for r in rows]))},
         "stops": {s: sum(r["stop"] == s for r in rows) for s in sorted({r["stop"] for r in rows})},
     }
 
@@ -201,8 +204,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--experiment-budget-fraction", type=float, default=None,
                     help="cap the design at this fraction of the full grid's FLOPs")
+    ap.add_argument("--noise", type=float, default=NOISE, help="run noise (sigma of log-loss; default v1's 0.02)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/adaptive_sim.json"))
+    ap.add_argument("--resummarise", action="store_true",
+                    help="recompute the summary of the rows already in --out (no simulation)")
     args = ap.parse_args()
+    if args.resummarise:
+        data = json.loads(Path(args.out).read_text())
+        data["summary"] = summarise(data["rows"])
+        Path(args.out).write_text(json.dumps(data, indent=1))
+        print(json.dumps(data["summary"], indent=1))
+        return
     shapes = ladder()
     cells = grid_cells(shapes)
     base = v1_laws()
@@ -217,13 +229,13 @@ def main() -> None:
             if grid_total is None:
                 grid_total = full_grid(cells, make_oracle(draw_laws(np.random.default_rng(0), base), 0))[1]
             budget = args.experiment_budget_fraction * grid_total
-        row = one(i, cells, base, spec, target, budget)
+        row = one(i, cells, base, spec, target, budget, args.noise)
         rows.append(row)
         print(f"redraw {i}: fraction {row['fraction']:.3f} regret {row['regret_vs_optimum']:.4f} "
               f"stated {row['stated_expected_regret']:.4f} agree {row['agree']} stop {row['stop']} "
               f"({row['seconds']:.0f} s)", flush=True)
         tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"settings": {**vars(args), "spec": spec.__dict__, "noise": NOISE,
+        tmp.write_text(json.dumps({"settings": {**vars(args), "spec": spec.__dict__,
                                                 "budgets": BUDGETS, "cells": len(cells)},
                                    "summary": summarise(rows), "rows": rows}, indent=1))
         os.replace(tmp, out)
