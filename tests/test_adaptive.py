@@ -191,3 +191,12 @@ def test_report_draws_the_design_trace(runs, tmp_path, capsys):
     assert main(["report", str(runs["root"] / "live.sqlite"), "--out", str(out), "--bootstrap", "0"]) == 0
     assert (out / "adaptive.png").exists()
     assert "## Adaptive design" in (out / "report.md").read_text()
+
+
+def test_dry_run_prints_the_recipe_now_without_training(runs):
+    lines = []
+    store = runs["root"] / "live.sqlite"
+    before = len(RunStore(store).records())
+    res = run_sweep(grid_from_dict(GRID), store=store, adaptive=SPEC, dry_run=True, progress=False, log=lines.append)
+    assert len(RunStore(store).records()) == before and not res.ran
+    assert "P(optimal)" in lines[-1] and "expected regret" in lines[-1] and "STOP" in lines[-1]

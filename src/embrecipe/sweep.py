@@ -204,6 +204,8 @@ def run_sweep(
             _attach_utilization(result, peak)
             log(result.summary())
             return result
+        if dry_run and spec is not None:
+            return _adaptive_status(ctx, stats, cells, skipped, spec)
         return _run_grid(ctx, cells, skipped, spec=spec, dry_run=dry_run, t0=t0)
     finally:
         st.close()
@@ -400,6 +402,29 @@ def run_adaptive_sweep(grid: Grid, store: str | os.PathLike[str] | None = None, 
     if experiment_budget is not None:
         spec = spec.with_overrides(experiment_budget=experiment_budget)
     return run_sweep(grid, store=store, adaptive=spec, deadline=deadline, **kwargs)
+
+
+def _adaptive_status(ctx: _SweepContext, stats: DataStats, cells: list[Cell], skipped: list[Skipped],
+                     spec: AdaptiveSpec) -> SweepResult:
+    """``--adaptive --dry-run``: train nothing; print the design's decision on the store's completed runs now
+    (the recipe it would give, P(optimal), expected regret, and what it would run next)."""
+    from .adaptive import runs_of
+    from .design import next_step
+
+    pool = design_cells(ctx.grid, stats, cells)
+    target = spec.targets[0] if spec.targets else max(c.budget for c in pool)
+    done = [c.key for c in pool if ctx.store.status(c.key) == "completed"]
+    runs = runs_of(ctx.store.record(k) for k in done)
+    step = next_step(runs, [_option(c) for c in pool], target=target, spec=spec.design(),
+                     spent=sum(r.flops for r in runs), experiment_budget=spec.experiment_budget)
+    ctx.log(f"adaptive (dry run, nothing trained): {len(runs)} completed runs in {ctx.location}; "
+            f"recipe for {target:.3g} FLOPs now:")
+    ctx.log(step.line())
+    report = AdaptiveReport(spec=spec, target=target, steps=[step], cells_grid=len(cells),
+                            flops_grid=sum(c.budget for c in cells), runs=len(runs),
+                            flops_spent=sum(r.flops for r in runs), stop=step.stop)
+    return SweepResult(total=len(cells), skipped=skipped, already_done=len(done), adaptive=report,
+                       flops_planned=report.flops_grid)
 
 
 def _run_adaptive(ctx: _SweepContext, stats: DataStats, cells: list[Cell], skipped: list[Skipped],

@@ -41,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-fn", default=None,
                    help="module:function used to train a cell (default: the grid's 'trainer', else "
                         "embrecipe.trainer:train_from_dict; 'synthetic' = fake trainer for testing)")
-    p.add_argument("--dry-run", action="store_true", help="list the cells that would run, train nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the cells that would run, train nothing (with --adaptive: print the design's current "
+                        "recipe, P(optimal) and expected regret on the store's completed runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     a = p.add_argument_group("adaptive sweeps (docs/sweep.md, 'Adaptive sweeps')")
