@@ -505,6 +505,7 @@ def next_step(runs: Sequence[Run], options: Sequence[Option], *, target: float, 
     cands = [o for o in pending if (o.config not in step.deferred or any(o.config == c for c, _ in unverified))
              and o.variant in post.laws
              and (o.lr is None or (lr := lr_of.get(o.config)) is None or math.isclose(o.lr, lr))]
+    useful = cands
     cands = _affordable(cands, left)
     if er <= spec.threshold and unverified:
         ver = [o for c, vb in unverified for o in cands if o.config == c and _same(o.budget, vb)]
@@ -513,9 +514,8 @@ def next_step(runs: Sequence[Run], options: Sequence[Option], *, target: float, 
             return step
     if not cands:
         step.phase = "done"
-        step.stop = ("experiment budget spent (no affordable run left)" if left is not None and
-                     _affordable(pending, None) and not _affordable(pending, left)
-                     else "no run left that could change the recipe")
+        step.stop = ("experiment budget spent (the runs that could still change the recipe cost more than "
+                     "is left)" if useful else "no run left that could change the recipe")
         return step
     voi = value_of_runs(post, cands)
     score = voi / np.array([o.flops for o in cands])
