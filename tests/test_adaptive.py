@@ -4,6 +4,7 @@ budget, the LR search inside the design, resume after an interruption, the repla
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -200,3 +201,10 @@ def test_dry_run_prints_the_recipe_now_without_training(runs):
     res = run_sweep(grid_from_dict(GRID), store=store, adaptive=SPEC, dry_run=True, progress=False, log=lines.append)
     assert len(RunStore(store).records()) == before and not res.ran
     assert "P(optimal)" in lines[-1] and "expected regret" in lines[-1] and "STOP" in lines[-1]
+
+
+def test_each_decision_line_says_what_ran_and_what_comes_next(runs):
+    steps = runs["live_result"].adaptive.steps
+    assert steps[0].ran == [] and all(s.ran == p.run for p, s in itertools.pairwise(steps))
+    line = steps[1].line()
+    assert "ran " in line and "next: " in line and "recipe " in line

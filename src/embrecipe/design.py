@@ -394,27 +394,31 @@ class Step:
     phase: str = "seed"  # seed | verify | value | done
     stop: str | None = None  # why the design stopped (None: it goes on)
     notes: list[str] = field(default_factory=list)
-    last: list[str] = field(default_factory=list)  # keys of the runs that finished since the previous step
+    ran: list[Option] = field(default_factory=list)  # what the previous decision ran (set by the driver)
 
     def line(self) -> str:
-        what = ", ".join(f"{o.variant} on {_short(o.model)} at {o.budget:.3g}"
-                         + ("" if o.lr is None else f" lr {o.lr:.3g}") for o in self.run[:4]) or "nothing"
-        if len(self.run) > 4:
-            what += f" (+{len(self.run) - 4} more)"
+        what, ran = _list(self.run), _list(self.ran)
         rec = "none yet" if self.recipe is None else f"{self.recipe[1]} on {_short(self.recipe[0])}"
         sure = ("" if self.p_optimal is None or self.expected_regret is None else
                 f" P(optimal) {self.p_optimal:.2f}, expected regret {100 * self.expected_regret:.2f}%")
         drop = f"; deferred {len(self.deferred)} (P(optimal) < p_drop)" if self.deferred else ""
         stop = f"; STOP: {self.stop}" if self.stop else ""
-        return (f"adaptive step {self.index} [{self.phase}] spent {self.spent:.3g} FLOPs; next: {what}{drop}; "
-                f"recipe {rec}{sure}{stop}")
+        ran_txt = f"ran {ran}; " if self.ran else ""
+        return (f"adaptive step {self.index} [{self.phase}] spent {self.spent:.3g} FLOPs; {ran_txt}next: {what}"
+                f"{drop}; recipe {rec}{sure}{stop}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "spent": self.spent, "phase": self.phase, "stop": self.stop,
-                "run": [dataclasses.asdict(o) for o in self.run],
+                "run": [dataclasses.asdict(o) for o in self.run], "ran": [dataclasses.asdict(o) for o in self.ran],
                 "deferred": [{"model": c[0], "variant": c[1], "reason": why} for c, why in self.deferred.items()],
                 "recipe": None if self.recipe is None else list(self.recipe), "p_optimal": self.p_optimal,
                 "expected_regret": self.expected_regret, "notes": list(self.notes)}
+
+
+def _list(opts: Sequence[Option], most: int = 4) -> str:
+    text = ", ".join(f"{o.variant} on {_short(o.model)} at {o.budget:.3g}"
+                     + ("" if o.lr is None else f" lr {o.lr:.3g}") for o in opts[:most]) or "nothing"
+    return text + (f" (+{len(opts) - most} more)" if len(opts) > most else "")
 
 
 def _short(model: str) -> str:
@@ -588,6 +592,7 @@ def run_design(options: Sequence[Option], oracle: Any, *, target: float, spec: D
         spent = sum(r.flops for r in have)
         step = next_step(have, opts, target=target, spec=spec, spent=spent, experiment_budget=experiment_budget,
                          index=i, cache=cache)
+        step.ran = list(steps[-1].run) if steps else []
         steps.append(step)
         if log:
             log(step.line())

@@ -457,6 +457,7 @@ def _run_adaptive(ctx: _SweepContext, stats: DataStats, cells: list[Cell], skipp
             spent = sum(r.flops for r in runs)
             step = next_step(runs, options, target=target, spec=design, spent=spent,
                              experiment_budget=spec.experiment_budget, index=index, cache=cache)
+            step.ran = list(report.steps[-1].run) if report.steps else []
             report.steps.append(step)
             report.runs, report.flops_spent = len(runs), spent
             from .design import chosen_lrs
