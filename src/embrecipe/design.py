@@ -403,6 +403,9 @@ class Step:
                 f" P(optimal) {self.p_optimal:.2f}, expected regret {100 * self.expected_regret:.2f}%")
         drop = f"; deferred {len(self.deferred)} (P(optimal) < p_drop)" if self.deferred else ""
         stop = f"; STOP: {self.stop}" if self.stop else ""
+        waiting = [n.split(":")[0] for n in self.notes if "waiting for evidence" in n]
+        if waiting and self.recipe is not None:
+            sure += f" (among counted laws only; {', '.join(waiting)} still waiting for evidence)"
         ran_txt = f"ran {ran}; " if self.ran else ""
         return (f"adaptive step {self.index} [{self.phase}] spent {self.spent:.3g} FLOPs; {ran_txt}next: {what}"
                 f"{drop}; recipe {rec}{sure}{stop}")
