@@ -74,9 +74,10 @@ def grid_cells(shapes: dict[str, ModelShape]) -> list[tuple[str, str, float, flo
     return out
 
 
-def draw_laws(rng: np.random.Generator, base: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+def draw_laws(rng: np.random.Generator, base: dict[str, dict[str, float]],
+              spread: float = 1.0) -> dict[str, dict[str, float]]:
     scale = {"E": 0.3, "A": 0.1, "alpha": 0.2, "B": 0.3, "beta": 0.1}
-    return {v: {k: p[k] * math.exp(rng.normal(0, scale[k])) for k in p} for v, p in base.items()}
+    return {v: {k: p[k] * math.exp(rng.normal(0, spread * scale[k])) for k in p} for v, p in base.items()}
 
 
 def true_loss(law: dict[str, float], n: float, d: float) -> float:
@@ -137,9 +138,9 @@ def point_recipe(runs: list[Run], configs: dict[tuple[str, str], tuple[float, fl
 
 
 def one(redraw: int, cells, base, spec: DesignSpec, target: float, budget: float | None,
-        noise: float = NOISE) -> dict:
+        noise: float = NOISE, spread: float = 1.0) -> dict:
     rng = np.random.default_rng(1000 + redraw)
-    laws = draw_laws(rng, base)
+    laws = draw_laws(rng, base, spread)
     oracle = make_oracle(laws, redraw, noise)
     configs = {(m, v): (n, b / d) for m, v, b, n, d in cells}
     truth = {c: true_loss(laws[c[1]], n, target / cost) for c, (n, cost) in configs.items()}
@@ -205,6 +206,8 @@ def main() -> None:
     ap.add_argument("--experiment-budget-fraction", type=float, default=None,
                     help="cap the design at this fraction of the full grid's FLOPs")
     ap.add_argument("--noise", type=float, default=NOISE, help="run noise (sigma of log-loss; default v1's 0.02)")
+    ap.add_argument("--law-spread", type=float, default=1.0,
+                    help="multiply the perturbation of v1's law parameters by this (harder redraws)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/adaptive_sim.json"))
     ap.add_argument("--resummarise", action="store_true",
                     help="recompute the summary of the rows already in --out (no simulation)")
@@ -229,7 +232,7 @@ def main() -> None:
             if grid_total is None:
                 grid_total = full_grid(cells, make_oracle(draw_laws(np.random.default_rng(0), base), 0))[1]
             budget = args.experiment_budget_fraction * grid_total
-        row = one(i, cells, base, spec, target, budget, args.noise)
+        row = one(i, cells, base, spec, target, budget, args.noise, args.law_spread)
         rows.append(row)
         print(f"redraw {i}: fraction {row['fraction']:.3f} regret {row['regret_vs_optimum']:.4f} "
               f"stated {row['stated_expected_regret']:.4f} agree {row['agree']} stop {row['stop']} "
