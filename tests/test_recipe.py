@@ -103,10 +103,12 @@ def test_lr_protocol_end_to_end_on_synthetic_trainer(tmp_path):
     assert f"lr {p.best.lr:.3g}" in p.format() and "batch size 32" in p.format()
 
 
-def test_lr_search_refuses_adaptive(tmp_path):
-    grid = grid_from_dict({**GRID, "adaptive": True}, base_dir=tmp_path)
-    with pytest.raises(InputError, match="cannot be combined"):
-        run_sweep(grid, store=tmp_path / "s.sqlite", progress=False, log=lambda s: None)
+def test_lr_search_runs_inside_the_adaptive_design(tmp_path):
+    # (until issue 20 the two refused to combine) the design searches the LR at the cheapest rung(s) itself
+    grid = grid_from_dict({**GRID, "adaptive": {"draws": 16}}, base_dir=tmp_path)
+    result = run_sweep(grid, store=tmp_path / "s.sqlite", progress=False, log=lambda s: None)
+    assert result.adaptive is not None and result.adaptive.complete and not result.failed
+    assert result.adaptive.lr_cost > 0
 
 
 # ------------------------------------------------------------------------------------------ planning

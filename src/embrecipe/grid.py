@@ -52,7 +52,7 @@ class Grid:
     # gpus_per_cell (> 1: whole GPUs under torchrun), headroom (share of free memory to fill, 0.9)
     gpu: dict[str, Any] = field(default_factory=dict)
     base_dir: Path = Path(".")
-    adaptive: AdaptiveSpec | None = None  # set: run rung by rung and drop dominated configurations
+    adaptive: AdaptiveSpec | None = None  # set: run the adaptive experimental design (embrecipe.design)
     lr_search: LRSearch | None = None  # set: LR grid at the lowest rung(s), the best LR above
     source: str = "grid"  # the grid file, for error messages
 

@@ -169,6 +169,46 @@ def residual_plot(points: Sequence[RunPoint], laws: LawSet, path_stem: str | os.
     return _save(fig, plt, path_stem)
 
 
+def adaptive_plot(trace: Mapping[str, Any], path_stem: str | os.PathLike[str]) -> list[Path]:
+    """The adaptive design's trace: model FLOPs spent against the recipe's stated expected regret, with the
+    stopping threshold."""
+    plt = _matplotlib()
+    steps = [s for s in trace.get("steps", []) if s.get("expected_regret") is not None]
+    if not steps:
+        raise InputError("the adaptive trace has no decision with an expected regret yet")
+    spent = [float(s["spent"]) for s in steps]
+    er = [max(100 * float(s["expected_regret"]), 1e-4) for s in steps]
+    fig, ax = plt.subplots(figsize=(7.5, 4.0), dpi=130)
+    ax.plot(spent, er, marker="o", color="tab:blue", label="expected regret of the recipe")
+    thr = (trace.get("spec") or {}).get("threshold")
+    if thr is not None:
+        ax.axhline(100 * float(thr), color="tab:red", linestyle="--", label=f"threshold {100 * float(thr):g}%")
+    if trace.get("flops_grid"):
+        ax.axvline(float(trace["flops_grid"]), color="grey", linestyle=":", label="full grid's FLOPs")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("model FLOPs spent by the design")
+    ax.set_ylabel("expected regret at the target (%)")
+    ax.set_title(f"Adaptive design: {trace.get('stop') or 'not finished'}", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8.5)
+    fig.tight_layout()
+    return _save(fig, plt, path_stem)
+
+
+def _adaptive_lines(trace: Mapping[str, Any], figure: str) -> list[str]:
+    last = (trace.get("steps") or [{}])[-1]
+    rec = last.get("recipe")
+    er, po = last.get("expected_regret"), last.get("p_optimal")
+    sure = "" if er is None or po is None else f", P(optimal) {po:.2f}, expected regret {100 * er:.2f}%"
+    return ["## Adaptive design", "",
+            f"{len(trace.get('steps', []))} decisions for the target {float(trace.get('target', 0)):.3g} FLOPs; "
+            f"{float(last.get('spent', 0)):.3g} model FLOPs spent; recipe "
+            f"{'none' if not rec else f'{rec[1]} on {rec[0]}'}{sure}; "
+            f"{'stopped: ' + trace['stop'] if trace.get('stop') else 'not finished'}.", "",
+            f"![FLOPs spent vs expected regret]({figure})", ""]
+
+
 def _save(fig: Any, plt: Any, stem: str | os.PathLike[str]) -> list[Path]:
     stem = Path(stem)
     out = []
@@ -267,8 +307,10 @@ def markdown_report(points: Sequence[RunPoint], laws: LawSet, *, figure: str = "
 
 def write_report(records: Sequence[RunRecord | Mapping[str, Any]], out_dir: str | os.PathLike[str], *,
                  laws: LawSet | None = None, bootstrap: int = 200, loss_key: str | None = None,
-                 budgets: Sequence[float] | None = None, provenance: str | None = None) -> dict[str, Path]:
-    """Fit (unless ``laws`` is given), draw Figure 1 and the residuals, write report.md and the law card.
+                 budgets: Sequence[float] | None = None, provenance: str | None = None,
+                 adaptive_trace: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """Fit (unless ``laws`` is given), draw Figure 1 and the residuals, write report.md and the law card;
+    with ``adaptive_trace`` (:func:`embrecipe.adaptive.read_trace`) also the design's FLOPs-vs-regret figure.
 
     The fit comes first: a store that cannot be fitted is an error before ``out_dir`` is touched."""
     out = Path(out_dir)
@@ -285,6 +327,10 @@ def write_report(records: Sequence[RunRecord | Mapping[str, Any]], out_dir: str 
     res = residual_plot(points, laws, out / "residuals")
     paths["residuals_png"], paths["residuals_svg"] = res
     md = markdown_report(points, laws, figure=png.name, residuals=res[0].name, budgets=budgets)
+    if adaptive_trace and any(s.get("expected_regret") is not None for s in adaptive_trace.get("steps", [])):
+        ad = adaptive_plot(adaptive_trace, out / "adaptive")
+        paths["adaptive_png"], paths["adaptive_svg"] = ad
+        md = md.rstrip("\n") + "\n\n" + "\n".join(_adaptive_lines(adaptive_trace, ad[0].name))
     paths["report"] = out / "report.md"
     paths["report"].write_text(md)
     paths["laws"] = laws.save(out / "laws.json")

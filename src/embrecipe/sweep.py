@@ -10,9 +10,10 @@ A run only starts after :meth:`~embrecipe.store.RunStore.claim` succeeds, so a r
 exactly the cells that are not ``completed`` (a killed run's claim is stale because its process is gone).
 Only the driver process writes to the store; workers just train and return records.
 
-With ``adaptive`` (grid key or :func:`run_sweep` argument) the budgets run as rungs, smallest first, and after
-each rung :func:`embrecipe.adaptive.decide` drops the configurations (model × variant) that the laws fitted
-so far predict to be confidently worse at the target budget; their later cells are never registered.
+With ``adaptive`` (grid key or :func:`run_sweep` argument; :func:`run_adaptive_sweep` for drivers) the cells
+become options of the experimental design (:mod:`embrecipe.design`): after every batch of finished runs it
+chooses the next cells by value per FLOP, prints one line (what runs, what is deferred, the recipe, its
+P(optimal) and expected regret), writes its trace beside the store, and stops when the recipe is known.
 
 The grid format is documented in ``docs/sweep.md``. Example::
 
@@ -25,6 +26,7 @@ The grid format is documented in ``docs/sweep.md``. Example::
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -155,12 +157,15 @@ def run_sweep(
     progress: bool = True,
     log: Callable[[str], None] = print,
     adaptive: bool | Mapping[str, Any] | AdaptiveSpec | None = None,
+    deadline: float | None = None,
 ) -> SweepResult:
     """Expand the grid, register the cells, and train the ones not completed yet (see the module docstring).
 
     ``adaptive``: None follows the grid's ``adaptive`` key; True turns the adaptive policy on (the grid's
     settings, else the defaults); False runs the full grid; a mapping or :class:`AdaptiveSpec` gives the
-    settings. Adaptive sweeps run rung by rung and drop dominated configurations (:mod:`embrecipe.adaptive`).
+    settings. Adaptive sweeps run the experimental design of :mod:`embrecipe.design` (with the grid's LR search
+    inside it) and stop when the recipe's expected regret is below the threshold or the experiment budget is
+    spent. ``deadline``: adaptive sweeps start no new batch after this ``time.time()``.
     """
     from .store import RunStore
 
@@ -192,19 +197,17 @@ def run_sweep(
                         executor=ExecutorSettings(kind=executor, workers=workers, ray_address=ray_address))
     try:
         if (grid.lr_search is not None or spec is not None) and not dry_run:
-            if grid.lr_search is not None and spec is not None:
-                raise InputError("lr_search and an adaptive sweep cannot be combined (yet): run the LR "
-                                 "search with --no-adaptive")
             peak = _measure_peak(fn)
-            if grid.lr_search is not None:
-                result = _run_lr_search(ctx, stats, cells, skipped)
+            if spec is not None:  # the design runs the LR search itself (cheapest rungs, then transfer)
+                result = _run_adaptive(ctx, stats, cells, skipped, spec, deadline)
             else:
-                assert spec is not None  # one of the two is set (the condition above)
-                result = _run_adaptive(ctx, cells, skipped, spec)
+                result = _run_lr_search(ctx, stats, cells, skipped)
             result.elapsed_s = time.time() - t0
             _attach_utilization(result, peak)
             log(result.summary())
             return result
+        if dry_run and spec is not None:
+            return _adaptive_status(ctx, stats, cells, skipped, spec)
         return _run_grid(ctx, cells, skipped, spec=spec, dry_run=dry_run, t0=t0)
     finally:
         st.close()
@@ -378,62 +381,145 @@ def _config_of(cell: Cell) -> tuple[str, str]:
     return str(cell.config["model"]), cell.variant
 
 
-def _run_adaptive(ctx: _SweepContext, cells: list[Cell], skipped: list[Skipped], spec: AdaptiveSpec) -> SweepResult:
-    """Rung by rung, smallest budget first: run the alive configurations' cells, then let
-    :func:`embrecipe.adaptive.decide` drop the dominated ones. Cells are registered in the store only when
-    their rung comes, so dropped configurations leave no pending rows behind."""
-    from .adaptive import decide
+def design_cells(grid: Grid, stats: DataStats, cells: list[Cell]) -> list[Cell]:
+    """Every cell the adaptive design may choose: with an LR search, each upper-rung cell at every LR of the
+    search grid (the design trains it at the LR chosen or transferred for its configuration only)."""
+    if grid.lr_search is None:
+        return cells
+    out = {c.key: c for c in cells}
+    lrs_of: dict[tuple[str, str], list[float]] = {}
+    for c in cells:
+        if c.config.get("lr") is not None:
+            lrs_of.setdefault(_config_of(c), [])
+            if float(c.config["lr"]) not in lrs_of[_config_of(c)]:
+                lrs_of[_config_of(c)].append(float(c.config["lr"]))
+    width = max((len(v) for v in lrs_of.values()), default=0)
+    model_paths = [str(m["path"]) for m in grid.models]
+    variants = sorted({c.variant for c in cells})
+    for i in range(width):
+        # Configurations without a search cell (their cheapest budget is above the search rungs) take the
+        # grid's LRs for their model from the search grid itself.
+        choice = {}
+        for path in model_paths:
+            grid_lrs = sorted(grid.lr_search.grid_for(path, grid.train.get("lr")))
+            for v in variants:
+                lrs = sorted(lrs_of.get((path, v), grid_lrs))
+                choice[(path, v)] = lrs[min(i, len(lrs) - 1)]
+        upper, _ = expand(grid, stats, lr_choice=choice)
+        for c in upper:
+            out.setdefault(c.key, c)
+    return list(out.values())
+
+
+def _option(cell: Cell) -> Any:
+    from .design import Option
+
+    lr = cell.config.get("lr")
+    return Option(model=str(cell.config["model"]), variant=cell.variant, budget=cell.budget,
+                  N=float(cell.n_params), D=float(cell.planned_tokens), flops=cell.budget,
+                  lr=None if lr is None else float(lr), key=cell.key)
+
+
+def run_adaptive_sweep(grid: Grid, store: str | os.PathLike[str] | None = None, *,
+                       experiment_budget: float | None = None, deadline: float | None = None,
+                       adaptive: bool | Mapping[str, Any] | AdaptiveSpec | None = True, **kwargs: Any) -> SweepResult:
+    """The adaptive design on ``grid`` (the entry point for drivers such as a GPU-window runner).
+
+    ``experiment_budget``: model FLOPs the design may spend in all (over every session on this store);
+    ``deadline``: a ``time.time()`` after which no new batch starts (the runs in flight finish; rerun later
+    to go on: the design resumes exactly, its decisions being a function of the store's completed runs).
+    Other keyword arguments go to :func:`run_sweep`."""
+    spec = resolve_adaptive(adaptive, grid) or AdaptiveSpec()
+    if experiment_budget is not None:
+        spec = spec.with_overrides(experiment_budget=experiment_budget)
+    return run_sweep(grid, store=store, adaptive=spec, deadline=deadline, **kwargs)
+
+
+def _adaptive_status(ctx: _SweepContext, stats: DataStats, cells: list[Cell], skipped: list[Skipped],
+                     spec: AdaptiveSpec) -> SweepResult:
+    """``--adaptive --dry-run``: train nothing; print the design's decision on the store's completed runs now
+    (the recipe it would give, P(optimal), expected regret, and what it would run next)."""
+    from .adaptive import runs_of
+    from .design import next_step
+
+    pool = design_cells(ctx.grid, stats, cells)
+    target = spec.targets[0] if spec.targets else max(c.budget for c in pool)
+    done = [c.key for c in pool if ctx.store.status(c.key) == "completed"]
+    runs = runs_of(ctx.store.record(k) for k in done)
+    step = next_step(runs, [_option(c) for c in pool], target=target, spec=spec.design(),
+                     spent=sum(r.flops for r in runs), experiment_budget=spec.experiment_budget)
+    ctx.log(f"adaptive (dry run, nothing trained): {len(runs)} completed runs in {ctx.location}; "
+            f"recipe for {target:.3g} FLOPs now:")
+    ctx.log(step.line())
+    report = AdaptiveReport(spec=spec, target=target, steps=[step], cells_grid=len(cells),
+                            flops_grid=sum(c.budget for c in cells), runs=len(runs),
+                            flops_spent=sum(r.flops for r in runs), stop=step.stop)
+    return SweepResult(total=len(cells), skipped=skipped, already_done=len(done), adaptive=report,
+                       flops_planned=report.flops_grid)
+
+
+def _run_adaptive(ctx: _SweepContext, stats: DataStats, cells: list[Cell], skipped: list[Skipped],
+                  spec: AdaptiveSpec, deadline: float | None = None) -> SweepResult:
+    """The adaptive design (:mod:`embrecipe.design`): after every batch of finished runs, ask
+    :func:`~embrecipe.design.next_step` what to run next, print its line, write the trace beside the store,
+    and stop when it says so. A cell is registered in the store only when the design chooses it."""
+    from .adaptive import runs_of, write_trace
+    from .design import next_step
 
     st, grid, log = ctx.store, ctx.grid, ctx.log
-    rungs = sorted({c.budget for c in cells})
-    targets = spec.targets or (max(grid.budgets),)
-    report = AdaptiveReport(spec=spec, targets=tuple(targets), cells_grid=len(cells),
-                            flops_grid=sum(c.budget for c in cells))
-    result = SweepResult(total=len(cells), skipped=skipped, already_done=0, flops_planned=report.flops_grid,
-                         adaptive=report)
-    alive = {_config_of(c) for c in cells}
-    # One Ray session for all rungs (otherwise each rung would start and stop a local instance).
+    pool = design_cells(grid, stats, cells)
+    by_key = {c.key: c for c in pool}
+    options = [_option(c) for c in pool]
+    target = spec.targets[0] if spec.targets else max(c.budget for c in pool)
+    flops_grid = sum(c.budget for c in cells)
+    report = AdaptiveReport(spec=spec, target=target, cells_grid=len(cells), flops_grid=flops_grid)
+    result = SweepResult(total=0, skipped=[s for s in skipped if s.reason != WAITS_FOR_LR], already_done=0,
+                         flops_planned=flops_grid, adaptive=report)
     ray_started = ctx.executor.kind == "ray" and start_ray(ctx.executor.workers, ctx.executor.ray_address)
-    log(f"sweep {grid.name} (adaptive, {len(rungs)} rungs, decisions for "
-        f"{', '.join(f'{t:.3g}' for t in targets)}): {len(cells)} grid cells, {len(skipped)} skipped; "
-        f"store {ctx.location}")
-    bar = _Progress(len(cells), 0, report.flops_grid, 0.0, ctx.progress)
+    budget_txt = "" if spec.experiment_budget is None else f", experiment budget {spec.experiment_budget:.3g} FLOPs"
+    log(f"sweep {grid.name} (adaptive design, recipe for {target:.3g} FLOPs, stop at expected regret "
+        f"{100 * spec.threshold:g}%{budget_txt}): {len(pool)} candidate cells; store {ctx.location}")
+    cache: dict[Any, Any] = {}
+    design = spec.design()
     try:
-        for k, budget in enumerate(rungs, 1):
-            rung = sorted((c for c in cells if c.budget == budget and _config_of(c) in alive),
-                          key=lambda c: c.n_params)
-            st.add_pending(c.key_config for c in rung)
-            done = [c for c in rung if st.status(c.key) == "completed"]
-            todo = [c for c in rung if st.status(c.key) != "completed"]
-            result.already_done += len(done)
-            bar.reused(len(done), sum(c.budget for c in done))
-            log(f"rung {k}/{len(rungs)} ({budget:.3g} FLOPs): {len(rung)} cells of {len(alive)} configurations "
-                f"({len(done)} completed, {len(todo)} to run)")
-            _run_cells(ctx, todo, result, bar)
-            report.cells_selected += len(rung)
-            report.flops_selected += sum(c.budget for c in rung)
-            report.selected_keys += [c.key for c in rung]
-            missing = [c for c in rung if st.status(c.key) != "completed"]
-            if missing:
-                # A decision on a partial rung would differ from the one a complete rerun takes; stop here.
-                log(f"adaptive: rung {k} has {len(missing)} cell(s) not completed (failed or held by another "
-                    "worker); stopping before deciding — rerun the sweep to retry and go on")
+        for index in range(100_000):
+            done_keys = [c.key for c in pool if st.status(c.key) == "completed"]
+            runs = runs_of(st.record(k) for k in done_keys)
+            spent = sum(r.flops for r in runs)
+            step = next_step(runs, options, target=target, spec=design, spent=spent,
+                             experiment_budget=spec.experiment_budget, index=index, cache=cache)
+            step.ran = list(report.steps[-1].run) if report.steps else []
+            report.steps.append(step)
+            report.runs, report.flops_spent = len(runs), spent
+            from .design import chosen_lrs
+
+            picks = chosen_lrs(runs)
+            report.lr_cost = sum(r.flops for r in runs if r.config in picks and r.lr is not None
+                                 and not math.isclose(r.lr, picks[r.config]))
+            log(step.line())
+            write_trace(ctx.location, {"target": target, "spec": spec.to_dict(), "flops_grid": flops_grid,
+                                       "stop": step.stop, "steps": [s.to_dict() for s in report.steps]})
+            if step.stop:
+                report.stop = step.stop
                 return result
-            if k == len(rungs):
-                break
-            records = [st.record(key) for key in report.selected_keys]
-            decision = decide(records, alive, rung=k, budget=budget, targets=targets, spec=spec)
-            report.decisions.append(decision)
-            for line in decision.lines():
-                log(line)
-            if decision.dropped:
-                alive -= set(decision.dropped)
-                gone = [c for c in cells if c.budget > budget and _config_of(c) in decision.dropped]
-                bar.shrink(len(gone), sum(c.budget for c in gone))
-        report.complete = True
+            if deadline is not None and time.time() >= deadline:
+                log("adaptive: deadline reached; rerun to go on (the design resumes where it stopped)")
+                return result
+            todo = [by_key[o.key] for o in step.run]
+            st.add_pending(c.key_config for c in todo)
+            result.total += len(todo)
+            bar = _Progress(len(todo), 0, sum(c.budget for c in todo), 0.0, ctx.progress)
+            try:
+                _run_cells(ctx, todo, result, bar)
+            finally:
+                bar.close()
+            if any(st.status(c.key) != "completed" for c in todo):
+                # A decision on missing runs would differ from the one a complete rerun takes; stop here.
+                log("adaptive: some chosen cells did not complete (failed or held by another worker); "
+                    "rerun the sweep to retry and go on")
+                return result
         return result
     finally:
-        bar.close()
         if ray_started:
             import ray
 

@@ -155,11 +155,9 @@ def plan_reproduces(records: list[RunRecord], keys: list[str], plans: dict[str, 
     return out
 
 
-ADAPTIVE_SETTINGS = [  # the default policy first; then looser ones, to show what each knob buys on this study
-    {"label": "default (level 0.9, margin 0.02, min_rungs 3)"},
-    {"label": "min_rungs 2", "min_rungs": 2},
-    {"label": "min_rungs 2, margin 0", "min_rungs": 2, "margin": 0.0},
-    {"label": "min_rungs 2, margin 0, level 0.5", "min_rungs": 2, "margin": 0.0, "level": 0.5},
+ADAPTIVE_SETTINGS = [  # the default design first; then a looser one, to show what the verification buys
+    {"label": "default (threshold 0.5 %, min_sizes 2, min_budgets 3, verify 3)"},
+    {"label": "verify 1", "verify": 1},
 ]
 
 
@@ -324,14 +322,18 @@ def render_tables(res: dict[str, Any]) -> dict[str, str]:
                       "---|---:" + "|---:" * len(task_names))
     a = res["adaptive"]
     t["ADAPTIVE"] = table(
-        ["policy", "target budget", "runs (adaptive / grid)", "model FLOPs (adaptive / grid)", "fraction",
-         "same recommendation", "recommendation (grid → adaptive)"],
+        ["design", "target budget", "runs (adaptive / grid)", "model FLOPs (adaptive / grid)", "fraction",
+         "same recommendation", "recommendation (grid → adaptive)", "P(optimal)", "stated expected regret",
+         "stopped because"],
         [[x["setting"], _fmt_budget(x["target"]), f"{x['runs_adaptive']} / {x['runs_grid']}",
           f"{x['flops_adaptive']:.3g} / {x['flops_grid']:.3g}", _pct(x["fraction"], 1),
           "yes" if x["same_recommendation"] else "**no**",
           f"{x['grid_best']['variant']} on {x['grid_best']['model']} → "
-          f"{x['adaptive_best']['variant']} on {x['adaptive_best']['model']}"] for x in a],
-        "---|---:|---:|---:|---:|---|---")
+          + ("none" if not x["adaptive_best"] else
+             f"{x['adaptive_best']['variant']} on {Path(x['adaptive_best']['model']).name}"),
+          "—" if x["p_optimal"] is None else f"{x['p_optimal']:.2f}",
+          "—" if x["expected_regret"] is None else _pct(x["expected_regret"], 2), x["stop"]] for x in a],
+        "---|---:|---:|---:|---:|---|---|---:|---:|---")
     variants = sorted({v for w in res["empirical"] for v in w["per_variant"]})
     t["EMPIRICAL"] = table(
         ["budget", *variants, "best run"],
@@ -406,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         knobs = {k: v for k, v in setting.items() if k != "label"}
         for t in (cost["budgets"][-1], max(check_budgets)):
             a = replay_adaptive(records, target=t, spec=AdaptiveSpec().with_overrides(**knobs)).to_dict()
-            a.pop("adaptive_keys", None)
+            for k in ("adaptive_keys", "steps", "trace"):
+                a.pop(k, None)
             a["setting"] = setting["label"]
             adaptive.append(a)
     check = recipe_check(plans, checks)

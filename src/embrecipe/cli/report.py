@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ..adaptive import read_trace
     from ..laws import LawSet
     from ..plan import parse_budgets
     from ..report import write_report
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         records = store.records()
         # all or nothing: the fit (which a store with too few runs fails) happens before the first file is written
         paths = write_report(records, out, laws=laws, bootstrap=args.bootstrap, loss_key=args.loss_key,
-                             budgets=budgets, provenance=args.label)
+                             budgets=budgets, provenance=args.label, adaptive_trace=read_trace(args.store))
         store.export(out / "runs.csv")
         store.export(out / "runs.parquet")
     for name, path in paths.items():

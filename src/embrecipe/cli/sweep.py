@@ -1,7 +1,8 @@
 """``embrecipe sweep grid.yaml``: run the missing cells of a grid (models × methods × hparams × budgets).
 
-``--adaptive`` runs it rung by rung and drops dominated configurations; ``--adaptive-replay STORE`` replays
-that policy on a completed full-grid store, training nothing (see ``docs/sweep.md``, "Adaptive sweeps").
+``--adaptive`` runs the adaptive experimental design (it chooses the next cells by value per FLOP and stops when
+the recipe's expected regret is below a threshold or ``--experiment-budget`` is spent); ``--adaptive-replay STORE``
+replays that design on a completed full-grid store, training nothing (see ``docs/sweep.md``, "Adaptive sweeps").
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from ..errors import InputError
 from ._common import require_store
 
 # CLI option → AdaptiveSpec setting
-_SPEC_OPTIONS = {"budget": "target", "keep_min": "keep_min", "margin": "margin", "level": "level",
-                 "min_rungs": "min_rungs", "bootstrap": "bootstrap"}
+_SPEC_OPTIONS = {"budget": "target", "threshold": "threshold", "experiment_budget": "experiment_budget",
+                 "min_sizes": "min_sizes", "min_budgets": "min_budgets", "draws": "draws", "p_drop": "p_drop",
+                 "verify": "verify", "batch": "batch"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,9 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "sweep", help="expand a grid YAML and train the cells not yet completed in the run store",
         description="Expand models × methods × hyper-parameters × budgets, skip cells that cannot spend their "
                     "budget sensibly (printing why), and train every cell that is not completed in the store. "
-                    "Safe to interrupt (even kill -9) and rerun. With --adaptive, run the budgets smallest "
-                    "first and stop training configurations whose optimistic predicted loss at the target "
-                    "budget is worse than the frontier's pessimistic one.",
+                    "Safe to interrupt (even kill -9) and rerun. With --adaptive, run an experimental design "
+                    "instead: the cheapest cells that pin each variant's law, then the cells whose result is "
+                    "expected to reduce the recipe's regret most per FLOP, until the expected regret is below "
+                    "--threshold or --experiment-budget is spent.",
     )
     p.add_argument("grid", nargs="?", help="grid YAML (format: docs/sweep.md); omitted with --adaptive-replay")
     p.add_argument("--store", default=None,
@@ -38,28 +41,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-fn", default=None,
                    help="module:function used to train a cell (default: the grid's 'trainer', else "
                         "embrecipe.trainer:train_from_dict; 'synthetic' = fake trainer for testing)")
-    p.add_argument("--dry-run", action="store_true", help="list the cells that would run, train nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the cells that would run, train nothing (with --adaptive: print the design's current "
+                        "recipe, P(optimal) and expected regret on the store's completed runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     a = p.add_argument_group("adaptive sweeps (docs/sweep.md, 'Adaptive sweeps')")
     a.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=None,
-                   help="run rung by rung (smallest budget first) and drop configurations that are confidently "
-                        "worse at the target budget (default: as the grid's 'adaptive' key says; off without one)")
+                   help="run the adaptive design instead of the whole grid (default: as the grid's 'adaptive' key "
+                        "says; off without one); it prints one line per decision and writes <store>.adaptive.json")
     a.add_argument("--adaptive-replay", metavar="STORE", default=None,
-                   help="train nothing: replay the adaptive policy on a completed full-grid store and report the "
-                        "fraction of the grid's FLOPs it needs and whether it reaches the same recommendation")
+                   help="train nothing: replay the adaptive design on a completed full-grid store and report the "
+                        "fraction of the grid's FLOPs it needs, whether it reaches the same recommendation and its "
+                        "stated expected regret")
     a.add_argument("--budget", type=float, default=None, metavar="FLOPS",
-                   help="target budget in model FLOPs the decisions (and, with --adaptive-replay, the compared "
-                        "recommendation) are for (default: the grid's adaptive target, else the largest budget)")
-    a.add_argument("--keep-min", type=int, default=None, metavar="N", help="fewest configurations kept alive (default 3)")
-    a.add_argument("--margin", type=float, default=None, metavar="FRAC",
-                   help="relative slack: drop only if optimistic loss > (1 + margin) x frontier's pessimistic "
-                        "loss (default 0.02)")
-    a.add_argument("--level", type=float, default=None, metavar="P", help="bootstrap interval level (default 0.9)")
-    a.add_argument("--min-rungs", type=int, default=None, metavar="K",
-                   help="budgets a variant needs runs at before it can be dropped (default 3)")
-    a.add_argument("--bootstrap", type=int, default=None, metavar="B",
-                   help="bootstrap refits per decision (default 100; 0 = point predictions and the margin)")
+                   help="target budget in model FLOPs the recipe is for (default: the grid's adaptive target, else "
+                        "the largest budget)")
+    a.add_argument("--experiment-budget", type=float, default=None, metavar="FLOPS",
+                   help="model FLOPs the design may spend in all (it never starts a cell it cannot pay for)")
+    a.add_argument("--threshold", type=float, default=None, metavar="FRAC",
+                   help="stop when the recipe's expected relative regret is at most this (default 0.005)")
+    a.add_argument("--min-sizes", type=int, default=None, metavar="K",
+                   help="model sizes a variant needs runs at before its law counts (default 2)")
+    a.add_argument("--min-budgets", type=int, default=None, metavar="K",
+                   help="budgets a variant needs runs at before its law counts (default 3)")
+    a.add_argument("--draws", type=int, default=None, metavar="B",
+                   help="bootstrap particles per decision (default 40)")
+    a.add_argument("--p-drop", type=float, default=None, metavar="P",
+                   help="defer configurations with P(optimal) below this (default 0.02)")
+    a.add_argument("--verify", type=int, default=None, metavar="K",
+                   help="the recipe and its closest rivals (K in all) need a run at the target's rung before the "
+                        "design stops (default 3; 0 = off)")
+    a.add_argument("--batch", type=int, default=None, metavar="K", help="cells started per decision (default 1)")
     a.add_argument("--json", action="store_true", help="with --adaptive-replay: print the result as JSON")
     p.set_defaults(func=run)
 
@@ -86,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                          "with --no-adaptive")
     if overrides:
         if adaptive is None and grid.adaptive is None:
-            raise InputError("adaptive settings (--budget, --keep-min, ...) need --adaptive or an 'adaptive' key "
+            raise InputError("adaptive settings (--budget, --threshold, ...) need --adaptive or an 'adaptive' key "
                              "in the grid")
         adaptive = (grid.adaptive or _default_spec()).with_overrides(**overrides)
     result = run_sweep(grid, store=args.store, executor=args.executor, workers=args.workers,
