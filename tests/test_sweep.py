@@ -182,16 +182,16 @@ def test_tokens_per_pair_estimate_is_not_biased_by_a_sorted_file(tiny_models, tm
     """A file sorted short-to-long (the testbed's is sorted by package) must not be measured by its head."""
     import json
 
-    from embrecipe.cells import _measure_tokens_per_pair
-    from embrecipe.data import load_pairs
+    from embrecipe.data import estimate_tokens_per_pair, load_pairs
 
     rows = [{"query": "sum " * (1 + i // 50), "pos": "the sum of two arrays " * (1 + i // 50)} for i in range(300)]
     path = tmp_path / "sorted.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = load_pairs(path)
-    exact = _measure_tokens_per_pair(data, tiny_models["llama"], 75, 0, sample=len(rows))
-    sampled = _measure_tokens_per_pair(data, tiny_models["llama"], 75, 0, sample=60)
-    assert abs(sampled - exact) / exact < 0.05
+    exact = estimate_tokens_per_pair(data, tiny_models["llama"], sample=None)
+    sampled = estimate_tokens_per_pair(path, tiny_models["llama"], sample=60)
+    head = estimate_tokens_per_pair(data.subset(range(60)), tiny_models["llama"], sample=None)
+    assert abs(sampled - exact) / exact < 0.05 and abs(head - exact) / exact > 0.3  # the head would be far off
 
 
 # ---------------------------------------------------------------------------------------- hardening (issue 13)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
-from .records import RunRecord, as_record, run_key
+from .records import RunRecord, as_record, run_identity
 
 if TYPE_CHECKING:
     from .cells import Cell
@@ -331,7 +331,6 @@ def _check_jobs(chosen: Sequence[tuple[CheckedConfig, Any]], fit: _FitWithoutBud
     """Phase 3a: each chosen configuration's runs, one per seed: a fitted run's training config with the model,
     method, budget, seed, the card's batch size and LR; keyed like a sweep cell (data fingerprint and version
     instead of the data path and output), so an interrupted check resumes."""
-    from . import __version__
     from .cells import Cell
 
     jobs = []
@@ -344,10 +343,7 @@ def _check_jobs(chosen: Sequence[tuple[CheckedConfig, Any]], fit: _FitWithoutBud
                 config["lr"] = c.lr
             if "progress" in _config_keys(fn):
                 config["progress"] = False
-            key_config = {k: v for k, v in config.items() if k not in ("data", "out")}
-            key_config["data_fingerprint"] = fit.laws.data_fingerprint
-            key_config["code_version"] = __version__
-            key = run_key(key_config)
+            key_config, key = run_identity(config, fit.laws.data_fingerprint)
             if export_dir is not None:  # a trained model per run: only when asked (100s of MB)
                 config["out"] = str(Path(export_dir) / key)
             cell = Cell(model=c.model, path=c.path, method=config["method"], variant=c.variant, budget=budget,

@@ -33,7 +33,7 @@ from typing import Any
 from .cells import Cell, model_shape
 from .errors import EmbrecipeError, InputError, is_disk_full
 from .grid import DEFAULT_TRAIN_FN, SYNTHETIC_TRAIN_FN, Grid
-from .methods import method_class
+from .methods import method_from_dict
 from .records import RunRecord
 
 TrainFn = Callable[[dict[str, Any]], "RunRecord | dict[str, Any]"]
@@ -139,16 +139,14 @@ class _GpuPlacer:
 
         if self._signature(cell) in self.measured:
             return self.measured[self._signature(cell)] * 1.1
-        model = next((m for m in self.grid.models if m["name"] == cell.model), None)
-        shape = model_shape(model) if model is not None else None
-        layers = shape.num_blocks if shape else 32
-        hidden = shape.hidden_size if shape and shape.hidden_size else 4096
-        total = cell.n_params + (shape.embedding_params if shape else 0)
-        batch = int(cell.config.get("mini_batch_size") or cell.config.get("batch_size", 1024))
-        per_pair = (cell.planned_tokens / cell.planned_steps / int(cell.config.get("batch_size", 1024))
-                    if cell.planned_steps else 2.0 * float(cell.config.get("max_seq_length", 75)))
-        trainable = total if method_class(cell.method["name"]).trains_everything else cell.n_trainable
-        return estimate_cell_mib(total, trainable, layers, hidden, per_pair * batch)
+        model = next(m for m in self.grid.models if m["name"] == cell.model)
+        config = cell.config
+        return estimate_cell_mib(model_shape(model), method_from_dict(cell.method),
+                                 batch_size=int(config.get("batch_size", 1024)),
+                                 seq_len=int(config.get("max_seq_length", 75)),
+                                 mini_batch=config.get("mini_batch_size"),
+                                 hard_negatives=int(config.get("hard_negatives", 0)),
+                                 bf16=config.get("precision", "auto") != "fp32")
 
     def place(self, cell: Cell) -> Any:
         if self.per_cell > 1:
