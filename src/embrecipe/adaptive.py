@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import EmbrecipeError, InputError
+from .flops import check_budget, is_budget
 
 if TYPE_CHECKING:
     from .records import RunRecord
@@ -105,7 +106,7 @@ class AdaptiveSpec:
             raise InputError(f"adaptive: min_rungs must be >= 2 (a law needs two budgets), got {self.min_rungs}")
         if self.bootstrap < 0:
             raise InputError(f"adaptive: bootstrap must be >= 0, got {self.bootstrap}")
-        if any(not (math.isfinite(t) and t > 0) for t in self.targets):
+        if not all(is_budget(t) for t in self.targets):
             raise InputError("adaptive: target budgets must be positive numbers of FLOPs")
 
     @classmethod
@@ -526,8 +527,7 @@ def replay_adaptive(records: Iterable[RunRecord | Mapping[str, Any]], *, target:
         raise InputError("no completed runs to replay the adaptive sweep on")
     rungs = sorted({_budget(r) for r in recs})
     target = float(target) if target is not None else rungs[-1]
-    if not (math.isfinite(target) and target > 0):
-        raise InputError(f"target budget must be a positive number of FLOPs, got {target!r}")
+    check_budget(target, "target budget", InputError)
     targets = spec.targets or (target,)
     ids = [config_id(r) for r in recs]
     alive = set(ids)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
+from .flops import check_budget
 from .records import RunRecord, as_record, run_identity
 
 if TYPE_CHECKING:
@@ -211,8 +212,7 @@ def recipe_check(
     from .plan import plan
     from .store import RunStore
 
-    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
-        raise InputError(f"check budget must be a positive number of FLOPs, got {budget!r}")
+    check_budget(budget, "check budget", InputError)
     if seeds < 1:
         raise InputError(f"seeds must be >= 1, got {seeds}")
     fit = _fit_without_budget([as_record(r) for r in records], budget, bootstrap=bootstrap, seed=seed,

@@ -130,7 +130,7 @@ def estimate_tokens_per_pair(pairs: PairData | str | os.PathLike[str] | Sequence
     ``tokenize``: texts -> token ids instead (the trainer's cached tokenizer).
     """
     if isinstance(pairs, (str, os.PathLike)):
-        pairs = load_pairs(pairs)
+        pairs = load_pairs(Path(pairs))
     columns = pairs.columns(hard_negatives) if isinstance(pairs, PairData) else pairs
     if tokenize is None:
         if isinstance(tokenizer, (str, os.PathLike)):

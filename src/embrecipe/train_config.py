@@ -22,6 +22,7 @@ from typing import Any
 
 from .data import PairData
 from .errors import BudgetError, EmbrecipeError, InputError
+from .flops import is_budget
 from .methods import FullFineTuning, MethodConfig, method_from_dict, method_to_dict
 
 # Published pre-training peak LRs, by checkpoint name (Pythia: Biderman et al. 2023, Table 1 / the released
@@ -140,7 +141,7 @@ def _finite_and(value: float, ok: Callable[[float], bool]) -> bool:
 # several faults names the same one as before); grouped by what they guard.
 _RULES: tuple[_Rule, ...] = (
     # the budget, the batch and the sequence length
-    _Rule(lambda c: not (isinstance(c.budget, (int, float)) and _finite_and(c.budget, lambda b: b > 0)),
+    _Rule(lambda c: not is_budget(c.budget),
           lambda c: f"budget must be a positive number of FLOPs, got {c.budget!r}", BudgetError),
     _Rule(lambda c: c.batch_size < 2,
           lambda c: f"batch_size must be >= 2 (in-batch negatives), got {c.batch_size}"),

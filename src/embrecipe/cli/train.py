@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..errors import InputError
+from ..flops import is_budget
 from ..train_config import TrainConfig
 
 
@@ -15,7 +16,7 @@ def parse_budget(text: str) -> float:
         value = float(str(text).replace("_", ""))
     except ValueError:
         raise argparse.ArgumentTypeError(f"budget {text!r} is not a number of FLOPs (e.g. 3e13)") from None
-    if not value > 0 or value != value or value == float("inf"):
+    if not is_budget(value):
         raise argparse.ArgumentTypeError(f"budget must be a positive, finite number of FLOPs, got {text!r}")
     return value
 
