@@ -359,6 +359,23 @@ def test_config_from_dict_checks_types_like_a_grid_needs():
         config_from_dict({**base, "weight_decay": -5})
 
 
+def test_every_setting_is_type_checked_from_its_annotation():
+    """The types come from TrainConfig's annotations, not a table: a setting the table forgot (sync_every,
+    pack_length, packing, compile, the prompts) once reached the trainer as text and raised a raw TypeError."""
+    import dataclasses
+
+    from embrecipe.train_config import config_from_dict
+
+    base = {"model": "m", "data": "d.jsonl", "budget": 1e12}
+    assert config_from_dict({**base, "sync_every": 8, "query_prompt": "q: "}).sync_every == 8
+    with pytest.raises(InputError, match="sync_every must be an integer, got str '32'"):
+        config_from_dict({**base, "sync_every": "32"})
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "method":
+            with pytest.raises(InputError, match=f"config: {f.name} must be"):
+                config_from_dict({**base, f.name: [1]})
+
+
 def test_validation_set_of_one_pair_is_refused_before_training(tiny_models, tiny_pair_data):
     with pytest.raises(InputError, match="1 validation pair"):
         train(_cfg(tiny_models["llama"], tiny_pair_data, val_data=tiny_pair_data.subset([0])))

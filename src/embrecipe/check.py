@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
 from .flops import check_budget
-from .records import RunRecord, as_record, run_identity
+from .records import RunRecord, run_identity
 
 if TYPE_CHECKING:
     from .cells import Cell
@@ -209,13 +209,14 @@ def recipe_check(
     """See the module docstring. ``records``: completed run records (``RunStore.records()``). ``out_dir`` gets
     ``check.json``; with ``export`` also every trained model (``out_dir/<run key>``)."""
     from .executors import resolve_train_fn
+    from .laws import finite_records
     from .plan import plan
     from .store import RunStore
 
     check_budget(budget, "check budget", InputError)
     if seeds < 1:
         raise InputError(f"seeds must be >= 1, got {seeds}")
-    fit = _fit_without_budget([as_record(r) for r in records], budget, bootstrap=bootstrap, seed=seed,
+    fit = _fit_without_budget(finite_records(records)[0], budget, bootstrap=bootstrap, seed=seed,
                               min_runs=min_runs)
     p = plan(budget, fit.laws, level=level)
     chosen, naive_from_budget = _choose_configs(p, fit, seeds, level)

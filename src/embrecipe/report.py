@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import EmbrecipeError, InputError
-from .laws import PARAM_NAMES, LawSet, RunPoint, fit_laws, run_point
+from .laws import PARAM_NAMES, LawSet, RunPoint, finite_records, fit_laws, run_point
 from .records import RunRecord
 
 _LINESTYLES = ("-", "--", "-.", ":")
@@ -271,7 +271,7 @@ def write_report(records: Sequence[RunRecord | Mapping[str, Any]], out_dir: str 
     """Fit (unless ``laws`` is given), draw Figure 1 and the residuals, write report.md and the law card."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    points = [run_point(r, loss_key=loss_key) for r in records]
+    points = [run_point(r, loss_key=loss_key) for r in finite_records(records, loss_key)[0]]
     if not points:
         raise InputError("no completed runs to report on")
     if laws is None:
