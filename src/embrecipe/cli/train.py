@@ -7,6 +7,7 @@ import dataclasses
 import json
 import typing
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import InputError
 from ..flops import is_budget
@@ -100,7 +101,7 @@ def add_config_arguments(p: argparse.ArgumentParser, groups: Sequence[str]) -> d
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`~embrecipe.train_config.TrainConfig` the flags of :func:`register` describe."""
-    values = {}
+    values: dict[str, Any] = {}
     for f in _flag_fields([MAIN, "training", PROMPTS, TRACKING, SPEED]):
         value = getattr(args, f.name)
         values[f.name] = None if f.metadata["zero_is_none"] and not value else value
