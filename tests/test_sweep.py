@@ -321,3 +321,43 @@ def test_executor_reports_busy_cells_and_hands_claims_back_on_interrupt(tmp_path
             cells[3:4], on_result=lambda cell, record: None, on_busy=lambda cell: None)
     assert st.status(cells[3].key) == "pending"
     st.close()
+
+
+def _slow_train(config):
+    """A cell that trains for up to 20 s in short slices (a dead heartbeat must stop it long before)."""
+    import time
+
+    from embrecipe.synthetic import synthetic_train
+
+    end = time.time() + 20
+    while time.time() < end:
+        time.sleep(0.01)
+    return synthetic_train(config)
+
+
+def test_dead_heartbeat_is_logged_and_stops_the_cell(tmp_path, monkeypatch):
+    """A heartbeat that keeps failing used to be swallowed silently, so another host could take a live claim:
+    now each failure is logged, and before the claim could go stale the cell is stopped and handed back."""
+    import sqlite3
+
+    from embrecipe.errors import ClaimLost
+    from embrecipe.executors import ExecutorSettings, make_executor
+    from embrecipe.grid import grid_from_dict
+    from embrecipe.store import RunStore
+
+    def broken(self, key):
+        raise sqlite3.OperationalError("database is locked")
+
+    grid = grid_from_dict({**BASE, "budgets": [1e12], "methods": {"full": {}}, "models": ["toy-h64-l2"],
+                           "heartbeat_s": 0.05})
+    cells = expand(grid)[0]
+    store = RunStore(tmp_path / "runs.sqlite")
+    monkeypatch.setattr(RunStore, "heartbeat", broken)
+    logs: list[str] = []
+    t0 = time.time()
+    with pytest.raises(ClaimLost, match=r"heartbeat .* failed 2 times"):
+        make_executor(ExecutorSettings(), store, _slow_train, grid, logs.append).run(
+            cells, on_result=lambda c, r: None, on_busy=lambda c: None)
+    assert time.time() - t0 < 10  # stopped, not trained to the end
+    assert sum("heartbeat to" in line and "database is locked" in line for line in logs) == 2
+    assert store.status(cells[0].key) == "pending"  # handed back: the next run starts it at once

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
 from .flops import check_budget
+from .jsonio import write_text_atomic
 from .records import RunRecord, run_identity
 
 if TYPE_CHECKING:
@@ -413,9 +414,7 @@ def _score(st: Any, jobs: list[_CheckJob]) -> None:
 def _write_report(report: CheckReport, out_dir: Path) -> None:
     """Phase 5: ``check.json`` in ``out_dir``, written whole or not at all."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "check.json.tmp"
-    tmp.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
-    os.replace(tmp, out_dir / "check.json")
+    write_text_atomic(out_dir / "check.json", json.dumps(report.to_dict(), indent=1) + "\n")
 
 
 def _same_budget(a: float, b: float) -> bool:

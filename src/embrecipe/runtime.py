@@ -71,19 +71,9 @@ class Dist:
                 dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
                 p.grad.div_(self.world)
 
-    def mean(self, value: float) -> float:
-        """The mean of a scalar over ranks (each rank's loss covers only its shard of the queries)."""
-        if not self.enabled:
-            return value
-        import torch
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return float(t) / self.world
-
     def mean_many(self, values: list[float]) -> list[float]:
-        """:meth:`mean` of several scalars in one collective (the losses gathered at a sync point)."""
+        """Each scalar's mean over ranks, in one collective (each rank's loss covers only its shard of the
+        queries; the losses are gathered at a sync point)."""
         if not self.enabled:
             return values
         import torch

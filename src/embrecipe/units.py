@@ -83,10 +83,6 @@ def hours_to_flops(hours: float, flops_per_s: float) -> float:
     return 3600.0 * float(hours) * float(flops_per_s)
 
 
-def flops_to_hours(flops: float, flops_per_s: float) -> float:
-    return float(flops) / (3600.0 * float(flops_per_s))
-
-
 def interpolate_loglog(xs: Sequence[float], ys: Sequence[float], x: float) -> tuple[float, float]:
     """Piecewise-linear interpolation in (log x, log y); outside the range, the nearest end's y.
 
