@@ -39,14 +39,15 @@ from typing import TYPE_CHECKING, Any
 from .errors import InputError
 from .flops import check_budget
 from .jsonio import write_text_atomic
-from .records import RunRecord, run_identity
+from .records import NON_IDENTITY_KEYS, RunRecord, run_identity
 
 if TYPE_CHECKING:
     from .cells import Cell
     from .executors import TrainFn
 
-# Settings of a stored run that describe how it ran, not what it is: dropped from a check run's template.
-_OPERATIONAL = ("out", "resume", "stop_after_steps", "checkpoint_every", "progress", "log_every")
+# Settings of a stored run that describe how it ran, not what it is (the run key's operational settings, and a
+# simulated kill): dropped from a check run's template, so a check run neither writes nor logs where it did.
+_OPERATIONAL = NON_IDENTITY_KEYS | {"stop_after_steps"}
 
 
 def check_interval(laws: Any, variant: str, n_params: float, tokens: float,
