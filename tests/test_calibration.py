@@ -28,9 +28,25 @@ def test_single_run_intervals_cover_held_out_runs_at_about_the_nominal_rate():
     assert res["brier_p_optimal"] < 0.1
 
 
-def test_committed_calibration_table_meets_the_target():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration.json"
-    res = json.loads(path.read_text())
-    assert res["synthetic"] and res["redraws"] >= 20
+def test_committed_calibration_table_is_todays_calibration_and_meets_the_target(tmp_path):
+    """The committed table must describe what today's code computes: the default study design it simulated, the
+    command that wrote it, and a table rendered from its own numbers (a rerun at a tiny size writes the same
+    layout); then its coverage meets the target. A change to the design or the output without a rerun fails."""
+    import dataclasses
+
+    from embrecipe.calibration import format_table, main
+
+    committed = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "calibration.json").read_text())
+    today = Setup()
+    assert committed["setup"] == json.loads(json.dumps(
+        {**dataclasses.asdict(today), "truths": {k: list(v) for k, v in today.truths.items()}}))
+    for flag, key in (("--redraws", "redraws"), ("--bootstrap", "bootstrap")):
+        assert f"{flag} {committed[key]}" in committed["command"]
+    assert committed["table"] == format_table(committed)
+    assert main(["--redraws", "2", "--bootstrap", "5", "--known-redraws", "0", "--out", str(tmp_path / "c.json")]) == 0
+    fresh = json.loads((tmp_path / "c.json").read_text())
+    assert set(fresh) == set(committed) - {"known_law"} and fresh["setup"] == committed["setup"]
+    assert fresh["table"] == format_table(fresh)
+    assert committed["synthetic"] and committed["redraws"] >= 20
     for where in ("interior", "extrapolated"):
-        assert 0.85 <= res["coverage"][f"run_{where}"]["coverage"] <= 0.95, res["coverage"]
+        assert 0.85 <= committed["coverage"][f"run_{where}"]["coverage"] <= 0.95, committed["coverage"]

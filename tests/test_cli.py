@@ -177,6 +177,66 @@ def test_fit_skips_failed_and_non_finite_runs_and_says_so(tmp_path, capsys):
     assert "1 completed run(s) with a non-finite or missing loss" in out and "full: 9 runs" in out
 
 
+def test_plan_report_and_check_fit_the_same_runs_as_fit(tmp_path, capsys):
+    """Which runs can be fitted is decided once (laws.finite_records, inside fit_laws): a store with a null-loss
+    run plans (--laws STORE), reports and dry-runs a check instead of stopping on that run."""
+    from embrecipe.check import recipe_check
+    from embrecipe.laws import fit_laws
+    from embrecipe.store import RunStore
+    from embrecipe.synthetic import synthetic_train
+
+    path = tmp_path / "runs.sqlite"
+    with RunStore(path) as store:
+        for model in ("toy-h64-l2", "toy-h128-l4", "toy-h256-l4"):
+            for budget in (1e13, 3e13, 1e14):
+                store.put(synthetic_train({"model": model, "method": {"name": "full"}, "budget": budget,
+                                           "batch_size": 32, "seed": 0}))
+        clean = store.records()
+        bad = synthetic_train({"model": "toy-h64-l2", "method": {"name": "full"}, "budget": 3e14,
+                               "batch_size": 32, "seed": 0}).to_dict()
+        store.put({**bad, "final_val_loss": None})  # a diverged run: null loss
+        records = store.records()
+    assert len(records) == len(clean) + 1
+    fitted = fit_laws(records, bootstrap=0)
+    assert fitted.to_dict()["variants"] == fit_laws(clean, bootstrap=0).to_dict()["variants"]
+    assert main(["plan", "--budget", "1e14", "--laws", str(path)]) == 0
+    assert main(["report", str(path), "--out", str(tmp_path / "report"), "--bootstrap", "0"]) == 0
+    assert "9 runs" in (tmp_path / "report" / "report.md").read_text()
+    report = recipe_check(records, 1e14, dry_run=True, bootstrap=0, min_runs=2, log=lambda s: None)
+    assert report.configs
+
+
+def test_train_flags_come_from_the_config_fields():
+    """`embrecipe train`'s flags are built from TrainConfig's fields: every field with help is a flag with the
+    field's default, and the flags give the config directly (nothing set after construction)."""
+    import dataclasses
+
+    from embrecipe.cli import build_parser
+    from embrecipe.cli.train import config_from_args
+    from embrecipe.train_config import TrainConfig
+
+    argv = ["train", "--model", "m", "--data", "d.jsonl", "--budget", "1e12", "--out", "o", "--sync-every", "8",
+            "--pack-length", "160", "--packing", "off", "--compile", "default", "--no-repeat", "--quiet",
+            "--max-grad-norm", "0", "--logging-dir", "L", "--query-prompt", "q: ", "--method", "lora",
+            "--lora-rank", "4"]
+    config = config_from_args(build_parser().parse_args(argv))
+    from embrecipe.methods import parse_method
+
+    assert config == TrainConfig(model="m", data="d.jsonl", budget=1e12, out="o", sync_every=8, pack_length=160,
+                                 packing="off", compile="default", allow_repeat=False, progress=False,
+                                 max_grad_norm=None, tracking_dir="L", query_prompt="q: ",
+                                 method=parse_method("lora", rank=4))
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    by_dest = {a.dest: a for a in train._actions}
+    for f in dataclasses.fields(TrainConfig):
+        if f.metadata.get("help"):
+            assert by_dest[f.name].help == f.metadata["help"]
+            assert by_dest[f.name].default == (None if f.default is dataclasses.MISSING else f.default), f.name
+    defaults = config_from_args(build_parser().parse_args(argv[:9]))
+    assert dataclasses.replace(defaults, method=TrainConfig.__dataclass_fields__["method"].default_factory()) == \
+        TrainConfig(model="m", data="d.jsonl", budget=1e12, out="o")
+
+
 def test_embrecipe_warnings_print_as_one_line():
     from embrecipe.cli import _format_warning
     from embrecipe.errors import EmbrecipeWarning

@@ -121,3 +121,43 @@ def test_analytic_cost_matches_flop_counter(deep_tiny_models, arch, method_name)
 
     # The meter's own numbers (N, N_t counted on the model) agree with the pure shape-based count.
     assert info.n_trainable == method.trainable_params(info.shape)
+
+
+BAD_BUDGETS = [0, -1e13, float("nan"), float("inf"), "3e13", True, None]
+
+
+@pytest.mark.parametrize("bad", BAD_BUDGETS)
+def test_one_budget_check_refuses_the_same_values_everywhere(bad):
+    """flops.is_budget is the only budget check: the trainer's config, the planner, grids, the adaptive
+    targets and the CLI parser refuse exactly what it refuses (a bool budget once slipped through as 1 FLOP)."""
+    import argparse
+
+    from embrecipe.adaptive import AdaptiveSpec
+    from embrecipe.cli.train import parse_budget
+    from embrecipe.errors import EmbrecipeError
+    from embrecipe.flops import check_budget, is_budget
+    from embrecipe.grid import grid_from_dict
+    from embrecipe.plan import plan
+    from embrecipe.train_config import TrainConfig
+
+    assert not is_budget(bad)
+    with pytest.raises(EmbrecipeError, match="budget must be a positive number of FLOPs"):
+        check_budget(bad)
+    with pytest.raises(EmbrecipeError, match="budget must be a positive number of FLOPs"):
+        TrainConfig(model="m", data="d.jsonl", budget=bad).validate()
+    with pytest.raises(EmbrecipeError, match="budget must be a positive number of FLOPs"):
+        plan(bad, None, [])  # refused before the laws are read
+    if isinstance(bad, float) or (isinstance(bad, int) and not isinstance(bad, bool)):  # grids parse text and bools
+        with pytest.raises(EmbrecipeError, match="positive FLOP counts"):
+            grid_from_dict({"models": ["toy-h64-l2"], "methods": {"full": {}}, "budgets": [1e12, bad]})
+        with pytest.raises(EmbrecipeError, match="target budgets"):
+            AdaptiveSpec(targets=(bad,))
+    if not isinstance(bad, str):  # the CLI parses text: "3e13" is its valid input
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_budget(str(bad))
+
+
+def test_budget_check_accepts_ints_and_floats():
+    from embrecipe.flops import check_budget, is_budget
+
+    assert is_budget(1) and is_budget(3e13) and check_budget(10**15) == 1e15

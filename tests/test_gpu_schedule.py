@@ -45,11 +45,22 @@ def test_whole_gpu_cells_take_idle_cards_only():
     assert sorted(slots.left) == [90, 100, 100]
 
 
-def test_memory_estimate_and_utilization_arithmetic():
-    # smollm2-L30 full fine-tuning (135M params incl. embeddings), batch 1024 x ~40 tokens per pair
-    big = estimate_cell_mib(134.5e6, 134.5e6, 30, 576, 1024 * 40)
-    small = estimate_cell_mib(35e6, 35e6, 2, 576, 32 * 40)
-    assert 16 * 134.5e6 / 2**20 < big < 40_000 and small < 2_000 and small < big
+def test_sweep_placement_uses_the_planners_memory_model():
+    """One memory model: a cell's placement estimate is the planner's training_memory, term for term."""
+    from embrecipe.methods import method_from_dict
+    from embrecipe.units import training_memory
+
+    from .test_plan import family
+
+    shape, full = family()[-1].shape, method_from_dict({"name": "full"})
+    planner = training_memory(shape, full, batch_size=1024, seq_len=75, mini_batch=64)["total"] / 2**20
+    assert estimate_cell_mib(shape, full, batch_size=1024, seq_len=75, mini_batch=64) == pytest.approx(planner)
+    fp32_hn = training_memory(shape, full, batch_size=32, seq_len=75, texts_per_pair=3, activation_bytes=4)
+    assert estimate_cell_mib(shape, full, batch_size=32, seq_len=75, hard_negatives=1, bf16=False) == \
+        pytest.approx(fp32_hn["total"] / 2**20)
+
+
+def test_utilization_arithmetic():
     assert sweep_utilization(7.9e14, 2.0, 7.9e14) == pytest.approx(0.5)
     assert sweep_utilization(1e15, 1.0, 1e15, devices=4) == pytest.approx(0.25)
     assert math.isnan(sweep_utilization(1.0, 0.0, 1.0))
@@ -120,10 +131,19 @@ def test_packing_off_or_no_gpu_keeps_the_plain_pool(tmp_path, monkeypatch):
     assert res.utilization is None  # synthetic FLOPs are not executed: no utilization claimed
 
 
-def test_auto_mini_batch_only_where_memory_requires_it():
-    from embrecipe.gpu_schedule import auto_mini_batch
+def test_trainer_gradcache_sizing_is_the_planners_memory_model():
+    """The trainer's automatic GradCache picks what the planner's auto_mini_batch picks for the same memory."""
+    from embrecipe.memory import gradcache_mini_batch
+    from embrecipe.methods import method_from_dict
+    from embrecipe.units import auto_mini_batch, training_memory
 
-    assert auto_mini_batch(1024, 80_000, 2_000, 10.0) is None  # 10 GiB of activations fit
-    assert auto_mini_batch(1024, 8_000, 2_000, 10.0) == 512  # 0.9 * 8000 - 2000 = 5200 MiB -> 512 pairs
-    assert auto_mini_batch(1024, 2_000, 2_000, 10.0) == 1  # nothing fits: the smallest mini-batch
-    assert auto_mini_batch(32, 8_000, 2_000, 10.0) is None
+    from .test_plan import family
+
+    shape, full = family()[-1].shape, method_from_dict({"name": "full"})
+    kw = dict(batch_size=1024, seq_len=75)
+    plain = training_memory(shape, full, **kw)["total"]
+    assert gradcache_mini_batch(shape, full, memory_bytes=plain, **kw) is None  # the whole batch fits
+    squeezed = auto_mini_batch(shape, full, memory_bytes=plain / 4, **kw)
+    assert squeezed is not None and squeezed[0] is not None
+    assert gradcache_mini_batch(shape, full, memory_bytes=plain / 4, **kw) == squeezed[0]
+    assert gradcache_mini_batch(shape, full, memory_bytes=1.0, **kw) == 1  # nothing fits: the smallest

@@ -33,16 +33,32 @@ def store_path(tmp_path_factory):
 
 
 def test_write_report_files(store_path, tmp_path):
+    """What the report shows: figures that decode to the drawn size and are not blank, a markdown whose law
+    table holds the law card's fitted numbers for each variant, and the card itself."""
+    import xml.etree.ElementTree as ET
+
+    import matplotlib.image as mpimg
+    import numpy as np
+
     records = RunStore(store_path).records()
     paths = write_report(records, tmp_path / "rep", bootstrap=10)
-    for key in ("figure_png", "figure_svg", "residuals_png", "residuals_svg", "report", "laws"):
-        assert paths[key].is_file() and paths[key].stat().st_size > 1000, key
-    assert paths["figure_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert b"<svg" in paths["figure_svg"].read_bytes()[:2000]
+    laws = LawSet.load(paths["laws"])
+    assert laws.variants == ["full", "lora-r8"]
+    for key, (width_in, height_in) in (("figure_png", (8.5, 5.5)), ("residuals_png", (8.5, 4.2))):
+        img = mpimg.imread(paths[key])
+        # saved with bbox_inches="tight" at 130 dpi: within a few tens of pixels of the figure size
+        assert abs(img.shape[1] - width_in * 130) < 0.25 * width_in * 130, (key, img.shape)
+        assert abs(img.shape[0] - height_in * 130) < 0.25 * height_in * 130, (key, img.shape)
+        assert float(np.std(img[..., :3])) > 0.05, key  # something is drawn
+    for key in ("figure_svg", "residuals_svg"):
+        assert ET.parse(paths[key]).getroot().tag.endswith("svg"), key
     md = paths["report"].read_text()
     assert "SYNTHETIC" in md and "figure1.png" in md and "Recipe table" in md
-    assert "| full |" in md and "| lora-r8 |" in md
-    assert LawSet.load(paths["laws"]).variants == ["full", "lora-r8"]
+    assert f"- runs: {len(records)} completed, variants: full, lora-r8" in md
+    for variant, law in laws.laws.items():
+        row = next(line for line in md.splitlines() if line.startswith(f"| {variant} | {law.n_runs_} | "))
+        for name in ("E", "alpha", "beta"):
+            assert f"{law.params_[name]:.4g}" in row, (variant, name, row)
 
 
 def test_report_without_family_falls_back_to_trend_lines(store_path, tmp_path):

@@ -284,6 +284,33 @@ def test_committed_stores_keep_their_keys(store_path):
     assert all(run_key(cfg) == key for key, cfg in rows)
 
 
+COMMITTED_STORES = ["study/full/study.sqlite", "study/full/check.sqlite", "study/lrcheck/lrcheck.sqlite",
+                    "study/lrcheck/lrcheck-check.sqlite", "study/lrcheck/lrcheck75.sqlite",
+                    "study/lrcheck/lrcheck75-check.sqlite", "study/mini/mini.sqlite"]
+
+
+@pytest.mark.parametrize("store_path", COMMITTED_STORES)
+def test_the_one_identity_builder_rebuilds_every_committed_run(store_path, monkeypatch):
+    """records.run_identity (the only builder: sweep cells and check runs) gives every committed run its stored
+    identity and key back from the trainer config it ran with (data and output paths in, fingerprint out)."""
+    from pathlib import Path
+
+    import embrecipe
+    from embrecipe.records import run_identity
+
+    path = Path(__file__).resolve().parents[1] / store_path
+    if not path.exists():
+        pytest.skip(f"{store_path} is not in this checkout")
+    rows = _read_rows(path)
+    assert rows
+    for key, stored in rows:
+        monkeypatch.setattr(embrecipe, "__version__", stored["code_version"])
+        trainer_config = {k: v for k, v in stored.items() if k not in ("data_fingerprint", "code_version")}
+        trainer_config.update(data="/anywhere/pairs.jsonl", out=f"/anywhere/{key}")
+        ident, rebuilt = run_identity(trainer_config, stored["data_fingerprint"])
+        assert (ident, rebuilt) == (stored, key)
+
+
 def _read_rows(path):
     import json
     import sqlite3

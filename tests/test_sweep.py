@@ -182,16 +182,16 @@ def test_tokens_per_pair_estimate_is_not_biased_by_a_sorted_file(tiny_models, tm
     """A file sorted short-to-long (the testbed's is sorted by package) must not be measured by its head."""
     import json
 
-    from embrecipe.cells import _measure_tokens_per_pair
-    from embrecipe.data import load_pairs
+    from embrecipe.data import estimate_tokens_per_pair, load_pairs
 
     rows = [{"query": "sum " * (1 + i // 50), "pos": "the sum of two arrays " * (1 + i // 50)} for i in range(300)]
     path = tmp_path / "sorted.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = load_pairs(path)
-    exact = _measure_tokens_per_pair(data, tiny_models["llama"], 75, 0, sample=len(rows))
-    sampled = _measure_tokens_per_pair(data, tiny_models["llama"], 75, 0, sample=60)
-    assert abs(sampled - exact) / exact < 0.05
+    exact = estimate_tokens_per_pair(data, tiny_models["llama"], sample=None)
+    sampled = estimate_tokens_per_pair(path, tiny_models["llama"], sample=60)
+    head = estimate_tokens_per_pair(data.subset(range(60)), tiny_models["llama"], sample=None)
+    assert abs(sampled - exact) / exact < 0.05 and abs(head - exact) / exact > 0.3  # the head would be far off
 
 
 # ---------------------------------------------------------------------------------------- hardening (issue 13)
@@ -345,3 +345,43 @@ def test_a_grid_too_small_to_fit_says_so_before_training_and_report_writes_nothi
     # the full BASE grid (2 sizes x 3 budgets per variant) is fittable: no warning
     assert main(["sweep", str(write_grid(tmp_path)), "--dry-run", "--no-progress"]) == 0
     assert "fittable" not in capsys.readouterr().out
+
+
+def _slow_train(config):
+    """A cell that trains for up to 20 s in short slices (a dead heartbeat must stop it long before)."""
+    import time
+
+    from embrecipe.synthetic import synthetic_train
+
+    end = time.time() + 20
+    while time.time() < end:
+        time.sleep(0.01)
+    return synthetic_train(config)
+
+
+def test_dead_heartbeat_is_logged_and_stops_the_cell(tmp_path, monkeypatch):
+    """A heartbeat that keeps failing used to be swallowed silently, so another host could take a live claim:
+    now each failure is logged, and before the claim could go stale the cell is stopped and handed back."""
+    import sqlite3
+
+    from embrecipe.errors import ClaimLost
+    from embrecipe.executors import ExecutorSettings, make_executor
+    from embrecipe.grid import grid_from_dict
+    from embrecipe.store import RunStore
+
+    def broken(self, key):
+        raise sqlite3.OperationalError("database is locked")
+
+    grid = grid_from_dict({**BASE, "budgets": [1e12], "methods": {"full": {}}, "models": ["toy-h64-l2"],
+                           "heartbeat_s": 0.05})
+    cells = expand(grid)[0]
+    store = RunStore(tmp_path / "runs.sqlite")
+    monkeypatch.setattr(RunStore, "heartbeat", broken)
+    logs: list[str] = []
+    t0 = time.time()
+    with pytest.raises(ClaimLost, match=r"heartbeat .* failed 2 times"):
+        make_executor(ExecutorSettings(), store, _slow_train, grid, logs.append).run(
+            cells, on_result=lambda c, r: None, on_busy=lambda c: None)
+    assert time.time() - t0 < 10  # stopped, not trained to the end
+    assert sum("heartbeat to" in line and "database is locked" in line for line in logs) == 2
+    assert store.status(cells[0].key) == "pending"  # handed back: the next run starts it at once

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from embrecipe.budget import lr_at_fraction, lr_lambda, step_lr_fraction
+from embrecipe.budget import lr_at_fraction, step_lr_fraction
 from embrecipe.errors import BudgetError, InputError
 from embrecipe.methods import BiasOnly, BlockFreezing, FullFineTuning, LoRA
 from embrecipe.train_config import TrainConfig, default_lr
@@ -15,16 +15,6 @@ def _cfg(model, data, **kw):
     base = dict(model=model, data=data, budget=1.5e9, batch_size=16, progress=False, seed=0)
     base.update(kw)
     return TrainConfig(**base)
-
-
-def test_lr_schedule_warmup_cosine_and_clamped():
-    total = 100
-    values = [lr_lambda(s, total, 0.1) for s in range(130)]
-    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
-    assert values[10] == pytest.approx(1.0)
-    assert values[55] == pytest.approx(0.5, abs=0.02)
-    assert values[100] == pytest.approx(0.0, abs=1e-9)
-    assert all(v == pytest.approx(0.0, abs=1e-9) for v in values[100:])  # never climbs back after the plan
 
 
 # Pythia's published pre-training peak LRs (Biderman et al. 2023), restated here independently of the table.
@@ -357,6 +347,23 @@ def test_config_from_dict_checks_types_like_a_grid_needs():
         config_from_dict({k: v for k, v in base.items() if k != "data"})
     with pytest.raises(InputError, match="weight_decay"):
         config_from_dict({**base, "weight_decay": -5})
+
+
+def test_every_setting_is_type_checked_from_its_annotation():
+    """The types come from TrainConfig's annotations, not a table: a setting the table forgot (sync_every,
+    pack_length, packing, compile, the prompts) once reached the trainer as text and raised a raw TypeError."""
+    import dataclasses
+
+    from embrecipe.train_config import config_from_dict
+
+    base = {"model": "m", "data": "d.jsonl", "budget": 1e12}
+    assert config_from_dict({**base, "sync_every": 8, "query_prompt": "q: "}).sync_every == 8
+    with pytest.raises(InputError, match="sync_every must be an integer, got str '32'"):
+        config_from_dict({**base, "sync_every": "32"})
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "method":
+            with pytest.raises(InputError, match=f"config: {f.name} must be"):
+                config_from_dict({**base, f.name: [1]})
 
 
 def test_validation_set_of_one_pair_is_refused_before_training(tiny_models, tiny_pair_data):

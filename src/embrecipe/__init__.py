@@ -21,6 +21,8 @@ _LAZY = {
     "parse_method": "methods",
     "ModelShape": "flops",
     "flops_per_token": "methods",
+    "fit_laws": "laws",
+    "RunStore": "store",
 }
 
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from .design import DesignResult, DesignSpec, Option, Run, Step, run_design
 from .errors import InputError
+from .flops import check_budget, is_budget
 
 if TYPE_CHECKING:
     from .records import RunRecord
@@ -76,12 +77,10 @@ class AdaptiveSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if any(not (math.isfinite(t) and t > 0) for t in self.targets):
+        if not all(is_budget(t) for t in self.targets):
             raise InputError("adaptive: target budgets must be positive numbers of FLOPs")
-        if self.experiment_budget is not None and not (math.isfinite(self.experiment_budget)
-                                                       and self.experiment_budget > 0):
-            raise InputError(f"adaptive: experiment_budget must be a positive number of FLOPs, "
-                             f"got {self.experiment_budget}")
+        if self.experiment_budget is not None:
+            check_budget(self.experiment_budget, "adaptive: experiment_budget", InputError)
         self.design()  # the design's own checks (one-line errors)
 
     def design(self) -> DesignSpec:
@@ -383,8 +382,7 @@ def replay_adaptive(records: Iterable[RunRecord | Mapping[str, Any]], *, target:
     runs = runs_of(recs)
     target = float(target) if target is not None else (spec.targets[0] if spec.targets else
                                                         max(r.budget for r in runs))
-    if not (math.isfinite(target) and target > 0):
-        raise InputError(f"target budget must be a positive number of FLOPs, got {target!r}")
+    check_budget(target, "target budget", InputError)
     by_cell: dict[tuple[Any, ...], Run] = {}
     for r in runs:  # repeated seeds of one cell: the replay sees the first (in the canonical order)
         by_cell.setdefault((r.model, r.variant, r.budget, r.lr), r)

@@ -81,16 +81,6 @@ def step_lr_fraction(spent: float, step_cost: float, budget: float) -> float:
     return (float(spent) + 0.5 * float(step_cost)) / float(budget)
 
 
-def lr_lambda(step: int, total_steps: int, warmup_ratio: float) -> float:
-    """Step-based schedule (kept for reference; the trainer uses :func:`lr_at_fraction`): linear warm-up over
-    the first ``warmup_ratio`` of the planned steps, cosine decay to 0, then 0."""
-    warmup = max(1, int(round(warmup_ratio * total_steps))) if warmup_ratio > 0 else 0
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 @dataclass
 class LoopState:
     """The training loop's state: the meter's counts, the position in the batch order, the loss curve and per-step

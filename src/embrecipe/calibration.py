@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from .jsonio import write_text_atomic
 from .laws import ScalingLaw, fit_laws
 from .records import RunConfig, RunRecord, variant_of
 
@@ -290,9 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     if args.out:
         path = Path(args.out)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({**res, "table": text}, indent=1))
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps({**res, "table": text}, indent=1))
         print(f"\nwrote {path}")
     return 0
 

@@ -44,7 +44,7 @@ def data_stats(grid: Grid) -> DataStats:
         return DataStats(fingerprint="none", pairs=pairs, tokens_per_pair=tpp)
     if not Path(str(data_path)).exists():
         raise InputError(f"grid: data {data_path} does not exist")
-    from .data import load_pairs
+    from .data import estimate_tokens_per_pair, load_pairs
 
     data = load_pairs(data_path)
     fingerprint = data.fingerprint()
@@ -55,27 +55,11 @@ def data_stats(grid: Grid) -> DataStats:
     if pairs is None:
         pairs = train_pairs
     if tpp is None:
-        tpp = _measure_tokens_per_pair(data, grid.models[0]["path"], int(grid.train.get("max_seq_length", 75)),
-                                       int(grid.train.get("hard_negatives", 0)))
+        # the family shares one tokenizer: the first model's
+        tpp = estimate_tokens_per_pair(data, grid.models[0]["path"],
+                                       max_seq_length=int(grid.train.get("max_seq_length", 75)),
+                                       hard_negatives=int(grid.train.get("hard_negatives", 0)))
     return DataStats(fingerprint=fingerprint, pairs=pairs, tokens_per_pair=tpp)
-
-
-def _measure_tokens_per_pair(data: Any, model_path: str, max_len: int, hard_negatives: int,
-                             sample: int = 2000) -> float:
-    # The family shares one tokenizer; a sample of 2000 pairs pins the mean to well under 1 % -- if it is spread
-    # over the file: files are often sorted (by source, by length), and the first 2000 pairs of the testbed's
-    # train split average 41.7 tokens against 49.5 overall, which made the study's planned steps 16 % too many.
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_path)
-    cols = data.columns(hard_negatives)
-    n = min(sample, len(data))
-    idx = [i * len(data) // n for i in range(n)]
-    total = 0
-    for col in cols:
-        enc = tok([col[i] for i in idx], truncation=True, max_length=max_len, padding=False)
-        total += sum(len(x) for x in enc["input_ids"])
-    return total / n
 
 
 def model_shape(model: Mapping[str, Any]) -> ModelShape:
@@ -194,16 +178,12 @@ def _cell_lrs(grid: Grid, model_path: str, variant: str, search_rung: bool,
 def _cell_configs(grid: Grid, stats: DataStats, model: Mapping[str, Any], mdict: dict[str, Any], variant: str,
                   budget: float, lr: float | None) -> tuple[dict[str, Any], dict[str, Any], str]:
     """A cell's trainer config, its identity config and the run key of that identity."""
-    from . import __version__
-    from .records import run_key
+    from .records import run_identity
 
     config = {**grid.train, "model": model["path"], "method": mdict, "budget": budget}
     if lr is not None:
         config["lr"] = lr
-    key_config = {k: v for k, v in config.items() if k not in ("data", "out", "report_to")}
-    key_config["data_fingerprint"] = stats.fingerprint
-    key_config["code_version"] = __version__
-    key = run_key(key_config)
+    key_config, key = run_identity(config, stats.fingerprint)
     if grid.out:
         config["out"] = str(Path(grid.out) / key)
         # A retried cell (failed, or killed before its export) reuses its own folder.

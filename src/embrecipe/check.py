@@ -37,15 +37,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
+from .flops import check_budget
+from .jsonio import write_text_atomic
 from .model_ref import portable
-from .records import RunRecord, as_record, run_key
+from .records import NON_IDENTITY_KEYS, RunRecord, as_record, run_identity
 
 if TYPE_CHECKING:
     from .cells import Cell
     from .executors import TrainFn
 
-# Settings of a stored run that describe how it ran, not what it is: dropped from a check run's template.
-_OPERATIONAL = ("out", "resume", "stop_after_steps", "checkpoint_every", "progress", "log_every")
+# Settings of a stored run that describe how it ran, not what it is (the run key's operational settings, and a
+# simulated kill): dropped from a check run's template, so a check run neither writes nor logs where it did.
+_OPERATIONAL = NON_IDENTITY_KEYS | {"stop_after_steps"}
 
 
 def check_interval(laws: Any, variant: str, n_params: float, tokens: float,
@@ -210,14 +213,14 @@ def recipe_check(
     """See the module docstring. ``records``: completed run records (``RunStore.records()``). ``out_dir`` gets
     ``check.json``; with ``export`` also every trained model (``out_dir/<run key>``)."""
     from .executors import resolve_train_fn
+    from .laws import finite_records
     from .plan import plan
     from .store import RunStore
 
-    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
-        raise InputError(f"check budget must be a positive number of FLOPs, got {budget!r}")
+    check_budget(budget, "check budget", InputError)
     if seeds < 1:
         raise InputError(f"seeds must be >= 1, got {seeds}")
-    fit = _fit_without_budget([as_record(r) for r in records], budget, bootstrap=bootstrap, seed=seed,
+    fit = _fit_without_budget(finite_records(records)[0], budget, bootstrap=bootstrap, seed=seed,
                               min_runs=min_runs)
     p = plan(budget, fit.laws, level=level)
     chosen, naive_from_budget = _choose_configs(p, fit, seeds, level)
@@ -333,7 +336,6 @@ def _check_jobs(chosen: Sequence[tuple[CheckedConfig, Any]], fit: _FitWithoutBud
     """Phase 3a: each chosen configuration's runs, one per seed: a fitted run's training config with the model,
     method, budget, seed, the card's batch size and LR; keyed like a sweep cell (data fingerprint and version
     instead of the data path and output), so an interrupted check resumes."""
-    from . import __version__
     from .cells import Cell
 
     jobs = []
@@ -348,10 +350,7 @@ def _check_jobs(chosen: Sequence[tuple[CheckedConfig, Any]], fit: _FitWithoutBud
                 config["lr"] = c.lr
             if "progress" in _config_keys(fn):
                 config["progress"] = False
-            key_config = {k: v for k, v in config.items() if k not in ("data", "out")}
-            key_config["data_fingerprint"] = fit.laws.data_fingerprint
-            key_config["code_version"] = __version__
-            key = run_key(key_config)
+            key_config, key = run_identity(config, fit.laws.data_fingerprint)
             if export_dir is not None:  # a trained model per run: only when asked (100s of MB)
                 config["out"] = str(Path(export_dir) / key)
             cell = Cell(model=c.model, path=c.path, method=config["method"], variant=c.variant, budget=budget,
@@ -420,9 +419,7 @@ def _score(st: Any, jobs: list[_CheckJob]) -> None:
 def _write_report(report: CheckReport, out_dir: Path) -> None:
     """Phase 5: ``check.json`` in ``out_dir``, written whole or not at all."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "check.json.tmp"
-    tmp.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
-    os.replace(tmp, out_dir / "check.json")
+    write_text_atomic(out_dir / "check.json", json.dumps(report.to_dict(), indent=1) + "\n")
 
 
 def _same_budget(a: float, b: float) -> bool:

@@ -16,17 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 from .budget import LoopState
 from .errors import InputError
+from .records import NON_IDENTITY_KEYS
 
 if TYPE_CHECKING:
     from .data import PairData
     from .train_config import TrainConfig
 
 def run_fingerprint(config: TrainConfig, data: PairData) -> str:
-    """What a checkpoint must have been written by to resume: the config's training settings (not the operational
-    ones: out, resume, progress, logging) and the data's fingerprint."""
-    keep = {k: v for k, v in config.to_dict().items()
-            if k not in ("resume", "progress", "checkpoint_every", "stop_after_steps", "out", "log_every",
-                         "overwrite", "report_to", "tracking_dir", "run_name", "tracking_group", "sync_every")}
+    """What a checkpoint must have been written by to resume: the config's identity (without the operational
+    settings of :data:`~embrecipe.records.NON_IDENTITY_KEYS`, nor the simulated kill and the host's sync cadence,
+    which do not change what the run computes either) and the data's fingerprint."""
+    skip = NON_IDENTITY_KEYS | {"stop_after_steps", "sync_every"}
+    keep = {k: v for k, v in config.to_dict().items() if k not in skip}
     return json.dumps(keep, sort_keys=True, default=str) + data.fingerprint()
 
 

@@ -66,6 +66,7 @@ from typing import Any
 import numpy as np
 
 from .errors import EmbrecipeError, InputError
+from .flops import check_budget
 
 ConfigId = tuple[str, str]  # (model, variant)
 
@@ -455,8 +456,7 @@ def next_step(runs: Sequence[Run], options: Sequence[Option], *, target: float, 
               cache: dict[Any, Any] | None = None) -> Step:
     """The design's decision after ``runs`` (module docstring). Pure and seeded: the same runs, options,
     target and settings give the same step (``cache`` only memoises law fits)."""
-    if not (math.isfinite(target) and target > 0):
-        raise InputError(f"adaptive: target budget must be a positive number of FLOPs, got {target!r}")
+    check_budget(target, "adaptive: target budget", InputError)
     runs = sorted(runs, key=lambda r: (r.budget, r.model, r.variant, r.lr or 0.0, r.key))
     left = None if experiment_budget is None else experiment_budget - spent
     step = Step(index=index, spent=spent)

@@ -15,14 +15,13 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     from .executors import call_train, resolve_train_fn
+    from .jsonio import atomic_write_json
 
     cfg_path, rec_path = (argv if argv is not None else sys.argv[1:])[:2]
     spec = json.loads(Path(cfg_path).read_text())
     record = call_train(resolve_train_fn(spec.get("train_fn")), spec["config"])
     if int(os.environ.get("RANK", "0")) == 0:
-        tmp = Path(rec_path).with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, default=str))
-        os.replace(tmp, rec_path)
+        atomic_write_json(Path(rec_path), record)
     return 0 if record.get("status", "completed") != "failed" else 1
 
 

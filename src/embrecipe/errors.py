@@ -40,6 +40,11 @@ class OutOfDiskSpace(EmbrecipeError):
     """
 
 
+class ClaimLost(EmbrecipeError):
+    """The heartbeat that keeps a sweep's claims alive failed: another host could take them over while they train,
+    so the cells were stopped and their claims handed back."""
+
+
 class EmbrecipeWarning(UserWarning):
     """Input that is accepted but probably not what was meant (e.g. many duplicate pairs); the CLI prints it as
     one line ``embrecipe: warning: <message>``."""

@@ -18,6 +18,7 @@ process boundaries as they are), so the SQLite file never needs to be shared bet
 
 from __future__ import annotations
 
+import _thread
 import importlib
 import math
 import os
@@ -31,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from .cells import Cell, model_shape
-from .errors import EmbrecipeError, InputError, is_disk_full
+from .errors import ClaimLost, EmbrecipeError, InputError, is_disk_full
 from .grid import DEFAULT_TRAIN_FN, SYNTHETIC_TRAIN_FN, Grid
-from .methods import method_class
+from .methods import method_from_dict
 from .records import RunRecord
 
 TrainFn = Callable[[dict[str, Any]], "RunRecord | dict[str, Any]"]
@@ -74,10 +75,20 @@ def call_train(train_fn: TrainFn, config: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Heartbeat:
-    """Refresh a claim while a long run trains, so other hosts do not take it over as stale."""
+    """Refresh a claim while a long run trains, so other hosts do not take it over as stale.
 
-    def __init__(self, location: str, keys: set[str], every: float) -> None:
-        self.location, self.keys, self.every = location, keys, every
+    A failed beat is logged and retried at the next one. When beats keep failing until one more miss would make
+    the claims stale (another host would take over a live run), the heartbeat gives up: it records why in
+    :attr:`error` and calls ``on_dead`` (the executor stops its cells and hands their claims back).
+    """
+
+    def __init__(self, location: str, keys: set[str], every: float, log: Callable[[str], None] = print,
+                 on_dead: Callable[[], None] = lambda: None) -> None:
+        from .store import STALE_AFTER_BEATS
+
+        self.location, self.keys, self.every, self.log, self.on_dead = location, keys, every, log, on_dead
+        self.max_failures = max(1, STALE_AFTER_BEATS - 1)
+        self.error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -93,14 +104,24 @@ class _Heartbeat:
         from .store import RunStore
 
         store = RunStore(self.location)  # its own connection: sqlite connections are not shared across threads
-        while not self._stop.wait(self.every):
-            for key in list(self.keys):
+        failures = 0
+        try:
+            while not self._stop.wait(self.every):
                 try:
-                    store.heartbeat(key)
-                except Exception:  # a busy store must not kill the sweep; the next beat retries
-                    pass
-        store.close()
-
+                    for key in list(self.keys):
+                        store.heartbeat(key)
+                    failures = 0
+                except Exception as exc:  # a busy store: logged, and the next beat retries
+                    failures += 1
+                    self.log(f"heartbeat to {self.location} failed ({failures} of {self.max_failures}): {exc!r}")
+                    if failures >= self.max_failures:
+                        self.error = (f"the heartbeat to {self.location} failed {failures} times in a row (last: "
+                                      f"{exc!r}): stopped the running cells and handed back their claims, which "
+                                      "another host could otherwise take over while they train")
+                        self.on_dead()
+                        return
+        finally:
+            store.close()
 
 
 class _GpuPlacer:
@@ -139,16 +160,14 @@ class _GpuPlacer:
 
         if self._signature(cell) in self.measured:
             return self.measured[self._signature(cell)] * 1.1
-        model = next((m for m in self.grid.models if m["name"] == cell.model), None)
-        shape = model_shape(model) if model is not None else None
-        layers = shape.num_blocks if shape else 32
-        hidden = shape.hidden_size if shape and shape.hidden_size else 4096
-        total = cell.n_params + (shape.embedding_params if shape else 0)
-        batch = int(cell.config.get("mini_batch_size") or cell.config.get("batch_size", 1024))
-        per_pair = (cell.planned_tokens / cell.planned_steps / int(cell.config.get("batch_size", 1024))
-                    if cell.planned_steps else 2.0 * float(cell.config.get("max_seq_length", 75)))
-        trainable = total if method_class(cell.method["name"]).trains_everything else cell.n_trainable
-        return estimate_cell_mib(total, trainable, layers, hidden, per_pair * batch)
+        model = next(m for m in self.grid.models if m["name"] == cell.model)
+        config = cell.config
+        return estimate_cell_mib(model_shape(model), method_from_dict(cell.method),
+                                 batch_size=int(config.get("batch_size", 1024)),
+                                 seq_len=int(config.get("max_seq_length", 75)),
+                                 mini_batch=config.get("mini_batch_size"),
+                                 hard_negatives=int(config.get("hard_negatives", 0)),
+                                 bf16=config.get("precision", "auto") != "fp32")
 
     def place(self, cell: Cell) -> Any:
         if self.per_cell > 1:
@@ -279,7 +298,10 @@ class Executor:
         cells still running are released before the exception propagates."""
         queue = list(todo)
         running: dict[Any, Cell] = {}
-        with self._session(), _Heartbeat(self.store.location, set(), self.grid.heartbeat_s) as beat:
+        # A dead heartbeat interrupts the driver (its cells: in this process, or waited for here), which hands the
+        # claims back below and says why.
+        with self._session(), _Heartbeat(self.store.location, set(), self.grid.heartbeat_s, self.log,
+                                         _thread.interrupt_main) as beat:
             try:
                 while queue or running:
                     while queue and len(running) < self.capacity:
@@ -305,6 +327,8 @@ class Executor:
             except BaseException:  # Ctrl-C too: hand the cells back so the next run starts them at once
                 for cell in running.values():
                     self.store.release(cell.key)
+                if beat.error is not None:
+                    raise ClaimLost(beat.error) from None
                 raise
 
     @contextmanager
@@ -385,7 +409,16 @@ class PoolExecutor(Executor):
         ctx = mp.get_context("spawn")
         self.placer = _GpuPlacer.for_grid(self.grid, self.log)
         with ProcessPoolExecutor(max_workers=self.capacity, mp_context=ctx) as self.pool:
-            yield
+            try:
+                yield
+            except BaseException:
+                # the driver stopped (Ctrl-C, a dead heartbeat) and handed the claims back: stop the cells too, or
+                # they would train on while another host takes them (the pool has no public way to end a
+                # running task, so its worker processes are terminated)
+                for proc in list(getattr(self.pool, "_processes", {}).values()):
+                    proc.terminate()
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                raise
 
     def reserve(self, cell: Cell) -> Any:
         if self.placer is None:

@@ -32,6 +32,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .errors import BudgetError
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -135,3 +137,23 @@ def steps_for_budget(budget: float, per_token: int, tokens_per_step: float) -> i
     if tokens_per_step <= 0:
         raise ValueError("tokens per step must be positive")
     return int(math.floor(budget / (per_token * tokens_per_step)))
+
+
+def is_budget(value: Any) -> bool:
+    """Whether ``value`` is a FLOP budget: a positive, finite number (not a bool, not text).
+
+    The one budget check (the trainer's config, the planner, grids, the recipe check, the adaptive sweep's
+    targets and the CLIs' parsers all ask it); :func:`check_budget` raises its one-line error.
+
+    >>> is_budget(3e13), is_budget(0), is_budget(float("inf")), is_budget("3e13"), is_budget(True)
+    (True, False, False, False, False)
+    """
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def check_budget(value: Any, what: str = "budget", error: type[Exception] | None = None) -> float:
+    """``value`` as a float when it :func:`is_budget`, else ``error`` (default :class:`BudgetError`):
+    "``what`` must be a positive number of FLOPs, got ``value``"."""
+    if not is_budget(value):
+        raise (error or BudgetError)(f"{what} must be a positive number of FLOPs, got {value!r}")
+    return float(value)

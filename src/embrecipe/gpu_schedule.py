@@ -6,18 +6,10 @@ as many as fit in its memory: a cell starts on the GPU with the most free memory
 waits while none does, and gives the memory back when it ends. Cells that need several GPUs (``gpus_per_cell``
 > 1) take whole GPUs and run under ``torchrun``.
 
-The memory estimate of a cell (MiB) is deliberately simple and errs high:
-
-.. math::
-
-    M = \frac{4 N_{all} + 12 N_{t} + c_{act} \, T \, L \, d + M_0}{2^{20}}
-
-with :math:`N_{all}` all parameters (fp32 weights), :math:`N_t` the trainable ones (fp32 gradient + two Adam
-moments), :math:`T` the tokens of one step (or of one GradCache mini-batch), :math:`L` layers, :math:`d` the
-hidden size, :math:`c_{act}` bytes of saved activations per token, layer and hidden unit (about 34 for a Llama
-block in bf16 with an MLP 2.7× wide, rounded up to 40), and :math:`M_0` the CUDA context and workspaces
-(1 GiB). A measured peak (``peak_gpu_mib`` of an earlier run of the same model, method and batch) replaces
-the estimate when the store has one.
+The memory estimate of a cell (MiB) is the planner's calibrated one (:func:`embrecipe.memory.training_memory`
+at the cell's batch, GradCache mini-batch, ``max_seq_length``, hard negatives and precision), so the sweep and
+the planner agree on what fits a card. A measured peak (``peak_gpu_mib`` of an earlier run of the same model,
+method and batch) replaces the estimate when the store has one.
 
 Why hand-written: Ray places tasks by *declared* fractional GPUs and a process pool knows nothing of GPUs;
 neither decides how many cells of which size fit one card.
@@ -34,19 +26,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .device import bf16_supported
+from .flops import ModelShape
+from .memory import training_memory
 
-ACTIVATION_BYTES = 40.0
-CONTEXT_MIB = 1024.0
 
-
-def estimate_cell_mib(n_params_total: float, n_trainable: float, layers: int, hidden: int,
-                      tokens_per_step: float) -> float:
-    """Estimated peak GPU memory of one training cell, MiB (see the module docstring)."""
-    weights = 4.0 * n_params_total + 12.0 * n_trainable
-    activations = ACTIVATION_BYTES * tokens_per_step * layers * hidden
-    return (weights + activations) / 2**20 + CONTEXT_MIB
+def estimate_cell_mib(shape: ModelShape, method: Any, *, batch_size: int, seq_len: int,
+                      mini_batch: int | None = None, hard_negatives: int = 0, bf16: bool = True) -> float:
+    """Estimated peak GPU memory of one training cell, MiB: :func:`embrecipe.memory.training_memory`."""
+    return training_memory(shape, method, batch_size=batch_size, seq_len=seq_len, mini_batch=mini_batch,
+                           texts_per_pair=2 + hard_negatives, activation_bytes=2 if bf16 else 4)["total"] / 2**20
 
 
 @dataclass
@@ -145,25 +136,3 @@ def torchrun_command(nproc: int, config_path: str, record_path: str, python: str
     running :mod:`embrecipe.distributed_cell` (rank 0 writes the record)."""
     return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
             "-m", "embrecipe.distributed_cell", config_path, record_path]
-
-
-def auto_mini_batch(batch_size: int, free_mib: float, fixed_mib: float, per_pair_mib: float,
-                    headroom: float = 0.9) -> int | None:
-    """GradCache only where memory requires it: None when the whole batch fits in ``headroom × free_mib``,
-    else the largest power-of-two mini-batch that fits (at least 1).
-
-    ``fixed_mib``: memory that does not grow with the batch (weights, gradients, optimizer state, context);
-    ``per_pair_mib``: saved activations of one pair (both texts).
-
-    >>> auto_mini_batch(1024, 80_000, 2_000, 10.0) is None
-    True
-    >>> auto_mini_batch(1024, 8_000, 2_000, 10.0)
-    512
-    """
-    room = headroom * free_mib - fixed_mib
-    if per_pair_mib * batch_size <= room:
-        return None
-    mini = 1
-    while mini * 2 <= batch_size and per_pair_mib * mini * 2 <= room:
-        mini *= 2
-    return mini

@@ -18,7 +18,7 @@ from typing import Any
 
 from .adaptive import AdaptiveSpec
 from .errors import InputError
-from .flops import ModelShape
+from .flops import ModelShape, is_budget
 from .jsonio import read_mapping
 from .methods import canonical_method_name, method_names, method_to_dict, parse_method
 
@@ -170,7 +170,7 @@ def grid_from_dict(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] =
         budgets = sorted(float(b) for b in _as_list(raw.get("budgets") or []))
     except (TypeError, ValueError):
         raise InputError(f"{source}: budgets must be numbers of FLOPs (e.g. 1e13)") from None
-    if not budgets or any(not (math.isfinite(b) and b > 0) for b in budgets):
+    if not budgets or not all(is_budget(b) for b in budgets):
         raise InputError(f"{source}: 'budgets' must be a non-empty list of positive FLOP counts")
     train = dict(raw.get("train") or {})
     for k in ("model", "method", "budget", "out"):

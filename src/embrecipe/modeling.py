@@ -219,15 +219,6 @@ def _forget_gguf_quantization(hf: nn.Module) -> None:
     hf.is_quantized = False
 
 
-def inner_model(st_model: SentenceTransformer) -> nn.Module:
-    """The HF base model inside a SentenceTransformer (unwrapping a peft wrapper if present)."""
-    hf = st_model[0].auto_model
-    base = getattr(hf, "base_model", None)
-    if base is not None and hasattr(base, "model") and type(hf).__name__.startswith("Peft"):
-        return base.model
-    return hf
-
-
 @dataclass(frozen=True)
 class MethodInfo:
     """What :func:`apply_method` did: N and N_t counted on the actual model (embeddings excluded)."""

@@ -50,7 +50,7 @@ import numpy as np
 
 from .errors import BudgetError, EmbrecipeError, InputError
 from .family import FamilyMember, family_fingerprint
-from .flops import ModelShape, steps_for_budget, tokens_for_budget
+from .flops import ModelShape, check_budget, is_budget, steps_for_budget, tokens_for_budget
 from .laws import LawSet, fit_laws
 from .laws.noise import with_run_noise
 from .methods import MethodConfig, method_from_dict
@@ -406,8 +406,8 @@ def _check_budget(budget: float | None, hours: float | None, throughput: Through
         if embed_tokens:
             raise InputError("--embed-tokens with --hours is not supported: serving time would need a measured "
                              "inference throughput, which runs do not record; plan in FLOPs (--budget) instead")
-    elif not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
-        raise BudgetError(f"budget must be a positive number of FLOPs, got {budget!r}")
+    else:
+        check_budget(budget)
 
 
 def _resolve_batch_size(batch_size: int | None, laws: LawSet) -> int:
@@ -780,7 +780,7 @@ def parse_budgets(text: str) -> list[float]:
             value = float(part)
         except ValueError:
             raise InputError(f"budget {part!r} is not a number (write e.g. 1e17)") from None
-        if not (math.isfinite(value) and value > 0):
+        if not is_budget(value):
             raise BudgetError(f"budget {part!r} must be a positive number of FLOPs")
         out.append(value)
     if not out:

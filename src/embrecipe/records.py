@@ -111,6 +111,26 @@ def run_key(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
+# Settings of a trainer config that say where its data and outputs live: a run's identity names the data by its
+# content fingerprint instead, and where it reports is operational.
+_LOCATION_KEYS = ("data", "out", "report_to")
+
+
+def run_identity(config: Mapping[str, Any], data_fingerprint: str) -> tuple[dict[str, Any], str]:
+    """The identity of a run the sweep or the recipe check trains (its store row) and its :func:`run_key`.
+
+    The trainer config without where its data and outputs live, plus the data's *content* fingerprint (a moved
+    or renamed file is the same run) and the embrecipe version (a new version is a new run). The one builder of
+    a run's identity: the sweep's cells and the check's runs call it, so the same run gets the same row.
+    """
+    from . import __version__
+
+    ident = {k: v for k, v in config.items() if k not in _LOCATION_KEYS}
+    ident["data_fingerprint"] = data_fingerprint
+    ident["code_version"] = __version__
+    return ident, run_key(ident)
+
+
 def variant_of(method: Any) -> str | None:
     """The variant key of a method dict (``lora-r8``), its name when the dict is not a known method."""
     if not isinstance(method, Mapping):

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import EmbrecipeError, InputError
-from .laws import PARAM_NAMES, LawSet, RunPoint, fit_laws, run_point
+from .laws import PARAM_NAMES, LawSet, RunPoint, finite_records, fit_laws, run_point
 from .records import RunRecord
 
 _LINESTYLES = ("-", "--", "-.", ":")
@@ -314,7 +314,7 @@ def write_report(records: Sequence[RunRecord | Mapping[str, Any]], out_dir: str 
 
     The fit comes first: a store that cannot be fitted is an error before ``out_dir`` is touched."""
     out = Path(out_dir)
-    points = [run_point(r, loss_key=loss_key) for r in records]
+    points = [run_point(r, loss_key=loss_key) for r in finite_records(records, loss_key)[0]]
     if not points:
         raise InputError("no completed runs to report on")
     if laws is None:

@@ -71,19 +71,9 @@ class Dist:
                 dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
                 p.grad.div_(self.world)
 
-    def mean(self, value: float) -> float:
-        """The mean of a scalar over ranks (each rank's loss covers only its shard of the queries)."""
-        if not self.enabled:
-            return value
-        import torch
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return float(t) / self.world
-
     def mean_many(self, values: list[float]) -> list[float]:
-        """:meth:`mean` of several scalars in one collective (the losses gathered at a sync point)."""
+        """Each scalar's mean over ranks, in one collective (each rank's loss covers only its shard of the
+        queries; the losses are gathered at a sync point)."""
         if not self.enabled:
             return values
         import torch
@@ -114,26 +104,21 @@ def compile_mode(requested: str, device: Any) -> str:
     return requested
 
 
-def auto_gradcache(config: TrainConfig, device: Any, model: Any, info: Any, tok_cols: list[Any]) -> int | None:
+def auto_gradcache(config: TrainConfig, device: Any, info: Any, use_bf16: bool) -> int | None:
     """On CUDA without a mini-batch size: the GradCache mini-batch the free memory requires, or None (the whole
-    batch fits). Elsewhere None: CPU memory is not measured here, and the user's setting always wins."""
+    batch fits), by the planner's memory model (:func:`embrecipe.memory.gradcache_mini_batch`). Elsewhere None:
+    CPU memory is not measured here, and the user's setting always wins."""
     if device.type != "cuda":
         return None
     import torch
 
-    from .gpu_schedule import ACTIVATION_BYTES, CONTEXT_MIB, auto_mini_batch
+    from .memory import gradcache_mini_batch
 
-    hf = model[0].auto_model
-    cfg = getattr(hf, "config", None)
-    layers = int(getattr(cfg, "num_hidden_layers", 0) or 32)
-    hidden = int(getattr(cfg, "hidden_size", 0) or 4096)
-    total = sum(p.numel() for p in model.parameters())
-    fixed = (4.0 * total + 12.0 * info.n_trainable_total) / 2**20 + CONTEXT_MIB
-    tokens_per_pair = sum(min(len(s), config.max_seq_length) for c in tok_cols for s in c[:4096]) \
-        / max(1, min(4096, len(tok_cols[0])))
-    per_pair = ACTIVATION_BYTES * tokens_per_pair * layers * hidden / 2**20
-    free = torch.cuda.mem_get_info(device)[0] / 2**20 + torch.cuda.memory_allocated(device) / 2**20
-    return auto_mini_batch(config.batch_size, free, fixed, per_pair)
+    # the model is already on the card: its memory counts as free here, the formula adds it back as weights
+    free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_allocated(device)
+    return gradcache_mini_batch(info.shape, config.method, batch_size=config.batch_size,
+                                seq_len=config.max_seq_length, memory_bytes=0.9 * free,
+                                texts_per_pair=2 + config.hard_negatives, activation_bytes=2 if use_bf16 else 4)
 
 
 def resolve_packing(config: TrainConfig, device: Any, model: Any, gradcache: bool) -> tuple[bool, str]:

@@ -456,11 +456,6 @@ class RunStore:
         return path
 
 
-def open_store(url_or_path: str | os.PathLike[str], **kwargs: Any) -> RunStore:
-    """Open (creating if needed) the store at a path or ``sqlite:///`` URL."""
-    return RunStore(url_or_path, **kwargs)
-
-
 def is_store_path(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` names an existing SQLite file (by its magic header) or a ``sqlite://`` URL."""
     text = os.fspath(path)

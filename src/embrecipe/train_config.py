@@ -14,14 +14,17 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .data import PairData
 from .errors import BudgetError, EmbrecipeError, InputError
+from .flops import is_budget
 from .methods import FullFineTuning, MethodConfig, method_from_dict, method_to_dict
 
 # Published pre-training peak LRs, by checkpoint name (Pythia: Biderman et al. 2023, Table 1 / the released
@@ -42,56 +45,100 @@ def default_lr(model_name: str) -> float:
     return 1e-4
 
 
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, group: str = "training",
+            flag: str | None = None, negate: bool = False, choices: Sequence[str] | None = None,
+            zero_is_none: bool = False, required: bool = False) -> Any:
+    """A :class:`TrainConfig` field with what its ``embrecipe train`` flag needs, stated once beside the field.
+
+    A field with ``help`` gets a flag (``--field-name`` unless ``flag`` names another) whose type, default and
+    help come from the field (:func:`embrecipe.cli.train.add_config_arguments`); ``negate``: a ``--no-x``-style
+    flag that sets the bool field to False; ``zero_is_none``: the flag's 0 means None; ``required``: required
+    on the command line (not in a dict config). A field without ``help`` has no flag.
+    """
+    meta = {"help": help, "group": group, "flag": flag, "negate": negate, "choices": choices,
+            "zero_is_none": zero_is_none, "required": required}
+    return field(default=default, metadata=meta)
+
+
+# Flag groups of `embrecipe train`, in --help order ("" = the command's own options).
+MAIN, PROMPTS, TRACKING, SPEED = "", "prompts", "tracking and the Hub", "speed (docs/performance.md)"
+
+
 @dataclass
 class TrainConfig:
-    """Everything one training run needs. Defaults follow the study (docs/design.md)."""
+    """Everything one training run needs. Defaults follow the study (docs/design.md).
 
-    model: str
-    data: str | PairData
-    budget: float
-    method: MethodConfig = field(default_factory=FullFineTuning)
-    batch_size: int = 1024
-    mini_batch_size: int | None = None  # GradCache when set and < batch_size
-    max_seq_length: int = 75
-    lr: float | None = None
-    weight_decay: float = 0.1
-    warmup_ratio: float = 0.1
-    max_grad_norm: float | None = 1.0
-    scale: float = 40.0
-    pooling: str = "mean"
-    hard_negatives: int = 0
-    val_data: str | PairData | None = None
-    val_fraction: float = 0.0
+    Each field is one setting: its type, default and ``embrecipe train`` flag (help text) are stated here once
+    (:func:`setting`); dict configs are type-checked from the same annotations (:func:`check_setting_types`).
+    """
+
+    model: str = setting(help="local checkpoint dir, hub id, or a .gguf file", group=MAIN, required=True)
+    # (setting() returns a dataclasses.field: the default is not shared between instances)
+    data: str | PairData = setting(help="pairs: .jsonl[.gz] {query,pos,neg}, .csv/.tsv/.parquet, or a "  # noqa: RUF009
+                                        "datasets directory", group=MAIN, required=True)
+    budget: float = setting(help="model-FLOP budget, e.g. 3e13", group=MAIN, required=True)
+    method: MethodConfig = field(default_factory=FullFineTuning)  # its flags: cli.train.add_method_arguments
+    batch_size: int = setting(1024, "pairs per step (default: 1024)")
+    mini_batch_size: int | None = setting(
+        None, "GradCache mini-batch: embeds this many texts at a time so large batches fit in memory")
+    max_seq_length: int = setting(75, "tokens per text (default: 75)")
+    lr: float | None = setting(None, "peak learning rate (default: 1/10 of the model's published pre-training "
+                                     "peak, e.g. 6e-5 for pythia-160m; 1e-4 if unknown)")
+    weight_decay: float = setting(0.1, "AdamW weight decay (default: 0.1)")
+    warmup_ratio: float = setting(0.1, "fraction of the budget spent warming the LR up (default: 0.1)")
+    max_grad_norm: float | None = setting(1.0, "gradient clipping (0 disables)", zero_is_none=True)
+    scale: float = setting(40.0, "InfoNCE inverse temperature (default: 40)")
+    pooling: str = setting("mean", "mean (default) or lasttoken (EOS is appended to every text, in training and in "
+                                   "the saved model)",
+                           choices=("mean", "lasttoken", "last-token", "weighted-mean"))
+    hard_negatives: int = setting(0, "use this many 'neg' texts per pair")
+    val_data: str | PairData | None = setting(  # noqa: RUF009
+        None, "held-out pairs for the final validation loss", group=MAIN)
+    val_fraction: float = setting(0.0, "hold out this fraction of --data for validation when --val-data is not "
+                                       "given", group=MAIN)
     val_size_cap: int = 4096
-    allow_repeat: bool = True
-    seed: int = 0
-    out: str | None = None
-    gguf_file: str | None = None
-    precision: str = "auto"  # auto | bf16 | fp32
-    gradient_checkpointing: bool = False
+    allow_repeat: bool = setting(True, "error instead of repeating data (epochs > 1)", flag="--no-repeat",
+                                 negate=True)
+    seed: int = setting(0, "random seed (default: 0)")
+    out: str | None = setting(None, "output directory (SentenceTransformer + run.json)", group=MAIN, required=True)
+    gguf_file: str | None = setting(None, "GGUF file name inside --model (hub repo or dir)", group=MAIN)
+    precision: str = setting("auto", "auto: bf16 autocast where the hardware supports it",
+                             choices=("auto", "bf16", "fp32"))
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass (less memory)")
     # optimizer steps between checkpoints (0 = never); on by default so a killed run can --resume
-    checkpoint_every: int = 50
-    resume: bool = False
-    overwrite: bool = False  # write into a non-empty ``out`` (replacing what a run writes there)
-    keep_adapter: bool = False
+    checkpoint_every: int = setting(50, "steps between checkpoints (0: never)")
+    resume: bool = setting(False, "continue a killed run from --out/checkpoint (an error when there is no "
+                                  "checkpoint)")
+    overwrite: bool = setting(False, "write into a non-empty --out, replacing the files a run writes there (others "
+                                     "are kept); without it a non-empty --out is refused")
+    keep_adapter: bool = setting(False, "lora: save the adapter only, not merged")
     log_every: int = 1
-    progress: bool = True
-    length_bucketing: bool = True
+    progress: bool = setting(True, "no progress bar", flag="--quiet", negate=True)
+    length_bucketing: bool = setting(True, "disable length bucketing of batches", flag="--no-bucketing",
+                                     negate=True)
     attn_implementation: str = "sdpa"  # "eager" is the slow reference path; "flex_attention" on a GPU
     # unpadded execution: each text column packed into rows (embrecipe.packing); auto = on a CUDA device
-    packing: str = "auto"  # auto | on | off
-    pack_length: int = 0  # tokens per packed row; 0 = auto (about twice max_seq_length)
+    packing: str = setting("auto", "unpadded execution: texts packed into rows, pooled per text (auto: on a CUDA "
+                                   "GPU)", group=SPEED, choices=("auto", "on", "off"))
+    pack_length: int = setting(0, "tokens per packed row (default: ~2x max length)", group=SPEED)
     # the host reads the loss (a device sync) only every sync_every steps, at checkpoints and at the end; the
     # losses of the steps in between wait on the device, so the loss curve is the same
-    sync_every: int = 32
-    compile: str = "none"  # none | default (torch.compile) | cudagraphs (compile + CUDA graphs; CUDA only)
+    sync_every: int = setting(32, "steps between reads of the loss by the host on a CUDA device (a GPU sync; "
+                                  "default: 32; on the CPU every step)", group=SPEED)
+    compile: str = setting("none", "torch.compile the transformer; cudagraphs adds CUDA graphs (GPU only; "
+                                   "default: none)", group=SPEED, choices=("none", "default", "cudagraphs"))
     stop_after_steps: int | None = None  # for tests/benchmarks: simulate a kill after this many steps
     # instruction prompts (sentence-transformers' "query"/"document" prompts), saved with the model
-    query_prompt: str | None = None
-    doc_prompt: str | None = None
+    query_prompt: str | None = setting(
+        None, "instruction prepended to every query, e.g. 'query: ' (saved with the model as its 'query' prompt; "
+              "its tokens are excluded from mean pooling but count as FLOPs)", group=PROMPTS)
+    doc_prompt: str | None = setting(None, "prepended to positives and negatives, e.g. 'passage: ' (the "
+                                           "'document' prompt)", group=PROMPTS)
     # experiment tracking (embrecipe.tracking): HF-style report_to; logs under tracking_dir (default out/runs)
-    report_to: str = "auto"
-    tracking_dir: str | None = None
+    report_to: str = setting("auto", "none, tensorboard, wandb, mlflow, trackio, all, or a comma list (default: "
+                                     "auto = TensorBoard when installed, logs in OUT/runs)", group=TRACKING)
+    tracking_dir: str | None = setting(None, "tracking log directory (default: OUT/runs)", group=TRACKING,
+                                       flag="--logging-dir")
     run_name: str | None = None
     tracking_group: str | None = None  # a sweep's name: groups its cells (W&B group, MLflow experiment)
 
@@ -140,7 +187,7 @@ def _finite_and(value: float, ok: Callable[[float], bool]) -> bool:
 # several faults names the same one as before); grouped by what they guard.
 _RULES: tuple[_Rule, ...] = (
     # the budget, the batch and the sequence length
-    _Rule(lambda c: not (isinstance(c.budget, (int, float)) and _finite_and(c.budget, lambda b: b > 0)),
+    _Rule(lambda c: not is_budget(c.budget),
           lambda c: f"budget must be a positive number of FLOPs, got {c.budget!r}", BudgetError),
     _Rule(lambda c: c.batch_size < 2,
           lambda c: f"batch_size must be >= 2 (in-batch negatives), got {c.batch_size}"),
@@ -193,41 +240,50 @@ _RULES: tuple[_Rule, ...] = (
 
 
 
-# Setting types checked on dict configs (grid files): YAML reads ``1.0e6`` (no exponent sign) as a *string*,
-# which would otherwise pass every check and fail each cell with a TypeError. Fields not listed are not checked.
-_NUMBER_SETTINGS = ("budget", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "scale", "val_fraction")
-_INT_SETTINGS = ("batch_size", "mini_batch_size", "max_seq_length", "hard_negatives", "val_size_cap", "seed",
-                 "checkpoint_every", "log_every", "stop_after_steps")
-_BOOL_SETTINGS = ("allow_repeat", "gradient_checkpointing", "resume", "overwrite", "keep_adapter", "progress",
-                  "length_bucketing")
-_STR_SETTINGS = ("model", "pooling", "precision", "attn_implementation", "gguf_file", "out")
+# What each annotation accepts in a dict config (grid files, the Python API), and how the error names it. YAML
+# reads ``1.0e6`` (no exponent sign) as a *string*, which would otherwise pass every check and fail each cell with
+# a TypeError. bool is an int in Python but never a number of steps here.
+_KINDS: dict[Any, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+    PairData: (lambda v: isinstance(v, (str, os.PathLike, PairData)), "a path"),
+}
+
+
+@functools.cache
+def setting_types() -> dict[str, tuple[tuple[Callable[[Any], bool], str], bool]]:
+    """Per :class:`TrainConfig` field: (its kind's check and name, whether None is allowed), read from the
+    field annotations, so a new field is checked without a table to update. ``method`` is parsed on its own."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        options = typing.get_args(hints[f.name]) or (hints[f.name],)
+        kinds = [t for t in options if t is not type(None)]
+        kind = PairData if PairData in kinds else kinds[0]  # ``str | PairData``: a path
+        if kind in _KINDS:
+            out[f.name] = (_KINDS[kind], type(None) in options)
+    return out
 
 
 def check_setting_types(config: dict[str, Any], source: str = "config") -> None:
     """One-line :class:`InputError` for a training setting of the wrong type (``source`` names where it came from)."""
+    types = setting_types()
     for name, value in config.items():
-        if value is None:
+        if name not in types:
             continue
-        if name in _NUMBER_SETTINGS or name in _INT_SETTINGS:
-            integer = name in _INT_SETTINGS
-            ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-            if ok and not isinstance(value, bool):
-                continue
-            hint = ""
-            if isinstance(value, str):
-                try:
-                    float(value)
-                    hint = " (YAML reads 1.0e6 as text: write 1.0e+6 or 1000000)"
-                except ValueError:
-                    pass
-            kind = "an integer" if integer else "a number"
-            raise InputError(f"{source}: {name} must be {kind}, got {type(value).__name__} {value!r}{hint}")
-        if name in _BOOL_SETTINGS and not isinstance(value, bool):
-            raise InputError(f"{source}: {name} must be true or false, got {type(value).__name__} {value!r}")
-        if name in _STR_SETTINGS and not isinstance(value, str):
-            raise InputError(f"{source}: {name} must be a string, got {type(value).__name__} {value!r}")
-        if name in ("data", "val_data") and not isinstance(value, (str, os.PathLike, PairData)):
-            raise InputError(f"{source}: {name} must be a path, got {type(value).__name__} {value!r}")
+        (ok, kind), optional = types[name]
+        if (value is None and optional) or (value is not None and ok(value)):
+            continue
+        hint = ""
+        if isinstance(value, str) and "e" in value.lower() and kind in ("an integer", "a number"):
+            try:
+                float(value)
+                hint = " (YAML reads 1.0e6 as text: write 1.0e+6 or 1000000)"
+            except ValueError:
+                pass
+        raise InputError(f"{source}: {name} must be {kind}, got {type(value).__name__} {value!r}{hint}")
 
 
 def config_from_dict(config: dict[str, Any], source: str = "config") -> TrainConfig:

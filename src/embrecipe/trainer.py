@@ -39,7 +39,7 @@ from .budget import (
     step_lr_fraction,
 )
 from .checkpoint import checkpoint_step, restore_checkpoint, run_fingerprint, save_checkpoint
-from .data import PairData, duplicate_fraction, load_pairs
+from .data import PairData, duplicate_fraction, estimate_tokens_per_pair, load_pairs
 from .device import bf16_supported
 from .errors import BudgetError, EmbrecipeError, EmbrecipeWarning, InputError, TrainingDiverged
 from .export import export_or_explain
@@ -198,7 +198,7 @@ class _Run:
 
 def _set_up(config: TrainConfig, data: PairData, out: Path | None, dist: Dist) -> _Run:
     model, device, info, use_bf16 = _load_model(config, out, dist)
-    meter = _set_up_meter(config, data, model, device, info)
+    meter = _set_up_meter(config, data, model, device, info, use_bf16)
     return _set_up_optimization(config, model, device, info, use_bf16, meter, dist)
 
 
@@ -228,7 +228,7 @@ def _load_model(config: TrainConfig, out: Path | None, dist: Dist) -> tuple[Any,
     return model, device, info, use_bf16
 
 
-def _set_up_meter(config: TrainConfig, data: PairData, model: Any, device: Any, info: Any) -> _Meter:
+def _set_up_meter(config: TrainConfig, data: PairData, model: Any, device: Any, info: Any, use_bf16: bool) -> _Meter:
     """Tokenize every column once, price a token, plan the steps and fix the batch order."""
     tokenizer = model[0].tokenizer
     fingerprint = tokenizer_fingerprint(tokenizer)  # once per run, not once per column
@@ -237,7 +237,7 @@ def _set_up_meter(config: TrainConfig, data: PairData, model: Any, device: Any, 
     tok_cols = [tokenize(tokenizer, col, config.max_seq_length, fingerprint) for col in columns]
     pair_tokens = [sum(len(c[i]) for c in tok_cols) for i in range(len(data))]
     per_token = flops_per_token(config.method.name, info.n_params, info.n_trainable)
-    auto_mini = auto_gradcache(config, device, model, info, tok_cols) if config.mini_batch_size is None else None
+    auto_mini = auto_gradcache(config, device, info, use_bf16) if config.mini_batch_size is None else None
     # GradCache only where memory requires it (CUDA: measured free memory); not part of the config, so a resumed
     # run on a card with other free memory still matches its checkpoint
     mini_batch = config.mini_batch_size if config.mini_batch_size is not None else auto_mini
@@ -245,7 +245,9 @@ def _set_up_meter(config: TrainConfig, data: PairData, model: Any, device: Any, 
     hw_per_token = hardware_flops_per_token(config.method.name, info.n_params, info.n_trainable,
                                             gradient_checkpointing=config.gradient_checkpointing,
                                             gradcache=gradcache)
-    mean_pair_tokens = sum(pair_tokens) / len(pair_tokens)
+    # every pair: the columns are tokenized already (from the cache), so the estimate is the exact mean
+    mean_pair_tokens = estimate_tokens_per_pair(
+        columns, sample=None, tokenize=lambda texts: tokenize(tokenizer, texts, config.max_seq_length, fingerprint))
     tokens_per_step = mean_pair_tokens * config.batch_size
     steps = planned_steps(config.budget, per_token, tokens_per_step, method_key=config.method.key,
                           batch_size=config.batch_size)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 from ..errors import InputError
-from ..records import RunRecord
 from ._common import add_fit_options, check_fit_options, require_store
 
 
@@ -41,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..family import Family
-    from ..laws import fit_laws
+    from ..laws import finite_records, fit_laws
     from ..store import RunStore
 
     require_store(args.store)
@@ -70,25 +68,6 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary(laws, counts))
     print(f"\nwrote law card {path}")
     return 0
-
-
-def finite_records(records: list[RunRecord], loss_key: str | None = None) -> tuple[list[RunRecord], int]:
-    """(records to fit, how many were dropped): drops runs marked failed and those whose loss is NaN/inf.
-
-    Stores written before divergence was detected hold diverged runs as ``completed`` with a NaN loss (strict
-    JSON stores it as null); one of them would make its whole variant unfittable. A null loss is dropped only
-    when other runs have one: if none has, the fit's own error (use --loss-key final_train_loss) is the answer.
-    """
-    # the field the fit reads (laws.run_point): --loss-key, else the first validation loss present
-    losses = [r.loss(loss_key) for r in records]
-    some_have_loss = any(isinstance(x, (int, float)) and math.isfinite(x) for x in losses)
-    kept = []
-    for r, loss in zip(records, losses, strict=True):
-        non_finite = isinstance(loss, (int, float)) and not math.isfinite(loss)
-        if r.status == "failed" or non_finite or (loss is None and some_have_loss):
-            continue
-        kept.append(r)
-    return kept, len(records) - len(kept)
 
 
 def format_summary(laws, counts: dict[str, int] | None = None) -> str:

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     for key, value in (("mini_batch_size", args.mini_batch_size), ("max_seq_length", args.max_seq_length),
                        ("lr", args.lr), ("val_fraction", args.val_fraction),
                        ("query_prompt", args.query_prompt), ("doc_prompt", args.doc_prompt),
-                       ("tracking_dir", args.logging_dir)):
+                       ("tracking_dir", args.tracking_dir)):
         if value is not None:
             config[key] = value
     if args.report_to != "auto":

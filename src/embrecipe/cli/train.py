@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import typing
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import InputError
-from ..train_config import TrainConfig
+from ..flops import is_budget
+from ..train_config import MAIN, PROMPTS, SPEED, TRACKING, TrainConfig
 
 
 def parse_budget(text: str) -> float:
@@ -15,7 +20,7 @@ def parse_budget(text: str) -> float:
         value = float(str(text).replace("_", ""))
     except ValueError:
         raise argparse.ArgumentTypeError(f"budget {text!r} is not a number of FLOPs (e.g. 3e13)") from None
-    if not value > 0 or value != value or value == float("inf"):
+    if not is_budget(value):
         raise argparse.ArgumentTypeError(f"budget must be a positive, finite number of FLOPs, got {text!r}")
     return value
 
@@ -54,82 +59,62 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="example: embrecipe train --model runs/base --data pairs.jsonl --method lora --lora-rank 32 "
                "--budget 3e13 --batch-size 1024 --mini-batch-size 64 --out runs/my-model",
     )
-    p.add_argument("--model", required=True, help="local checkpoint dir, hub id, or a .gguf file")
-    p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model (hub repo or dir)")
-    p.add_argument("--data", required=True, help="pairs: .jsonl[.gz] {query,pos,neg}, .csv/.tsv/.parquet, or a "
-                                                 "datasets directory")
-    p.add_argument("--val-data", default=None, help="held-out pairs for the final validation loss")
-    p.add_argument("--val-fraction", type=float, default=0.0,
-                   help="hold out this fraction of --data for validation when --val-data is not given")
-    p.add_argument("--budget", type=parse_budget, required=True, help="model-FLOP budget, e.g. 3e13")
-    p.add_argument("--out", required=True, help="output directory (SentenceTransformer + run.json)")
+    add_config_arguments(p, [MAIN])
     add_method_arguments(p)
-    g = p.add_argument_group("training")
-    g.add_argument("--batch-size", type=int, default=1024, help="pairs per step (default: 1024)")
-    g.add_argument("--mini-batch-size", type=int, default=None,
-                   help="GradCache mini-batch: embeds this many texts at a time so large batches fit in memory")
-    g.add_argument("--max-seq-length", type=int, default=75, help="tokens per text (default: 75)")
-    g.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default: 1/10 of the model's published pre-training peak, "
-                        "e.g. 6e-5 for pythia-160m; 1e-4 if unknown)")
-    g.add_argument("--weight-decay", type=float, default=0.1)
-    g.add_argument("--warmup-ratio", type=float, default=0.1)
-    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 disables)")
-    g.add_argument("--scale", type=float, default=40.0, help="InfoNCE inverse temperature (default: 40)")
-    g.add_argument("--pooling", choices=["mean", "lasttoken", "last-token", "weighted-mean"], default="mean",
-                   help="mean (default) or lasttoken (EOS is appended to every text, in training and in the "
-                        "saved model)")
-    g.add_argument("--hard-negatives", type=int, default=0, help="use this many 'neg' texts per pair")
-    g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 autocast where the hardware supports it")
-    g.add_argument("--gradient-checkpointing", action="store_true")
-    g.add_argument("--no-repeat", action="store_true", help="error instead of repeating data (epochs > 1)")
-    g.add_argument("--no-bucketing", action="store_true", help="disable length bucketing of batches")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every,
-                   help="steps between checkpoints (0: never)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue a killed run from --out/checkpoint (an error when there is no checkpoint)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="write into a non-empty --out, replacing the files a run writes there (others are kept); "
-                        "without it a non-empty --out is refused")
-    g.add_argument("--keep-adapter", action="store_true", help="lora: save the adapter only, not merged")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_arguments(p, ["training"])
     add_feature_arguments(p)
-    _speed_options(p)
+    add_config_arguments(p, [SPEED])
     p.set_defaults(func=run)
+
+
+# Flags that parse their text themselves (a budget may be written 3e13 or 30_000_000_000_000).
+_PARSERS = {"budget": parse_budget}
+
+
+def _flag_fields(groups: Sequence[str]) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(TrainConfig) if f.metadata.get("help") and f.metadata["group"] in groups]
+
+
+def add_config_arguments(p: argparse.ArgumentParser, groups: Sequence[str]) -> dict[str, argparse._ArgumentGroup]:
+    """One flag per :class:`~embrecipe.train_config.TrainConfig` field of ``groups`` that has help: name, type,
+    default, choices and help all come from the field (:func:`~embrecipe.train_config.setting`), so a new field
+    with help is a new flag. Returns the argument groups made, by name."""
+    hints = typing.get_type_hints(TrainConfig)
+    made: dict[str, argparse._ArgumentGroup] = {}
+    for f in _flag_fields(groups):
+        meta = f.metadata
+        group = meta["group"]
+        target = p if group == MAIN else made.setdefault(group, p.add_argument_group(group))
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        default = None if f.default is dataclasses.MISSING else f.default
+        kinds = [t for t in (typing.get_args(hints[f.name]) or (hints[f.name],)) if t is not type(None)]
+        if kinds == [bool]:
+            # --no-repeat, --quiet: the flag turns a default-on setting off
+            target.add_argument(flag, dest=f.name, action="store_false" if meta["negate"] else "store_true",
+                                default=default, help=meta["help"])
+            continue
+        parse = _PARSERS.get(f.name) or (kinds[0] if kinds[0] in (int, float) else str)
+        target.add_argument(flag, dest=f.name, type=parse, default=default, choices=meta["choices"],
+                            required=meta["required"], help=meta["help"])
+    return made
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`~embrecipe.train_config.TrainConfig` the flags of :func:`register` describe."""
+    values: dict[str, Any] = {}
+    for f in _flag_fields([MAIN, "training", PROMPTS, TRACKING, SPEED]):
+        value = getattr(args, f.name)
+        values[f.name] = None if f.metadata["zero_is_none"] and not value else value
+    return TrainConfig(method=method_from_args(args), **values)
 
 
 def add_feature_arguments(p: argparse.ArgumentParser, *, prompts: bool = True) -> None:
     """Prompts, tracking and Hub flags (shared by ``train`` and ``run``)."""
-    if prompts:
-        g = p.add_argument_group("prompts")
-        g.add_argument("--query-prompt", default=None,
-                       help="instruction prepended to every query, e.g. 'query: ' (saved with the model as its "
-                            "'query' prompt; its tokens are excluded from mean pooling but count as FLOPs)")
-        g.add_argument("--doc-prompt", default=None,
-                       help="prepended to positives and negatives, e.g. 'passage: ' (the 'document' prompt)")
-    g = p.add_argument_group("tracking and the Hub")
-    g.add_argument("--report-to", default="auto",
-                   help="none, tensorboard, wandb, mlflow, trackio, all, or a comma list (default: auto = "
-                        "TensorBoard when installed, logs in OUT/runs)")
-    g.add_argument("--logging-dir", default=None, help="tracking log directory (default: OUT/runs)")
+    g = add_config_arguments(p, [PROMPTS, TRACKING] if prompts else [TRACKING])[TRACKING]
     g.add_argument("--push-to-hub", default=None, metavar="REPO",
                    help="after training, upload the model and its card to this Hugging Face repo (needs a network "
                         "and a token: huggingface-cli login or HF_TOKEN)")
     g.add_argument("--hub-private", action="store_true", help="create the Hub repository as private")
-
-
-def _speed_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("speed (docs/performance.md)")
-    g.add_argument("--packing", choices=["auto", "on", "off"], default="auto",
-                   help="unpadded execution: texts packed into rows, pooled per text (auto: on a CUDA GPU)")
-    g.add_argument("--pack-length", type=int, default=0, help="tokens per packed row (default: ~2x max length)")
-    g.add_argument("--compile", choices=["none", "default", "cudagraphs"], default="none",
-                   help="torch.compile the transformer; cudagraphs adds CUDA graphs (GPU only; default: none)")
-    g.add_argument("--sync-every", type=int, default=32,
-                   help="steps between reads of the loss by the host on a CUDA device (a GPU sync; default: 32; "
-                        "on the CPU every step)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -138,28 +123,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 2:
         raise InputError(f"--batch-size must be >= 2, got {args.batch_size}")
-    config = TrainConfig(
-        model=args.model, gguf_file=args.gguf_file, data=args.data, val_data=args.val_data,
-        val_fraction=args.val_fraction, budget=args.budget, method=method_from_args(args),
-        batch_size=args.batch_size, mini_batch_size=args.mini_batch_size, max_seq_length=args.max_seq_length,
-        lr=args.lr, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
-        max_grad_norm=args.max_grad_norm or None, scale=args.scale, pooling=args.pooling,
-        hard_negatives=args.hard_negatives, precision=args.precision,
-        gradient_checkpointing=args.gradient_checkpointing, allow_repeat=not args.no_repeat,
-        length_bucketing=not args.no_bucketing, seed=args.seed, out=args.out,
-        checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite,
-        keep_adapter=args.keep_adapter, progress=not args.quiet, query_prompt=args.query_prompt,
-        doc_prompt=args.doc_prompt, report_to=args.report_to, tracking_dir=args.logging_dir,
-    )
+    config = config_from_args(args)
     if args.push_to_hub:
         check_repo_id(args.push_to_hub)
-    config.packing, config.pack_length, config.compile, config.sync_every = (
-        args.packing, args.pack_length, args.compile, args.sync_every)
-    record = train(config)
-    if record.status == "failed":  # e.g. a non-finite loss found at a sync point
-        from ..errors import EmbrecipeError
-
-        raise EmbrecipeError(f"training failed: {record.failure}")
+    record = train(config)  # a diverged run raises TrainingDiverged (a one-line error): this one finished
     details = record.details
     summary = {"method_key": record.variant, "budget": record.budget, "model_flops": record.model_flops,
                "hardware_flops": details["hardware_flops"], "tokens": record.tokens, "steps": record.steps,

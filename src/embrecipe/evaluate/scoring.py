@@ -7,7 +7,6 @@ Results go to ``OUT/mteb`` (mteb's result cache layout) and ``OUT/eval.json`` (e
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -97,10 +96,10 @@ def run_mteb(model: SentenceTransformer | Any, tasks: Sequence[Any], out: Path |
 
 def write_record(out_dir: Path, record: Mapping[str, Any]) -> None:
     """``OUT/eval.json``, atomically (temporary file, then renamed)."""
+    from ..jsonio import atomic_write_json
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "eval.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(out_dir / "eval.json")
+    atomic_write_json(out_dir / "eval.json", record)
 
 
 def evaluate(

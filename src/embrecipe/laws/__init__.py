@@ -16,10 +16,10 @@ from .estimators import ESTIMATORS, FORM, PARAM_NAMES
 from .fit import fit_laws
 from .law import BOOTSTRAP_STARTS, ScalingLaw, identifiability
 from .noise import run_noise
-from .points import RunPoint, run_point
+from .points import RunPoint, finite_records, run_point
 
 __all__ = [
     "BOOTSTRAP_STARTS", "CARD_VERSION", "ESTIMATORS", "FORM", "PARAM_NAMES", "LawSet", "RunPoint", "ScalingLaw",
-    "best_loss_trends", "choose_estimator", "fit_laws", "identifiability", "leave_largest_budget_out", "run_noise",
+    "best_loss_trends", "choose_estimator", "finite_records", "fit_laws", "identifiability", "leave_largest_budget_out", "run_noise",
     "run_point",
 ]

@@ -26,13 +26,13 @@ import numpy as np
 
 from ..errors import InputError
 from ..family import family_fingerprint
-from ..records import RunRecord, as_record
+from ..records import RunRecord
 from .card import LawSet
 from .diagnostics import best_loss_trends, choose_estimator, leave_largest_budget_out
 from .estimators import ESTIMATORS
 from .law import BOOTSTRAP_STARTS, ScalingLaw
 from .noise import run_noise
-from .points import RunPoint, group_by_variant, run_point
+from .points import RunPoint, finite_records, group_by_variant, run_point
 
 
 def fit_laws(
@@ -69,7 +69,7 @@ def fit_laws(
 
     from ..recipe import LR_PROTOCOL, keep_selected_lr
 
-    runs = [as_record(r) for r in records]
+    runs, _ = finite_records(records, loss_key)  # failed runs and non-finite losses are left out
     points = [run_point(r, loss_key=loss_key) for r in runs]
     if not points:
         raise InputError("no completed runs to fit")

@@ -8,6 +8,7 @@ repeated seeds can be told apart); :func:`group_by_variant` groups points per fi
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,29 @@ class RunPoint:
     seed: Any = None
     lr: float | None = None
     unique_pairs: int | None = None  # training pairs the run drew from (its data set, not pairs processed)
+
+
+def finite_records(records: Iterable[RunRecord | Mapping[str, Any]],
+                   loss_key: str | None = None) -> tuple[list[RunRecord], int]:
+    """Which runs can be fitted: (records to fit, how many were dropped). Drops runs marked failed and those
+    whose loss is NaN/inf. Every fit applies it (:func:`~embrecipe.laws.fit_laws`, the report's points, the
+    recipe check), so ``fit``, ``plan --laws STORE``, ``report`` and ``check`` fit the same runs.
+
+    Stores written before divergence was detected hold diverged runs as ``completed`` with a NaN loss (strict
+    JSON stores it as null); one of them would make its whole variant unfittable. A null loss is dropped only
+    when other runs have one: if none has, the fit's own error (use --loss-key final_train_loss) is the answer.
+    """
+    # the field the fit reads (laws.run_point): --loss-key, else the first validation loss present
+    runs = [as_record(r) for r in records]
+    losses = [r.loss(loss_key) for r in runs]
+    some_have_loss = any(isinstance(x, (int, float)) and math.isfinite(x) for x in losses)
+    kept = []
+    for r, loss in zip(runs, losses, strict=True):
+        non_finite = isinstance(loss, (int, float)) and not math.isfinite(loss)
+        if r.status == "failed" or non_finite or (loss is None and some_have_loss):
+            continue
+        kept.append(r)
+    return kept, len(runs) - len(kept)
 
 
 def run_point(record: RunRecord | Mapping[str, Any], *, loss_key: str | None = None) -> RunPoint:
