@@ -40,7 +40,7 @@ from .errors import InputError
 from .flops import check_budget
 from .jsonio import write_text_atomic
 from .model_ref import portable
-from .records import NON_IDENTITY_KEYS, RunRecord, as_record, run_identity
+from .records import NON_IDENTITY_KEYS, RunRecord, run_identity
 
 if TYPE_CHECKING:
     from .cells import Cell

@@ -139,8 +139,7 @@ def _tokens_per_pair(pairs: Any, laws: LawSet, family: Sequence[FamilyMember] | 
                      hard_negatives: int) -> tuple[float | None, str | None]:
     """Mean tokens per pair of ``pairs`` with the family's tokenizer (its smallest member's; a family shares
     one), or None and why not (the planner then uses the card's value and says so)."""
-    # TODO(r22-copies): the single tokens-per-pair estimator moves to data.py; this calls the sweep's until then
-    from ..cells import _measure_tokens_per_pair
+    from ..data import estimate_tokens_per_pair
     from ..model_ref import resolve_model
     from ..plan import family_from_laws
 
@@ -153,7 +152,7 @@ def _tokens_per_pair(pairs: Any, laws: LawSet, family: Sequence[FamilyMember] | 
     if not (Path(model).is_dir() or "/" in model):  # neither a local checkpoint nor a hub id: no tokenizer
         return None, f"model {ref}: no checkpoint here to read its tokenizer from"
     try:
-        return _measure_tokens_per_pair(pairs, model, max_seq_length, hard_negatives), None
+        return estimate_tokens_per_pair(pairs, model, max_seq_length=max_seq_length, hard_negatives=hard_negatives), None
     except (OSError, ValueError) as exc:
         return None, f"model {ref}: cannot load its tokenizer ({str(exc).splitlines()[0]})"
 
