@@ -175,6 +175,9 @@ def test_plain_design_cells(tmp_path):
     stats = data_stats(grid)
     kept = window.kept_budgets(grid, stats)
     assert kept[("toy-h256-l4", "full")][0] == 3e11 and kept[("toy-h128-l2", "full")][0] == 1e11
+    summary = window.plan_summary(spec, tmp_path)
+    assert summary["cells"] == 23 and summary["seed_cells_without_a_chosen_lr"] == []
+    assert [r["cells"] for r in summary["rungs"]] == [6, 8, 5, 4]  # what the rehearsal's window trains per rung
     with RunStore(tmp_path / "s.sqlite") as st:
         low = window.rung_cells(grid, stats, st, kept, 1e11, spec["seeds"], print)
         assert sorted({c.model for c in low}) == ["toy-h128-l2"] and len(low) == 6  # 2 variants x 3 LRs

@@ -273,6 +273,35 @@ def plain_design(args: argparse.Namespace, spec: dict[str, Any]) -> int:
     return 0
 
 
+def plan_summary(spec: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """What the plain design trains, before anything runs: per rung the cells (LR searches x the LRs, the
+    chosen-LR cells, the extra seeds) and their model FLOPs (``window.py plan``)."""
+    from embrecipe.cells import data_stats
+
+    grid = study_grid(spec, base_dir)
+    stats = data_stats(grid)
+    kept = kept_budgets(grid, stats)
+    n_lrs = len(grid.lr_search.grid_for("smollm2", None)) if grid.lr_search is not None else 1
+    seeds = spec.get("seeds") or {}
+    seed_cells = {tuple(x) for x in seeds.get("cells", [])}
+    rungs = []
+    for budget in sorted(grid.budgets):
+        search = sum(1 for b in kept.values() if math.isclose(b[0], budget, rel_tol=1e-9))
+        upper = sum(1 for b in kept.values() if b[0] < budget and any(math.isclose(budget, x, rel_tol=1e-9) for x in b))
+        extra = len(seeds.get("extra", [])) * sum(
+            1 for pair, b in kept.items() if pair in seed_cells
+            and math.isclose(budget, float(seeds.get("budget", -1)), rel_tol=1e-9) and b[0] < budget)
+        cells = search * n_lrs + upper + extra
+        rungs.append({"budget": budget, "lr_search_pairs": search, "chosen_lr_cells": upper, "extra_seeds": extra,
+                      "cells": cells, "model_flops": cells * budget})
+    ignored = [list(p) for p in seed_cells if p not in kept or not kept[p][0] < float(seeds.get("budget", -1))]
+    dropped = [f"{m} {v}" for m in (x["name"] for x in grid.models) for v in
+               sorted({k[1] for k in kept}) if (m, v) not in kept]
+    return {"tokens_per_pair": stats.tokens_per_pair, "pairs": stats.pairs, "kept_pairs": len(kept),
+            "never_kept": dropped, "seed_cells_without_a_chosen_lr": ignored, "rungs": rungs, "cells": sum(r["cells"] for r in rungs),
+            "model_flops": sum(r["model_flops"] for r in rungs)}
+
+
 def adaptive_design(args: argparse.Namespace, spec: dict[str, Any]) -> int:
     """Issue 20's adaptive design. The lead's switch: once ``embrecipe.sweep`` can run an adaptive sweep with
     the per-(model, variant) LR search, call it here on :func:`study_grid` and set ``design: adaptive``."""
@@ -504,13 +533,14 @@ def smoke(w: Window, model: str, data: str) -> dict[str, dict[str, Any]]:
     """Each fast path on a few steps of ``model``; ok only when the run completes with a finite loss."""
     verdicts: dict[str, dict[str, Any]] = {}
     for name in [p for p in w.args.smoke_paths.split(",") if p]:
-        if w.left() < w.args.smoke_s + 30:
+        seconds = min(w.args.smoke_s, w.left() - 15)
+        if seconds < 10:
             verdicts[name] = {"ok": False, "why": "deadline: not tried"}
             continue
         cfg = {"model": model, "data": data, "budget": w.args.smoke_budget, "batch_size": w.args.smoke_batch,
                "max_seq_length": 75, "progress": False, "seed": 0, "out": str(Path(w.args.work) / f"smoke-{name}"),
                "overwrite": True, "val_size_cap": 64, "val_data": data, **FAST_PATHS[name]}
-        res = w.run(f"smoke-{name}", [sys.executable, "-c", SMOKE_CODE, json.dumps(cfg)], timeout=w.args.smoke_s)
+        res = w.run(f"smoke-{name}", [sys.executable, "-c", SMOKE_CODE, json.dumps(cfg)], timeout=seconds)
         text = (w.logs / f"smoke-{name}.log").read_text(errors="replace")
         line = next((ln for ln in text.splitlines() if ln.startswith("SMOKE ")), None)
         got = json.loads(line[6:]) if line else {}
@@ -612,6 +642,29 @@ def study_part(w: Window, spec: dict[str, Any]) -> None:
     log(f"study: {counts} in the store; released {len(released)} interrupted cell(s)")
 
 
+def check_part(w: Window, spec: dict[str, Any]) -> None:
+    """Call 2 of the window after the study is complete: ``embrecipe check`` at the held-out budget (the fit
+    leaves that budget out), resumed from the committed check store, until the deadline (docs/gpu_window.md)."""
+    prepare_assets(w)
+    store, check = Path(w.args.work) / "study.sqlite", Path(w.args.work) / "check.sqlite"
+    if not store.exists():
+        backup_store(Path(w.args.store_from), store)
+    if not check.exists() and Path(w.args.check_from).is_file():
+        backup_store(Path(w.args.check_from), check)
+    budget = w.args.check_budget or max(float(b) for b in spec["budgets"])
+    cmd = [sys.executable, "-m", "embrecipe.cli", "check", str(store), "--budget", repr(budget), "--workers",
+           str(w.args.workers), "--check-store", str(check), "--out", str(w.out / "check"), "--json"]
+    res = w.run("check", cmd, timeout=w.left() - w.args.reserve_s, stop="int", grace=max(2.0, w.args.reserve_s / 2))
+    from embrecipe.store import RunStore
+
+    with RunStore(check) as st:
+        res["released_at_end"] = st.release_claims()
+        res["counts"] = st.counts()
+    backup_store(check, w.out / "check.sqlite")
+    res["budget"] = budget
+    w.info["parts"]["check"] = res
+
+
 def window_main(args: argparse.Namespace) -> int:
     w, spec, device = start(args)
     try:
@@ -619,6 +672,8 @@ def window_main(args: argparse.Namespace) -> int:
             stage_part(w, spec, device)
         if args.part in ("study", "all"):
             study_part(w, spec)
+        if args.part == "check":
+            check_part(w, spec)
     finally:
         w.info["finished"] = time.time()
         w.save()
@@ -639,9 +694,20 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--progress", required=True)
         s.add_argument("--design", choices=DESIGNS, default=None)
         return study_main(s.parse_args(argv[1:]))
+    if argv[:1] == ["plan"]:  # what the study would train (no GPU, no store): window.py plan [--spec] [--home]
+        s = argparse.ArgumentParser(prog="window.py plan")
+        s.add_argument("--spec", default=str(DEFAULT_SPEC))
+        s.add_argument("--home", default=DEFAULT_HOME)
+        a = s.parse_args(argv[1:])
+        print(json.dumps(plan_summary(load_spec(Path(a.spec), a.home), Path(a.spec).parent), indent=1))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("part", nargs="?", choices=("stage", "study", "all"), default="all",
-                    help="stage = call 1 of a window (stash, benchmark, smoke); study = call 2; all = both")
+    ap.add_argument("part", nargs="?", choices=("stage", "study", "check", "all"), default="all",
+                    help="stage = call 1 of a window (stash, benchmark, smoke); study = call 2; all = both; "
+                         "check = call 2 once the study is complete (embrecipe check at the held-out budget)")
+    ap.add_argument("--check-budget", type=float, default=None, help="check: the held-out budget (default: "
+                    "the spec's largest)")
+    ap.add_argument("--check-from", default=str(HERE / "check.sqlite"), help="check: the committed check store")
     ap.add_argument("--spec", default=str(DEFAULT_SPEC), help="the study spec (default study/v2/spec.yaml)")
     ap.add_argument("--assets", default=None, help="the carried folder (study/v2/build_carry.py)")
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/window-out"), help="what comes back ($OUT)")

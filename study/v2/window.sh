@@ -16,12 +16,12 @@
 set -u
 cd "$(dirname "$0")/../.."
 t0=$(date +%s)
-PART=${1:?usage: window.sh stage|study|all [SECONDS] [window.py options]}
+PART=${1:?usage: window.sh stage|study|check|all [SECONDS] [window.py options]}
 DEADLINE_S=${2:-540}
 shift; shift || true
 PY=${PYTHON:-python3}
 SITE=${SITE:-/tmp/site}
-ASSETS=${ASSETS:-.window/$PART}
+ASSETS=${ASSETS:-.window/${PART/check/study}}
 WORK=${WORK:-/tmp/window-work}
 OUT=${OUT:-/tmp/window-out}
 IMPORTS=${IMPORTS-datasets gguf peft transformers sentence_transformers}
