@@ -76,6 +76,8 @@ def test_card_measured_and_fast_path_overrides(tmp_path):
     assert not window.card_measured(results, "NVIDIA H100 80GB HBM3")
     ok, bad = {"ok": True}, {"ok": False, "why": "boom"}
     assert window.fast_path_overrides({"packing": bad}, use_compile=True) == {"packing": "off"}
+    assert window.fast_path_overrides({"packing": {"ok": False, "tried": False}}, use_compile=False) == {}
+    assert window.fast_path_overrides({}, use_compile=True) == {}  # no smoke: the trainer's defaults
     assert window.fast_path_overrides({"packing": ok, "compile": ok, "cudagraphs": bad}, use_compile=False) \
         == {"packing": "on"}
     assert window.fast_path_overrides({"packing": ok, "compile": ok, "cudagraphs": bad}, use_compile=True) \

@@ -107,9 +107,15 @@ def card_measured(results_json: Path, device: str) -> bool:
 
 
 def fast_path_overrides(verdicts: dict[str, dict[str, Any]], use_compile: bool) -> dict[str, Any]:
-    """The trainer overrides the study runs with, from the smoke's verdicts: packing when it passed (else the
-    padded path), and compile/CUDA graphs only when asked for (``--study-compile``) and passed."""
-    over: dict[str, Any] = {"packing": "on" if verdicts.get("packing", {}).get("ok") else "off"}
+    """The trainer overrides the study runs with, from the smoke's verdicts: packing when it passed, the padded
+    path when it failed, the trainer's default (``auto``: packed on a GPU) when it was not tried; compile/CUDA
+    graphs only when asked for (``--study-compile``) and passed."""
+    over: dict[str, Any] = {}
+    packing = verdicts.get("packing", {})
+    if packing.get("ok"):
+        over["packing"] = "on"
+    elif packing.get("tried", True) and packing:
+        over["packing"] = "off"
     if use_compile:
         for name in ("cudagraphs", "compile"):
             if verdicts.get(name, {}).get("ok"):
@@ -535,7 +541,7 @@ def smoke(w: Window, model: str, data: str) -> dict[str, dict[str, Any]]:
     for name in [p for p in w.args.smoke_paths.split(",") if p]:
         seconds = min(w.args.smoke_s, w.left() - 15)
         if seconds < 10:
-            verdicts[name] = {"ok": False, "why": "deadline: not tried"}
+            verdicts[name] = {"ok": False, "tried": False, "why": "deadline: not tried"}
             continue
         cfg = {"model": model, "data": data, "budget": w.args.smoke_budget, "batch_size": w.args.smoke_batch,
                "max_seq_length": 75, "progress": False, "seed": 0, "out": str(Path(w.args.work) / f"smoke-{name}"),
