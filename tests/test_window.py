@@ -162,6 +162,16 @@ def test_window_rehearsal_synthetic(tmp_path):
     assert info["parts"]["study"]["counts"]["completed"] == 23
     assert info["study_before"]["counts"].get("running", 0) == 0
 
+    # the study is complete: call 2 of the next window runs the held-out check (embrecipe check at the largest
+    # budget, fitted without it) and returns its store and check.json
+    shutil.copy2(out2 / "study.sqlite", committed)
+    proc, out3 = window_call(tmp_path, "check", 120, assets, spec, committed, "--check-from",
+                             str(tmp_path / "repo" / "check.sqlite"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    check = json.loads((out3 / "window.json").read_text())["parts"]["check"]
+    assert check["returncode"] == 0 and check["budget"] == 3e12 and check["counts"]["completed"] >= 2, check
+    assert "regret" in (out3 / "check" / "check.json").read_text()
+
 
 def test_plain_design_cells(tmp_path):
     """Per (model, variant): 3 LRs at its own lowest kept budget, then one cell per higher budget at the chosen

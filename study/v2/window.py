@@ -98,7 +98,7 @@ def card_measured(results_json: Path, device: str) -> bool:
         data = json.loads(results_json.read_text())
     except ValueError:
         return False
-    runs = data.get("runs", data if isinstance(data, list) else [data])
+    runs = data.get("runs", [data]) if isinstance(data, dict) else data
     for run in runs if isinstance(runs, list) else []:
         if isinstance(run, dict) and run.get("kind") == "gpu" and not run.get("smoke") and run.get("training") \
                 and device and device in str(run.get("device", "")):
