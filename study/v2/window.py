@@ -581,7 +581,8 @@ def stage_part(w: Window, spec: dict[str, Any], device: str) -> None:
         w.info["parts"]["stash"] = {"gguf.xz.part1": (assets / "gguf.xz.part1").stat().st_size}
     benchmark(w, device)
     real = spec.get("trainer", "embrecipe.trainer:train_from_dict") == "embrecipe.trainer:train_from_dict"
-    verdicts = smoke(w, smoke_model(w, spec), smoke_data(w)) if real else {}
+    wanted = real and any(p for p in w.args.smoke_paths.split(","))
+    verdicts = smoke(w, smoke_model(w, spec), smoke_data(w)) if wanted else {}
     w.info["parts"]["smoke"] = verdicts
     (Path(w.args.work) / "smoke.json").write_text(json.dumps(verdicts, indent=1, default=str) + "\n")
     w.save()
