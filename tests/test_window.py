@@ -247,7 +247,8 @@ train: {{data: "{{home}}/corpus/embrecipe-corpus-v1/train.jsonl",
     assert proc.returncode == 0, proc.stdout + proc.stderr
     verdicts = json.loads((out / "window.json").read_text())["parts"]["smoke"]
     assert verdicts["packing"]["ok"], verdicts
-    proc, out = window_call(tmp_path, "study", 240, study, spec, committed, imports="")
+    # --workers 1: the cells train in the design's own process (no pool of fresh interpreters to import torch)
+    proc, out = window_call(tmp_path, "study", 240, study, spec, committed, "--workers", "1", imports="")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     info = json.loads((out / "window.json").read_text())
     assert info["study_overrides"] == {"packing": "on"} and info["parts"]["corpus"]["sha256_ok"]
