@@ -84,6 +84,18 @@ def test_card_measured_and_fast_path_overrides(tmp_path):
         == {"packing": "on", "compile": "default"}
 
 
+def test_unxz_joins_split_parts_and_refuses_a_cut_one(tmp_path):
+    data = os.urandom(50_000) + b"text " * 20_000
+    packed = lzma.compress(data)
+    (tmp_path / "p1").write_bytes(packed[:30_000])
+    (tmp_path / "p2").write_bytes(packed[30_000:])
+    window.unxz([tmp_path / "p1", tmp_path / "p2"], tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == data
+    with pytest.raises(SystemExit, match="ends early"):
+        window.unxz([tmp_path / "p1"], tmp_path / "cut")
+    assert not (tmp_path / "cut").exists()  # nothing half-written under the final name
+
+
 SYNTHETIC_SPEC = """
 name: rehearsal
 design: plain

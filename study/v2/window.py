@@ -90,6 +90,23 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def unxz(parts: list[Path], dst: Path) -> None:
+    """Decompress the concatenation of ``parts`` (one xz stream, split to fit the carry limit) to ``dst``,
+    atomically; Python's lzma, so the window needs no xz binary on the GPU image."""
+    import lzma
+
+    tmp = dst.with_name(dst.name + ".tmp")
+    dec = lzma.LZMADecompressor()
+    with tmp.open("wb") as out:
+        for part in parts:
+            with Path(part).open("rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 22), b""):
+                    out.write(dec.decompress(block))
+    if not dec.eof:
+        raise SystemExit(f"{parts[-1]}: the xz stream ends early (a part is missing or cut)")
+    tmp.replace(dst)
+
+
 def card_measured(results_json: Path, device: str) -> bool:
     """True when the committed benchmark results already hold a GPU section measured on this card."""
     if not results_json.is_file():
@@ -420,11 +437,9 @@ def join_gguf(w: Window) -> Path | None:
                          "same machine, less than 30 s before this call (the machine goes back when idle)")
     gguf = Path(w.args.work) / GGUF_NAME
     t = time.time()
-    r = subprocess.run(f"cat '{parts[0]}' '{parts[1]}' | xz -dc > '{gguf}.tmp' && mv '{gguf}.tmp' '{gguf}'",
-                       shell=True)
-    got = sha256_file(gguf) if r.returncode == 0 else None
-    w.info["parts"]["gguf"] = {"returncode": r.returncode, "seconds": round(time.time() - t, 1),
-                               "sha256_ok": got == manifest["gguf_sha256"]}
+    unxz(parts, gguf)
+    got = sha256_file(gguf)
+    w.info["parts"]["gguf"] = {"seconds": round(time.time() - t, 1), "sha256_ok": got == manifest["gguf_sha256"]}
     if got != manifest["gguf_sha256"]:
         raise SystemExit(f"{gguf}: sha256 {got} is not the carried {manifest['gguf_sha256']}")
     return gguf
@@ -438,17 +453,15 @@ def prepare_assets(w: Window) -> None:
     if not (corpus / "train.jsonl").is_file() and assets is not None and (assets / "corpus").is_dir():
         corpus.mkdir(parents=True, exist_ok=True)
         t = time.time()
-        r = subprocess.run(f"xz -dc '{assets}/corpus/train.jsonl.xz' > '{corpus}/train.jsonl.tmp' && "
-                           f"mv '{corpus}/train.jsonl.tmp' '{corpus}/train.jsonl'", shell=True)
+        unxz([assets / "corpus" / "train.jsonl.xz"], corpus / "train.jsonl")
         for f in (assets / "corpus").iterdir():
             if not f.name.endswith(".xz"):
                 shutil.copy2(f, corpus / f.name)
         manifest = json.loads((assets / "manifest.json").read_text()) if (assets / "manifest.json").is_file() else {}
         ok = manifest.get("train_jsonl_sha256") in (None, sha256_file(corpus / "train.jsonl"))
-        w.info["parts"]["corpus"] = {"returncode": r.returncode, "seconds": round(time.time() - t, 1),
-                                     "sha256_ok": ok}
-        if r.returncode != 0 or not ok:
-            raise SystemExit(f"{corpus / 'train.jsonl'}: not the carried corpus (xz rc {r.returncode}, sha {ok})")
+        w.info["parts"]["corpus"] = {"seconds": round(time.time() - t, 1), "sha256_ok": ok}
+        if not ok:
+            raise SystemExit(f"{corpus / 'train.jsonl'}: sha256 differs from the carried manifest's")
     family = home / "testbed" / "smollm2-family.json"
     if not family.is_file():
         gguf = join_gguf(w)
