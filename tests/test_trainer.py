@@ -128,7 +128,7 @@ def test_bad_config_values(tiny_models, tiny_pair_data):
     for kw in (dict(budget=-1), dict(batch_size=1), dict(lr=0.0), dict(precision="fp8")):
         with pytest.raises((InputError, BudgetError)):
             train(_cfg(tiny_models["llama"], tiny_pair_data, **kw))
-    with pytest.raises(InputError, match="fewer than one batch"):
+    with pytest.raises(InputError, match="no more than one batch"):
         train(_cfg(tiny_models["llama"], tiny_pair_data, batch_size=1000))
 
 

@@ -18,6 +18,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .data import PairData
@@ -33,13 +34,56 @@ _PRETRAIN_LR = {
 }
 
 
-def default_lr(model_name: str) -> float:
-    """The study's default: one tenth of the model's pre-training LR (1e-4 when the model is unknown)."""
+# Methods that train few parameters need a higher LR than full fine-tuning: LoRA's update is a low-rank product
+# whose B factor starts at zero, and bias-only (BitFit) moves a tiny fraction of the weights; both are usually run
+# at about 10x the full fine-tuning LR (the LoRA and BitFit papers' own LR ranges; in this project a LoRA run at
+# the full-tuning default of 3e-4 barely left chance, issue 21). Full and block freezing train whole matrices.
+METHOD_LR_FACTOR = {"full": 1.0, "freeze": 1.0, "bias": 10.0, "lora": 10.0}
+
+
+def default_lr(model_name: str, method: str | None = None) -> float:
+    """The study's default: one tenth of the model's pre-training LR (1e-4 when the model is unknown), times the
+    method's :data:`METHOD_LR_FACTOR` when ``method`` is given (10 for LoRA and bias-only, 1 otherwise)."""
     name = model_name.lower().replace("_", "-")
+    factor = METHOD_LR_FACTOR.get(method, 1.0) if method else 1.0
     for key in sorted(_PRETRAIN_LR, key=len, reverse=True):
         if key in name:
-            return _PRETRAIN_LR[key] / 10
-    return 1e-4
+            return _PRETRAIN_LR[key] / 10 * factor
+    return 1e-4 * factor
+
+
+def card_lr(model: str, variant: str, card: str | os.PathLike[str] | None = None) -> float | None:
+    """The LR the law card (default: the packaged one) records for ``variant`` of ``model`` (matched by the model's
+    folder or hub name), or None when the card does not know that model. Never fails: a missing or unreadable
+    card only means there is no card LR."""
+    import json
+
+    from .recipe import recipe_lr
+
+    try:
+        if card is None:
+            from importlib import resources
+
+            card = Path(str(resources.files("embrecipe"))) / "data" / "laws" / "default.json"
+        recipe = json.loads(Path(card).read_text()).get("recipe") or {}
+        name = str(model).rstrip("/").rsplit("/", 1)[-1]
+        lr, _ = recipe_lr(recipe, variant, name)
+    except Exception:
+        return None
+    return lr if lr is not None and math.isfinite(lr) and lr > 0 else None
+
+
+def resolve_lr(config: TrainConfig) -> tuple[float, str]:
+    """The peak LR a run uses and where it comes from: the config's ``lr``; else the law card's LR for this model and
+    method variant; else :func:`default_lr` for the model and method."""
+    if config.lr:
+        return float(config.lr), "given"
+    lr = card_lr(config.model, config.method.key)
+    if lr is not None:
+        return lr, f"the law card's LR for {config.method.key} of this model"
+    factor = METHOD_LR_FACTOR.get(config.method.name, 1.0)
+    return default_lr(config.model, config.method.name), (
+        "1/10 of the model's pre-training peak LR" + (f" x{factor:g} for {config.method.name}" if factor != 1 else ""))
 
 
 @dataclass
@@ -48,7 +92,15 @@ class TrainConfig:
 
     model: str
     data: str | PairData
-    budget: float
+    # the training target: exactly one of budget (model FLOPs), epochs or max_steps; the trainer turns an epoch
+    # or step target into the FLOPs its batches cost (measured tokens), so the meter and LR schedule stay exact
+    budget: float | None = field(default=None, metadata={"help": "model-FLOP budget, e.g. 3e13"})
+    epochs: float | None = field(default=None, metadata={
+        "help": "train this many passes over the data instead of a FLOP budget (converted to the exact FLOPs its "
+                "batches cost)"})
+    max_steps: int | None = field(default=None, metadata={
+        "help": "train this many optimizer steps instead of a FLOP budget (converted to the exact FLOPs its "
+                "batches cost)"})
     method: MethodConfig = field(default_factory=FullFineTuning)
     batch_size: int = 1024
     mini_batch_size: int | None = None  # GradCache when set and < batch_size
@@ -119,7 +171,7 @@ class TrainConfig:
         return d
 
 
-_OPTIONAL_DEFAULTS: dict[str, Any] = {"query_prompt": None, "doc_prompt": None, "report_to": "auto",
+_OPTIONAL_DEFAULTS: dict[str, Any] = {"epochs": None, "max_steps": None, "query_prompt": None, "doc_prompt": None, "report_to": "auto",
                                       "tracking_dir": None, "run_name": None, "tracking_group": None}
 
 
@@ -140,8 +192,19 @@ def _finite_and(value: float, ok: Callable[[float], bool]) -> bool:
 # several faults names the same one as before); grouped by what they guard.
 _RULES: tuple[_Rule, ...] = (
     # the budget, the batch and the sequence length
-    _Rule(lambda c: not (isinstance(c.budget, (int, float)) and _finite_and(c.budget, lambda b: b > 0)),
+    _Rule(lambda c: sum(x is not None for x in (c.budget, c.epochs, c.max_steps)) != 1,
+          lambda c: "give exactly one training target: budget (model FLOPs), epochs or max_steps"
+                    + ("" if c.budget is None and c.epochs is None and c.max_steps is None else
+                       f"; got {', '.join(k for k in ('budget', 'epochs', 'max_steps') if getattr(c, k) is not None)}"),
+          BudgetError),
+    _Rule(lambda c: c.budget is not None and not (isinstance(c.budget, (int, float))
+                                                  and _finite_and(c.budget, lambda b: b > 0)),
           lambda c: f"budget must be a positive number of FLOPs, got {c.budget!r}", BudgetError),
+    _Rule(lambda c: c.epochs is not None and not (isinstance(c.epochs, (int, float))
+                                                  and _finite_and(c.epochs, lambda e: e > 0)),
+          lambda c: f"epochs must be a positive number, got {c.epochs!r}", BudgetError),
+    _Rule(lambda c: c.max_steps is not None and not (isinstance(c.max_steps, int) and c.max_steps >= 1),
+          lambda c: f"max_steps must be a whole number of steps >= 1, got {c.max_steps!r}", BudgetError),
     _Rule(lambda c: c.batch_size < 2,
           lambda c: f"batch_size must be >= 2 (in-batch negatives), got {c.batch_size}"),
     _Rule(lambda c: c.mini_batch_size is not None and c.mini_batch_size < 1,
@@ -195,8 +258,8 @@ _RULES: tuple[_Rule, ...] = (
 
 # Setting types checked on dict configs (grid files): YAML reads ``1.0e6`` (no exponent sign) as a *string*,
 # which would otherwise pass every check and fail each cell with a TypeError. Fields not listed are not checked.
-_NUMBER_SETTINGS = ("budget", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "scale", "val_fraction")
-_INT_SETTINGS = ("batch_size", "mini_batch_size", "max_seq_length", "hard_negatives", "val_size_cap", "seed",
+_NUMBER_SETTINGS = ("budget", "epochs", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "scale", "val_fraction")
+_INT_SETTINGS = ("max_steps", "batch_size", "mini_batch_size", "max_seq_length", "hard_negatives", "val_size_cap", "seed",
                  "checkpoint_every", "log_every", "stop_after_steps")
 _BOOL_SETTINGS = ("allow_repeat", "gradient_checkpointing", "resume", "overwrite", "keep_adapter", "progress",
                   "length_bucketing")
@@ -241,7 +304,9 @@ def config_from_dict(config: dict[str, Any], source: str = "config") -> TrainCon
     unknown = set(cfg) - fields
     if unknown:
         raise InputError(f"{source}: unknown training setting(s): {', '.join(sorted(unknown))}")
-    missing = [k for k in ("model", "data", "budget") if cfg.get(k) is None]
+    missing = [k for k in ("model", "data") if cfg.get(k) is None]
+    if all(cfg.get(k) is None for k in ("budget", "epochs", "max_steps")):
+        missing.append("budget")
     if missing:
         raise InputError(f"{source}: missing training setting(s): {', '.join(missing)} (a grid gives data in "
                          "'train: {data: pairs.jsonl}')")

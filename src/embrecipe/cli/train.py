@@ -20,6 +20,20 @@ def parse_budget(text: str) -> float:
     return value
 
 
+def parse_positive(kind: type, flag: str):
+    """An argparse type: a positive ``kind`` (int or float) or a one-line error naming ``flag``."""
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(str(text).replace("_", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not {'a whole number' if kind is int else 'a number'}") \
+                from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{flag} must be positive, got {text!r}")
+        return value
+    return parse
+
+
 def add_method_arguments(p: argparse.ArgumentParser) -> None:
     from ..methods import METHODS
 
@@ -50,7 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="fine-tune one decoder into an embedding model within a FLOP budget",
         description="Budget-exact contrastive fine-tuning (symmetric InfoNCE, in-batch negatives). Stops before "
-                    "the step that would exceed --budget model FLOPs and exports a SentenceTransformer to --out.",
+                    "the step that would exceed --budget model FLOPs and exports a SentenceTransformer to --out. "
+                    "--epochs or --max-steps instead of --budget train that much, metered as the FLOPs those "
+                    "batches cost. Warns when a run repeats its data (more than one epoch of its unique pairs); "
+                    "refuses data with no more unique pairs than one batch.",
         epilog="example: embrecipe train --model runs/base --data pairs.jsonl --method lora --lora-rank 32 "
                "--budget 3e13 --batch-size 1024 --mini-batch-size 64 --out runs/my-model",
     )
@@ -61,7 +78,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-data", default=None, help="held-out pairs for the final validation loss")
     p.add_argument("--val-fraction", type=float, default=0.0,
                    help="hold out this fraction of --data for validation when --val-data is not given")
-    p.add_argument("--budget", type=parse_budget, required=True, help="model-FLOP budget, e.g. 3e13")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--budget", type=parse_budget, help="model-FLOP budget, e.g. 3e13")
+    target.add_argument("--epochs", type=parse_positive(float, "--epochs"),
+                        help="passes over the data instead of --budget; trained as the exact FLOPs those batches "
+                             "cost (run.json: budget, model_flops)")
+    target.add_argument("--max-steps", type=parse_positive(int, "--max-steps"),
+                        help="optimizer steps instead of --budget; trained as the exact FLOPs those batches cost")
     p.add_argument("--out", required=True, help="output directory (SentenceTransformer + run.json)")
     add_method_arguments(p)
     g = p.add_argument_group("training")
@@ -70,8 +93,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="GradCache mini-batch: embeds this many texts at a time so large batches fit in memory")
     g.add_argument("--max-seq-length", type=int, default=75, help="tokens per text (default: 75)")
     g.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default: 1/10 of the model's published pre-training peak, "
-                        "e.g. 6e-5 for pythia-160m; 1e-4 if unknown)")
+                   help="peak learning rate (default: the law card's LR when the packaged card knows this model "
+                        "and method; else 1/10 of the model's published pre-training peak, e.g. 6e-5 for "
+                        "pythia-160m, 1e-4 if unknown, times 10 for lora and bias, which train few parameters)")
     g.add_argument("--weight-decay", type=float, default=0.1)
     g.add_argument("--warmup-ratio", type=float, default=0.1)
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 disables)")
@@ -81,7 +105,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "saved model)")
     g.add_argument("--hard-negatives", type=int, default=0, help="use this many 'neg' texts per pair")
     g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 autocast where the hardware supports it")
+                   help="auto: bf16 autocast where the hardware computes bf16 natively (a CUDA GPU with bf16, a "
+                        "CPU with avx512_bf16 or amx_bf16), else fp32; the choice is printed and in run.json")
     g.add_argument("--gradient-checkpointing", action="store_true")
     g.add_argument("--no-repeat", action="store_true", help="error instead of repeating data (epochs > 1)")
     g.add_argument("--no-bucketing", action="store_true", help="disable length bucketing of batches")
@@ -140,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--batch-size must be >= 2, got {args.batch_size}")
     config = TrainConfig(
         model=args.model, gguf_file=args.gguf_file, data=args.data, val_data=args.val_data,
-        val_fraction=args.val_fraction, budget=args.budget, method=method_from_args(args),
+        val_fraction=args.val_fraction, budget=args.budget, epochs=args.epochs, max_steps=args.max_steps,
+        method=method_from_args(args),
         batch_size=args.batch_size, mini_batch_size=args.mini_batch_size, max_seq_length=args.max_seq_length,
         lr=args.lr, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
         max_grad_norm=args.max_grad_norm or None, scale=args.scale, pooling=args.pooling,
