@@ -1,8 +1,10 @@
 """Training settings: :class:`TrainConfig`, its checks, and how a plain dict (a grid cell, a CLI) becomes one.
 
 Everything here is plain data and validation (no torch at import), so a dry run and the sweep's pre-flight
-checks use it without loading a model. The LR default is the study's: one tenth of the model's published
-pre-training peak LR (:func:`default_lr`).
+checks use it without loading a model. The LR default (:func:`resolve_lr`): the law card's LR where the packaged
+card knows the model and method, else the study's one tenth of the model's published pre-training peak LR, times
+:data:`METHOD_LR_FACTOR` for the method (:func:`default_lr`). A run's target is a FLOP ``budget``, or ``epochs`` or
+``max_steps``, which the trainer turns into the FLOPs of exactly those batches.
 
 Example::
 
