@@ -86,7 +86,7 @@ def st_baseline_steps(model_dir: str, method, data, batch: int, steps: int, prec
 def memory_child(model_dir: str, batch: int, mini: int | None) -> None:
     from embrecipe.trainer import TrainConfig, train_until_stopped
 
-    train_until_stopped(TrainConfig(model=model_dir, data=pool(batch), budget=1e30, batch_size=batch,
+    train_until_stopped(TrainConfig(model=model_dir, data=pool(2 * batch), budget=1e30, batch_size=batch,
                                     stop_after_steps=1, progress=False, precision="fp32", mini_batch_size=mini))
     import torch
 

@@ -125,6 +125,16 @@ def tokenize_uncached(tokenizer: Any, texts: list[str], max_len: int) -> list[li
     return out
 
 
+def count_truncated(tokenizer: Any, texts: list[str], ids: list[list[int]], max_len: int) -> int:
+    """How many of ``texts`` are longer than ``max_len`` tokens (``ids``: their tokens, truncated to ``max_len``).
+
+    Only a text that fills ``max_len`` can have been cut, so only those are tokenized again, one token longer."""
+    full = [t for t, x in zip(texts, ids, strict=True) if len(x) >= max_len]
+    if not full:
+        return 0
+    return sum(len(x) > max_len for x in tokenize_uncached(tokenizer, full, max_len + 1))
+
+
 def prompted_columns(model: Any, columns: list[list[str]], query_prompt: str | None,
                       doc_prompt: str | None) -> tuple[list[list[str]], list[int | None]]:
     """Prepend the query prompt to the first column and the document prompt to the others.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +140,41 @@ def planned_steps(budget: float, per_token: int, tokens_per_step: float, *, meth
             f"{tokens_per_step:.0f} tokens per batch of {batch_size})"
         )
     return steps
+
+
+def steps_for_epochs(epochs: float, batches_per_epoch: int) -> int:
+    """The optimizer steps of ``epochs`` passes over the data (an epoch is ``batches_per_epoch`` steps; at least 1).
+
+    >>> steps_for_epochs(3, 17), steps_for_epochs(0.5, 17), steps_for_epochs(0.01, 17)
+    (51, 8, 1)
+    """
+    return max(1, int(round(float(epochs) * batches_per_epoch)))
+
+
+def budget_of_steps(step_costs: Iterable[float], steps: int) -> float:
+    """The model FLOPs of the first ``steps`` steps, from the costs of the batches in the order the loop takes them.
+
+    An epoch or step target is trained as this budget: the meter then stops exactly after ``steps`` steps (the
+    next one would exceed it) and the LR schedule, a function of the budget spent, ends there too.
+
+    >>> budget_of_steps(iter([10, 20, 30, 40]), 3)
+    60
+    """
+    total: float = 0
+    for i, cost in enumerate(step_costs):
+        if i >= steps:
+            break
+        total += cost
+    return total
+
+
+def epochs_over_unique(steps: int, batch_size: int, unique_pairs: int) -> float:
+    """How many times ``steps`` batches of ``batch_size`` go over ``unique_pairs`` distinct pairs.
+
+    >>> epochs_over_unique(17, 64, 270)
+    4.029629629629629
+    """
+    return steps * batch_size / max(unique_pairs, 1)
 
 
 def check_no_repeat(steps: int, batches_per_epoch: int, per_token: int, tokens_per_step: float,

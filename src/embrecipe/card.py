@@ -24,6 +24,17 @@ HEADLINE = ("budget (model FLOPs)", "model FLOPs spent", "method", "learning rat
             "final validation loss")
 
 
+def portable_name(model_or_path: Any) -> str | None:
+    """How the card names a base model or data file: a hub id as it is, a local path by its last component (a
+    testbed member by its testbed name, e.g. ``smollm2-L4``). The card is published with ``--push-to-hub``, and
+    the absolute path of the machine that trained would tell nobody anything but that machine's layout."""
+    if model_or_path is None or str(model_or_path) == "":
+        return None
+    text = str(model_or_path)
+    local = text.startswith(("/", "~", ".")) or "\\" in text or Path(text).exists() or text.count("/") > 1
+    return Path(text.rstrip("/")).name or text if local else text
+
+
 def card_facts(record: RunRecord | Mapping[str, Any]) -> dict[str, Any]:
     """The run record → the ordered ``{name: value}`` facts the card lists (pure; no torch)."""
     from .methods import method_from_dict
@@ -46,11 +57,11 @@ def card_facts(record: RunRecord | Mapping[str, Any]) -> dict[str, Any]:
         "method": f"{method.name if method else None} ({hp})",
         "learning rate": f"{record.lr:g}" if record.lr is not None else "-",
         "batch size": record.batch_size,
-        "data": f"{d.get('data_source')} ({record.unique_pairs or 0:,} pairs, "
+        "data": f"{portable_name(d.get('data_source'))} ({record.unique_pairs or 0:,} pairs, "
                 f"fingerprint {record.data_fingerprint})",
         "final train loss": _fmt(record.final_train_loss),
         "final validation loss": _fmt(val),
-        "base model": c.get("model"),
+        "base model": portable_name(c.get("model")),
         "pooling": c.get("pooling"),
         "prompts": prompts or "-",
         "hard negatives per pair": c.get("hard_negatives", 0),

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .budget import LoopState
-from .errors import InputError
+from .errors import EmbrecipeError, InputError, OutOfDiskSpace, is_disk_full, write_failure
 from .records import NON_IDENTITY_KEYS
 
 if TYPE_CHECKING:
@@ -92,14 +92,23 @@ def save_checkpoint(ckpt_dir: Path, model: Any, optimizer: Any, state: LoopState
     from safetensors.torch import save_file
 
     tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    params = {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(params, str(tmp / "params.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, checkpoint_file(tmp))
-    (tmp / "state.json").write_text(json.dumps({"fingerprint": fingerprint, "state": state.to_dict()},
-                                                allow_nan=False))
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        params = {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(params, str(tmp / "params.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, checkpoint_file(tmp))
+        (tmp / "state.json").write_text(json.dumps({"fingerprint": fingerprint, "state": state.to_dict()},
+                                                    allow_nan=False))
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint is never left beside the good one
+        why = write_failure(exc)
+        if why is None:
+            raise  # not a failure of the disk: a bug (or Ctrl-C), keep it as it is
+        kept = "the last complete checkpoint is kept" if checkpoint_file(ckpt_dir).exists() else "none was kept"
+        raise (OutOfDiskSpace if is_disk_full(exc) else EmbrecipeError)(
+            f"writing the checkpoint {ckpt_dir} failed ({why}); {kept}") from exc
     old = ckpt_dir.with_name(ckpt_dir.name + ".old")
     if ckpt_dir.exists():
         os.replace(ckpt_dir, old)

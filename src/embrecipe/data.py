@@ -149,11 +149,16 @@ def estimate_tokens_per_pair(pairs: PairData | str | os.PathLike[str] | Sequence
     return sum(len(ids) for col in texts for ids in tokenize(col)) / len(idx)
 
 
+def unique_pairs(data: PairData) -> int:
+    """How many distinct (query, positive) pairs ``data`` holds."""
+    return len(set(zip(data.queries, data.positives, strict=True)))
+
+
 def duplicate_fraction(data: PairData) -> float:
     """Fraction of the rows whose (query, positive) pair already occurred in an earlier row (0 for no repeats)."""
     if len(data) == 0:
         return 0.0
-    return 1.0 - len(set(zip(data.queries, data.positives, strict=True))) / len(data)
+    return 1.0 - unique_pairs(data) / len(data)
 
 
 def _pick(columns: Iterable[str], wanted: str | None, candidates: Sequence[str], what: str, where: str,

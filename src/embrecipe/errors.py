@@ -65,3 +65,20 @@ def is_disk_full(exc: BaseException | None) -> bool:
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
+
+
+def write_failure(exc: BaseException | None) -> str | None:
+    """A one-line reason when ``exc`` (or an exception it was raised from) is a failed write to disk (an
+    ``OSError``, or a library error that only says so in its text: safetensors' ``SafetensorError: ... (os error
+    27)``, torch.save's ``RuntimeError: ... failed writing file``); None for anything else (a bug)."""
+    import re
+
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, OSError):
+            return exc.strerror or (str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        text = str(exc)
+        if re.search(r"os error \d+|failed writing file|No space left on device|File too large", text):
+            return text.strip().splitlines()[0]
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .checkpoint import checkpoint_file
-from .errors import EmbrecipeError, OutOfDiskSpace, is_disk_full
+from .errors import EmbrecipeError, OutOfDiskSpace, is_disk_full, write_failure
 from .jsonio import atomic_write_json
 from .records import RunRecord
 
@@ -65,11 +65,11 @@ def export_or_explain(model: Any, config: TrainConfig, record: RunRecord, out: P
         export_model(model, config, record, out, loss_fn)
     except Exception as exc:
         full = is_disk_full(exc)
-        if not (full or isinstance(exc, OSError)):
+        failed_write = write_failure(exc)
+        if not (full or failed_write):
             raise  # not a problem of the disk: a bug, keep its traceback
         kept = (f"the trained weights are kept in {ckpt_dir}: free space and rerun the same command with "
                 "--resume to export them") if ckpt_dir and checkpoint_file(ckpt_dir).exists() else \
             "no checkpoint was kept (checkpoint_every 0)"
-        why = (getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]) if str(exc).strip() \
-            else type(exc).__name__
+        why = failed_write or (str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         raise (OutOfDiskSpace if full else EmbrecipeError)(f"export to {out} failed ({why}); {kept}") from exc

@@ -167,6 +167,21 @@ class RunStore:
             parent = Path(self.location).parent
             if not parent.exists():
                 raise InputError(f"store directory {parent} does not exist")
+            if Path(self.location).is_dir():
+                raise InputError(f"store {self.location}: a directory, not a run store (an SQLite file)")
+        try:
+            version = self._open(timeout)
+        except sqlite3.DatabaseError as exc:  # not SQLite, unreadable, read-only, locked: one line, not a traceback
+            if getattr(self, "_conn", None) is not None:
+                self._conn.close()
+            raise InputError(f"store {self.location}: cannot open it as a run store ({exc})") from None
+        if version != _SCHEMA_VERSION and version not in _OLD_SCHEMA_VERSIONS:
+            raise InputError(f"store {self.location} has schema version {version}; this embrecipe reads "
+                             f"{', '.join((*_OLD_SCHEMA_VERSIONS, _SCHEMA_VERSION))} (upgrade embrecipe)")
+        self._needs_migration = version != _SCHEMA_VERSION
+
+    def _open(self, timeout: float) -> str:
+        """Connect, create the tables when new, and return the store's schema version."""
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so that each write takes the lock up front
         # instead of upgrading a read lock (which is where SQLite's 'database is locked' deadlocks come from).
         self._conn = sqlite3.connect(self.location, timeout=timeout, isolation_level=None,
@@ -182,11 +197,7 @@ class RunStore:
             self._conn.execute(
                 "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', ?)", (_SCHEMA_VERSION,)
             )
-        version = self._conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()[0]
-        if version != _SCHEMA_VERSION and version not in _OLD_SCHEMA_VERSIONS:
-            raise InputError(f"store {self.location} has schema version {version}; this embrecipe reads "
-                             f"{', '.join((*_OLD_SCHEMA_VERSIONS, _SCHEMA_VERSION))} (upgrade embrecipe)")
-        self._needs_migration = version != _SCHEMA_VERSION
+        return str(self._conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()[0])
 
     # -- plumbing ---------------------------------------------------------------------------------------
     @contextmanager

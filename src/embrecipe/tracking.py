@@ -89,10 +89,14 @@ def resolve_report_to(report_to: str | Sequence[str] | None) -> list[str]:
 
 
 def step_metrics(*, loss: float, lr: float, model_flops: float, tokens: int, train_time_s: float) -> dict[str, float]:
-    """The scalars logged per step (pure: testable without a backend)."""
-    seconds = max(train_time_s, 1e-9)
-    return {"train/loss": float(loss), "train/lr": float(lr), "train/model_flops": float(model_flops),
-            "train/tokens_per_s": tokens / seconds, "train/model_flops_per_s": model_flops / seconds}
+    """The scalars logged per step (pure: testable without a backend). Throughput is the run's average so far,
+    ``tokens`` and ``model_flops`` over ``train_time_s`` (all through the logged step); without a positive time
+    there is no throughput to log (dividing by ~0 gave 1e11 tokens/s), so it is left out."""
+    metrics = {"train/loss": float(loss), "train/lr": float(lr), "train/model_flops": float(model_flops)}
+    if train_time_s > 0:
+        metrics["train/tokens_per_s"] = tokens / train_time_s
+        metrics["train/model_flops_per_s"] = model_flops / train_time_s
+    return metrics
 
 
 def flops_step(model_flops: float) -> int:

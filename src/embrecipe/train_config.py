@@ -1,8 +1,10 @@
 """Training settings: :class:`TrainConfig`, its checks, and how a plain dict (a grid cell, a CLI) becomes one.
 
 Everything here is plain data and validation (no torch at import), so a dry run and the sweep's pre-flight
-checks use it without loading a model. The LR default is the study's: one tenth of the model's published
-pre-training peak LR (:func:`default_lr`).
+checks use it without loading a model. The LR default (:func:`resolve_lr`): the law card's LR where the packaged
+card knows the model and method, else the study's one tenth of the model's published pre-training peak LR, times
+:data:`METHOD_LR_FACTOR` for the method (:func:`default_lr`). A run's target is a FLOP ``budget``, or ``epochs`` or
+``max_steps``, which the trainer turns into the FLOPs of exactly those batches.
 
 Example::
 
@@ -20,6 +22,7 @@ import os
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .data import PairData
@@ -36,27 +39,72 @@ _PRETRAIN_LR = {
 }
 
 
-def default_lr(model_name: str) -> float:
-    """The study's default: one tenth of the model's pre-training LR (1e-4 when the model is unknown)."""
+# Methods that train few parameters need a higher LR than full fine-tuning: LoRA's update is a low-rank product
+# whose B factor starts at zero, and bias-only (BitFit) moves a tiny fraction of the weights; both are usually run
+# at about 10x the full fine-tuning LR (the LoRA and BitFit papers' own LR ranges; in this project a LoRA run at
+# the full-tuning default of 3e-4 barely left chance, issue 21). Full and block freezing train whole matrices.
+METHOD_LR_FACTOR = {"full": 1.0, "freeze": 1.0, "bias": 10.0, "lora": 10.0}
+
+
+def default_lr(model_name: str, method: str | None = None) -> float:
+    """The study's default: one tenth of the model's pre-training LR (1e-4 when the model is unknown), times the
+    method's :data:`METHOD_LR_FACTOR` when ``method`` is given (10 for LoRA and bias-only, 1 otherwise)."""
     name = model_name.lower().replace("_", "-")
+    factor = METHOD_LR_FACTOR.get(method, 1.0) if method else 1.0
     for key in sorted(_PRETRAIN_LR, key=len, reverse=True):
         if key in name:
-            return _PRETRAIN_LR[key] / 10
-    return 1e-4
+            return _PRETRAIN_LR[key] / 10 * factor
+    return 1e-4 * factor
+
+
+def card_lr(model: str, variant: str, card: str | os.PathLike[str] | None = None) -> float | None:
+    """The LR the law card (default: the packaged one) records for ``variant`` of ``model`` (matched by the model's
+    folder or hub name), or None when the card does not know that model. Never fails: a missing or unreadable
+    card only means there is no card LR."""
+    import json
+
+    from .recipe import recipe_lr
+
+    try:
+        if card is None:
+            from importlib import resources
+
+            card = Path(str(resources.files("embrecipe"))) / "data" / "laws" / "default.json"
+        recipe = json.loads(Path(card).read_text()).get("recipe") or {}
+        name = str(model).rstrip("/").rsplit("/", 1)[-1]
+        lr, _ = recipe_lr(recipe, variant, name)
+    except Exception:
+        return None
+    return lr if lr is not None and math.isfinite(lr) and lr > 0 else None
+
+
+def resolve_lr(config: TrainConfig) -> tuple[float, str]:
+    """The peak LR a run uses and where it comes from: the config's ``lr``; else the law card's LR for this model and
+    method variant; else :func:`default_lr` for the model and method."""
+    if config.lr:
+        return float(config.lr), "given"
+    lr = card_lr(config.model, config.method.key)
+    if lr is not None:
+        return lr, f"the law card's LR for {config.method.key} of this model"
+    factor = METHOD_LR_FACTOR.get(config.method.name, 1.0)
+    return default_lr(config.model, config.method.name), (
+        "1/10 of the model's pre-training peak LR" + (f" x{factor:g} for {config.method.name}" if factor != 1 else ""))
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, group: str = "training",
             flag: str | None = None, negate: bool = False, choices: Sequence[str] | None = None,
-            zero_is_none: bool = False, required: bool = False) -> Any:
+            zero_is_none: bool = False, required: bool = False, exclusive: str | None = None) -> Any:
     """A :class:`TrainConfig` field with what its ``embrecipe train`` flag needs, stated once beside the field.
 
     A field with ``help`` gets a flag (``--field-name`` unless ``flag`` names another) whose type, default and
     help come from the field (:func:`embrecipe.cli.train.add_config_arguments`); ``negate``: a ``--no-x``-style
     flag that sets the bool field to False; ``zero_is_none``: the flag's 0 means None; ``required``: required
-    on the command line (not in a dict config). A field without ``help`` has no flag.
+    on the command line (not in a dict config); ``exclusive``: the flags of fields with the same name form a
+    required mutually exclusive group (the training target: --budget, --epochs or --max-steps). A field without
+    ``help`` has no flag.
     """
     meta = {"help": help, "group": group, "flag": flag, "negate": negate, "choices": choices,
-            "zero_is_none": zero_is_none, "required": required}
+            "zero_is_none": zero_is_none, "required": required, "exclusive": exclusive}
     return field(default=default, metadata=meta)
 
 
@@ -76,14 +124,23 @@ class TrainConfig:
     # (setting() returns a dataclasses.field: the default is not shared between instances)
     data: str | PairData = setting(help="pairs: .jsonl[.gz] {query,pos,neg}, .csv/.tsv/.parquet, or a "  # noqa: RUF009
                                         "datasets directory", group=MAIN, required=True)
-    budget: float = setting(help="model-FLOP budget, e.g. 3e13", group=MAIN, required=True)
+    # the training target: exactly one of budget (model FLOPs), epochs or max_steps; the trainer turns an epoch
+    # or step target into the FLOPs its batches cost (measured tokens), so the meter and LR schedule stay exact
+    budget: float | None = setting(None, "model-FLOP budget, e.g. 3e13", group=MAIN, exclusive="target")
+    epochs: float | None = setting(None, "passes over the data instead of --budget; trained as the exact FLOPs "
+                                         "those batches cost (run.json: budget, model_flops)", group=MAIN,
+                                   exclusive="target")
+    max_steps: int | None = setting(None, "optimizer steps instead of --budget; trained as the exact FLOPs those "
+                                          "batches cost", group=MAIN, exclusive="target")
     method: MethodConfig = field(default_factory=FullFineTuning)  # its flags: cli.train.add_method_arguments
     batch_size: int = setting(1024, "pairs per step (default: 1024)")
     mini_batch_size: int | None = setting(
         None, "GradCache mini-batch: embeds this many texts at a time so large batches fit in memory")
     max_seq_length: int = setting(75, "tokens per text (default: 75)")
-    lr: float | None = setting(None, "peak learning rate (default: 1/10 of the model's published pre-training "
-                                     "peak, e.g. 6e-5 for pythia-160m; 1e-4 if unknown)")
+    lr: float | None = setting(None, "peak learning rate (default: the law card's LR when the packaged card knows "
+                                     "this model and method; else 1/10 of the model's published pre-training peak, "
+                                     "e.g. 6e-5 for pythia-160m, 1e-4 if unknown, times 10 for lora and bias, which "
+                                     "train few parameters)")
     weight_decay: float = setting(0.1, "AdamW weight decay (default: 0.1)")
     warmup_ratio: float = setting(0.1, "fraction of the budget spent warming the LR up (default: 0.1)")
     max_grad_norm: float | None = setting(1.0, "gradient clipping (0 disables)", zero_is_none=True)
@@ -102,7 +159,9 @@ class TrainConfig:
     seed: int = setting(0, "random seed (default: 0)")
     out: str | None = setting(None, "output directory (SentenceTransformer + run.json)", group=MAIN, required=True)
     gguf_file: str | None = setting(None, "GGUF file name inside --model (hub repo or dir)", group=MAIN)
-    precision: str = setting("auto", "auto: bf16 autocast where the hardware supports it",
+    precision: str = setting("auto", "auto: bf16 autocast where the hardware computes bf16 natively (a CUDA GPU "
+                                     "with bf16, a CPU with avx512_bf16 or amx_bf16), else fp32; the choice is "
+                                     "printed and in run.json",
                              choices=("auto", "bf16", "fp32"))
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass (less memory)")
     # optimizer steps between checkpoints (0 = never); on by default so a killed run can --resume
@@ -166,7 +225,7 @@ class TrainConfig:
         return d
 
 
-_OPTIONAL_DEFAULTS: dict[str, Any] = {"query_prompt": None, "doc_prompt": None, "report_to": "auto",
+_OPTIONAL_DEFAULTS: dict[str, Any] = {"epochs": None, "max_steps": None, "query_prompt": None, "doc_prompt": None, "report_to": "auto",
                                       "tracking_dir": None, "run_name": None, "tracking_group": None}
 
 
@@ -187,8 +246,18 @@ def _finite_and(value: float, ok: Callable[[float], bool]) -> bool:
 # several faults names the same one as before); grouped by what they guard.
 _RULES: tuple[_Rule, ...] = (
     # the budget, the batch and the sequence length
-    _Rule(lambda c: not is_budget(c.budget),
+    _Rule(lambda c: sum(x is not None for x in (c.budget, c.epochs, c.max_steps)) != 1,
+          lambda c: "give exactly one training target: budget (model FLOPs), epochs or max_steps"
+                    + ("" if c.budget is None and c.epochs is None and c.max_steps is None else
+                       f"; got {', '.join(k for k in ('budget', 'epochs', 'max_steps') if getattr(c, k) is not None)}"),
+          BudgetError),
+    _Rule(lambda c: c.budget is not None and not is_budget(c.budget),
           lambda c: f"budget must be a positive number of FLOPs, got {c.budget!r}", BudgetError),
+    _Rule(lambda c: c.epochs is not None and not (isinstance(c.epochs, (int, float))
+                                                  and _finite_and(c.epochs, lambda e: e > 0)),
+          lambda c: f"epochs must be a positive number, got {c.epochs!r}", BudgetError),
+    _Rule(lambda c: c.max_steps is not None and not (isinstance(c.max_steps, int) and c.max_steps >= 1),
+          lambda c: f"max_steps must be a whole number of steps >= 1, got {c.max_steps!r}", BudgetError),
     _Rule(lambda c: c.batch_size < 2,
           lambda c: f"batch_size must be >= 2 (in-batch negatives), got {c.batch_size}"),
     _Rule(lambda c: c.mini_batch_size is not None and c.mini_batch_size < 1,
@@ -297,7 +366,9 @@ def config_from_dict(config: dict[str, Any], source: str = "config") -> TrainCon
     unknown = set(cfg) - fields
     if unknown:
         raise InputError(f"{source}: unknown training setting(s): {', '.join(sorted(unknown))}")
-    missing = [k for k in ("model", "data", "budget") if cfg.get(k) is None]
+    missing = [k for k in ("model", "data") if cfg.get(k) is None]
+    if all(cfg.get(k) is None for k in ("budget", "epochs", "max_steps")):
+        missing.append("budget")
     if missing:
         raise InputError(f"{source}: missing training setting(s): {', '.join(missing)} (a grid gives data in "
                          "'train: {data: pairs.jsonl}')")

@@ -23,24 +23,29 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .batching import Batches, ShardInputs, prompted_columns, tokenize, tokenizer_fingerprint
+from .batching import Batches, ShardInputs, count_truncated, prompted_columns, tokenize, tokenizer_fingerprint
 from .budget import (
     LoopState,
+    budget_of_steps,
     check_no_repeat,
     divergence_reason,
+    epochs_over_unique,
     lr_at_fraction,
     planned_steps,
     step_lr_fraction,
+    steps_for_epochs,
 )
 from .checkpoint import checkpoint_step, restore_checkpoint, run_fingerprint, save_checkpoint
-from .data import PairData, duplicate_fraction, estimate_tokens_per_pair, load_pairs
-from .device import bf16_supported
+from .data import PairData, duplicate_fraction, estimate_tokens_per_pair, load_pairs, unique_pairs
+from .device import precision_for
 from .errors import BudgetError, EmbrecipeError, EmbrecipeWarning, InputError, TrainingDiverged
 from .export import export_or_explain
 from .jsonio import atomic_write_json
@@ -59,7 +64,7 @@ from .runtime import (
     versions,
 )
 from .tracking import step_metrics
-from .train_config import TrainConfig, config_from_dict, default_lr
+from .train_config import TrainConfig, config_from_dict, resolve_lr
 
 # Warn when at least this fraction of the training pairs repeats an earlier (query, positive) pair: duplicates in
 # one batch are false negatives for InfoNCE, and a set of identical pairs trains at a constant loss of ln B.
@@ -142,8 +147,13 @@ def _load_data(config: TrainConfig, dist: Dist) -> tuple[PairData, PairData | No
         data, val = data.split_off(config.val_fraction, seed=config.seed)
     else:
         val = None
-    if len(data) < config.batch_size:
-        raise InputError(f"{data.source}: {len(data)} pairs, fewer than one batch of {config.batch_size}")
+    unique = unique_pairs(data)
+    if unique <= config.batch_size:
+        # With no more unique pairs than one batch every step trains on the same pairs, against the same in-batch
+        # negatives: the loss falls to 0 by memorising them, and the model learns nothing (issue 21).
+        raise InputError(f"{data.source}: {unique} unique (query, positive) pairs in {len(data)} rows, no more than "
+                         f"one batch of {config.batch_size}: every step would train on the same pairs (give more "
+                         "pairs or a smaller --batch-size)")
     if val is not None and len(val) < 2:
         raise InputError(f"{val.source}: {len(val)} validation pair(s); the validation loss needs at least 2 "
                          "(in-batch negatives)")
@@ -170,6 +180,9 @@ class _Meter:
     mean_pair_tokens: float
     planned_steps: int
     batches: Batches
+    budget: float  # the FLOPs the run may spend: config.budget, or what an epoch/step target's batches cost
+    truncated: int  # texts longer than max_seq_length (cut to it)
+    unique_pairs: int
 
 
 @dataclass
@@ -183,12 +196,14 @@ class _Run:
     meter: _Meter
     params: list[Any]
     lr: float
+    lr_source: str
     optimizer: Any
     loss_fn: Any
     packed: bool
     inputs: ShardInputs
     sync_every: int
     execution: dict[str, Any] = field(default_factory=dict)
+    precision_reason: str = ""
 
     def autocast(self) -> Any:
         import torch
@@ -197,13 +212,16 @@ class _Run:
 
 
 def _set_up(config: TrainConfig, data: PairData, out: Path | None, dist: Dist) -> _Run:
-    model, device, info, use_bf16 = _load_model(config, out, dist)
+    model, device, info, (use_bf16, precision_reason) = _load_model(config, out, dist)
     meter = _set_up_meter(config, data, model, device, info, use_bf16)
-    return _set_up_optimization(config, model, device, info, use_bf16, meter, dist)
+    run = _set_up_optimization(config, model, device, info, use_bf16, meter, dist)
+    run.precision_reason = precision_reason
+    _report_setup(config, run, data, dist)
+    return run
 
 
-def _load_model(config: TrainConfig, out: Path | None, dist: Dist) -> tuple[Any, Any, Any, bool]:
-    """The model on its device with the method applied: (model, device, method info, bf16?)."""
+def _load_model(config: TrainConfig, out: Path | None, dist: Dist) -> tuple[Any, Any, Any, tuple[bool, str]]:
+    """The model on its device with the method applied: (model, device, method info, (bf16?, why))."""
     from .modeling import apply_method, load_sentence_transformer, set_prompts
 
     model = load_sentence_transformer(config.model, pooling=config.pooling, max_seq_length=config.max_seq_length,
@@ -218,14 +236,14 @@ def _load_model(config: TrainConfig, out: Path | None, dist: Dist) -> tuple[Any,
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if not config.method.trains_everything:  # frozen inputs: checkpointed blocks need a gradient to flow
             hf.enable_input_require_grads() if hasattr(hf, "enable_input_require_grads") else None
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_supported(device))
-    if config.precision == "bf16" and not bf16_supported(device):
-        raise InputError(f"precision bf16 requested but {device.type} here has no bf16 support")
+    precision = precision_for(config.precision, device)
+    if config.precision == "bf16" and device.type == "cuda" and not precision_for("auto", device)[0]:
+        raise InputError(f"precision bf16 requested but {device_name(device)} has no bf16 support")
     if out is not None and dist.main:
         trainable_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
         export_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         check_disk_space(out, disk_bytes_needed(export_bytes, trainable_bytes, config.checkpoint_every > 0))
-    return model, device, info, use_bf16
+    return model, device, info, precision
 
 
 def _set_up_meter(config: TrainConfig, data: PairData, model: Any, device: Any, info: Any, use_bf16: bool) -> _Meter:
@@ -235,6 +253,8 @@ def _set_up_meter(config: TrainConfig, data: PairData, model: Any, device: Any, 
     columns, prompt_lengths = prompted_columns(model, data.columns(config.hard_negatives), config.query_prompt,
                                                config.doc_prompt)
     tok_cols = [tokenize(tokenizer, col, config.max_seq_length, fingerprint) for col in columns]
+    truncated = sum(count_truncated(tokenizer, col, ids, config.max_seq_length)
+                    for col, ids in zip(columns, tok_cols, strict=True))
     pair_tokens = [sum(len(c[i]) for c in tok_cols) for i in range(len(data))]
     per_token = flops_per_token(config.method.name, info.n_params, info.n_trainable)
     auto_mini = auto_gradcache(config, device, info, use_bf16) if config.mini_batch_size is None else None
@@ -249,15 +269,56 @@ def _set_up_meter(config: TrainConfig, data: PairData, model: Any, device: Any, 
     mean_pair_tokens = estimate_tokens_per_pair(
         columns, sample=None, tokenize=lambda texts: tokenize(tokenizer, texts, config.max_seq_length, fingerprint))
     tokens_per_step = mean_pair_tokens * config.batch_size
-    steps = planned_steps(config.budget, per_token, tokens_per_step, method_key=config.method.key,
-                          batch_size=config.batch_size)
     batches = Batches([max(len(c[i]) for c in tok_cols) for i in range(len(data))], config.batch_size,
                       config.seed, config.length_bucketing)
+    if config.budget is not None:
+        budget = float(config.budget)
+        steps = planned_steps(budget, per_token, tokens_per_step, method_key=config.method.key,
+                              batch_size=config.batch_size)
+    else:
+        # An epoch or step target becomes the FLOPs its batches cost (the batch order is fixed by the seed), so the
+        # meter stops exactly there and the LR schedule, a function of the budget spent, ends with the last step.
+        steps = config.max_steps if config.max_steps is not None else \
+            steps_for_epochs(float(config.epochs or 0), batches.per_epoch)
+        budget = budget_of_steps(_step_costs(batches, pair_tokens, per_token), steps)
     if not config.allow_repeat:
         check_no_repeat(steps, batches.per_epoch, per_token, tokens_per_step, data.source)
     return _Meter(tok_cols=tok_cols, pair_tokens=pair_tokens, prompt_lengths=prompt_lengths, per_token=per_token,
                   hw_per_token=hw_per_token, mini_batch=mini_batch, auto_mini=auto_mini, gradcache=gradcache,
-                  mean_pair_tokens=mean_pair_tokens, planned_steps=steps, batches=batches)
+                  mean_pair_tokens=mean_pair_tokens, planned_steps=steps, batches=batches, budget=budget,
+                  truncated=truncated, unique_pairs=unique_pairs(data))
+
+
+def _step_costs(batches: Batches, pair_tokens: list[int], per_token: int) -> Iterator[int]:
+    """The model FLOPs of every step, in the order the loop takes the batches (epoch after epoch)."""
+    epoch = 0
+    while True:
+        for batch in batches.epoch(epoch):
+            yield per_token * sum(pair_tokens[i] for i in batch)
+        epoch += 1
+
+
+def _note(config: TrainConfig, dist: Dist, message: str) -> None:
+    """One informational line on stderr (the main rank, unless the run is quiet)."""
+    if config.progress and dist.main:
+        print(f"embrecipe: {message}", file=sys.stderr, flush=True)
+
+
+def _report_setup(config: TrainConfig, run: _Run, data: PairData, dist: Dist) -> None:
+    """Say what the run decided before it spends anything: precision, truncation, LR, and repeated data."""
+    meter = run.meter
+    _note(config, dist, f"precision {run.precision_reason}")
+    _note(config, dist, f"lr {run.lr:g} ({run.lr_source})")
+    if meter.truncated:
+        _note(config, dist, f"{meter.truncated} text(s) of {data.source} are longer than max_seq_length "
+                            f"{config.max_seq_length} tokens and are cut to it")
+    epochs = epochs_over_unique(meter.planned_steps, config.batch_size, meter.unique_pairs)
+    if epochs > 1 and config.epochs is None and dist.main:
+        # An epoch target asks for repetition; a FLOP or step target may reach it unnoticed.
+        warnings.warn(f"{data.source}: this run trains {epochs:.1f} epochs of its {meter.unique_pairs} unique pairs "
+                      f"({meter.planned_steps} steps of {config.batch_size}); repeated pairs teach less than new "
+                      "ones (more data, or --epochs/--max-steps to choose the repetition)",
+                      EmbrecipeWarning, stacklevel=3)
 
 
 def _set_up_optimization(config: TrainConfig, model: Any, device: Any, info: Any, use_bf16: bool, meter: _Meter,
@@ -269,7 +330,7 @@ def _set_up_optimization(config: TrainConfig, model: Any, device: Any, info: Any
     from .packing import auto_row_length
 
     params = [p for p in model.parameters() if p.requires_grad]
-    lr = config.lr or default_lr(config.model)
+    lr, lr_source = resolve_lr(config)
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     fused = use_fused_adamw(device)
@@ -303,7 +364,7 @@ def _set_up_optimization(config: TrainConfig, model: Any, device: Any, info: Any
                          attn_implementation=config.attn_implementation, mask_dtype=mask_dtype,
                          rows_multiple=8 if mode == "cudagraphs" else 1)
     return _Run(model=model, device=device, info=info, use_bf16=use_bf16, meter=meter, params=params, lr=lr,
-                optimizer=optimizer, loss_fn=loss_fn, packed=packed, inputs=inputs, sync_every=sync_every,
+                lr_source=lr_source, optimizer=optimizer, loss_fn=loss_fn, packed=packed, inputs=inputs, sync_every=sync_every,
                 execution=execution)
 
 
@@ -319,15 +380,23 @@ class _PendingLosses:
     last_loss: float
     steps: list[tuple[int, float, Any, float, int, float]] = field(default_factory=list)
 
-    def drain(self, config: TrainConfig, state: LoopState, dist: Dist, tracker: Any, bar: Any) -> str | None:
+    def drain(self, config: TrainConfig, state: LoopState, dist: Dist, tracker: Any, bar: Any,
+              step_t0: float) -> str | None:
         """Sync point: bring the pending losses to the host in one transfer, fill the loss curve, log them to
         the tracker, and check them: a non-finite or runaway loss fails the run here rather than every step,
-        which would sync every step. Every rank sees the same mean losses, so all stop at the same step."""
+        which would sync every step. Every rank sees the same mean losses, so all stop at the same step.
+
+        Each pending step carries the train time at its end as the host saw it; the device finished the last one
+        only at this sync, so its time is taken now (``step_t0``: when the current step began). Throughput is
+        tokens over that time, never over the time *before* the step (0 at step 1: the 1e11 tokens/s of issue 21)."""
         import torch
 
         if not self.steps:
             return None
         values = dist.mean_many(torch.stack([x[2].float() for x in self.steps]).tolist())
+        step, flops, loss, step_lr, tokens, seconds = self.steps[-1]
+        self.steps[-1] = (step, flops, loss, step_lr, tokens,
+                          max(seconds, state.train_time_s + time.time() - step_t0))
         bad = None
         for (step, flops, _, step_lr, tokens, seconds), v in zip(self.steps, values, strict=True):
             reason = divergence_reason(v, self.first_loss, config.batch_size)
@@ -359,7 +428,8 @@ def _loop(config: TrainConfig, run: _Run, state: LoopState, tracker: Any, dist: 
     meter = run.meter
     run.model.train()
     order = meter.batches.epoch(state.epoch)
-    bar = tqdm(total=config.budget, unit="FLOP", unit_scale=True, disable=not (config.progress and dist.main),
+    budget = meter.budget
+    bar = tqdm(total=budget, unit="FLOP", unit_scale=True, disable=not (config.progress and dist.main),
                desc=f"{config.method.key}", initial=state.model_flops, dynamic_ncols=True)
     steps_this_call = 0
     step_t0 = time.time()
@@ -375,23 +445,23 @@ def _loop(config: TrainConfig, run: _Run, state: LoopState, tracker: Any, dist: 
         batch = order[state.pos]
         real = sum(meter.pair_tokens[i] for i in batch)
         step_cost = meter.per_token * real  # model FLOPs of this step
-        if state.exceeds(step_cost, config.budget):
+        if state.exceeds(step_cost, budget):
             break  # the next step would exceed the budget
         if config.stop_after_steps is not None and steps_this_call >= config.stop_after_steps:
             stopped_early = True
             break
         # every rank builds the same global batch and keeps its shard, so the meter needs no communication
         feats, padded = run.inputs.build(batch[dist.rank::dist.world])
-        step_lr = run.lr * lr_at_fraction(step_lr_fraction(state.model_flops, step_cost, config.budget),
+        step_lr = run.lr * lr_at_fraction(step_lr_fraction(state.model_flops, step_cost, budget),
                                           config.warmup_ratio)
         loss = _optimizer_step(config, run, feats, step_lr, dist)
         state.charge(step_cost, meter.hw_per_token * padded, real, padded)
         steps_this_call += 1
         losses.steps.append((state.step, state.model_flops, loss.detach(), step_lr, state.tokens,
-                             state.train_time_s))
+                             state.train_time_s + time.time() - step_t0))
         checkpoint_now = bool(ckpt_dir and config.checkpoint_every and state.step % config.checkpoint_every == 0)
         if state.step == 1 or state.step % run.sync_every == 0 or checkpoint_now:
-            failure = losses.drain(config, state, dist, tracker, bar)  # the step's time below includes the wait
+            failure = losses.drain(config, state, dist, tracker, bar, step_t0)  # the step's time includes the wait
         now = time.time()
         state.train_time_s += now - step_t0
         state.step_times.append(round(now - step_t0, 6))
@@ -416,7 +486,7 @@ def _drain_last(config: TrainConfig, state: LoopState, losses: _PendingLosses, d
                 step_t0: float) -> str | None:
     """Read the losses still pending after the loop; the last steps' device work finished only now, so the wait
     is charged to the last step."""
-    failure = losses.drain(config, state, dist, tracker, bar)
+    failure = losses.drain(config, state, dist, tracker, bar, step_t0)
     now = time.time()
     if state.step_times:
         state.step_times[-1] = round(state.step_times[-1] + now - step_t0, 6)
@@ -429,7 +499,7 @@ def _close_loop(config: TrainConfig, run: _Run, state: LoopState, failure: str |
     """After the last step: a run that took no step is a budget error; the loss curve ends at the FLOPs spent;
     the final weights are checkpointed."""
     if state.step == 0:
-        raise BudgetError(f"budget {config.budget:.3g} FLOPs is smaller than the first batch's cost")
+        raise BudgetError(f"budget {run.meter.budget:.3g} FLOPs is smaller than the first batch's cost")
     if state.loss_curve and state.loss_curve[-1][0] != state.model_flops:
         state.loss_curve.append([state.model_flops, last_loss])
     if failure is None and ckpt_dir and config.checkpoint_every and dist.main \
@@ -499,7 +569,7 @@ def _record(config: TrainConfig, run: _Run, state: LoopState, data: PairData, va
         n_trainable=info.n_trainable,
         method=method_to_dict(config.method),
         variant=config.method.key,
-        budget=float(config.budget),
+        budget=float(meter.budget),
         seed=config.seed,
         model_flops=float(state.model_flops),
         tokens=int(state.tokens),
@@ -507,7 +577,7 @@ def _record(config: TrainConfig, run: _Run, state: LoopState, data: PairData, va
         batch_size=config.batch_size,
         lr=run.lr,
         tokens_per_pair=meter.mean_pair_tokens,
-        unique_pairs=len(data),
+        unique_pairs=meter.unique_pairs,
         data_fingerprint=data.fingerprint(),
         final_train_loss=state.loss_curve[-1][1],
         final_val_loss=val_loss,
@@ -519,9 +589,16 @@ def _record(config: TrainConfig, run: _Run, state: LoopState, data: PairData, va
             "flops_per_token": meter.per_token,
             "padded_tokens": int(state.padded_tokens),
             "planned_steps": meter.planned_steps,
+            # what the run was asked to train: a FLOP budget, or epochs/steps turned into the FLOPs they cost
+            "target": ({"budget": float(config.budget)} if config.budget is not None else
+                       {"epochs": config.epochs} if config.epochs is not None else {"max_steps": config.max_steps}),
+            "epochs": epochs_over_unique(state.step, config.batch_size, meter.unique_pairs),
+            "truncated_texts": meter.truncated,
+            "lr_source": run.lr_source,
             "lr_schedule": "warm-up + cosine by spent FLOPs",
             "step_lrs": [float(f"{x:.6g}") for x in state.step_lrs],
             "precision": "bf16" if run.use_bf16 else "fp32",
+            "precision_reason": run.precision_reason,
             "world_size": world,
             "step_times_s": state.step_times,
             "val_pairs": (min(len(val), config.val_size_cap) if val is not None else 0),

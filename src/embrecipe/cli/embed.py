@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output file: .npy or .parquet")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-normalize", action="store_true", help="keep raw (unnormalised) embeddings")
+    p.add_argument("--prompt-name", default=None, metavar="NAME",
+                   help="prepend the prompt saved with the model under this name, as training did: query (for "
+                        "queries) or document (for passages); from train --query-prompt / --doc-prompt")
     p.set_defaults(func=run)
 
 
@@ -46,6 +49,21 @@ def read_texts(source: str) -> list[str]:
     return lines
 
 
+def check_prompt_name(model: object, where: str, name: str | None) -> None:
+    """A one-line error when ``name`` is not one of the prompts saved with ``model`` (none asked: nothing to check).
+
+    sentence-transformers gives every model empty ``query`` and ``document`` prompts, so a model whose prompts are
+    all empty has none. A prompt saved empty beside a real one is kept: that side was trained without a prompt."""
+    if name is None:
+        return
+    prompts = {k: v for k, v in (getattr(model, "prompts", None) or {}).items() if isinstance(v, str)}
+    if not any(prompts.values()):
+        raise InputError(f"--model {where}: no prompt named {name!r}: the model was saved without prompts (train "
+                         "with --query-prompt / --doc-prompt to save them)")
+    if name not in prompts:
+        raise InputError(f"--model {where}: no prompt named {name!r} (saved prompts: {', '.join(sorted(prompts))})")
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -58,8 +76,10 @@ def run(args: argparse.Namespace) -> int:
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(args.model, device=None)
+    check_prompt_name(model, args.model, args.prompt_name)
     emb = model.encode(texts, batch_size=args.batch_size, normalize_embeddings=not args.no_normalize,
-                       show_progress_bar=len(texts) > 1000, convert_to_numpy=True).astype(np.float32)
+                       prompt_name=args.prompt_name, show_progress_bar=len(texts) > 1000,
+                       convert_to_numpy=True).astype(np.float32)
     tmp = out.with_name(out.name + ".tmp")
     if out.suffix == ".npy":
         with open(tmp, "wb") as f:

@@ -46,8 +46,9 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval", help="held-out contrastive loss and MTEB tasks for a model",
-        description=__doc__ + "\n\nTask specs (comma-separated): local (LocalDocRetrieval + LocalDocRelatedness "
-        "on the held-out pairs), paper15 (the study's 15 MTEB tasks; needs the Hugging Face Hub), "
+        description=__doc__ + "\n\nTask specs (comma-separated): local (LocalDocRetrieval on the held-out pairs, "
+        "+ LocalDocRelatedness when they carry the testbed's source provenance; your own --pairs get retrieval and "
+        "the held-out loss), paper15 (the study's 15 MTEB tasks; needs the Hugging Face Hub), "
         "retrieval:DIR (corpus.jsonl, queries.jsonl, qrels.tsv), sts:FILE (sentence1, sentence2, score), or "
         "any MTEB task name. See docs/testbed.md for the file formats.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -65,7 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                   "(default: the model folder's name)")
     p.add_argument("--split", choices=["validation", "test"],
                    help="held-out split of the shipped testbed pairs (default test)")
-    p.add_argument("--pairs", help="your own held-out pairs (JSONL[.gz] with query, pos) instead of the testbed's")
+    p.add_argument("--pairs", help="your own held-out pairs instead of the testbed's, in any format train reads "
+                                   "(JSONL[.gz] {query, pos} with pos a string or a one-element list, CSV/TSV, "
+                                   "Parquet, a datasets directory)")
     p.add_argument("--tasks", default="local", help="local | paper15 | retrieval:DIR | sts:FILE | NAME,... "
                                                     "(default local)")
     p.add_argument("--out", help="folder for eval.json and mteb's result files")

@@ -25,6 +25,20 @@ def parse_budget(text: str) -> float:
     return value
 
 
+def parse_positive(kind: type, flag: str):
+    """An argparse type: a positive ``kind`` (int or float) or a one-line error naming ``flag``."""
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(str(text).replace("_", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not {'a whole number' if kind is int else 'a number'}") \
+                from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{flag} must be positive, got {text!r}")
+        return value
+    return parse
+
+
 def add_method_arguments(p: argparse.ArgumentParser) -> None:
     from ..methods import METHODS
 
@@ -55,7 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="fine-tune one decoder into an embedding model within a FLOP budget",
         description="Budget-exact contrastive fine-tuning (symmetric InfoNCE, in-batch negatives). Stops before "
-                    "the step that would exceed --budget model FLOPs and exports a SentenceTransformer to --out.",
+                    "the step that would exceed --budget model FLOPs and exports a SentenceTransformer to --out. "
+                    "--epochs or --max-steps instead of --budget train that much, metered as the FLOPs those "
+                    "batches cost. Warns when a run repeats its data (more than one epoch of its unique pairs); "
+                    "refuses data with no more unique pairs than one batch.",
         epilog="example: embrecipe train --model runs/base --data pairs.jsonl --method lora --lora-rank 32 "
                "--budget 3e13 --batch-size 1024 --mini-batch-size 64 --out runs/my-model",
     )
@@ -68,7 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 # Flags that parse their text themselves (a budget may be written 3e13 or 30_000_000_000_000).
-_PARSERS = {"budget": parse_budget}
+_PARSERS = {"budget": parse_budget, "epochs": parse_positive(float, "--epochs"),
+            "max_steps": parse_positive(int, "--max-steps")}
 
 
 def _flag_fields(groups: Sequence[str]) -> list[dataclasses.Field]:
@@ -81,10 +99,13 @@ def add_config_arguments(p: argparse.ArgumentParser, groups: Sequence[str]) -> d
     with help is a new flag. Returns the argument groups made, by name."""
     hints = typing.get_type_hints(TrainConfig)
     made: dict[str, argparse._ArgumentGroup] = {}
+    exclusive: dict[str, Any] = {}
     for f in _flag_fields(groups):
         meta = f.metadata
         group = meta["group"]
-        target = p if group == MAIN else made.setdefault(group, p.add_argument_group(group))
+        target: Any = p if group == MAIN else made.setdefault(group, p.add_argument_group(group))
+        if meta.get("exclusive"):  # exactly one of them: --budget, --epochs or --max-steps
+            target = exclusive.setdefault(meta["exclusive"], target.add_mutually_exclusive_group(required=True))
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         default = None if f.default is dataclasses.MISSING else f.default
         kinds = [t for t in (typing.get_args(hints[f.name]) or (hints[f.name],)) if t is not type(None)]

@@ -66,20 +66,49 @@ _COMMON_METADATA: dict[str, Any] = {
 # ------------------------------------------------------------------------------------------ pairs / loss
 def load_split(split: str = "test", pairs: str | os.PathLike[str] | None = None,
                limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows ``{"query", "pos", "source"?}`` of ``pairs`` (a JSONL[.gz] file) or the shipped testbed split;
-    ``limit`` keeps an evenly spaced subset of that many rows (deterministic)."""
+    """Rows ``{"query", "pos", "source"?}`` of ``pairs`` or the shipped testbed split; ``limit`` keeps an evenly
+    spaced subset of that many rows (deterministic).
+
+    ``pairs`` is read by the loader ``train`` uses (:func:`embrecipe.data.load_pairs`: JSONL with ``pos`` a string or
+    a one-element list, CSV/TSV, Parquet, a datasets directory), so any file that trains also evaluates. A JSONL file
+    whose rows carry the testbed's ``source`` provenance keeps it (the relatedness task needs it)."""
     from ..testbed.pairs import read_pairs, testbed_pairs_path
 
-    path = Path(pairs) if pairs else testbed_pairs_path(split)
-    if not path.is_file():
-        raise InputError(f"pairs file {path}: not found")
-    rows = read_pairs(path)
+    if pairs:
+        rows = user_pairs(Path(pairs))
+        path = Path(pairs)
+    else:
+        path = testbed_pairs_path(split)
+        if not path.is_file():
+            raise InputError(f"pairs file {path}: not found")
+        rows = read_pairs(path)
     if limit is not None and limit < len(rows):
         # An even stride, not the first N: files are ordered by package, and a prefix would be one package.
         rows = [rows[i * len(rows) // limit] for i in range(max(limit, 0))]
     if len(rows) < 2:
         raise InputError(f"pairs file {path}: needs at least 2 pairs for in-batch negatives")
     return rows
+
+
+def user_pairs(path: Path) -> list[dict[str, Any]]:
+    """Rows ``{"query", "pos", "source"?}`` of a pairs file in any format ``train`` reads."""
+    from ..data import _jsonl_records, load_pairs
+
+    data = load_pairs(path)
+    rows: list[dict[str, Any]] = [{"query": q, "pos": p} for q, p in zip(data.queries, data.positives, strict=True)]
+    if path.is_file() and path.name.lower().endswith((".jsonl", ".jsonl.gz", ".json", ".ndjson")):
+        # the same records in the same order (load_pairs read them with this reader): keep their provenance
+        for row, (_, rec) in zip(rows, _jsonl_records(path), strict=True):
+            if isinstance(rec.get("source"), Mapping):
+                row["source"] = rec["source"]
+    return rows
+
+
+def has_provenance(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether ``rows`` carry the ``source.package``/``source.module`` provenance the relatedness task grades by
+    (the testbed's pairs do; a user's pairs usually do not)."""
+    return sum(isinstance(r.get("source"), Mapping) and "package" in r["source"] and "module" in r["source"]
+               for r in rows) >= 4
 
 
 # ------------------------------------------------------------------------------------------- local tasks
@@ -144,12 +173,14 @@ def sts_task(name: str, sentence1: Sequence[str], sentence2: Sequence[str], scor
 
 
 def doc_retrieval_task(rows: Sequence[Mapping[str, Any]], name: str = "LocalDocRetrieval") -> Any:
-    """Queries → corpus of all positives of ``rows``; each query's own positive is its one relevant doc."""
+    """Queries → corpus of all positives of ``rows``; each query's own positive is its one relevant doc.
+
+    Needs nothing but the pairs, so it is the local task for a user's own held-out pairs too."""
     queries = {f"q{i}": r["query"] for i, r in enumerate(rows)}
     corpus = {f"d{i}": r["pos"] for i, r in enumerate(rows)}
     qrels = {f"q{i}": {f"d{i}": 1} for i in range(len(rows))}
     return retrieval_task(name, queries, corpus, qrels,
-                          description="Docstring pairs of held-out packages: find each query's positive.")
+                          description="Held-out pairs: find each query's own positive among all positives.")
 
 
 def doc_relatedness_task(rows: Sequence[Mapping[str, Any]], name: str = "LocalDocRelatedness",
@@ -166,7 +197,8 @@ def doc_relatedness_task(rows: Sequence[Mapping[str, Any]], name: str = "LocalDo
     items = [(r["source"]["package"], r["source"]["module"], i) for i, r in enumerate(rows)
              if isinstance(r.get("source"), Mapping) and "package" in r["source"] and "module" in r["source"]]
     if len(items) < 4:
-        raise InputError(f"task {name}: needs pairs with source.package and source.module provenance")
+        raise InputError(f"task {name}: needs pairs with source.package and source.module provenance (the "
+                         "testbed's pairs have it; evaluate your own pairs with --tasks local or LocalDocRetrieval)")
 
     def text(i: int) -> str:
         r = rows[i]
@@ -354,7 +386,11 @@ def resolve_tasks(spec: str, rows: Sequence[Mapping[str, Any]] | None) -> list[A
     hub: list[str] = []
     for item in [s.strip() for s in spec.split(",") if s.strip()]:
         if item == "local":
-            tasks += [doc_retrieval_task(rows or []), doc_relatedness_task(rows or [])]
+            # The relatedness task grades by the testbed's provenance; pairs without it (a user's own) are
+            # evaluated by retrieval and the held-out loss alone.
+            tasks.append(doc_retrieval_task(rows or []))
+            if has_provenance(rows or []):
+                tasks.append(doc_relatedness_task(rows or []))
         elif item == "LocalDocRetrieval":
             tasks.append(doc_retrieval_task(rows or []))
         elif item == "LocalDocRelatedness":

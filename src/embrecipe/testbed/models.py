@@ -238,12 +238,19 @@ def ensure_model(layers: int = NUM_LAYERS, home: str | os.PathLike[str] | None =
 
 def build_ladder(layers: Iterable[int] = DEFAULT_LAYERS, home: str | os.PathLike[str] | None = None, *,
                  force: bool = False) -> Path:
-    """Build (or reuse) every ladder member and write the family file; returns the family file's path."""
+    """Build (or reuse) every ladder member and write the family file; returns the family file's path.
+
+    The family file lists these members *and* every member built earlier that is still intact, so building one
+    more depth (``testbed models --layers 4``) adds it to the family instead of dropping the others."""
     ks = sorted({int(k) for k in layers})
     if not ks:
         raise EmbrecipeError("the ladder needs at least one depth")
-    paths = [ensure_model(k, home, force=force) for k in ks]
-    return write_family(paths, testbed_home(home) / FAMILY_FILE)
+    paths = {k: ensure_model(k, home, force=force) for k in ks}
+    root = testbed_home(home)
+    for k in range(1, NUM_LAYERS + 1):
+        if k not in paths and (root / member_name(k)).is_dir() and verify(root / member_name(k), k):
+            paths[k] = root / member_name(k)
+    return write_family([paths[k] for k in sorted(paths)], root / FAMILY_FILE)
 
 
 def write_family(member_dirs: Iterable[Path], out: Path) -> Path:
