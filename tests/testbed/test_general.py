@@ -98,3 +98,20 @@ def test_rebuilding_from_the_corpus_reproduces_the_shipped_files(tmp_path):
     if prov["corpus"]["content_hash"] != shipped["corpus"]["content_hash"]:
         pytest.skip("the corpus built here differs from the reference build")
     assert prov["files"] == shipped["files"]
+
+
+def test_demo_trains_on_the_general_sample_by_default_and_reports_both_domains():
+    import argparse
+
+    from embrecipe.cli import demo
+
+    parser = argparse.ArgumentParser()
+    demo.register(parser.add_subparsers())
+    args = parser.parse_args(["demo"])
+    assert args.data == "general" and args.general_eval_pairs > 0
+    row = {"model": "trained: x", "heldout_loss": 5.0,
+           "tasks": {"LocalDocRetrieval": {"main_score": 0.25}, "LocalDocRelatedness": {"main_score": 0.2}},
+           "general": {"heldout_loss": 4.0, "tasks": {"GeneralRetrieval": {"main_score": 0.5}}}}
+    table = demo.demo_table([row])
+    assert "GeneralRetrieval (nDCG@10)" in table.splitlines()[0]
+    assert table.splitlines()[2] == "| trained: x | 5.0000 | 0.2500 | 0.2000 | 4.0000 | 0.5000 |"
