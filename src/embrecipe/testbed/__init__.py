@@ -6,6 +6,8 @@
   joined from six pinned wheels, de-quantized and cut into a depth ladder the same way.
 - :mod:`~embrecipe.testbed.pairs` — contrastive pairs built from docstrings of installed packages; a frozen
   copy ships in ``embrecipe/data/pairs``.
+- :mod:`~embrecipe.testbed.corpus` — the bigger prose corpus, built on demand from pinned wheels.
+- :mod:`~embrecipe.testbed.general` — the shipped general-purpose sample of that corpus (what the demo trains on).
 
 Submodules import torch/transformers lazily, so importing this package is cheap.
 """
