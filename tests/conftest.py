@@ -58,4 +58,5 @@ def qwen_l2(tmp_path_factory):
     if gguf.is_file():  # reuse the joined file instead of joining 491 MB again
         qwen.downloads_dir(home).mkdir(parents=True)
         qwen.downloads_dir(home).joinpath(qwen.GGUF_NAME).symlink_to(gguf)
-    return qwen.ensure_member(2, home, log=lambda m: None)
+    # wheels cached in the user's home are copied from there: a test never downloads
+    return qwen.ensure_member(2, home, wheels_dir=qwen.downloads_dir(None), log=lambda m: None)
