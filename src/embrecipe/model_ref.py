@@ -24,15 +24,18 @@ from typing import Any
 
 from .errors import InputError
 
+# The testbed's ladders, and the flag of `embrecipe testbed models` that builds each one's members.
+TESTBED_FAMILIES = {"smollm2": "", "qwen2.5-coder-0.5b": " --family qwen2.5-coder-0.5b"}
+_FAMILY = "|".join(re.escape(f) for f in TESTBED_FAMILIES)
 # A testbed member's name (testbed.models.member_name), alone or as the last part of a path in a testbed folder.
-_TESTBED_NAME = re.compile(r"^smollm2-L(\d+)$")
-_TESTBED_PATH = re.compile(r"^(?:.*[/\\])?testbed[/\\](smollm2-L\d+)[/\\]?$")
+_TESTBED_NAME = re.compile(rf"^({_FAMILY})-L(\d+)$")
+_TESTBED_PATH = re.compile(rf"^(?:.*[/\\])?testbed[/\\]((?:{_FAMILY})-L\d+)[/\\]?$")
 
 
 def testbed_layers(ref: str) -> int | None:
     """The depth of the testbed member ``ref`` names (``smollm2-L4`` → 4), or None for any other model."""
     m = _TESTBED_NAME.match(str(ref))
-    return int(m.group(1)) if m else None
+    return int(m.group(2)) if m else None
 
 
 def portable(ref: str) -> str:
@@ -79,7 +82,9 @@ def testbed_content_hash(member_dir: str | os.PathLike[str]) -> str | None:
 
 def build_command(ref: str) -> str:
     """The one command that builds the testbed member ``ref`` names."""
-    return f"embrecipe testbed models --layers {testbed_layers(ref)}"
+    m = _TESTBED_NAME.match(str(ref))
+    family = m.group(1) if m else "smollm2"
+    return f"embrecipe testbed models{TESTBED_FAMILIES[family]} --layers {testbed_layers(ref)}"
 
 
 def resolve_model(ref: str, home: str | os.PathLike[str] | None = None) -> str:
@@ -94,7 +99,19 @@ def resolve_model(ref: str, home: str | os.PathLike[str] | None = None) -> str:
     if layers is None or Path(ref).is_dir():
         return ref  # not a testbed model, or a folder that exists here (an old card's path): use it as it is
     local = testbed_home(home) / name
-    if not verify(local, layers):
+    if not (verify(local, layers) if name.startswith("smollm2-") else _built(local, layers)):
         raise InputError(f"model {name}: the testbed member is not built under {testbed_home(home)} "
                          f"($EMBRECIPE_HOME/testbed); build it with: {build_command(name)}")
     return str(local)
+
+
+def _built(member_dir: Path, layers: int) -> bool:
+    """A member of a ladder other than SmolLM2's is built when its manifest says so (its own build verified its
+    source; re-verifying would need that family's pinned parts here)."""
+    from .testbed.models import MANIFEST
+
+    try:
+        manifest = json.loads((member_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return manifest.get("layers") == layers and all((member_dir / f).is_file() for f in manifest.get("files", ()))

@@ -28,3 +28,4 @@ def smollm_l2(smollm_home) -> Path:
     from embrecipe.testbed.models import member_name, testbed_home
 
     return testbed_home(smollm_home) / member_name(2)
+

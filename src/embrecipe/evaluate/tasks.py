@@ -43,7 +43,7 @@ PAPER_TASKS = (
     "ImdbClassification", "Banking77Classification", "AmazonReviewsClassification",
     "SprintDuplicateQuestions", "StackOverflowDupQuestions",
 )
-LOCAL_TASKS = ("LocalDocRetrieval", "LocalDocRelatedness")
+LOCAL_TASKS = ("LocalDocRetrieval", "LocalDocRelatedness", "GeneralRetrieval")
 RELATEDNESS_PER_LEVEL = 250
 
 _COMMON_METADATA: dict[str, Any] = {
@@ -181,6 +181,23 @@ def doc_retrieval_task(rows: Sequence[Mapping[str, Any]], name: str = "LocalDocR
     qrels = {f"q{i}": {f"d{i}": 1} for i in range(len(rows))}
     return retrieval_task(name, queries, corpus, qrels,
                           description="Held-out pairs: find each query's own positive among all positives.")
+
+
+def general_retrieval_task(rows: Sequence[Mapping[str, Any]], name: str = "GeneralRetrieval") -> Any:
+    """Like :func:`doc_retrieval_task`, on the general-domain rows only (corpus sources other than
+    docstrings: Bible paraphrases, chit-chat replies, dictionary definitions) — e.g. the held-out split of the
+    shipped general sample (``embrecipe.testbed.general``)."""
+    prose = [r for r in rows if (r.get("source") or {}).get("corpus_source") not in (None, "docstrings")]
+    if len(prose) < 2:
+        raise InputError("GeneralRetrieval needs held-out rows with source.corpus_source other than 'docstrings' "
+                         "(e.g. --pairs of the general sample's test split); got "
+                         f"{len(prose)}")
+    queries = {f"q{i}": r["query"] for i, r in enumerate(prose)}
+    corpus = {f"d{i}": r["pos"] for i, r in enumerate(prose)}
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(len(prose))}
+    return retrieval_task(name, queries, corpus, qrels,
+                          description="General-domain pairs of held-out sources (Bible books, conversations, "
+                                      "dictionary letters): find each query's positive.")
 
 
 def doc_relatedness_task(rows: Sequence[Mapping[str, Any]], name: str = "LocalDocRelatedness",
@@ -381,7 +398,7 @@ def hub_tasks(names: Sequence[str], *, probe_timeout: float = 3.0) -> list[Any]:
 
 def resolve_tasks(spec: str, rows: Sequence[Mapping[str, Any]] | None) -> list[Any]:
     """Tasks named by a ``--tasks`` spec: comma-separated ``local``, ``paper15``, ``LocalDocRetrieval``,
-    ``LocalDocRelatedness``, ``retrieval:DIR``, ``sts:FILE`` or MTEB task names."""
+    ``LocalDocRelatedness``, ``GeneralRetrieval``, ``retrieval:DIR``, ``sts:FILE`` or MTEB task names."""
     tasks: list[Any] = []
     hub: list[str] = []
     for item in [s.strip() for s in spec.split(",") if s.strip()]:
@@ -395,6 +412,8 @@ def resolve_tasks(spec: str, rows: Sequence[Mapping[str, Any]] | None) -> list[A
             tasks.append(doc_retrieval_task(rows or []))
         elif item == "LocalDocRelatedness":
             tasks.append(doc_relatedness_task(rows or []))
+        elif item == "GeneralRetrieval":
+            tasks.append(general_retrieval_task(rows or []))
         elif item == "paper15":
             hub += list(PAPER_TASKS)
         elif item.startswith("retrieval:"):

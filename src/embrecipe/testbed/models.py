@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -137,15 +137,19 @@ def _dequantized() -> tuple[dict[str, Any], dict[str, Any], Any]:
     return config, state, tokenizer
 
 
-def _plain_config(config: dict[str, Any], layers: int):
-    from transformers import LlamaConfig
+def _plain_config(config: dict[str, Any], layers: int, label: str = "SmolLM2-135M"):
+    """A plain (unquantized) HF config of the same architecture keeping the first ``layers`` decoder layers.
+
+    The class comes from ``model_type`` (Llama when absent), so the same code truncates SmolLM2 and Qwen2.
+    """
+    from transformers import AutoConfig
 
     cfg = {k: v for k, v in config.items() if k not in ("quantization_config", "_name_or_path",
                                                          "_model_name_or_path", "architectures", "dtype",
-                                                         "transformers_version")}
+                                                         "torch_dtype", "transformers_version", "model_type")}
     full = int(cfg["num_hidden_layers"])
     if not 1 <= layers <= full:
-        raise EmbrecipeError(f"the ladder keeps 1..{full} layers of SmolLM2-135M; got {layers}")
+        raise EmbrecipeError(f"the ladder keeps 1..{full} layers of {label}; got {layers}")
     cfg["num_hidden_layers"] = layers
     # Per-layer settings must shrink with the depth or the config no longer describes the weights.
     for key, value in list(cfg.items()):
@@ -153,23 +157,30 @@ def _plain_config(config: dict[str, Any], layers: int):
             cfg[key] = value[:layers]
     if cfg.get("pad_token_id") is None:
         cfg["pad_token_id"] = cfg.get("eos_token_id")
-    out = LlamaConfig(**cfg)
-    out.architectures = ["LlamaModel"]
-    return out
+    return AutoConfig.for_model(str(config.get("model_type") or "llama"), **cfg)
 
 
 def _write_member(dest: Path, layers: int) -> None:
-    import torch
-    from transformers import LlamaModel
-
     config, state, tokenizer = _dequantized()
-    cfg = _plain_config(config, layers)
+    write_truncated(dest, layers, config, state, tokenizer, name=member_name(layers), source=_source_record())
+
+
+def write_truncated(dest: Path, layers: int, config: dict[str, Any], state: dict[str, Any], tokenizer: Any, *,
+                    name: str, source: dict[str, Any], label: str = "SmolLM2-135M") -> None:
+    """Write the first ``layers`` decoder layers (+ embeddings, final norm) of a base-model state dict as a
+    plain HF checkpoint with tokenizer and a sha256 ``manifest.json`` into ``dest`` (any decoder
+    architecture whose blocks are ``layers.<i>.``: Llama, Qwen2, Mistral...)."""
+    import torch
+    from transformers import AutoModel
+
+    cfg = _plain_config(config, layers, label)
     keep = {k: v for k, v in state.items()
             if not k.startswith("layers.") or int(k.split(".", 2)[1]) < layers}
     with torch.device("meta"):
-        model = LlamaModel(cfg)
+        model = AutoModel.from_config(cfg)
     # strict: a key mismatch means the GGUF mapping changed and the checkpoint would be silently wrong.
     model.load_state_dict(keep, strict=True, assign=True)
+    model.config.architectures = [type(model).__name__]
     model.save_pretrained(dest)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -179,9 +190,9 @@ def _write_member(dest: Path, layers: int) -> None:
     files = {str(p.relative_to(dest)): _sha256(p) for p in sorted(dest.rglob("*")) if p.is_file()}
     manifest = {
         "format": MANIFEST_FORMAT,
-        "name": member_name(layers),
+        "name": name,
         "layers": layers,
-        "source": _source_record(),
+        "source": source,
         "transformers": importlib.metadata.version("transformers"),
         "files": files,
     }
@@ -211,11 +222,19 @@ def ensure_model(layers: int = NUM_LAYERS, home: str | os.PathLike[str] | None =
     dest = root / member_name(layers)
     if not force and verify(dest, layers):
         return dest
+    install_atomically(dest, lambda tmp: _write_member(tmp, layers), lambda d: verify(d, layers))
+    return dest
+
+
+def install_atomically(dest: Path, write: Callable[[Path], None], verify_dest: Callable[[Path], bool]) -> None:
+    """Run ``write`` into a temporary folder beside ``dest`` and rename it into place: a kill never leaves a
+    half-written ``dest`` (a stale ``dest`` is replaced only once the new one is complete)."""
+    root = dest.parent
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale(root, dest.name)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=root))
     try:
-        _write_member(tmp, layers)
+        write(tmp)
         if dest.exists():
             # Move the stale copy aside first: rename() cannot replace a non-empty directory.
             trash = Path(tempfile.mkdtemp(prefix=f".trash-{dest.name}-", dir=root))
@@ -229,11 +248,10 @@ def ensure_model(layers: int = NUM_LAYERS, home: str | os.PathLike[str] | None =
             tmp.rename(dest)
         except OSError:
             # A concurrent build won the race; keep its copy if it is good.
-            if not verify(dest, layers):
+            if not verify_dest(dest):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return dest
 
 
 def build_ladder(layers: Iterable[int] = DEFAULT_LAYERS, home: str | os.PathLike[str] | None = None, *,
@@ -253,7 +271,7 @@ def build_ladder(layers: Iterable[int] = DEFAULT_LAYERS, home: str | os.PathLike
     return write_family([paths[k] for k in sorted(paths)], root / FAMILY_FILE)
 
 
-def write_family(member_dirs: Iterable[Path], out: Path) -> Path:
+def write_family(member_dirs: Iterable[Path], out: Path, name: str = FAMILY_NAME) -> Path:
     """Write the family file for the given ladder checkpoints (shapes by introspection, on 'meta'). Members are
     named by their testbed name with their content hash, not by folder, so the file (and the cards fitted with
     it) work under any ``$EMBRECIPE_HOME`` (:mod:`embrecipe.model_ref`)."""
@@ -265,4 +283,4 @@ def write_family(member_dirs: Iterable[Path], out: Path) -> Path:
         d = Path(d).resolve()
         members.append(FamilyMember(name=d.name, path=d.name, shape=shape_of_checkpoint(str(d), name=d.name),
                                     content_hash=testbed_content_hash(d)))
-    return Family(name=FAMILY_NAME, members=members).save(out)
+    return Family(name=name, members=members).save(out)
