@@ -105,7 +105,9 @@ def add_config_arguments(p: argparse.ArgumentParser, groups: Sequence[str]) -> d
         group = meta["group"]
         target: Any = p if group == MAIN else made.setdefault(group, p.add_argument_group(group))
         if meta.get("exclusive"):  # exactly one of them: --budget, --epochs or --max-steps
-            target = exclusive.setdefault(meta["exclusive"], target.add_mutually_exclusive_group(required=True))
+            if meta["exclusive"] not in exclusive:
+                exclusive[meta["exclusive"]] = target.add_mutually_exclusive_group(required=True)
+            target = exclusive[meta["exclusive"]]
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         default = None if f.default is dataclasses.MISSING else f.default
         kinds = [t for t in (typing.get_args(hints[f.name]) or (hints[f.name],)) if t is not type(None)]
