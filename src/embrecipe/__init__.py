@@ -3,7 +3,8 @@
 The pipeline, one module per stage: :mod:`~embrecipe.data` → :mod:`~embrecipe.family` /
 :mod:`~embrecipe.methods` → :mod:`~embrecipe.trainer` (with the FLOP meter of :mod:`~embrecipe.flops`) →
 :mod:`~embrecipe.store` → :mod:`~embrecipe.sweep` → :mod:`~embrecipe.laws` → :mod:`~embrecipe.plan` →
-:mod:`~embrecipe.evaluate` / :mod:`~embrecipe.report`.
+:mod:`~embrecipe.evaluate` / :mod:`~embrecipe.report`. :mod:`~embrecipe.pipeline_run` (``run_recipe``) is
+``embrecipe run``: plan for your data, train the optimum, record and evaluate it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ _LAZY = {
     "flops_per_token": "methods",
     "fit_laws": "laws",
     "RunStore": "store",
+    "RecipeRun": "pipeline_run",
+    "RecipeOutcome": "pipeline_run",
+    "plan_recipe": "pipeline_run",
+    "run_recipe": "pipeline_run",
 }
 
 

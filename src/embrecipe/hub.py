@@ -19,6 +19,12 @@ from .errors import InputError
 from .records import RunRecord
 
 
+def check_repo_id(repo_id: str) -> None:
+    """Fail before training, not after, when ``--push-to-hub`` is not a repository id."""
+    if not repo_id or repo_id.count("/") > 1 or any(c.isspace() for c in repo_id):
+        raise InputError(f"--push-to-hub {repo_id!r}: expected a repository id like 'user/name'")
+
+
 def push_run(out: str | Path, repo_id: str, *, private: bool | None = None, token: str | None = None) -> str:
     """Upload the trained model in ``out`` to ``repo_id``; returns the commit URL sentence-transformers gives."""
     from sentence_transformers import SentenceTransformer

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
 
 if TYPE_CHECKING:
-    from ..family import FamilyMember
-    from ..laws import LawSet
     from ..plan import RecipeTable
     from ..units import ThroughputTable
 
@@ -81,6 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..family import Family
     from ..plan import load_laws, plan, plan_many
+    from ..plan_data import measure_data
 
     # Parse the budgets first: a typo should not cost a bootstrap fit of a whole store.
     budgets, throughput = _budgets_or_throughput(args)
@@ -109,52 +106,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_table(laws.provenance, table)
     return 0
-
-
-def measure_data(data: str | None, laws: LawSet, family: Sequence[FamilyMember] | None, *, max_seq_length: int,
-                 tokens_per_pair: float | None = None, unique_pairs: int | None = None, hard_negatives: int = 0,
-                 val_fraction: float | None = None) -> dict[str, Any]:
-    """The plan's data options measured on the user's pairs: ``tokens_per_pair`` (the sampling estimator the
-    sweep uses, with the family's tokenizer), ``unique_pairs`` (the training pairs, after a validation split) and
-    ``data_fingerprint``; values given on the command line win. Without ``data``: just those values."""
-    out: dict[str, Any] = {"tokens_per_pair": tokens_per_pair, "unique_pairs": unique_pairs}
-    if data is None:
-        return out
-    from ..data import load_pairs
-
-    if not Path(data).exists():
-        raise InputError(f"data {data} does not exist")
-    pairs = load_pairs(data)
-    out["data_fingerprint"] = pairs.fingerprint()
-    if unique_pairs is None:
-        split = max(1, round(val_fraction * len(pairs))) if val_fraction else 0
-        out["unique_pairs"] = max(1, len(pairs) - split)
-    if tokens_per_pair is None:
-        out["tokens_per_pair"], out["data_note"] = _tokens_per_pair(pairs, laws, family, max_seq_length,
-                                                                    hard_negatives)
-    return out
-
-
-def _tokens_per_pair(pairs: Any, laws: LawSet, family: Sequence[FamilyMember] | None, max_seq_length: int,
-                     hard_negatives: int) -> tuple[float | None, str | None]:
-    """Mean tokens per pair of ``pairs`` with the family's tokenizer (its smallest member's; a family shares
-    one), or None and why not (the planner then uses the card's value and says so)."""
-    from ..data import estimate_tokens_per_pair
-    from ..model_ref import resolve_model
-    from ..plan import family_from_laws
-
-    members = list(family) if family is not None else family_from_laws(laws)
-    ref = min(members, key=lambda m: m.shape.non_embedding_params).path
-    try:
-        model = resolve_model(ref)
-    except InputError as exc:
-        return None, str(exc)
-    if not (Path(model).is_dir() or "/" in model):  # neither a local checkpoint nor a hub id: no tokenizer
-        return None, f"model {ref}: no checkpoint here to read its tokenizer from"
-    try:
-        return estimate_tokens_per_pair(pairs, model, max_seq_length=max_seq_length, hard_negatives=hard_negatives), None
-    except (OSError, ValueError) as exc:
-        return None, f"model {ref}: cannot load its tokenizer ({str(exc).splitlines()[0]})"
 
 
 def _budgets_or_throughput(args: argparse.Namespace) -> tuple[list[float], ThroughputTable | None]:

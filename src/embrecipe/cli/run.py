@@ -1,12 +1,15 @@
-"""``embrecipe run --budget C``: plan the compute-optimal recipe, train it, evaluate it (step 5 of the algorithm)."""
+"""``embrecipe run --budget C``: plan the compute-optimal recipe, train it, evaluate it (step 5 of the algorithm).
+
+The flags → a :class:`~embrecipe.pipeline_run.RecipeRun` → :func:`~embrecipe.pipeline_run.run_recipe`, which does
+the work (and is the same call from Python)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..errors import InputError
+if TYPE_CHECKING:
+    from ..pipeline_run import RecipeRun
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,119 +64,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def recipe_line(best, batch_size: int, lr_override: float | None) -> str:
-    """What `run` says about the LR and batch size it trains with, against the card's."""
-    if lr_override is not None:
-        card = "none recorded" if best.lr is None else f"{best.lr:.3g}"
-        return (f"WARNING: training at --lr {lr_override:.3g}, not the card's LR ({card}): the predicted loss "
-                f"assumes the card's; batch size {batch_size} (the card's)")
-    if best.lr is None:
-        return (f"training at batch size {batch_size} (the card's); the card records no LR for {best.variant}, "
-                "so the trainer's default rule applies (one tenth of the pre-training peak)")
-    return f"training at the card's lr {best.lr:.3g} ({best.lr_note}) and batch size {batch_size}"
+def request_from_args(args: argparse.Namespace) -> RecipeRun:
+    """The :class:`~embrecipe.pipeline_run.RecipeRun` the flags of :func:`register` describe."""
+    from ..pipeline_run import RecipeRun
 
-
-def _check_content(ref: str, local: str, family, card_family) -> None:
-    """Warn when the model found here is not the one the card (or family file) was made with: its content
-    hash differs (another build of the testbed member)."""
-    from ..model_ref import testbed_content_hash
-
-    known = [m.content_hash for m in family or () if m.path == ref]
-    known += [m.get("content_hash") for m in card_family if m.get("path") == ref]
-    want = next((h for h in known if h), None)
-    have = testbed_content_hash(local)
-    if want and have and have != want:
-        print(f"WARNING: {ref} at {local} has content hash {have}, not the {want} it was planned with (another "
-              "build): the predicted loss is for the card's weights")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    return RecipeRun(
+        budget=args.budget, data=args.data, out=args.out, laws=args.laws, family=args.family, variants=variants,
+        batch_size=args.batch_size, mini_batch_size=args.mini_batch_size, max_seq_length=args.max_seq_length,
+        lr=args.lr, val_fraction=args.val_fraction, seed=args.seed, tokens_per_pair=args.tokens_per_pair,
+        unique_pairs=args.unique_pairs, store=args.store, eval_tasks=args.eval_tasks, eval_pairs=args.eval_pairs,
+        device_memory_gib=args.device_memory, embed_tokens=args.embed_tokens, query_prompt=args.query_prompt,
+        doc_prompt=args.doc_prompt, tracking_dir=args.tracking_dir, report_to=args.report_to,
+        push_to_hub=args.push_to_hub, hub_private=args.hub_private, resume=args.resume, overwrite=args.overwrite,
+        dry_run=args.dry_run, train_fn=args.train_fn)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..executors import resolve_train_fn
-    from ..family import Family
-    from ..model_ref import resolve_model
-    from ..plan import load_laws, parse_budgets, plan
-    from ..records import as_record
-    from ..store import RunStore
-    from .plan import measure_data
+    from ..pipeline_run import run_recipe
 
-    budgets = parse_budgets(args.budget)
-    if len(budgets) != 1:
-        raise InputError("--budget takes one number")
-    budget = budgets[0]
-    if not Path(args.data).exists():
-        raise InputError(f"data {args.data} does not exist")
-    laws = load_laws(args.laws)
-    family = Family.load(args.family).members if args.family else None
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
-    # the plan is made for the data it will train on: its tokens per pair and its size, measured
-    measured = measure_data(args.data, laws, family, max_seq_length=args.max_seq_length or 75,
-                            tokens_per_pair=args.tokens_per_pair, unique_pairs=args.unique_pairs,
-                            hard_negatives=getattr(args, "hard_negatives", 0) or 0, val_fraction=args.val_fraction)
-    result = plan(budget, laws, family, batch_size=args.batch_size, variants=variants,
-                  device_memory_gib=args.device_memory, embed_tokens=args.embed_tokens,
-                  seq_len=args.max_seq_length or 75, **measured)
-    print(result.format(top=5))
-    best = result.best
-    # With --embed-tokens the option's own budget is what remains for training after serving.
-    config = {"model": best.path, "data": args.data, "method": best.method,
-              "budget": best.budget,
-              "batch_size": result.batch_size, "seed": args.seed, "out": args.out}
-    if best.lr is not None:
-        config["lr"] = best.lr
-    if best.mini_batch and args.mini_batch_size is None:
-        config["mini_batch_size"] = best.mini_batch
-    for key, value in (("mini_batch_size", args.mini_batch_size), ("max_seq_length", args.max_seq_length),
-                       ("lr", args.lr), ("val_fraction", args.val_fraction),
-                       ("query_prompt", args.query_prompt), ("doc_prompt", args.doc_prompt),
-                       ("tracking_dir", args.tracking_dir)):
-        if value is not None:
-            config[key] = value
-    if args.report_to != "auto":
-        config["report_to"] = args.report_to
-    if args.push_to_hub:
-        from .train import check_repo_id
-
-        check_repo_id(args.push_to_hub)
-    print(f"\n{recipe_line(best, result.batch_size, args.lr)}")
-    print("training config: " + json.dumps(config))
-    if args.dry_run:
-        return 0
-    # The card names the model portably (a testbed name, a hub id); where it is here is decided now, before
-    # anything is written: a testbed member that is not built is one line naming the command that builds it.
-    _check_content(best.path, resolve_model(best.path), family, laws.family)
-    out = Path(args.out)
-    from ..jsonio import atomic_write_json
-    from ..preflight import check_out_dir
-
-    check_out_dir(out, resume=args.resume, overwrite=args.overwrite)  # the trainer's --out checks, before it starts
-    config.update(resume=args.resume, overwrite=args.overwrite)
-    record = as_record(resolve_train_fn(args.train_fn)(config), where=f"the record of {args.train_fn or 'train'}")
-    if not record.completed:
-        raise InputError(f"training did not complete (status {record.status!r})")
-    # plan.json only beside a finished run: a failed run leaves nothing of ours (a killed one leaves the
-    # trainer's checkpoint, which --resume continues)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "plan.json", result.to_dict())
-    achieved = record.final_val_loss
-    print(f"\ntrained {best.variant} on {best.model}: {record.steps} steps, "
-          f"{float(record.model_flops or 0):.3g} model FLOPs; predicted loss {best.loss:.4g}"
-          # One run is compared with the single-run interval (mean law + run noise), not the mean-law one.
-          + (f" [{best.run_low:.4g}, {best.run_high:.4g}] for one run" if best.run_low is not None else
-             f" [{best.loss_low:.4g}, {best.loss_high:.4g}] (mean law)" if best.loss_low is not None else "")
-          + (f", held-out loss {achieved:.4g}" if achieved is not None else " (no validation split: "
-             "pass --val-fraction to compare with the prediction)"))
-    if args.store:
-        with RunStore(args.store) as store:
-            key = store.put(record)
-        print(f"recorded run {key} in {args.store}")
-    if args.eval_tasks != "none" and not record.synthetic:
-        from ..evaluate import evaluate, format_table
-
-        ev = evaluate(out, tasks=args.eval_tasks, pairs=args.eval_pairs, out=out / "eval",
-                      max_seq_length=args.max_seq_length or 75)
-        print(format_table(ev))
-    if args.push_to_hub and not record.synthetic:
-        from ..hub import push_run
-
-        print(f"pushed to the Hub: {push_run(out, args.push_to_hub, private=args.hub_private or None)}")
+    run_recipe(request_from_args(args))
     return 0

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..flops import is_budget
+from ..hub import check_repo_id
 from ..train_config import MAIN, PROMPTS, SPEED, TRACKING, TrainConfig
 
 
@@ -162,9 +163,3 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"pushed to the Hub: {push_run(args.out, args.push_to_hub, private=args.hub_private or None)}")
     return 0
-
-
-def check_repo_id(repo_id: str) -> None:
-    """Fail before training, not after, when ``--push-to-hub`` is not a repository id."""
-    if not repo_id or repo_id.count("/") > 1 or any(c.isspace() for c in repo_id):
-        raise InputError(f"--push-to-hub {repo_id!r}: expected a repository id like 'user/name'")
