@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -107,7 +108,7 @@ def unxz(parts: list[Path], dst: Path) -> None:
     with tmp.open("wb") as out:
         for part in parts:
             with Path(part).open("rb") as f:
-                for block in iter(lambda f=f: f.read(1 << 22), b""):
+                for block in iter(functools.partial(f.read, 1 << 22), b""):
                     out.write(dec.decompress(block))
     if not dec.eof:
         raise SystemExit(f"{parts[-1]}: the xz stream ends early (a part is missing or cut)")
