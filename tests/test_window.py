@@ -230,6 +230,7 @@ def test_window_rehearsal_synthetic_adaptive(tmp_path):
     assert trace2["stop"] == study["adaptive"]["stop"]
     plain = window.plan_summary(window.load_spec(spec, str(tmp_path / "home")), tmp_path)
     assert study["adaptive"]["experiment_budget"] == plain["model_flops"]  # the plain grid's FLOPs cap it
+    assert study["adaptive"]["fraction_of_plain"] == pytest.approx(study["adaptive"]["flops_spent"] / plain["model_flops"])
     assert sum(float(json.loads(r)["model_flops"] or 0) for r in records(out2 / "study.sqlite")) \
         <= plain["model_flops"] * (1 + 1e-9)
 

@@ -363,7 +363,7 @@ def plan_summary(spec: dict[str, Any], base_dir: Path) -> dict[str, Any]:
             "model_flops": sum(r["model_flops"] for r in rungs)}
 
 
-def adaptive_settings(spec: dict[str, Any], spec_path: Path, workers: int) -> Any:
+def adaptive_settings(spec: dict[str, Any], spec_path: Path, workers: int, plain_flops: float | None = None) -> Any:
     """The spec's ``adaptive:`` settings as an :class:`embrecipe.adaptive.AdaptiveSpec`, with the study's
     defaults: the recipe for the held-out check budget (the largest budget, which ``window.py check`` runs),
     an experiment budget of the plain grid's model FLOPs (``experiment_budget: plain``: the design never costs
@@ -373,7 +373,7 @@ def adaptive_settings(spec: dict[str, Any], spec_path: Path, workers: int) -> An
 
     raw = dict(spec.get("adaptive") or {})
     if raw.get("experiment_budget", "plain") == "plain":
-        raw["experiment_budget"] = plan_summary(spec, spec_path.parent)["model_flops"]
+        raw["experiment_budget"] = plain_flops or plan_summary(spec, spec_path.parent)["model_flops"]
     raw.setdefault("target", max(float(b) for b in spec["budgets"]))
     raw.setdefault("batch", workers)
     try:
@@ -393,7 +393,8 @@ def adaptive_design(args: argparse.Namespace, spec: dict[str, Any]) -> int:
     from embrecipe.sweep import run_adaptive_sweep
 
     grid, stats, train_fn, overrides = design_setup(args, spec)
-    settings = adaptive_settings(spec, Path(args.spec), args.workers)
+    plain_flops = plan_summary(spec, Path(args.spec).parent)["model_flops"]  # reading the corpus: once
+    settings = adaptive_settings(spec, Path(args.spec), args.workers, plain_flops)
     fn = WithOverrides(train_fn, overrides) if overrides else train_fn
     decisions: list[str] = []
 
@@ -410,7 +411,8 @@ def adaptive_design(args: argparse.Namespace, spec: dict[str, Any]) -> int:
     report = result.adaptive
     last = report.steps[-1] if report is not None and report.steps else None
     progress: dict[str, Any] = {"design": "adaptive", "target": settings.targets[0],
-                                "experiment_budget": settings.experiment_budget,
+                                "experiment_budget": settings.experiment_budget, "plain_grid_flops": plain_flops,
+                                "fraction_of_plain": None if report is None else report.flops_spent / plain_flops,
                                 "stop": None if report is None else report.stop, "ran": len(result.ran),
                                 "failed": len(result.failed), "decisions": 0 if report is None else len(report.steps),
                                 "flops_spent": None if report is None else report.flops_spent,
@@ -793,6 +795,7 @@ def study_part(w: Window, spec: dict[str, Any]) -> None:
     store = Path(w.args.work) / "study.sqlite"
     if not store.exists() and Path(w.args.store_from).is_file():
         backup_store(Path(w.args.store_from), store)
+        trace_of(store).unlink(missing_ok=True)  # an older call's trace on this machine: the committed one rules
     with RunStore(store) as st:
         released = st.release_claims()
         w.info["study_before"] = {"counts": st.counts(), "released_at_start": released,
