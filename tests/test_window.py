@@ -3,7 +3,8 @@
 What a CPU can show, end to end: the carried wheels install offline (``pip install --no-index --no-deps
 --target``) and import; the study resumes from a "committed" store; a deadline cuts a window short and it still
 returns a consistent store in $OUT with no claim left running; the next window finishes the rest and trains no
-finished cell twice; the plain design's per-(model, variant) LR search and extra seeds give the keys they should;
+finished cell twice — with the plain design and with the adaptive one (its decision lines and trace come back
+too); the plain design's per-(model, variant) LR search and extra seeds give the keys they should;
 and the same through the real trainer on a tiny decoder (the fast-path smoke with packing, the corpus carried as
 xz). What only a GPU shows (CUDA, compile, the real ladder, throughput) is left to the window itself.
 """
@@ -183,6 +184,92 @@ def test_window_rehearsal_synthetic(tmp_path):
     check = json.loads((out3 / "window.json").read_text())["parts"]["check"]
     assert check["returncode"] == 0 and check["budget"] == 3e12 and check["counts"]["completed"] >= 2, check
     assert "regret" in (out3 / "check" / "check.json").read_text()
+
+
+def test_window_rehearsal_synthetic_adaptive(tmp_path):
+    """The same two windows through the adaptive design (issue 19 req. 2): the first cut by its deadline, the
+    second resumes from the committed store without retraining a finished cell, the design's decision lines
+    come back in window.json and its trace (every window's decisions) beside the store in $OUT."""
+    assets = tmp_path / "stage"
+    (assets / "whl").mkdir(parents=True)
+    make_wheel(assets / "whl", "carried-a", "1.0", ["numpy"])
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SYNTHETIC_SPEC.replace("SLEEP", "1").replace("design: plain", ADAPTIVE_KEYS))
+    committed = tmp_path / "repo" / "study.sqlite"
+
+    proc, out = window_call(tmp_path, "study", 14, assets, spec, committed, "--reserve-s", "3")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first = statuses(out / "study.sqlite")
+    assert "running" not in {s for s, _ in first.values()}
+    done1 = {k: u for k, (s, u) in first.items() if s == "completed"}
+    info = json.loads((out / "window.json").read_text())
+    study = info["parts"]["study"]
+    assert info["design"] == "adaptive" and study["adaptive"]["stop"] is None and study["timed_out"], study
+    assert len(done1) > 0 and study["adaptive"]["last"].startswith("adaptive step")
+    assert any(ln.startswith("adaptive step 0 [seed]") for ln in study["decisions"]), study["decisions"]
+    trace1 = json.loads((out / "study.sqlite.adaptive.json").read_text())
+    assert trace1["target"] == 3e12 and trace1["steps"]
+    assert len(list(out.iterdir())) <= 8
+
+    committed.parent.mkdir(parents=True)
+    shutil.copy2(out / "study.sqlite", committed)
+    shutil.copy2(out / "study.sqlite.adaptive.json", window.trace_of(committed))
+    shutil.rmtree(tmp_path / "work")
+    proc, out2 = window_call(tmp_path, "study", 150, assets, spec, committed)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    second = statuses(out2 / "study.sqlite")
+    assert {k: u for k, (s, u) in second.items() if k in done1} == done1  # finished cells were not retrained
+    info = json.loads((out2 / "window.json").read_text())
+    study = info["parts"]["study"]
+    assert study["adaptive"]["stop"], study  # the design finished: it says why it stopped
+    assert study["adaptive"]["ran"] == sum(1 for s, _ in second.values() if s == "completed") - len(done1) \
+        - study["adaptive"].get("extra_seeds", {}).get("completed", 0)
+    assert any("STOP" in ln for ln in study["decisions"]), study["decisions"]
+    trace2 = json.loads((out2 / "study.sqlite.adaptive.json").read_text())
+    assert trace2["windows"] == 2 and trace2["steps"][: len(trace1["steps"])] == trace1["steps"]
+    assert trace2["stop"] == study["adaptive"]["stop"]
+    plain = window.plan_summary(window.load_spec(spec, str(tmp_path / "home")), tmp_path)
+    assert study["adaptive"]["experiment_budget"] == plain["model_flops"]  # the plain grid's FLOPs cap it
+    assert study["adaptive"]["fraction_of_plain"] == pytest.approx(study["adaptive"]["flops_spent"] / plain["model_flops"])
+    assert sum(float(json.loads(r)["model_flops"] or 0) for r in records(out2 / "study.sqlite")) \
+        <= plain["model_flops"] * (1 + 1e-9)
+
+
+ADAPTIVE_KEYS = """design: adaptive
+adaptive: {draws: 12}"""
+
+
+def records(store: Path) -> list[str]:
+    with sqlite3.connect(store) as c:
+        return [r for (r,) in c.execute("SELECT record FROM runs WHERE status = 'completed'")]
+
+
+def test_adaptive_settings_trace_merge_and_overrides(tmp_path):
+    """The spec's adaptive settings and their study defaults, a bad key as a one-line error naming the spec,
+    the trace of several windows, and the fast-path overrides merged into the config at call time only."""
+    import pickle
+
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(SYNTHETIC_SPEC.replace("SLEEP", "0").replace("design: plain", ADAPTIVE_KEYS))
+    spec = window.load_spec(spec_path, str(tmp_path))
+    got = window.adaptive_settings(spec, spec_path, workers=3)
+    assert got.targets == (3e12,) and got.batch == 3 and got.draws == 12  # the held-out budget; --workers
+    assert got.experiment_budget == window.plan_summary(spec, tmp_path)["model_flops"]
+    spec["adaptive"] = {"experiment_budget": 5e12, "target": 1e12, "batch": 1}
+    got = window.adaptive_settings(spec, spec_path, workers=3)
+    assert (got.experiment_budget, got.targets, got.batch) == (5e12, (1e12,), 1)
+    spec["adaptive"] = {"treshold": 0.01}
+    with pytest.raises(SystemExit, match=r"spec.yaml: adaptive: .*treshold"):
+        window.adaptive_settings(spec, spec_path, workers=1)
+
+    one, two = {"steps": [{"index": 0}], "stop": None}, {"steps": [{"index": 0}, {"index": 1}], "stop": "done"}
+    assert window.merged_trace(None, one) == one and window.merged_trace(one, None) == one
+    merged = window.merged_trace(window.merged_trace(one, one), two)
+    assert merged["windows"] == 3 and len(merged["steps"]) == 4 and merged["stop"] == "done"
+
+    fn = pickle.loads(pickle.dumps(window.WithOverrides(dict, {"packing": "on"})))  # the pool pickles it
+    config = {"lr": 1e-4}
+    assert fn(config) == {"lr": 1e-4, "packing": "on"} and config == {"lr": 1e-4}
 
 
 def test_plain_design_cells(tmp_path):

@@ -8,6 +8,8 @@ to ``--out`` as it goes, so a window cut short still returns what it did:
 - ``window.json``   what ran, when, on what card, the smoke's verdicts, the study's progress (rewritten each phase);
 - ``study.sqlite``  a consistent copy of the run store, refreshed every ``--backup-every`` seconds and at the end:
                     commit it as ``study/v2/study.sqlite``; the next window starts from the committed copy;
+- ``study.sqlite.adaptive.json``  the adaptive design's trace, every window's decisions (commit it beside the
+                    store; its one-line decisions are also in ``window.json``);
 - ``results.json`` / ``results.md``  the GPU benchmark (benchmarks/results.*), on the first window of a card;
 - ``logs.tar.gz``   every subprocess's log.
 
@@ -19,9 +21,14 @@ Parts, in order, each bounded by the deadline:
    seconds, only when the committed ``benchmarks/results.json`` has no GPU section for this card;
 3. **smoke** of the CUDA fast paths (packing, torch.compile, CUDA graphs), each a few steps in a subprocess with a
    timeout; a failing path is recorded with its error and the study runs without it;
-4. **study**: the design named in the spec (``design: plain``, or ``--design``) in a subprocess; at the deadline
-   it gets SIGINT (the executor hands running cells back), then SIGKILL; any claim left is released, so an
-   interrupted cell is ``pending``, never ``completed``, and the next window trains it from the start.
+4. **study**: the design named in the spec (``design: adaptive``, the fallback ``plain``, or ``--design``) in a
+   subprocess; at the deadline it gets SIGINT (the executor hands running cells back), then SIGKILL; any claim
+   left is released, so an interrupted cell is ``pending``, never ``completed``, and the next window trains it
+   from the start.
+
+The device tool returns at most 8 files: a GPU window's ``all`` call fills them exactly (the five above with
+both results files, ``install.log`` and ``window.log`` of window.sh), so anything new goes into ``window.json``
+or ``logs.tar.gz``.
 
 The study store's run keys do the resuming: a cell whose key is ``completed`` in the carried store is never
 trained again. The fast-path choice goes into each cell's trainer config, not into its key (packing and compile
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -100,7 +108,7 @@ def unxz(parts: list[Path], dst: Path) -> None:
     with tmp.open("wb") as out:
         for part in parts:
             with Path(part).open("rb") as f:
-                for block in iter(lambda f=f: f.read(1 << 22), b""):
+                for block in iter(functools.partial(f.read, 1 << 22), b""):
                     out.write(dec.decompress(block))
     if not dec.eof:
         raise SystemExit(f"{parts[-1]}: the xz stream ends early (a part is missing or cut)")
@@ -226,9 +234,20 @@ def rung_cells(grid: Any, stats: Any, store: Any, kept: dict[tuple[str, str], li
                  if math.isclose(c.budget, budget, rel_tol=1e-9)]
         out += upper
         if (model, variant) in seed_cells and math.isclose(budget, float(seeds.get("budget", -1)), rel_tol=1e-9):
-            for s in seeds.get("extra", []):
-                g = pair_grid(grid, model, variant, [low, budget], seed=int(s))
-                out += [c for c in expand(g, stats, lr_choice=choice)[0] if math.isclose(c.budget, budget, rel_tol=1e-9)]
+            out += extra_seed_cells(grid, stats, model, variant, low, budget, choice, seeds.get("extra", []))
+    return out
+
+
+def extra_seed_cells(grid: Any, stats: Any, model: str, variant: str, low: float, budget: float,
+                     choice: dict[tuple[str, str], float] | None, extra: Iterable[Any]) -> list[Any]:
+    """The noise term's cells of one (model, variant) at ``budget``: one per extra seed, at the chosen LR (the
+    same keys whichever design asks: the plain rung and the adaptive design's epilogue)."""
+    from embrecipe.cells import expand
+
+    out: list[Any] = []
+    for s in extra:
+        g = pair_grid(grid, model, variant, [low, budget], seed=int(s))
+        out += [c for c in expand(g, stats, lr_choice=choice)[0] if math.isclose(c.budget, budget, rel_tol=1e-9)]
     return out
 
 
@@ -267,19 +286,38 @@ def run_cells(store: Any, grid: Any, train_fn: Any, cells: list[Any], workers: i
     return tally
 
 
-def plain_design(args: argparse.Namespace, spec: dict[str, Any]) -> int:
-    """The plain grid, rung by rung, cheapest first (so every window adds whole rungs)."""
+class WithOverrides:
+    """A trainer with the fast-path overrides merged into each cell's config at call time: after the run key
+    is computed (how a step runs, not what it computes), for the design that builds its cells inside
+    ``embrecipe.sweep``. A module-level class so that the process pool can pickle it."""
+
+    def __init__(self, fn: Any, overrides: dict[str, Any]) -> None:
+        self.fn, self.overrides = fn, dict(overrides)
+
+    def __call__(self, config: dict[str, Any]) -> Any:
+        return self.fn({**config, **self.overrides})
+
+
+def design_setup(args: argparse.Namespace, spec: dict[str, Any]) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """What both designs start from: the grid, its data stats, the trainer and the fast-path overrides."""
     from embrecipe.cells import data_stats
     from embrecipe.executors import resolve_train_fn
-    from embrecipe.store import RunStore
 
     grid = study_grid(spec, Path(args.spec).parent)
     stats = data_stats(grid)
-    kept = kept_budgets(grid, stats)
     overrides = json.loads(args.overrides or "{}")
     train_fn = resolve_train_fn(spec.get("trainer"))
     if getattr(train_fn, "__module__", "") == "embrecipe.synthetic":
         overrides = {}  # the synthetic trainer computes nothing: no fast paths
+    return grid, stats, train_fn, overrides
+
+
+def plain_design(args: argparse.Namespace, spec: dict[str, Any]) -> int:
+    """The plain grid, rung by rung, cheapest first (so every window adds whole rungs)."""
+    from embrecipe.store import RunStore
+
+    grid, stats, train_fn, overrides = design_setup(args, spec)
+    kept = kept_budgets(grid, stats)
     progress: list[dict[str, Any]] = []
     with RunStore(args.store) as st:
         for budget in sorted(grid.budgets):
@@ -325,10 +363,102 @@ def plan_summary(spec: dict[str, Any], base_dir: Path) -> dict[str, Any]:
             "model_flops": sum(r["model_flops"] for r in rungs)}
 
 
+def adaptive_settings(spec: dict[str, Any], spec_path: Path, workers: int, plain_flops: float | None = None) -> Any:
+    """The spec's ``adaptive:`` settings as an :class:`embrecipe.adaptive.AdaptiveSpec`, with the study's
+    defaults: the recipe for the held-out check budget (the largest budget, which ``window.py check`` runs),
+    an experiment budget of the plain grid's model FLOPs (``experiment_budget: plain``: the design never costs
+    more than the plain study would), and ``batch`` = the window's ``--workers`` (one decision fills the GPU)."""
+    from embrecipe.adaptive import AdaptiveSpec
+    from embrecipe.errors import EmbrecipeError
+
+    raw = dict(spec.get("adaptive") or {})
+    if raw.get("experiment_budget", "plain") == "plain":
+        raw["experiment_budget"] = plain_flops or plan_summary(spec, spec_path.parent)["model_flops"]
+    raw.setdefault("target", max(float(b) for b in spec["budgets"]))
+    raw.setdefault("batch", workers)
+    try:
+        settings = AdaptiveSpec.from_value(raw, source=str(spec_path))
+    except (EmbrecipeError, TypeError, ValueError) as exc:  # the design's one-line input errors, as the spec's
+        raise SystemExit(f"{spec_path}: adaptive: {exc}") from None
+    assert settings is not None
+    return settings
+
+
 def adaptive_design(args: argparse.Namespace, spec: dict[str, Any]) -> int:
-    """Issue 20's adaptive design. The lead's switch: once ``embrecipe.sweep`` can run an adaptive sweep with
-    the per-(model, variant) LR search, call it here on :func:`study_grid` and set ``design: adaptive``."""
-    raise SystemExit("design 'adaptive' is not wired yet (issue 20 lands first): run with design: plain")
+    """Issue 20's design on the whole study grid (:func:`embrecipe.sweep.run_adaptive_sweep`, its LR search
+    inside), resumed from the store (its decisions are a function of the completed runs and the seed), no new
+    batch after ``--until``. Once it stops, the spec's extra seeds of the cells it ran at ``seeds.budget``
+    (the noise term), while the experiment budget and the deadline allow."""
+    from embrecipe.store import RunStore
+    from embrecipe.sweep import run_adaptive_sweep
+
+    grid, stats, train_fn, overrides = design_setup(args, spec)
+    plain_flops = plan_summary(spec, Path(args.spec).parent)["model_flops"]  # reading the corpus: once
+    settings = adaptive_settings(spec, Path(args.spec), args.workers, plain_flops)
+    fn = WithOverrides(train_fn, overrides) if overrides else train_fn
+    decisions: list[str] = []
+
+    def log_decision(msg: str) -> None:
+        log(msg)
+        if msg.startswith("adaptive step"):  # a window cut mid-batch still says where the design stood
+            decisions.append(msg)
+            Path(args.progress).write_text(json.dumps({"design": "adaptive", "stop": None, "decisions": len(decisions),
+                                                       "last": msg}, indent=1) + "\n")
+
+    result = run_adaptive_sweep(grid, str(args.store), experiment_budget=settings.experiment_budget,
+                                deadline=args.until, adaptive=settings, train_fn=fn, workers=args.workers,
+                                progress=False, log=log_decision)
+    report = result.adaptive
+    last = report.steps[-1] if report is not None and report.steps else None
+    progress: dict[str, Any] = {"design": "adaptive", "target": settings.targets[0],
+                                "experiment_budget": settings.experiment_budget, "plain_grid_flops": plain_flops,
+                                "fraction_of_plain": None if report is None else report.flops_spent / plain_flops,
+                                "stop": None if report is None else report.stop, "ran": len(result.ran),
+                                "failed": len(result.failed), "decisions": 0 if report is None else len(report.steps),
+                                "flops_spent": None if report is None else report.flops_spent,
+                                "recipe": None if last is None else last.to_dict().get("recipe"),
+                                "expected_regret": None if last is None else last.expected_regret,
+                                "last": decisions[-1] if decisions else None}
+    Path(args.progress).write_text(json.dumps(progress, indent=1, default=str) + "\n")
+    if report is None or not report.stop or time.time() > args.until:
+        return 0
+    seeds = spec.get("seeds") or {}
+    with RunStore(args.store) as st:
+        cells = adaptive_seed_cells(grid, stats, st, seeds, budget_left=settings.experiment_budget - report.flops_spent)
+        log(f"adaptive design stopped ({report.stop}); extra seeds of the cells it ran at "
+            f"{float(seeds.get('budget', 0)):.3g}: {len(cells)} cells")
+        if cells:
+            progress["extra_seeds"] = run_cells(st, grid, train_fn, cells, args.workers, overrides, log)
+    Path(args.progress).write_text(json.dumps(progress, indent=1, default=str) + "\n")
+    return 0
+
+
+def adaptive_seed_cells(grid: Any, stats: Any, store: Any, seeds: dict[str, Any], budget_left: float) -> list[Any]:
+    """The spec's extra-seed cells whose seed-0 cell the adaptive design completed, at the LR that cell ran at
+    (chosen by its own search or transferred), as many as the experiment budget still affords."""
+    if not seeds.get("extra"):
+        return []
+    budget = float(seeds["budget"])
+    kept = kept_budgets(grid, stats)
+    paths = {m["name"]: str(m["path"]) for m in grid.models}
+    out: list[Any] = []
+    for model, variant in (tuple(x) for x in seeds.get("cells", [])):
+        budgets = kept.get((model, variant), [])
+        if not any(math.isclose(budget, b, rel_tol=1e-9) for b in budgets) or not budgets[0] < budget:
+            continue  # no cell at seeds.budget, or it is the pair's LR search rung (no single LR)
+        lrs = grid.lr_search.grid_for(paths[model], grid.train.get("lr")) if grid.lr_search is not None else [None]
+        for lr in lrs:  # the LR the design ran this cell at: its seed-0 key is completed at that LR only
+            choice = None if lr is None else {(paths[model], variant): lr}
+            seed0 = extra_seed_cells(grid, stats, model, variant, budgets[0], budget, choice, [grid.train.get("seed", 0)])
+            if seed0 and store.status(seed0[0].key) == "completed":
+                for c in extra_seed_cells(grid, stats, model, variant, budgets[0], budget, choice, seeds["extra"]):
+                    if store.status(c.key) == "completed":
+                        budget_left -= c.budget  # paid in an earlier window: still counts against the budget
+                    elif c.budget <= budget_left:
+                        out.append(c)
+                        budget_left -= c.budget
+                break
+    return out
 
 
 def study_main(args: argparse.Namespace) -> int:
@@ -601,6 +731,52 @@ def stage_part(w: Window, spec: dict[str, Any], device: str) -> None:
     w.save()
 
 
+def trace_of(store: Path) -> Path:
+    """The adaptive design's trace beside a store (``embrecipe.adaptive.trace_path``: commit it with the store;
+    ``embrecipe report`` draws FLOPs spent vs expected regret from it)."""
+    return store.with_name(store.name + ".adaptive.json")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        return None
+
+
+def merged_trace(earlier: dict[str, Any] | None, now: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The trace of every window so far: the design rewrites its trace per session (it resumes from the
+    store, not from the trace), so the earlier windows' decisions are kept in front of this window's."""
+    if now is None:
+        return earlier
+    if not earlier:
+        return now
+    steps = list(earlier.get("steps", [])) + list(now.get("steps", []))
+    return {**now, "steps": steps, "windows": int(earlier.get("windows", 1)) + 1}
+
+
+def back_up_study(w: Window, store: Path, earlier: dict[str, Any] | None) -> None:
+    """What the study part returns, refreshed while it runs and at its end: the store, the adaptive trace
+    (every window's, as ``study.sqlite.adaptive.json``; absent for the plain design) and the logs."""
+    backup_store(store, w.out / "study.sqlite")
+    trace = merged_trace(earlier, read_json(trace_of(store)))
+    if trace is not None:
+        tmp = w.out / (trace_of(w.out / "study.sqlite").name + ".tmp")
+        tmp.write_text(json.dumps(trace, indent=1) + "\n")
+        tmp.replace(trace_of(w.out / "study.sqlite"))
+    w.pack_logs()
+
+
+def decision_lines(log_file: Path) -> list[str]:
+    """The adaptive design's one line per decision and its summary, from the study's log."""
+    if not log_file.is_file():
+        return []
+    lines = [ln.split("] ", 1)[1] if ln.startswith("[") and "] " in ln else ln  # log()'s time stamp
+             for ln in log_file.read_text(errors="replace").splitlines()]
+    return [ln.strip() for ln in lines if ln.startswith(("adaptive step", "adaptive (", "adaptive:", "sweep "))
+            or "adaptive design stopped" in ln]
+
+
 def study_part(w: Window, spec: dict[str, Any]) -> None:
     """Call 2 of a window: the ladder and the corpus, then the study from the committed store until the deadline."""
     from embrecipe.store import RunStore
@@ -619,18 +795,19 @@ def study_part(w: Window, spec: dict[str, Any]) -> None:
     store = Path(w.args.work) / "study.sqlite"
     if not store.exists() and Path(w.args.store_from).is_file():
         backup_store(Path(w.args.store_from), store)
+        trace_of(store).unlink(missing_ok=True)  # an older call's trace on this machine: the committed one rules
     with RunStore(store) as st:
         released = st.release_claims()
         w.info["study_before"] = {"counts": st.counts(), "released_at_start": released,
                                   "model_flops": sum(float(r.model_flops or 0) for r in st.records())}
     w.save()
+    earlier = read_json(trace_of(Path(w.args.store_from)))  # the committed trace of the earlier windows
     stop = threading.Event()
 
     def backups() -> None:
         while not stop.wait(w.args.backup_every):
             try:
-                backup_store(store, w.out / "study.sqlite")
-                w.pack_logs()
+                back_up_study(w, store, earlier)
             except (sqlite3.Error, OSError) as exc:
                 log(f"backup failed (next try in {w.args.backup_every} s): {exc}")
 
@@ -651,11 +828,16 @@ def study_part(w: Window, spec: dict[str, Any]) -> None:
         released = st.release_claims()  # a cell cut by the deadline goes back to pending, never completed
         counts = st.counts()
         flops = sum(float(r.model_flops or 0) for r in st.records())
-    backup_store(store, w.out / "study.sqlite")
+    back_up_study(w, store, earlier)
     spent = flops - float(w.info["study_before"]["model_flops"])
+    done = read_json(progress)
     res.update({"counts": counts, "released_at_end": released, "model_flops_in_store": flops,
-                "model_flops_this_window": spent,
-                "rungs": json.loads(progress.read_text()) if progress.is_file() else []})
+                "model_flops_this_window": spent})
+    if w.info["design"] == "adaptive":
+        res["adaptive"] = done or {}
+        res["decisions"] = decision_lines(w.logs / "study.log")
+    else:
+        res["rungs"] = done or []
     if w.info.get("peak_flops_per_s"):
         res["utilization"] = spent / ((time.time() - t) * w.info["peak_flops_per_s"])
     w.info["parts"]["study"] = res
