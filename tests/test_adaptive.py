@@ -208,3 +208,18 @@ def test_each_decision_line_says_what_ran_and_what_comes_next(runs):
     assert steps[0].ran == [] and all(s.ran == p.run for p, s in itertools.pairwise(steps))
     line = steps[1].line()
     assert "ran " in line and "next: " in line and "recipe " in line
+
+
+def test_the_grid_flops_an_adaptive_sweep_is_measured_against_include_the_upper_rungs_of_an_lr_search():
+    """With an LR search the upper-rung cells wait for the chosen LR (they are not among the expanded cells):
+    the full grid the design's fraction divides by must count them once, or the fraction exceeds 100 %."""
+    from embrecipe.cells import WAITS_FOR_LR, Skipped
+    from embrecipe.sweep import full_grid_flops
+
+    class _Cell:
+        def __init__(self, budget):
+            self.budget = budget
+
+    cells = [_Cell(1e12), _Cell(1e12), _Cell(1e12)]  # three LRs at the search rung
+    skipped = [Skipped("m", "full", 1e13, WAITS_FOR_LR), Skipped("m", "full", 1e14, "too few steps")]
+    assert full_grid_flops(cells, skipped) == 3e12 + 1e13  # the too-small cell is not part of the grid

@@ -381,6 +381,12 @@ def _config_of(cell: Cell) -> tuple[str, str]:
     return str(cell.config["model"]), cell.variant
 
 
+def full_grid_flops(cells: list[Cell], skipped: list[Skipped]) -> float:
+    """The model FLOPs of the whole grid the design is measured against: every cell, and with an LR search the
+    upper-rung cells that wait for the LR chosen at the search rungs (one run each, at that LR)."""
+    return sum(c.budget for c in cells) + sum(s.budget for s in skipped if s.reason == WAITS_FOR_LR)
+
+
 def design_cells(grid: Grid, stats: DataStats, cells: list[Cell]) -> list[Cell]:
     """Every cell the adaptive design may choose: with an LR search, each upper-rung cell at every LR of the
     search grid (the design trains it at the LR chosen or transferred for its configuration only)."""
@@ -452,7 +458,7 @@ def _adaptive_status(ctx: _SweepContext, stats: DataStats, cells: list[Cell], sk
             f"recipe for {target:.3g} FLOPs now:")
     ctx.log(step.line())
     report = AdaptiveReport(spec=spec, target=target, steps=[step], cells_grid=len(cells),
-                            flops_grid=sum(c.budget for c in cells), runs=len(runs),
+                            flops_grid=full_grid_flops(cells, skipped), runs=len(runs),
                             flops_spent=sum(r.flops for r in runs), stop=step.stop)
     return SweepResult(total=len(cells), skipped=skipped, already_done=len(done), adaptive=report,
                        flops_planned=report.flops_grid)
@@ -471,7 +477,7 @@ def _run_adaptive(ctx: _SweepContext, stats: DataStats, cells: list[Cell], skipp
     by_key = {c.key: c for c in pool}
     options = [_option(c) for c in pool]
     target = spec.targets[0] if spec.targets else max(c.budget for c in pool)
-    flops_grid = sum(c.budget for c in cells)
+    flops_grid = full_grid_flops(cells, skipped)
     report = AdaptiveReport(spec=spec, target=target, cells_grid=len(cells), flops_grid=flops_grid)
     result = SweepResult(total=0, skipped=[s for s in skipped if s.reason != WAITS_FOR_LR], already_done=0,
                          flops_planned=flops_grid, adaptive=report)

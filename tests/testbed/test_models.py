@@ -5,7 +5,9 @@ import pytest
 
 from embrecipe.errors import EmbrecipeError
 from embrecipe.model_ref import resolve_model
-from embrecipe.model_ref import testbed_content_hash as content_hash_of  # not test-named: pytest would collect it
+from embrecipe.model_ref import (
+    testbed_content_hash as content_hash_of,  # not test-named: pytest would collect it
+)
 from embrecipe.testbed import models as tm
 
 
