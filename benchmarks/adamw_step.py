@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from embrecipe.modeling import load_sentence_transformer
+from embrecipe.models.loading import load_sentence_transformer
 from embrecipe.testbed.models import ensure_model
 
 

@@ -1,8 +1,8 @@
-"""SIMULATED study-v2 grid: the adaptive design (embrecipe.design) against the full grid on the same draws.
+"""SIMULATED study-v2 grid: the adaptive design (embrecipe.sweep.design) against the full grid on the same draws.
 
 Nothing here is a measurement of training. Each redraw draws new "true" laws shaped like study v1's fits
-(src/embrecipe/data/laws/default.json: every parameter perturbed log-normally), a true LR optimum per
-(variant, size) (the synthetic trainer's rule, embrecipe.synthetic), and log-normal run noise at study v1's
+(src/embrecipe/resources/laws/default.json: every parameter perturbed log-normally), a true LR optimum per
+(variant, size) (the synthetic trainer's rule, embrecipe.sweep.synthetic), and log-normal run noise at study v1's
 level (sigma 2 % of log-loss: v1's residual scatter, 1.5-3.1 %, has no repeated seeds). The grid is study v2's
 option A (docs/study_v2_plan.md): the SmolLM2 depth ladder L2-L30, full / freeze 25 % / freeze 50 % /
 LoRA r8 / r32, budgets 4e13 ... 4e15 (x sqrt 10), batch 1,024, 43.2 tokens per pair, cells with >= 20 steps,
@@ -31,10 +31,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from embrecipe.design import DesignSpec, Option, Run, chosen_lrs, run_design  # noqa: E402
 from embrecipe.flops import ModelShape  # noqa: E402
 from embrecipe.laws import ScalingLaw  # noqa: E402
-from embrecipe.methods import method_from_dict  # noqa: E402
+from embrecipe.models.methods import method_from_dict  # noqa: E402
+from embrecipe.sweep.design import DesignSpec, Option, Run, chosen_lrs, run_design  # noqa: E402
 
 VARIANTS = {
     "full": {"name": "full"},
@@ -47,17 +47,17 @@ BUDGETS = [4e13 * math.sqrt(10) ** k for k in range(5)]
 BATCH, TPP, MIN_STEPS = 1024, 43.2, 20
 LR_BASE = {"full": 1e-3, "freeze-f0.25": 1.5e-3, "freeze-f0.5": 1.5e-3, "lora-r8": 3e-3, "lora-r32": 3e-3}
 LR_FACTORS = (0.15, 0.35, 0.8)  # the 3 LRs tried, x LR_BASE: they bracket the optimum over the ladder
-LR_CURVATURE = 0.05  # loss x (1 + k ln^2(lr / lr*)), as embrecipe.synthetic
+LR_CURVATURE = 0.05  # loss x (1 + k ln^2(lr / lr*)), as embrecipe.sweep.synthetic
 NOISE = 0.02
 
 
 def ladder() -> dict[str, ModelShape]:
-    card = json.loads((ROOT / "src/embrecipe/data/laws/default.json").read_text())
+    card = json.loads((ROOT / "src/embrecipe/resources/laws/default.json").read_text())
     return {m["name"]: ModelShape.from_dict(m["shape"]) for m in card["family"]}
 
 
 def v1_laws() -> dict[str, dict[str, float]]:
-    card = json.loads((ROOT / "src/embrecipe/data/laws/default.json").read_text())
+    card = json.loads((ROOT / "src/embrecipe/resources/laws/default.json").read_text())
     return {v: dict(law["params"]) for v, law in card["variants"].items()}
 
 
@@ -122,7 +122,7 @@ def full_grid(cells, oracle) -> tuple[list[Run], float]:
 
 def point_recipe(runs: list[Run], configs: dict[tuple[str, str], tuple[float, float]], target: float):
     """The full grid's recipe: argmin of the fitted laws' point predictions (chosen LR's runs only)."""
-    from embrecipe.design import runs_at_chosen_lr
+    from embrecipe.sweep.design import runs_at_chosen_lr
 
     kept = runs_at_chosen_lr(runs)
     best, best_loss = None, math.inf

@@ -54,7 +54,7 @@ def gemm_peak(dtype_name: str, n: int, reps: int) -> dict:
 
 
 def pool(n_pairs: int):
-    from embrecipe.data import load_pairs
+    from embrecipe.data.pairs import load_pairs
     from embrecipe.testbed.pairs import testbed_pairs_path
 
     data = load_pairs(testbed_pairs_path("train"))
@@ -119,9 +119,9 @@ def peak_cuda_mib() -> float | None:
 
 def per_pair_model_flops(model_dir: str, method, data, max_len: int = 75) -> float:
     """Model FLOPs of one average pair of the pool (the same estimate for both trainers)."""
-    from embrecipe.batching import tokenize
-    from embrecipe.methods import flops_per_token
-    from embrecipe.modeling import apply_method, load_sentence_transformer
+    from embrecipe.models.loading import apply_method, load_sentence_transformer
+    from embrecipe.models.methods import flops_per_token
+    from embrecipe.training.batching import tokenize
 
     model = load_sentence_transformer(model_dir)
     info = apply_method(model, method)
@@ -134,7 +134,7 @@ def auto_precision() -> str:
     """The precision the trainer's ``auto`` picks on this machine's device (bf16 where it has bf16 units)."""
     import torch
 
-    from embrecipe.device import bf16_supported
+    from embrecipe.training.device import bf16_supported
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return "bf16" if bf16_supported(dev) else "fp32"
@@ -143,7 +143,7 @@ def auto_precision() -> str:
 def trainer_steps(model: str, data, batch: int, steps: int, precision: str, **overrides) -> dict:
     """embrecipe's trainer for one warm-up step and ``steps`` timed ones (the budget never binds); its final
     state. ``overrides`` are TrainConfig fields (the method, a fast path)."""
-    from embrecipe.trainer import TrainConfig, train_until_stopped
+    from embrecipe.training.trainer import TrainConfig, train_until_stopped
 
     cfg = dict(model=model, data=data, budget=1e30, batch_size=batch, stop_after_steps=steps + 1,
                progress=False, lr=1e-4, precision=precision, allow_repeat=True)
@@ -160,7 +160,7 @@ def st_trainer_steps(model: str, method, data, batch: int, steps: int, bf16: boo
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from transformers import TrainerCallback
 
-    from embrecipe.modeling import apply_method, load_sentence_transformer
+    from embrecipe.models.loading import apply_method, load_sentence_transformer
 
     st = load_sentence_transformer(model)
     apply_method(st, method)

@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def _time_steps(model, feats_list, repeats: int) -> tuple[float, float, float]:
     import torch
 
-    from embrecipe.loss import symmetric_infonce
+    from embrecipe.training.loss import symmetric_infonce
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1, foreach=True)
@@ -59,12 +59,12 @@ def main() -> None:
 
     import torch
 
-    from embrecipe.batching import Batches, pad_batch, tokenize
-    from embrecipe.data import load_pairs
-    from embrecipe.methods import parse_method
-    from embrecipe.modeling import apply_method, load_sentence_transformer
+    from embrecipe.data.pairs import load_pairs
+    from embrecipe.models.loading import apply_method, load_sentence_transformer
+    from embrecipe.models.methods import parse_method
     from embrecipe.testbed.models import ensure_model
     from embrecipe.testbed.pairs import testbed_pairs_path
+    from embrecipe.training.batching import Batches, pad_batch, tokenize
 
     data = load_pairs(testbed_pairs_path("train")).subset(range(args.batch * 32))
     path = str(ensure_model(args.layers))

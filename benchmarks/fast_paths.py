@@ -41,7 +41,7 @@ def adamw_step_times(model_dir: str, reps: int) -> dict:
     """Median seconds of one AdamW step over the model's parameters: foreach vs fused (same device)."""
     import torch
 
-    from embrecipe.modeling import load_sentence_transformer
+    from embrecipe.models.loading import load_sentence_transformer
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     params = [p for p in load_sentence_transformer(model_dir).to(dev).parameters()]

@@ -99,7 +99,7 @@ def _save(results: dict, out: Path) -> None:
 def gpu_main(args) -> int:
     import torch
 
-    from embrecipe.methods import BlockFreezing, FullFineTuning, LoRA
+    from embrecipe.models.methods import BlockFreezing, FullFineTuning, LoRA
 
     rehearsal = bool(getattr(args, "rehearsal", False))
     if not torch.cuda.is_available() and not rehearsal:

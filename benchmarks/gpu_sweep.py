@@ -18,9 +18,9 @@ def sweep_fill(assets: Path | None, tmp: Path, peak_flops_per_s: float, deadline
                ladder: dict[int, str] | None = None) -> dict:
     from common import model_dir
 
-    from embrecipe.gpu_schedule import sweep_utilization
-    from embrecipe.grid import grid_from_dict
-    from embrecipe.sweep import run_sweep
+    from embrecipe.sweep.grid import grid_from_dict
+    from embrecipe.sweep.orchestration import run_sweep
+    from embrecipe.sweep.placement import sweep_utilization
     from embrecipe.testbed.pairs import testbed_pairs_path
 
     ladder = ladder or {k: model_dir(k, assets, tmp)[0] for k in LADDER}

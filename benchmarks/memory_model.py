@@ -1,4 +1,4 @@
-"""Calibrate and validate the planner's training-memory formula (:func:`embrecipe.units.training_memory`)
+"""Calibrate and validate the planner's training-memory formula (:func:`embrecipe.planning.units.training_memory`)
 against measured peaks on this machine.
 
 Each configuration trains TWO steps in a fresh process (the second step's forward and backward run with
@@ -64,8 +64,8 @@ def _long_pairs(path: Path, n: int) -> None:
 def child(model: str, method: str, batch: int, mini: int, seq: int, data: str) -> None:
     import torch  # noqa: F401  (the baseline imports what the training process imports)
 
-    from embrecipe.methods import method_from_dict
-    from embrecipe.trainer import TrainConfig, train_until_stopped
+    from embrecipe.models.methods import method_from_dict
+    from embrecipe.training.trainer import TrainConfig, train_until_stopped
 
     if method != "baseline":
         train_until_stopped(TrainConfig(model=model, data=data, budget=1e30, batch_size=batch,
@@ -107,10 +107,10 @@ def _device() -> str:
 
 def compare(result: dict) -> dict:
     from embrecipe.flops import ModelShape
-    from embrecipe.methods import method_from_dict
-    from embrecipe.units import fit_activation_coefficient, training_memory
+    from embrecipe.models.methods import method_from_dict
+    from embrecipe.planning.units import fit_activation_coefficient, training_memory
 
-    # the shape is saved with the measurements, so the fit reruns without the checkpoint (tests/test_units.py)
+    # the shape is saved with the measurements, so the fit reruns without the checkpoint (tests/planning/test_units.py)
     shape = ModelShape.from_dict(result["shape"]) if "shape" in result else _shape(result["model"])
     base = next(r for r in result["rows"] if r["method"] == "baseline")["peak_bytes"]
     rows = [r for r in result["rows"] if r["method"] != "baseline"]
@@ -139,13 +139,13 @@ def compare(result: dict) -> dict:
 
 
 def _shape(model: str):
-    from embrecipe.family import shape_of_checkpoint
+    from embrecipe.models.family import shape_of_checkpoint
 
     return shape_of_checkpoint(model)
 
 
 def table(result: dict) -> str:
-    from embrecipe.methods import method_from_dict
+    from embrecipe.models.methods import method_from_dict
 
     lines = [f"model {result['model']}, seq {result['seq']}, {result['precision']} on {result['device']}; "
              f"baseline (imports only) {result['baseline_bytes'] / 2**20:.0f} MiB; fitted kappa = {result['kappa']:.3f}, "

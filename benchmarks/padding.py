@@ -25,10 +25,10 @@ def padded_over_real(batches: list[list[int]], cols: list[list[int]]) -> float:
 def main() -> None:
     from transformers import AutoTokenizer
 
-    from embrecipe.batching import Batches, tokenize
-    from embrecipe.data import load_pairs
+    from embrecipe.data.pairs import load_pairs
     from embrecipe.testbed.models import ensure_model
     from embrecipe.testbed.pairs import testbed_pairs_path
+    from embrecipe.training.batching import Batches, tokenize
 
     data = load_pairs(testbed_pairs_path("train"))
     tok = AutoTokenizer.from_pretrained(str(ensure_model(2)))

@@ -15,11 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import pool
 
-from embrecipe.batching import packed_batch, pad_batch, tokenize
-from embrecipe.loss import symmetric_infonce
-from embrecipe.modeling import load_sentence_transformer
-from embrecipe.packing import packed_embeddings
+from embrecipe.models.loading import load_sentence_transformer
 from embrecipe.testbed.models import ensure_model
+from embrecipe.training.batching import packed_batch, pad_batch, tokenize
+from embrecipe.training.loss import symmetric_infonce
+from embrecipe.training.packing import packed_embeddings
 
 
 def main(precision: str) -> None:

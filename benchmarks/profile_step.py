@@ -24,13 +24,13 @@ def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from embrecipe.batching import Batches, pad_batch, tokenize
-    from embrecipe.data import load_pairs
-    from embrecipe.loss import symmetric_infonce
-    from embrecipe.methods import parse_method
-    from embrecipe.modeling import apply_method, load_sentence_transformer
+    from embrecipe.data.pairs import load_pairs
+    from embrecipe.models.loading import apply_method, load_sentence_transformer
+    from embrecipe.models.methods import parse_method
     from embrecipe.testbed.models import ensure_model
     from embrecipe.testbed.pairs import testbed_pairs_path
+    from embrecipe.training.batching import Batches, pad_batch, tokenize
+    from embrecipe.training.loss import symmetric_infonce
 
     data = load_pairs(testbed_pairs_path("train")).subset(range(args.batch * 64))
     model = load_sentence_transformer(str(ensure_model(args.layers)))

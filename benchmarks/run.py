@@ -84,7 +84,7 @@ def st_baseline_steps(model_dir: str, method, data, batch: int, steps: int, prec
 
 
 def memory_child(model_dir: str, batch: int, mini: int | None) -> None:
-    from embrecipe.trainer import TrainConfig, train_until_stopped
+    from embrecipe.training.trainer import TrainConfig, train_until_stopped
 
     train_until_stopped(TrainConfig(model=model_dir, data=pool(2 * batch), budget=1e30, batch_size=batch,
                                     stop_after_steps=1, progress=False, precision="fp32", mini_batch_size=mini))
@@ -151,8 +151,8 @@ def embed_throughput(model_dir: str, texts: list[str], reps: int) -> dict:
 
 def fit_plan_latency(n_runs: int, reps: int, n_boot: int = 200) -> dict:
     from embrecipe.laws import fit_laws
-    from embrecipe.plan import plan
-    from embrecipe.synthetic import synthetic_train
+    from embrecipe.planning.planner import plan
+    from embrecipe.sweep.synthetic import synthetic_train
 
     records = []
     sizes = [(64, 2), (96, 4), (128, 6), (192, 8), (256, 12)]
@@ -226,7 +226,7 @@ def add_qwen_bias_row(out: Path, steps: int) -> int:
     matmul peak, the Qwen row and, for scale, the same method on the random twin of smollm2-L2."""
     import torch
 
-    from embrecipe.methods import BiasOnly
+    from embrecipe.models.methods import BiasOnly
 
     path = out.with_suffix(".json")
     data = json.loads(path.read_text()) if path.exists() else {"runs": []}
@@ -316,7 +316,7 @@ def main() -> int:
 
     import torch
 
-    from embrecipe.methods import BiasOnly, BlockFreezing, FullFineTuning, LoRA
+    from embrecipe.models.methods import BiasOnly, BlockFreezing, FullFineTuning, LoRA
 
     if args.smoke:
         from embrecipe.testing import make_tiny_decoder
@@ -381,7 +381,7 @@ def main() -> int:
     Path(args.out).with_suffix(".partial.json").write_text(json.dumps(results, indent=2) + "\n")
 
     # 4. embedding
-    from embrecipe.modeling import load_sentence_transformer
+    from embrecipe.models.loading import load_sentence_transformer
 
     with tempfile.TemporaryDirectory() as tmp:
         st_dir = Path(tmp) / "st"

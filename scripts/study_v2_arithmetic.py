@@ -1,6 +1,6 @@
 """Grid arithmetic for study v2 (docs/study_v2_plan.md): FLOPs, optimizer steps and epochs of every cell.
 
-Pure bookkeeping over the FLOP convention (``MethodConfig.flops_per_token`` in ``embrecipe.methods``) and the corpus
+Pure bookkeeping over the FLOP convention (``MethodConfig.flops_per_token`` in ``embrecipe.models.methods``) and the corpus
 statistics; nothing is trained or timed here. The throughput is an INPUT (``--flops-per-s``), a placeholder
 until it is measured on the GPU: the wall-time column is only as good as that number.
 
@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from embrecipe.flops import ModelShape
-from embrecipe.methods import parse_method
+from embrecipe.models.methods import parse_method
 
 VARIANTS = {
     "full": ("full", {}),

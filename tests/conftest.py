@@ -37,7 +37,7 @@ def tiny_pairs_file(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_pair_data(tiny_pairs_file):
-    from embrecipe.data import load_pairs
+    from embrecipe.data.pairs import load_pairs
 
     return load_pairs(tiny_pairs_file)
 

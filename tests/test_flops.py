@@ -3,7 +3,7 @@
 import pytest
 
 from embrecipe.flops import ModelShape, steps_for_budget, tokens_for_budget
-from embrecipe.methods import flops_per_token, hardware_flops_per_token
+from embrecipe.models.methods import flops_per_token, hardware_flops_per_token
 
 
 def test_formulas_match_design():
@@ -60,8 +60,8 @@ def _measure(model_dir, method):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from embrecipe.loss import symmetric_infonce
-    from embrecipe.modeling import apply_method, load_sentence_transformer
+    from embrecipe.models.loading import apply_method, load_sentence_transformer
+    from embrecipe.training.loss import symmetric_infonce
 
     model = load_sentence_transformer(model_dir, attn_implementation="eager")
     info = apply_method(model, method)
@@ -96,7 +96,7 @@ def test_analytic_cost_matches_flop_counter(deep_tiny_models, arch, method_name)
 
 
 def _check_cost_against_flop_counter(model_dir, arch, method_name):
-    from embrecipe.methods import parse_method
+    from embrecipe.models.methods import parse_method
 
     method = {"full": parse_method("full"), "freeze": parse_method("freeze", trainable_blocks=2),
               "bias": parse_method("bias"), "lora": parse_method("lora", rank=2)}[method_name]
@@ -135,8 +135,8 @@ def _qkv_biases(model):
 
 
 def _check_bias_only_trains_exactly_qkv_biases(model_dir):
-    from embrecipe.methods import parse_method
-    from embrecipe.modeling import apply_method, load_sentence_transformer
+    from embrecipe.models.loading import apply_method, load_sentence_transformer
+    from embrecipe.models.methods import parse_method
 
     model = load_sentence_transformer(model_dir)
     info = apply_method(model, parse_method("bias"))
@@ -195,13 +195,13 @@ def test_one_budget_check_refuses_the_same_values_everywhere(bad):
     targets and the CLI parser refuse exactly what it refuses (a bool budget once slipped through as 1 FLOP)."""
     import argparse
 
-    from embrecipe.adaptive import AdaptiveSpec
     from embrecipe.cli.train import parse_budget
     from embrecipe.errors import EmbrecipeError
     from embrecipe.flops import check_budget, is_budget
-    from embrecipe.grid import grid_from_dict
-    from embrecipe.plan import plan
-    from embrecipe.train_config import TrainConfig
+    from embrecipe.planning.planner import plan
+    from embrecipe.sweep.adaptive import AdaptiveSpec
+    from embrecipe.sweep.grid import grid_from_dict
+    from embrecipe.training.config import TrainConfig
 
     assert not is_budget(bad)
     with pytest.raises(EmbrecipeError, match="budget must be a positive number of FLOPs"):

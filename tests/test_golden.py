@@ -97,7 +97,7 @@ def test_golden_output(outputs: dict[str, str], name: str) -> None:
 
 def test_golden_report(tmp_path: Path) -> None:
     """`report` on the study store with the packaged card: the markdown, the CSV of runs and the card it copies."""
-    from embrecipe.plan import default_card_path
+    from embrecipe.planning.planner import default_card_path
 
     assert main(["report", str(STUDY), "--laws", str(default_card_path()), "--out", str(tmp_path / "r")]) == 0
     report = _normalise((tmp_path / "r" / "report.md").read_text(), tmp_path)

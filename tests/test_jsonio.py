@@ -33,8 +33,8 @@ def test_read_mapping_reads_json_and_yaml_and_names_file_and_line(tmp_path):
 
 
 def test_family_fingerprint_is_the_one_the_packaged_card_stores(tmp_path):
-    from embrecipe.family import Family
-    from embrecipe.plan import family_from_laws, load_laws
+    from embrecipe.models.family import Family
+    from embrecipe.planning.planner import family_from_laws, load_laws
 
     card = load_laws(None)
     family = Family(name="study", members=family_from_laws(card))

@@ -1,6 +1,6 @@
 """The recipe beyond the law (issue 10): LR protocol, card LR/batch/data, epoch-aware planning, recipe check.
 
-All runs here are SYNTHETIC (embrecipe.synthetic): they test the machinery against a known right answer.
+All runs here are SYNTHETIC (embrecipe.sweep.synthetic): they test the machinery against a known right answer.
 """
 
 import dataclasses
@@ -9,17 +9,17 @@ import math
 
 import pytest
 
-from embrecipe.cells import expand
-from embrecipe.check import recipe_check
 from embrecipe.cli import main
 from embrecipe.errors import InputError
-from embrecipe.grid import grid_from_dict
 from embrecipe.laws import LawSet, fit_laws
-from embrecipe.plan import load_laws, plan
+from embrecipe.pipeline.check import recipe_check
+from embrecipe.planning.planner import load_laws, plan
 from embrecipe.recipe import effective_tokens, epochs, select_lrs
-from embrecipe.store import RunStore
-from embrecipe.sweep import run_sweep
-from embrecipe.synthetic import optimal_lr, synthetic_train
+from embrecipe.runs.store import RunStore
+from embrecipe.sweep.cells import expand
+from embrecipe.sweep.grid import grid_from_dict
+from embrecipe.sweep.orchestration import run_sweep
+from embrecipe.sweep.synthetic import optimal_lr, synthetic_train
 
 MODELS = ["toy-h64-l2", "toy-h128-l4", "toy-h256-l6"]
 GRID = {
@@ -285,7 +285,7 @@ def test_check_matches_a_stores_testbed_paths_to_the_cards_portable_names():
     the store's model string, so the check's run keys are the ones an earlier check stored)."""
     from types import SimpleNamespace as NS
 
-    from embrecipe.check import _naive_candidate, _template
+    from embrecipe.pipeline.check import _naive_candidate, _template
 
     path = "/root/.cache/embrecipe/testbed/smollm2-L4"
     points = [NS(model=path, variant="full", budget=1e13, loss=3.0, key="a"),

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from embrecipe.laws import LawSet, fit_laws, run_point
-from embrecipe.plan import default_card_path
-from embrecipe.store import RunStore
+from embrecipe.planning.planner import default_card_path
+from embrecipe.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "study" / "full"

@@ -275,9 +275,9 @@ def test_adaptive_settings_trace_merge_and_overrides(tmp_path):
 def test_plain_design_cells(tmp_path):
     """Per (model, variant): 3 LRs at its own lowest kept budget, then one cell per higher budget at the chosen
     LR, plus the extra seeds; keys equal to what `embrecipe sweep` gives the same per-pair grid."""
-    from embrecipe.cells import data_stats
-    from embrecipe.store import RunStore
-    from embrecipe.sweep import run_sweep
+    from embrecipe.runs.store import RunStore
+    from embrecipe.sweep.cells import data_stats
+    from embrecipe.sweep.orchestration import run_sweep
 
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(SYNTHETIC_SPEC.replace("SLEEP", "0"))
@@ -294,7 +294,7 @@ def test_plain_design_cells(tmp_path):
         assert sorted({c.model for c in low}) == ["toy-h128-l2"] and len(low) == 6  # 2 variants x 3 LRs
         waiting = window.rung_cells(grid, stats, st, kept, 3e11, spec["seeds"], print)
         assert {c.model for c in waiting} == {"toy-h256-l4"}  # h128 waits for its search; h256 searches
-        from embrecipe.executors import resolve_train_fn
+        from embrecipe.sweep.executors import resolve_train_fn
 
         window.run_cells(st, grid, resolve_train_fn("synthetic"), low, 1, {}, print)
         mid = window.rung_cells(grid, stats, st, kept, 1e12, spec["seeds"], print)

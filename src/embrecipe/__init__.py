@@ -1,43 +1,43 @@
 """embrecipe: compute-optimal recipes for turning decoder language models into text-embedding models.
 
-The pipeline, one module per stage: :mod:`~embrecipe.data` → :mod:`~embrecipe.family` /
-:mod:`~embrecipe.methods` → :mod:`~embrecipe.trainer` (with the FLOP meter of :mod:`~embrecipe.flops`) →
-:mod:`~embrecipe.store` → :mod:`~embrecipe.sweep` → :mod:`~embrecipe.laws` → :mod:`~embrecipe.plan` →
-:mod:`~embrecipe.evaluate` / :mod:`~embrecipe.report`. :mod:`~embrecipe.pipeline_run` (``run_recipe``) is
-``embrecipe run``: plan for your data, train the optimum, record and evaluate it.
+The pipeline, one subpackage per stage (each ``__init__`` is that stage's public face):
+:mod:`~embrecipe.data` (pairs) → :mod:`~embrecipe.models` (family, methods, loading) → :mod:`~embrecipe.training`
+(the trainer and its FLOP meter; the formulas in :mod:`~embrecipe.flops`) → :mod:`~embrecipe.runs` (records, store)
+→ :mod:`~embrecipe.sweep` → :mod:`~embrecipe.laws` → :mod:`~embrecipe.planning` → :mod:`~embrecipe.evaluate` /
+:mod:`~embrecipe.report`; :mod:`~embrecipe.pipeline` bridges them (``run_recipe`` is ``embrecipe run``: plan for
+your data, train the optimum, record and evaluate it; the recipe check) and :mod:`~embrecipe.cli` is a thin shell
+over all of it. The common names are importable from here::
+
+    from embrecipe import TrainConfig, train, plan, fit_laws, RunStore, run_recipe
 """
 
 from __future__ import annotations
 
+from embrecipe._lazy import lazy_exports
+
 __version__ = "0.1.0"
 
 # Heavy modules (torch, transformers) load lazily so that `import embrecipe` and the pure-math stages stay fast.
-_LAZY = {
-    "TrainConfig": "train_config",
-    "train": "trainer",
-    "RunRecord": "records",
-    "RunConfig": "records",
-    "load_pairs": "data",
-    "PairData": "data",
-    "parse_method": "methods",
+_EXPORTS = {
+    "TrainConfig": "training.config",
+    "train": "training.trainer",
+    "RunRecord": "runs.records",
+    "RunConfig": "runs.records",
+    "RunStore": "runs.store",
+    "load_pairs": "data.pairs",
+    "PairData": "data.pairs",
+    "parse_method": "models.methods",
+    "flops_per_token": "models.methods",
     "ModelShape": "flops",
-    "flops_per_token": "methods",
-    "fit_laws": "laws",
-    "RunStore": "store",
-    "RecipeRun": "pipeline_run",
-    "RecipeOutcome": "pipeline_run",
-    "plan_recipe": "pipeline_run",
-    "run_recipe": "pipeline_run",
+    "fit_laws": "laws.fit",
+    "LawSet": "laws.card",
+    "PlanRequest": "planning.planner",
+    "plan": "planning.planner",
+    "run_sweep": "sweep.orchestration",
+    "RecipeRun": "pipeline.run",
+    "RecipeOutcome": "pipeline.run",
+    "plan_recipe": "pipeline.run",
+    "run_recipe": "pipeline.run",
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        module = importlib.import_module(f".{_LAZY[name]}", __name__)
-        return getattr(module, name)
-    raise AttributeError(f"module 'embrecipe' has no attribute {name!r}")
-
-
-__all__ = ["__version__", *_LAZY]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = ["__version__", *_EXPORTS]

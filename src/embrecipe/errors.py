@@ -24,7 +24,7 @@ class BudgetError(EmbrecipeError):
 class TrainingDiverged(EmbrecipeError):
     """The loss became non-finite (or ran away) during training; the run is recorded as failed, no model exported.
 
-    ``record`` holds the failed run's :class:`~embrecipe.records.RunRecord` (``status "failed"``, ``failure``)
+    ``record`` holds the failed run's :class:`~embrecipe.runs.records.RunRecord` (``status "failed"``, ``failure``)
     when the trainer got that far.
     """
 

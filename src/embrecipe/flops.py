@@ -14,7 +14,7 @@ method costs
 
 with two whole coefficients per method (a :class:`TokenCost`). Forward costs :math:`2N` per token; what the
 backward costs depends on where gradients flow, so each method states its own coefficients in
-:mod:`embrecipe.methods` (full :math:`6N`, block freezing :math:`2N + 4N_t`, bias-only and LoRA
+:mod:`embrecipe.models.methods` (full :math:`6N`, block freezing :math:`2N + 4N_t`, bias-only and LoRA
 :math:`4N + 2N_t`). This module knows no method names.
 
 Example::
@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import BudgetError
+from embrecipe.errors import BudgetError
 
 
 @dataclass(frozen=True)

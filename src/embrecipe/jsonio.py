@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from embrecipe.errors import InputError
 
 YAML_SUFFIXES = (".yaml", ".yml")
 

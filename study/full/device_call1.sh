@@ -15,7 +15,7 @@ print({p: m.version(p) for p in ("torch", "transformers", "sentence-transformers
                                   "huggingface-hub", "regex", "accelerate")})
 print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0), "bf16", torch.cuda.is_bf16_supported())
 from embrecipe.testing import make_tiny_decoder, tiny_pairs
-from embrecipe.trainer import train_from_dict
+from embrecipe.training.trainer import train_from_dict
 from embrecipe.evaluate import embed_eval_texts  # noqa: F401 - must import without mteb
 d = make_tiny_decoder("/tmp/tiny", "llama")
 with gzip.open("/tmp/tiny_pairs.jsonl.gz", "wt") as f:

@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from embrecipe.errors import EmbrecipeError
     from embrecipe.laws import fit_laws
-    from embrecipe.plan import plan
-    from embrecipe.store import RunStore
+    from embrecipe.planning.planner import plan
+    from embrecipe.runs.store import RunStore
 
     out = Path(args.out)
     work = Path(os.environ.get("STUDY_WORK", "/tmp/study"))

@@ -13,7 +13,7 @@ study/full/emb`` brings them back). When present, every one is scored again with
 ``scores.json`` (``--check`` fails on a difference; a plain run rewrites ``scores.json``); when absent, the
 committed scores are used and the run says so.
 Outputs: ``results.json``, ``report/`` (Figure 1, residuals, law card), the packaged default law card
-``src/embrecipe/data/laws/default.json`` and ``docs/study.md`` (rendered from ``study.md.in``).
+``src/embrecipe/resources/laws/default.json`` and ``docs/study.md`` (rendered from ``study.md.in``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from embrecipe.records import RunRecord
+    from embrecipe.runs.records import RunRecord
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -139,7 +139,7 @@ def empirical_winners(records: list[RunRecord]) -> list[dict[str, Any]]:
 def plan_reproduces(records: list[RunRecord], keys: list[str], plans: dict[str, Any]) -> dict[str, Any]:
     """Refit on exactly the runs the GPU session had when it planned, and plan again: same top-3?"""
     from embrecipe.laws import fit_laws
-    from embrecipe.plan import plan
+    from embrecipe.planning.planner import plan
 
     subset = [r for r in records if r.key in set(keys)]
     laws = fit_laws(subset, bootstrap=int(plans["plans"]["inside"]["n_bootstrap"] or 100), seed=0)
@@ -372,11 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     results_path = (out_dir or HERE) / "results.json"
     report_dir = (out_dir or HERE) / "report"
 
-    from embrecipe.adaptive import AdaptiveSpec, replay_adaptive
     from embrecipe.laws import fit_laws
-    from embrecipe.plan import plan_many
-    from embrecipe.report import write_report
-    from embrecipe.store import RunStore
+    from embrecipe.planning.planner import plan_many
+    from embrecipe.report.writer import write_report
+    from embrecipe.runs.store import RunStore
+    from embrecipe.sweep.adaptive import AdaptiveSpec, replay_adaptive
 
     with RunStore(HERE / "study.sqlite") as st:
         records = st.records()

@@ -4,7 +4,7 @@ import gzip
 from pathlib import Path
 
 root = Path(__file__).resolve().parents[2]
-lines = gzip.open(root / "src/embrecipe/data/pairs/train.jsonl.gz", "rt").read().splitlines()
+lines = gzip.open(root / "src/embrecipe/resources/pairs/train.jsonl.gz", "rt").read().splitlines()
 out = Path(__file__).with_name("train-2k.jsonl.gz")
 with gzip.GzipFile(out, "wb", mtime=0) as f:
     f.write(("\n".join(lines[::14]) + "\n").encode())

@@ -163,7 +163,7 @@ def load_spec(path: Path, home: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- the study
 def study_grid(spec: dict[str, Any], base_dir: Path) -> Any:
     """The spec as an embrecipe Grid (the whole grid; the design cuts it into per-(model, variant) grids)."""
-    from embrecipe.grid import grid_from_dict
+    from embrecipe.sweep.grid import grid_from_dict
 
     keys = ("name", "models", "methods", "budgets", "train", "min_steps", "allow_repeat", "tokens_per_pair",
             "dataset_pairs", "trainer", "lr_search", "heartbeat_s", "gpu")
@@ -172,7 +172,7 @@ def study_grid(spec: dict[str, Any], base_dir: Path) -> Any:
 
 def kept_budgets(grid: Any, stats: Any) -> dict[tuple[str, str], list[float]]:
     """Per (model name, variant): the budgets whose cell is kept (>= min_steps, method applicable)."""
-    from embrecipe.cells import expand
+    from embrecipe.sweep.cells import expand
 
     plain = dataclasses.replace(grid, lr_search=None)
     cells, _ = expand(plain, stats)
@@ -184,7 +184,7 @@ def kept_budgets(grid: Any, stats: Any) -> dict[tuple[str, str], list[float]]:
 
 def pair_grid(grid: Any, model: str, variant: str, budgets: list[float], seed: int | None = None) -> Any:
     """The grid of one (model, variant) over ``budgets``; its LR search (if any) at ``budgets[0]``."""
-    from embrecipe.methods import method_from_dict
+    from embrecipe.models.methods import method_from_dict
 
     models = [m for m in grid.models if m["name"] == model]
     methods = [m for m in grid.methods if method_from_dict(m).key == variant]
@@ -211,7 +211,7 @@ def rung_cells(grid: Any, stats: Any, store: Any, kept: dict[tuple[str, str], li
                seeds: dict[str, Any], log: Callable[[str], None]) -> list[Any]:
     """Every cell of the plain design at one budget: the LR search of the pairs whose lowest kept budget it is,
     the chosen-LR cell of the pairs searched below it, and the extra seeds where the spec asks for them."""
-    from embrecipe.cells import expand
+    from embrecipe.sweep.cells import expand
 
     out: list[Any] = []
     seed_cells = {tuple(x) for x in seeds.get("cells", [])}
@@ -242,7 +242,7 @@ def extra_seed_cells(grid: Any, stats: Any, model: str, variant: str, low: float
                      choice: dict[tuple[str, str], float] | None, extra: Iterable[Any]) -> list[Any]:
     """The noise term's cells of one (model, variant) at ``budget``: one per extra seed, at the chosen LR (the
     same keys whichever design asks: the plain rung and the adaptive design's epilogue)."""
-    from embrecipe.cells import expand
+    from embrecipe.sweep.cells import expand
 
     out: list[Any] = []
     for s in extra:
@@ -255,7 +255,7 @@ def run_cells(store: Any, grid: Any, train_fn: Any, cells: list[Any], workers: i
               log: Callable[[str], None]) -> dict[str, int]:
     """Register ``cells``, train those not completed through embrecipe's executors (claims, heartbeats, Ctrl-C
     hands the running ones back), store each record as it comes back."""
-    from embrecipe.executors import ExecutorSettings, make_executor
+    from embrecipe.sweep.executors import ExecutorSettings, make_executor
 
     store.add_pending(c.key_config for c in cells)
     todo = [c for c in cells if store.status(c.key) != "completed"]
@@ -289,7 +289,7 @@ def run_cells(store: Any, grid: Any, train_fn: Any, cells: list[Any], workers: i
 class WithOverrides:
     """A trainer with the fast-path overrides merged into each cell's config at call time: after the run key
     is computed (how a step runs, not what it computes), for the design that builds its cells inside
-    ``embrecipe.sweep``. A module-level class so that the process pool can pickle it."""
+    ``embrecipe.sweep.orchestration``. A module-level class so that the process pool can pickle it."""
 
     def __init__(self, fn: Any, overrides: dict[str, Any]) -> None:
         self.fn, self.overrides = fn, dict(overrides)
@@ -300,21 +300,21 @@ class WithOverrides:
 
 def design_setup(args: argparse.Namespace, spec: dict[str, Any]) -> tuple[Any, Any, Any, dict[str, Any]]:
     """What both designs start from: the grid, its data stats, the trainer and the fast-path overrides."""
-    from embrecipe.cells import data_stats
-    from embrecipe.executors import resolve_train_fn
+    from embrecipe.sweep.cells import data_stats
+    from embrecipe.sweep.executors import resolve_train_fn
 
     grid = study_grid(spec, Path(args.spec).parent)
     stats = data_stats(grid)
     overrides = json.loads(args.overrides or "{}")
     train_fn = resolve_train_fn(spec.get("trainer"))
-    if getattr(train_fn, "__module__", "") == "embrecipe.synthetic":
+    if getattr(train_fn, "__module__", "") == "embrecipe.sweep.synthetic":
         overrides = {}  # the synthetic trainer computes nothing: no fast paths
     return grid, stats, train_fn, overrides
 
 
 def plain_design(args: argparse.Namespace, spec: dict[str, Any]) -> int:
     """The plain grid, rung by rung, cheapest first (so every window adds whole rungs)."""
-    from embrecipe.store import RunStore
+    from embrecipe.runs.store import RunStore
 
     grid, stats, train_fn, overrides = design_setup(args, spec)
     kept = kept_budgets(grid, stats)
@@ -337,7 +337,7 @@ def plain_design(args: argparse.Namespace, spec: dict[str, Any]) -> int:
 def plan_summary(spec: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     """What the plain design trains, before anything runs: per rung the cells (LR searches x the LRs, the
     chosen-LR cells, the extra seeds) and their model FLOPs (``window.py plan``)."""
-    from embrecipe.cells import data_stats
+    from embrecipe.sweep.cells import data_stats
 
     grid = study_grid(spec, base_dir)
     stats = data_stats(grid)
@@ -364,12 +364,12 @@ def plan_summary(spec: dict[str, Any], base_dir: Path) -> dict[str, Any]:
 
 
 def adaptive_settings(spec: dict[str, Any], spec_path: Path, workers: int, plain_flops: float | None = None) -> Any:
-    """The spec's ``adaptive:`` settings as an :class:`embrecipe.adaptive.AdaptiveSpec`, with the study's
+    """The spec's ``adaptive:`` settings as an :class:`embrecipe.sweep.adaptive.AdaptiveSpec`, with the study's
     defaults: the recipe for the held-out check budget (the largest budget, which ``window.py check`` runs),
     an experiment budget of the plain grid's model FLOPs (``experiment_budget: plain``: the design never costs
     more than the plain study would), and ``batch`` = the window's ``--workers`` (one decision fills the GPU)."""
-    from embrecipe.adaptive import AdaptiveSpec
     from embrecipe.errors import EmbrecipeError
+    from embrecipe.sweep.adaptive import AdaptiveSpec
 
     raw = dict(spec.get("adaptive") or {})
     if raw.get("experiment_budget", "plain") == "plain":
@@ -384,13 +384,21 @@ def adaptive_settings(spec: dict[str, Any], spec_path: Path, workers: int, plain
     return settings
 
 
+def uses_real_trainer(spec: dict[str, Any]) -> bool:
+    """Whether the spec trains with the real trainer (old and current names alike), not the synthetic one."""
+    from embrecipe.sweep.grid import DEFAULT_TRAIN_FN, LEGACY_TRAIN_FNS
+
+    name = str(spec.get("trainer") or DEFAULT_TRAIN_FN)
+    return LEGACY_TRAIN_FNS.get(name, name) == DEFAULT_TRAIN_FN
+
+
 def adaptive_design(args: argparse.Namespace, spec: dict[str, Any]) -> int:
-    """Issue 20's design on the whole study grid (:func:`embrecipe.sweep.run_adaptive_sweep`, its LR search
+    """Issue 20's design on the whole study grid (:func:`embrecipe.sweep.orchestration.run_adaptive_sweep`, its LR search
     inside), resumed from the store (its decisions are a function of the completed runs and the seed), no new
     batch after ``--until``. Once it stops, the spec's extra seeds of the cells it ran at ``seeds.budget``
     (the noise term), while the experiment budget and the deadline allow."""
-    from embrecipe.store import RunStore
-    from embrecipe.sweep import run_adaptive_sweep
+    from embrecipe.runs.store import RunStore
+    from embrecipe.sweep.orchestration import run_adaptive_sweep
 
     grid, stats, train_fn, overrides = design_setup(args, spec)
     plain_flops = plan_summary(spec, Path(args.spec).parent)["model_flops"]  # reading the corpus: once
@@ -630,7 +638,7 @@ def benchmark(w: Window, device: str) -> None:
 
 SMOKE_CODE = r"""
 import json, sys, time
-from embrecipe.trainer import train_from_dict
+from embrecipe.training.trainer import train_from_dict
 cfg = json.loads(sys.argv[1])
 t = time.time()
 rec = train_from_dict(cfg)
@@ -707,7 +715,7 @@ def start(args: argparse.Namespace) -> tuple[Window, dict[str, Any], str]:
     w.info["device"] = device_info()
     device = str(w.info["device"].get("device", "cpu"))
     if w.info["device"].get("cuda"):
-        from embrecipe.gpu_schedule import measure_peak_flops
+        from embrecipe.sweep.placement import measure_peak_flops
 
         w.info["peak"] = measure_peak_flops()  # the denominator of the study's utilization
         w.info["peak_flops_per_s"] = w.info["peak"]["flops_per_s"]
@@ -723,7 +731,7 @@ def stage_part(w: Window, spec: dict[str, Any], device: str) -> None:
         shutil.copy2(assets / "gguf.xz.part1", Path(w.args.work) / "gguf.xz.part1")
         w.info["parts"]["stash"] = {"gguf.xz.part1": (assets / "gguf.xz.part1").stat().st_size}
     benchmark(w, device)
-    real = spec.get("trainer", "embrecipe.trainer:train_from_dict") == "embrecipe.trainer:train_from_dict"
+    real = uses_real_trainer(spec)
     wanted = real and any(p for p in w.args.smoke_paths.split(","))
     verdicts = smoke(w, smoke_model(w, spec), smoke_data(w)) if wanted else {}
     w.info["parts"]["smoke"] = verdicts
@@ -732,7 +740,7 @@ def stage_part(w: Window, spec: dict[str, Any], device: str) -> None:
 
 
 def trace_of(store: Path) -> Path:
-    """The adaptive design's trace beside a store (``embrecipe.adaptive.trace_path``: commit it with the store;
+    """The adaptive design's trace beside a store (``embrecipe.sweep.adaptive.trace_path``: commit it with the store;
     ``embrecipe report`` draws FLOPs spent vs expected regret from it)."""
     return store.with_name(store.name + ".adaptive.json")
 
@@ -779,10 +787,10 @@ def decision_lines(log_file: Path) -> list[str]:
 
 def study_part(w: Window, spec: dict[str, Any]) -> None:
     """Call 2 of a window: the ladder and the corpus, then the study from the committed store until the deadline."""
-    from embrecipe.store import RunStore
+    from embrecipe.runs.store import RunStore
 
     prepare_assets(w)
-    real = spec.get("trainer", "embrecipe.trainer:train_from_dict") == "embrecipe.trainer:train_from_dict"
+    real = uses_real_trainer(spec)
     smoke_file = Path(w.args.work) / "smoke.json"
     verdicts = json.loads(smoke_file.read_text()) if smoke_file.is_file() else {}
     overrides = fast_path_overrides(verdicts, w.args.study_compile) if real else {}
@@ -857,7 +865,7 @@ def check_part(w: Window, spec: dict[str, Any]) -> None:
     cmd = [sys.executable, "-m", "embrecipe.cli", "check", str(store), "--budget", repr(budget), "--workers",
            str(w.args.workers), "--check-store", str(check), "--out", str(w.out / "check"), "--json"]
     res = w.run("check", cmd, timeout=w.left() - w.args.reserve_s, stop="int", grace=max(2.0, w.args.reserve_s / 2))
-    from embrecipe.store import RunStore
+    from embrecipe.runs.store import RunStore
 
     with RunStore(check) as st:
         res["released_at_end"] = st.release_claims()

@@ -4,8 +4,8 @@ import json
 import pytest
 
 from embrecipe.errors import EmbrecipeError
-from embrecipe.model_ref import resolve_model
-from embrecipe.model_ref import (
+from embrecipe.models.refs import resolve_model
+from embrecipe.models.refs import (
     testbed_content_hash as content_hash_of,  # not test-named: pytest would collect it
 )
 from embrecipe.testbed import models as tm
@@ -30,7 +30,7 @@ def test_l2_checkpoint_is_a_plain_llama_base_model(smollm_l2):
 
 
 def test_l2_non_embedding_params_match_the_checked_size(smollm_l2):
-    from embrecipe.family import shape_of_checkpoint
+    from embrecipe.models.family import shape_of_checkpoint
 
     shape = shape_of_checkpoint(str(smollm_l2))
     assert shape.non_embedding_params == pytest.approx(7.08e6, rel=2e-3)
@@ -42,7 +42,7 @@ def test_l2_tokenizer_pads_with_eos_and_embeds(smollm_l2):
     import torch
     from transformers import AutoTokenizer
 
-    from embrecipe.modeling import load_sentence_transformer
+    from embrecipe.models.loading import load_sentence_transformer
 
     tok = AutoTokenizer.from_pretrained(smollm_l2)
     assert tok.pad_token is not None and tok.pad_token == tok.eos_token
@@ -58,7 +58,7 @@ def test_l2_tokenizer_pads_with_eos_and_embeds(smollm_l2):
 
 
 def test_family_file_lists_the_ladder_with_sizes(smollm_l2, tmp_path):
-    from embrecipe.family import Family
+    from embrecipe.models.family import Family
 
     path = tm.write_family([smollm_l2], tmp_path / "family.json")
     raw = json.loads(path.read_text())

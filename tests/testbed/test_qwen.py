@@ -172,7 +172,7 @@ real = pytest.mark.skipif(not _real_gguf_available(),
 @real
 @pytest.mark.slow
 def test_real_l2_is_a_plain_qwen2_with_qkv_biases(qwen_l2):
-    from embrecipe.family import shape_of_checkpoint
+    from embrecipe.models.family import shape_of_checkpoint
 
     config = json.loads((qwen_l2 / "config.json").read_text())
     assert config["architectures"] == ["Qwen2Model"] and config["num_hidden_layers"] == 2

@@ -14,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from ..errors import EmbrecipeError, EmbrecipeWarning
+from embrecipe.errors import EmbrecipeError, EmbrecipeWarning
 
 # Order is the order in --help: the pipeline, top-down.
 SUBCOMMANDS = ("testbed", "data", "train", "embed", "eval", "sweep", "store", "fit", "plan", "run", "check",
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="embrecipe",
         description="Compute-optimal contrastive fine-tuning of decoder LMs into embedding models.",
     )
-    from .. import __version__
+    from embrecipe import __version__
 
     parser.add_argument("--version", action="version", version=f"embrecipe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

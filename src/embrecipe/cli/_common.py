@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import InputError
+from embrecipe.errors import InputError
 
 
 def require_store(path: str, *, must_exist: bool = False) -> str:
@@ -16,7 +16,7 @@ def require_store(path: str, *, must_exist: bool = False) -> str:
 
     ``must_exist``: also refuse a store file that is not there (commands that only read it).
     """
-    from ..store import is_store_path
+    from embrecipe.runs.store import is_store_path
 
     if not is_store_path(path) or (must_exist and not Path(path).exists()):
         raise InputError(f"{path} is not a run store (an SQLite file written by `embrecipe sweep`)")

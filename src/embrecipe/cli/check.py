@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import InputError
-from ._common import add_fit_options, check_fit_options, require_store
+from embrecipe.cli._common import add_fit_options, check_fit_options, require_store
+from embrecipe.errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,9 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..check import recipe_check
-    from ..plan import parse_budgets
-    from ..store import RunStore
+    from embrecipe.pipeline.check import recipe_check
+    from embrecipe.planning.planner import parse_budgets
+    from embrecipe.runs.store import RunStore
 
     budgets = parse_budgets(args.budget)
     if len(budgets) != 1:

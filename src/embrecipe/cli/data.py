@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def mine(args: argparse.Namespace) -> int:
-    from ..negatives import mine_negatives
+    from embrecipe.data.negatives import mine_negatives
 
     stats = mine_negatives(args.data, args.model, args.out, num_negatives=args.num_negatives,
                            range_min=args.range_min, range_max=args.range_max, max_score=args.max_score,

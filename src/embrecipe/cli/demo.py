@@ -15,8 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..methods import method_names
-from .train import parse_budget
+from embrecipe.cli.train import parse_budget
+from embrecipe.models.methods import method_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,13 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate
-    from ..methods import parse_method
-    from ..records import RunRecord
-    from ..testbed.general import general_pairs_path
-    from ..testbed.models import ensure_model
-    from ..testbed.pairs import testbed_pairs_path
-    from ..trainer import TrainConfig, train
+    from embrecipe.evaluate import evaluate
+    from embrecipe.models.methods import parse_method
+    from embrecipe.runs.records import RunRecord
+    from embrecipe.testbed.general import general_pairs_path
+    from embrecipe.testbed.models import ensure_model
+    from embrecipe.testbed.pairs import testbed_pairs_path
+    from embrecipe.training.trainer import TrainConfig, train
 
     out = Path(args.out)
     print(f"[1/3] testbed model: SmolLM2-135M, first {args.layers} layers", flush=True)

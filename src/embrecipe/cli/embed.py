@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import InputError
+from embrecipe.errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -10,8 +10,8 @@ import json
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..evaluate import embed_eval_texts, evaluate, evaluate_embeddings, format_table
+    from embrecipe.errors import InputError
+    from embrecipe.evaluate import embed_eval_texts, evaluate, evaluate_embeddings, format_table
 
     if args.embeddings and (args.model or args.save_embeddings):
         raise InputError("--embeddings scores a file of precomputed embeddings: give it without --model "

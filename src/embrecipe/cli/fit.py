@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import InputError
-from ._common import add_fit_options, check_fit_options, require_store
+from embrecipe.cli._common import add_fit_options, check_fit_options, require_store
+from embrecipe.errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,9 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..family import Family
-    from ..laws import finite_records, fit_laws
-    from ..store import RunStore
+    from embrecipe.laws import finite_records, fit_laws
+    from embrecipe.models.family import Family
+    from embrecipe.runs.store import RunStore
 
     require_store(args.store)
     check_fit_options(args)
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_summary(laws, counts: dict[str, int] | None = None) -> str:
-    from ..laws import FORM, PARAM_NAMES
+    from embrecipe.laws import FORM, PARAM_NAMES
 
     lines = []
     if counts:

@@ -6,11 +6,11 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from ..errors import InputError
+from embrecipe.errors import InputError
 
 if TYPE_CHECKING:
-    from ..plan import RecipeTable
-    from ..units import ThroughputTable
+    from embrecipe.planning.planner import RecipeTable
+    from embrecipe.planning.units import ThroughputTable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,9 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..family import Family
-    from ..plan import load_laws, plan, plan_many
-    from ..plan_data import measure_data
+    from embrecipe.models.family import Family
+    from embrecipe.planning.planner import load_laws, plan, plan_many
+    from embrecipe.planning.user_data import measure_data
 
     # Parse the budgets first: a typo should not cost a bootstrap fit of a whole store.
     budgets, throughput = _budgets_or_throughput(args)
@@ -110,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _budgets_or_throughput(args: argparse.Namespace) -> tuple[list[float], ThroughputTable | None]:
     """The FLOP budgets asked for, or (with --hours) none and the measured throughput table."""
-    from ..plan import parse_budgets
-    from ..units import load_throughput
+    from embrecipe.planning.planner import parse_budgets
+    from embrecipe.planning.units import load_throughput
 
     if args.hours is not None:
         if not (args.hours > 0 and args.hours != float("inf")):

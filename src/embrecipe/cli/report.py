@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import require_store
+from embrecipe.cli._common import require_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,11 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..adaptive import read_trace
-    from ..laws import LawSet
-    from ..plan import parse_budgets
-    from ..report import write_report
-    from ..store import RunStore
+    from embrecipe.laws import LawSet
+    from embrecipe.planning.planner import parse_budgets
+    from embrecipe.report.writer import write_report
+    from embrecipe.runs.store import RunStore
+    from embrecipe.sweep.adaptive import read_trace
 
     require_store(args.store)
     out = Path(args.out)

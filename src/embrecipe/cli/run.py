@@ -1,6 +1,6 @@
 """``embrecipe run --budget C``: plan the compute-optimal recipe, train it, evaluate it (step 5 of the algorithm).
 
-The flags → a :class:`~embrecipe.pipeline_run.RecipeRun` → :func:`~embrecipe.pipeline_run.run_recipe`, which does
+The flags → a :class:`~embrecipe.pipeline.run.RecipeRun` → :func:`~embrecipe.pipeline.run.run_recipe`, which does
 the work (and is the same call from Python)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..pipeline_run import RecipeRun
+    from embrecipe.pipeline.run import RecipeRun
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="evaluation tasks for `embrecipe eval` (default: local; 'none' to skip)")
     p.add_argument("--eval-pairs", default=None, help="held-out pairs for evaluation (default: the testbed's)")
     p.add_argument("--train-fn", default=None,
-                   help="module:function to train with (default: embrecipe.trainer:train_from_dict; "
+                   help="module:function to train with (default: embrecipe.training.trainer:train_from_dict; "
                         "'synthetic' = fake trainer for testing)")
     p.add_argument("--dry-run", action="store_true", help="plan and print the training config; train nothing")
     g = p.add_mutually_exclusive_group()
@@ -58,15 +58,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(unless --mini-batch-size is given)")
     p.add_argument("--embed-tokens", type=float, metavar="T", default=None,
                    help="--budget is training + embedding T tokens afterwards (2 x N x T); trains on the rest")
-    from .train import add_feature_arguments
+    from embrecipe.cli.train import add_feature_arguments
 
     add_feature_arguments(p)
     p.set_defaults(func=run)
 
 
 def request_from_args(args: argparse.Namespace) -> RecipeRun:
-    """The :class:`~embrecipe.pipeline_run.RecipeRun` the flags of :func:`register` describe."""
-    from ..pipeline_run import RecipeRun
+    """The :class:`~embrecipe.pipeline.run.RecipeRun` the flags of :func:`register` describe."""
+    from embrecipe.pipeline.run import RecipeRun
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     return RecipeRun(
@@ -81,7 +81,7 @@ def request_from_args(args: argparse.Namespace) -> RecipeRun:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline_run import run_recipe
+    from embrecipe.pipeline.run import run_recipe
 
     run_recipe(request_from_args(args))
     return 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import InputError
-from ._common import require_store
+from embrecipe.cli._common import require_store
+from embrecipe.errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def release(args: argparse.Namespace) -> int:
-    from ..store import RunStore
+    from embrecipe.runs.store import RunStore
 
     require_store(args.store)
     with RunStore(args.store) as store:

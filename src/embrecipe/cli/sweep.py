@@ -11,8 +11,8 @@ import argparse
 import json
 from typing import Any
 
-from ..errors import InputError
-from ._common import require_store
+from embrecipe.cli._common import require_store
+from embrecipe.errors import InputError
 
 # CLI option → AdaptiveSpec setting
 _SPEC_OPTIONS = {"budget": "target", "threshold": "threshold", "experiment_budget": "experiment_budget",
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", default=None, help="connect to an existing Ray cluster (e.g. ray://host:10001)")
     p.add_argument("--train-fn", default=None,
                    help="module:function used to train a cell (default: the grid's 'trainer', else "
-                        "embrecipe.trainer:train_from_dict; 'synthetic' = fake trainer for testing)")
+                        "embrecipe.training.trainer:train_from_dict; 'synthetic' = fake trainer for testing)")
     p.add_argument("--dry-run", action="store_true",
                    help="list the cells that would run, train nothing (with --adaptive: print the design's current "
                         "recipe, P(optimal) and expected regret on the store's completed runs)")
@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give a grid YAML (or --adaptive-replay STORE to replay the adaptive policy)")
     if args.json:
         raise InputError("--json goes with --adaptive-replay")
-    from ..grid import load_grid
-    from ..sweep import run_sweep
+    from embrecipe.sweep.grid import load_grid
+    from embrecipe.sweep.orchestration import run_sweep
 
     grid = load_grid(args.grid)
     adaptive = args.adaptive
@@ -109,14 +109,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _default_spec():
-    from ..adaptive import AdaptiveSpec
+    from embrecipe.sweep.adaptive import AdaptiveSpec
 
     return AdaptiveSpec()
 
 
 def _replay(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    from ..adaptive import replay_adaptive
-    from ..store import RunStore
+    from embrecipe.runs.store import RunStore
+    from embrecipe.sweep.adaptive import replay_adaptive
 
     if args.grid is not None:
         raise InputError("--adaptive-replay replays a store; give no grid file with it")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import InputError
+from embrecipe.errors import InputError
 
 
 def _layers(text: str) -> list[int]:
@@ -23,7 +23,7 @@ def _models(args: argparse.Namespace) -> int:
     import os
 
     if args.family == "qwen2.5-coder-0.5b":
-        from ..testbed import qwen
+        from embrecipe.testbed import qwen
 
         source = qwen.CheckpointSource(args.source, args.gguf_file) if args.source else qwen.CheckpointSource()
         layers = args.layers or list(qwen.DEFAULT_LAYERS)
@@ -35,7 +35,7 @@ def _models(args: argparse.Namespace) -> int:
                                    wheels_dir=Path(args.wheels) if args.wheels else None,
                                    log=lambda m: print(m, flush=True))
     else:
-        from ..testbed.models import GGUF_ENV, build_ladder
+        from embrecipe.testbed.models import GGUF_ENV, build_ladder
 
         if args.source or args.wheels or args.gguf_file:
             raise InputError("--from, --gguf-file and --wheels apply to --family qwen2.5-coder-0.5b")
@@ -50,7 +50,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _pairs(args: argparse.Namespace) -> int:
-    from ..testbed.pairs import DEFAULT_PACKAGES, write_pairs
+    from embrecipe.testbed.pairs import DEFAULT_PACKAGES, write_pairs
 
     packages = [p.strip() for p in args.packages.split(",")] if args.packages else list(DEFAULT_PACKAGES)
     prov = write_pairs(args.out, packages)
@@ -62,7 +62,7 @@ def _pairs(args: argparse.Namespace) -> int:
 
 
 def _corpus(args: argparse.Namespace) -> int:
-    from ..testbed import corpus
+    from embrecipe.testbed import corpus
 
     prov = corpus.build_corpus(args.home, wheels_dir=args.wheels, force=args.force)
     counts = prov["counts"]
@@ -74,7 +74,7 @@ def _corpus(args: argparse.Namespace) -> int:
             print(f"  {name:<11} " + ", ".join(f"{k} {v}" for k, v in pairs.items()))
     print(f"content hash: {prov['content_hash']}")
     mismatch = corpus.compare_expected(prov)
-    print("matches the reference build (embrecipe/data/corpus)" if mismatch is None else f"note: {mismatch}")
+    print("matches the reference build (embrecipe/resources/corpus)" if mismatch is None else f"note: {mismatch}")
     if args.count_tokens:
         counts = corpus.count_tokens(prov["path"], args.count_tokens, max_tokens=args.max_seq_length)
         for split, per in counts.items():
@@ -86,7 +86,7 @@ def _corpus(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from ..testbed import corpus, general
+    from embrecipe.testbed import corpus, general
 
     src = Path(args.corpus) if args.corpus else corpus.corpus_dir(args.home)
     if not (src / "PROVENANCE.json").is_file():
@@ -116,12 +116,12 @@ def minilm_path() -> Path:
 
 
 def _baselines(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate, format_table
-    from ..testbed.models import ensure_model
+    from embrecipe.evaluate import evaluate, format_table
+    from embrecipe.testbed.models import ensure_model
 
     out = Path(args.out)
     if args.family == "qwen2.5-coder-0.5b":
-        from ..testbed import qwen
+        from embrecipe.testbed import qwen
 
         # Said in every row: not a pristine base model.
         models = [(f"Qwen2.5-Coder-0.5B-Instruct L{k} (mean pooling; instruct-tuned coder model, quantized twice: "
@@ -202,7 +202,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.set_defaults(func=_corpus)
 
     s = sub.add_parser("sample", help="sample the built corpus into the shipped general-purpose pairs "
-                                      "(embrecipe/data/general)",
+                                      "(embrecipe/resources/general)",
                        description="Evenly spaced rows of each source (bible, chitchat, dictionary, docstrings) per "
                                    "split of a built corpus, deterministic; writes {train,validation,test}.jsonl.gz "
                                    "+ PROVENANCE.json.")

@@ -9,10 +9,10 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import InputError
-from ..flops import is_budget
-from ..hub import check_repo_id
-from ..train_config import MAIN, PROMPTS, SPEED, TRACKING, TrainConfig
+from embrecipe.errors import InputError
+from embrecipe.flops import is_budget
+from embrecipe.training.config import MAIN, PROMPTS, SPEED, TRACKING, TrainConfig
+from embrecipe.training.hub import check_repo_id
 
 
 def parse_budget(text: str) -> float:
@@ -41,12 +41,12 @@ def parse_positive(kind: type, flag: str):
 
 
 def add_method_arguments(p: argparse.ArgumentParser) -> None:
-    from ..methods import METHODS
+    from embrecipe.models.methods import METHODS
 
     g = p.add_argument_group("method")
     g.add_argument("--method", choices=list(METHODS), default="full",
                    help="fine-tuning method (default: full)")
-    # Each method's own flags (embrecipe.methods.MethodConfig.cli_options). Defaults are None so that a flag
+    # Each method's own flags (embrecipe.models.methods.MethodConfig.cli_options). Defaults are None so that a flag
     # given with the wrong --method is an error, not silently ignored.
     for cls in METHODS.values():
         for option in cls.cli_options:
@@ -54,7 +54,7 @@ def add_method_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def method_from_args(args: argparse.Namespace):
-    from ..methods import METHODS, parse_method
+    from embrecipe.models.methods import METHODS, parse_method
 
     for name, cls in METHODS.items():
         given = [o.flag for o in cls.cli_options if getattr(args, o.dest, None) is not None]
@@ -95,8 +95,8 @@ def _flag_fields(groups: Sequence[str]) -> list[dataclasses.Field]:
 
 
 def add_config_arguments(p: argparse.ArgumentParser, groups: Sequence[str]) -> dict[str, argparse._ArgumentGroup]:
-    """One flag per :class:`~embrecipe.train_config.TrainConfig` field of ``groups`` that has help: name, type,
-    default, choices and help all come from the field (:func:`~embrecipe.train_config.setting`), so a new field
+    """One flag per :class:`~embrecipe.training.config.TrainConfig` field of ``groups`` that has help: name, type,
+    default, choices and help all come from the field (:func:`~embrecipe.training.config.setting`), so a new field
     with help is a new flag. Returns the argument groups made, by name."""
     hints = typing.get_type_hints(TrainConfig)
     made: dict[str, argparse._ArgumentGroup] = {}
@@ -124,7 +124,7 @@ def add_config_arguments(p: argparse.ArgumentParser, groups: Sequence[str]) -> d
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`~embrecipe.train_config.TrainConfig` the flags of :func:`register` describe."""
+    """The :class:`~embrecipe.training.config.TrainConfig` the flags of :func:`register` describe."""
     values: dict[str, Any] = {}
     for f in _flag_fields([MAIN, "training", PROMPTS, TRACKING, SPEED]):
         value = getattr(args, f.name)
@@ -142,8 +142,8 @@ def add_feature_arguments(p: argparse.ArgumentParser, *, prompts: bool = True) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..jsonio import json_safe
-    from ..trainer import train
+    from embrecipe.jsonio import json_safe
+    from embrecipe.training.trainer import train
 
     if args.batch_size < 2:
         raise InputError(f"--batch-size must be >= 2, got {args.batch_size}")
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(json_safe(summary), indent=2, allow_nan=False))
     print(f"saved to {args.out}")
     if args.push_to_hub:
-        from ..hub import push_run
+        from embrecipe.training.hub import push_run
 
         print(f"pushed to the Hub: {push_run(args.out, args.push_to_hub, private=args.hub_private or None)}")
     return 0

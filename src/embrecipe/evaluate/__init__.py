@@ -8,9 +8,16 @@
     >>> print(format_table(evaluate("runs/abc/model", tasks="local", out="eval/")))  # doctest: +SKIP
 """
 
-from .embeddings import embed_eval_texts, evaluate_embeddings
-from .scoring import DEFAULT_MAX_SEQ_LENGTH, evaluate, format_table, heldout, load_model, run_mteb
-from .tasks import (
+from embrecipe.evaluate.embeddings import embed_eval_texts, evaluate_embeddings
+from embrecipe.evaluate.scoring import (
+    DEFAULT_MAX_SEQ_LENGTH,
+    evaluate,
+    format_table,
+    heldout,
+    load_model,
+    run_mteb,
+)
+from embrecipe.evaluate.tasks import (
     LOCAL_TASKS,
     PAPER_TASKS,
     RELATEDNESS_PER_LEVEL,

@@ -13,9 +13,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError
-from .scoring import DEFAULT_MAX_SEQ_LENGTH, heldout, load_model, package_version, run_mteb, write_record
-from .tasks import load_split, tasks_for
+from embrecipe.errors import InputError
+from embrecipe.evaluate.scoring import (
+    DEFAULT_MAX_SEQ_LENGTH,
+    heldout,
+    load_model,
+    package_version,
+    run_mteb,
+    write_record,
+)
+from embrecipe.evaluate.tasks import load_split, tasks_for
 
 if TYPE_CHECKING:  # pragma: no cover
     from sentence_transformers import SentenceTransformer

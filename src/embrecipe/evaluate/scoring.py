@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError
-from .tasks import load_split, tasks_for
+from embrecipe.errors import InputError
+from embrecipe.evaluate.tasks import load_split, tasks_for
 
 if TYPE_CHECKING:  # pragma: no cover
     from sentence_transformers import SentenceTransformer
@@ -39,7 +39,7 @@ def load_model(path: str | os.PathLike[str], *, max_seq_length: int | None = DEF
     """A SentenceTransformer from ``path``: a saved SentenceTransformer (``modules.json``) as it is, or a plain
     HF decoder checkpoint with ``pooling`` (mean by default). ``max_seq_length`` (75, the training length)
     truncates every model the same way so numbers are comparable; None keeps the model's own."""
-    from ..modeling import load_sentence_transformer
+    from embrecipe.models.loading import load_sentence_transformer
 
     p = Path(path)
     if not p.exists():
@@ -60,7 +60,7 @@ def load_model(path: str | os.PathLike[str], *, max_seq_length: int | None = DEF
 def heldout(model: SentenceTransformer, rows: Sequence[Mapping[str, Any]], *, batch_size: int = 1024,
             scale: float = 40.0) -> float:
     """Held-out symmetric InfoNCE (the training objective) on ``rows``."""
-    from ..loss import heldout_loss
+    from embrecipe.training.loss import heldout_loss
 
     prompts = getattr(model, "prompts", None) or {}  # a model trained with prompts is scored with them
     return float(heldout_loss(model, [r["query"] for r in rows], [r["pos"] for r in rows],
@@ -96,7 +96,7 @@ def run_mteb(model: SentenceTransformer | Any, tasks: Sequence[Any], out: Path |
 
 def write_record(out_dir: Path, record: Mapping[str, Any]) -> None:
     """``OUT/eval.json``, atomically (temporary file, then renamed)."""
-    from ..jsonio import atomic_write_json
+    from embrecipe.jsonio import atomic_write_json
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "eval.json", record)

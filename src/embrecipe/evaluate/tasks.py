@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import EmbrecipeError, InputError
+from embrecipe.errors import EmbrecipeError, InputError
 
 PAPER_TASKS = (
     "MedrxivClusteringS2S", "StackExchangeClusteringP2P", "ArguAna", "CQADupstackGisRetrieval",
@@ -69,10 +69,10 @@ def load_split(split: str = "test", pairs: str | os.PathLike[str] | None = None,
     """Rows ``{"query", "pos", "source"?}`` of ``pairs`` or the shipped testbed split; ``limit`` keeps an evenly
     spaced subset of that many rows (deterministic).
 
-    ``pairs`` is read by the loader ``train`` uses (:func:`embrecipe.data.load_pairs`: JSONL with ``pos`` a string or
+    ``pairs`` is read by the loader ``train`` uses (:func:`embrecipe.data.pairs.load_pairs`: JSONL with ``pos`` a string or
     a one-element list, CSV/TSV, Parquet, a datasets directory), so any file that trains also evaluates. A JSONL file
     whose rows carry the testbed's ``source`` provenance keeps it (the relatedness task needs it)."""
-    from ..testbed.pairs import read_pairs, testbed_pairs_path
+    from embrecipe.testbed.pairs import read_pairs, testbed_pairs_path
 
     if pairs:
         rows = user_pairs(Path(pairs))
@@ -92,7 +92,7 @@ def load_split(split: str = "test", pairs: str | os.PathLike[str] | None = None,
 
 def user_pairs(path: Path) -> list[dict[str, Any]]:
     """Rows ``{"query", "pos", "source"?}`` of a pairs file in any format ``train`` reads."""
-    from ..data import _jsonl_records, load_pairs
+    from embrecipe.data.pairs import _jsonl_records, load_pairs
 
     data = load_pairs(path)
     rows: list[dict[str, Any]] = [{"query": q, "pos": p} for q, p in zip(data.queries, data.positives, strict=True)]

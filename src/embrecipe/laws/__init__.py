@@ -10,13 +10,13 @@
     >>> LawSet.load("laws.json").predict("full", 1e8, 1e9)  # doctest: +SKIP
 """
 
-from .card import CARD_VERSION, LawSet
-from .diagnostics import best_loss_trends, choose_estimator, leave_largest_budget_out
-from .estimators import ESTIMATORS, FORM, PARAM_NAMES
-from .fit import fit_laws
-from .law import BOOTSTRAP_STARTS, ScalingLaw, identifiability
-from .noise import run_noise
-from .points import RunPoint, finite_records, run_point
+from embrecipe.laws.card import CARD_VERSION, LawSet
+from embrecipe.laws.diagnostics import best_loss_trends, choose_estimator, leave_largest_budget_out
+from embrecipe.laws.estimators import ESTIMATORS, FORM, PARAM_NAMES
+from embrecipe.laws.fit import fit_laws
+from embrecipe.laws.law import BOOTSTRAP_STARTS, ScalingLaw, identifiability
+from embrecipe.laws.noise import run_noise
+from embrecipe.laws.points import RunPoint, finite_records, run_point
 
 __all__ = [
     "BOOTSTRAP_STARTS", "CARD_VERSION", "ESTIMATORS", "FORM", "PARAM_NAMES", "LawSet", "RunPoint", "ScalingLaw",

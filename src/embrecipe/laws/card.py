@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..family import family_fingerprint
-from ..jsonio import YAML_SUFFIXES, read_mapping, write_text_atomic
-from ..model_ref import portable_tree
-from .estimators import FORM
-from .law import ScalingLaw
+from embrecipe.errors import InputError
+from embrecipe.jsonio import YAML_SUFFIXES, read_mapping, write_text_atomic
+from embrecipe.laws.estimators import FORM
+from embrecipe.laws.law import ScalingLaw
+from embrecipe.models.family import family_fingerprint
+from embrecipe.models.refs import portable_tree
 
 CARD_VERSION = 1
 
@@ -61,7 +61,7 @@ class LawSet:
         if not self.laws:
             raise InputError("a LawSet needs at least one fitted law")
         # Models by testbed name or hub id, never by the folder they lived in on the machine that fitted the
-        # card (older cards held absolute testbed paths; they load with those mapped: embrecipe.model_ref).
+        # card (older cards held absolute testbed paths; they load with those mapped: embrecipe.models.refs).
         self.family = portable_tree(self.family)
         self.recipe = portable_tree(self.recipe)
         self.points = portable_tree(self.points)
@@ -85,7 +85,7 @@ class LawSet:
             raise InputError(f"no law for variant {variant!r}; have: {', '.join(self.laws)}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        from .. import __version__
+        from embrecipe import __version__
 
         return {
             "card_version": CARD_VERSION,

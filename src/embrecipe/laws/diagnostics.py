@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EmbrecipeError
-from .estimators import ESTIMATORS
-from .law import ScalingLaw
-from .points import RunPoint, group_by_variant
+from embrecipe.errors import EmbrecipeError
+from embrecipe.laws.estimators import ESTIMATORS
+from embrecipe.laws.law import ScalingLaw
+from embrecipe.laws.points import RunPoint, group_by_variant
 
 
 def leave_largest_budget_out(points: Sequence[RunPoint], *, huber_delta: float = 1e-3,

@@ -1,7 +1,7 @@
 r"""Fitting a law card from run records: :func:`fit_laws` (one :class:`~embrecipe.laws.law.ScalingLaw` a variant).
 
 **Method hyper-parameters are separate fits.** Each LoRA rank and each block-freezing fraction is its own
-*variant* (``lora-r8``, ``freeze-f0.25``: :attr:`method.key <embrecipe.methods.LoRA.key>`), fitted on its
+*variant* (``lora-r8``, ``freeze-f0.25``: :attr:`method.key <embrecipe.models.methods.LoRA.key>`), fitted on its
 own runs. Why not a joint law with the hyper-parameter as an extra variable? (1) The planner enumerates a
 discrete grid of ranks/fractions anyway, so a continuous law in the hyper-parameter buys nothing at plan
 time; (2) there is no established functional form for how rank or freeze depth enters the loss, and a wrong
@@ -24,15 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..family import family_fingerprint
-from ..records import RunRecord
-from .card import LawSet
-from .diagnostics import best_loss_trends, choose_estimator, leave_largest_budget_out
-from .estimators import ESTIMATORS
-from .law import BOOTSTRAP_STARTS, ScalingLaw
-from .noise import run_noise
-from .points import RunPoint, finite_records, group_by_variant, run_point
+from embrecipe.errors import InputError
+from embrecipe.laws.card import LawSet
+from embrecipe.laws.diagnostics import best_loss_trends, choose_estimator, leave_largest_budget_out
+from embrecipe.laws.estimators import ESTIMATORS
+from embrecipe.laws.law import BOOTSTRAP_STARTS, ScalingLaw
+from embrecipe.laws.noise import run_noise
+from embrecipe.laws.points import RunPoint, finite_records, group_by_variant, run_point
+from embrecipe.models.family import family_fingerprint
+from embrecipe.runs.records import RunRecord
 
 
 def fit_laws(
@@ -67,7 +67,7 @@ def fit_laws(
     if estimator != "auto" and estimator not in ESTIMATORS:
         raise InputError(f"unknown estimator {estimator!r}; choose auto or one of {', '.join(ESTIMATORS)}")
 
-    from ..recipe import LR_PROTOCOL, keep_selected_lr
+    from embrecipe.recipe import LR_PROTOCOL, keep_selected_lr
 
     runs, _ = finite_records(records, loss_key)  # failed runs and non-finite losses are left out
     points = [run_point(r, loss_key=loss_key) for r in runs]
@@ -176,7 +176,7 @@ def _with_effective_data(points: list[RunPoint]) -> list[RunPoint]:
     so that the law's D means fresh-data-equivalent tokens and the planner can apply the same discount."""
     import dataclasses
 
-    from ..recipe import effective_tokens
+    from embrecipe.recipe import effective_tokens
 
     out = []
     for p in points:

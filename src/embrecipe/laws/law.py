@@ -10,7 +10,7 @@ full fit *and* screened grid starts, Besiroglu et al. 2024), keeping the paramet
 any (N, D) then come with percentile intervals of the mean law (``interval(..., kind="mean")``) or, with
 the run-to-run noise :func:`~embrecipe.laws.noise.run_noise` measured from repeated seeds, for a single run
 (``kind="run"``); the planner computes the probability that each option is optimal from the same draws.
-:func:`identifiability` flags parameters the data do not pin down; :mod:`embrecipe.calibration` checks the
+:func:`identifiability` flags parameters the data do not pin down; :mod:`embrecipe.laws.calibration` checks the
 intervals' coverage on synthetic laws.
 
 Example::
@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize
 
-from ..errors import EmbrecipeError, InputError
-from .estimators import (
+from embrecipe.errors import EmbrecipeError, InputError
+from embrecipe.laws.estimators import (
     COEF_BOUNDS,
     ESTIMATORS,
     FORM,
@@ -45,7 +45,7 @@ from .estimators import (
     start_grid,
     varpro_fit,
 )
-from .noise import residual_noise, with_run_noise
+from embrecipe.laws.noise import residual_noise, with_run_noise
 
 try:  # installed with scikit-learn (a sentence-transformers dependency); optional here
     from threadpoolctl import threadpool_limits

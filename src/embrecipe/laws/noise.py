@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EmbrecipeError
-from .estimators import PARAM_NAMES
-from .points import RunPoint
+from embrecipe.errors import EmbrecipeError
+from embrecipe.laws.estimators import PARAM_NAMES
+from embrecipe.laws.points import RunPoint
 
 
 def residual_noise(residuals: Any, n_runs: int, *, old_card: bool = False) -> dict[str, Any] | None:

@@ -1,6 +1,6 @@
 """Run points: what a scaling-law fit needs from one completed run, read from a typed run record.
 
-:func:`run_point` turns a :class:`~embrecipe.records.RunRecord` (or a dict of any layout it reads) into a
+:func:`run_point` turns a :class:`~embrecipe.runs.records.RunRecord` (or a dict of any layout it reads) into a
 :class:`RunPoint` (variant, N, D, FLOPs, loss, and the run's configuration without its seed, so that
 repeated seeds can be told apart); :func:`group_by_variant` groups points per fitted variant.
 """
@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import EmbrecipeError, InputError
-from ..records import RunRecord, as_record, run_key
+from embrecipe.errors import EmbrecipeError, InputError
+from embrecipe.runs.records import RunRecord, as_record, run_key
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,10 @@ def finite_records(records: Iterable[RunRecord | Mapping[str, Any]],
 
 
 def run_point(record: RunRecord | Mapping[str, Any], *, loss_key: str | None = None) -> RunPoint:
-    """Extract a :class:`RunPoint` from a run record (a :class:`~embrecipe.records.RunRecord`, or a dict of
+    """Extract a :class:`RunPoint` from a run record (a :class:`~embrecipe.runs.records.RunRecord`, or a dict of
     any layout it reads). ``loss_key`` picks the loss field (default: the final validation loss)."""
-    from ..flops import ModelShape
-    from ..methods import method_from_dict, method_to_dict
+    from embrecipe.flops import ModelShape
+    from embrecipe.models.methods import method_from_dict, method_to_dict
 
     rec = as_record(record)
     key = str(rec.key or "?")

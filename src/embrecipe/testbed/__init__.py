@@ -5,7 +5,7 @@
 - :mod:`~embrecipe.testbed.qwen` — the opt-in second family: Qwen2.5-Coder-0.5B-Instruct (q/k/v biases),
   joined from six pinned wheels, de-quantized and cut into a depth ladder the same way.
 - :mod:`~embrecipe.testbed.pairs` — contrastive pairs built from docstrings of installed packages; a frozen
-  copy ships in ``embrecipe/data/pairs``.
+  copy ships in ``embrecipe/resources/pairs``.
 - :mod:`~embrecipe.testbed.corpus` — the bigger prose corpus, built on demand from pinned wheels.
 - :mod:`~embrecipe.testbed.general` — the shipped general-purpose sample of that corpus (what the demo trains on).
 

@@ -69,8 +69,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import EmbrecipeError, InputError
-from . import pairs as docpairs
+from embrecipe.errors import EmbrecipeError, InputError
+from embrecipe.resources import resource_path
+from embrecipe.testbed import pairs as docpairs
 
 CORPUS_NAME = "embrecipe-corpus-v1"
 # Bump whenever the way pairs are made changes: it is part of the spec hash, so an old build is rebuilt.
@@ -185,7 +186,7 @@ class CorpusSpec:
     wheels: tuple[PinnedWheel, ...] = PINNED_WHEELS
     near_copy_jaccard: float = NEAR_COPY_JACCARD
     readme_packages: Mapping[str, str] = field(default_factory=lambda: dict(README_PACKAGES))
-    docstrings_dir: str | None = None  # None: the shipped copy (embrecipe/data/pairs)
+    docstrings_dir: str | None = None  # None: the shipped copy (embrecipe/resources/pairs)
     name: str = CORPUS_NAME
 
     def to_json(self) -> dict[str, Any]:
@@ -577,7 +578,7 @@ def content_hash(files: Mapping[str, Mapping[str, Any]]) -> str:
 
 def expected_path() -> Path:
     """The committed summary of the reference build (counts, per-source provenance, content hash)."""
-    return Path(__file__).resolve().parent.parent / "data" / "corpus" / f"{CORPUS_NAME}.json"
+    return resource_path("corpus", f"{CORPUS_NAME}.json")
 
 
 def _gzip_rows(rows: Iterable[dict[str, Any]]) -> bytes:
@@ -714,7 +715,7 @@ def build_rows(spec: CorpusSpec, downloads: Path, wheels_dir: Path | None = None
     sources["docstrings"] = {"method": "shipped embrecipe.testbed.pairs files, verbatim (their own splits)",
                              "license": "each source package's own (packages and versions in the shipped "
                                         "PROVENANCE.json)",
-                             "dir": "embrecipe/data/pairs" if not spec.docstrings_dir else str(shipped),
+                             "dir": "embrecipe/resources/pairs" if not spec.docstrings_dir else str(shipped),
                              "pairs": doc_counts}
 
     # Held-out rows first, so that a text shared with training stays where it is evaluated.

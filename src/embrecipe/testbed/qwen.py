@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import EmbrecipeError, InputError
-from . import corpus, models
+from embrecipe.errors import EmbrecipeError, InputError
+from embrecipe.testbed import corpus, models
 
 FAMILY = "qwen2.5-coder-0.5b"
 FAMILY_NAME = "qwen2.5-coder-0.5b-depth-ladder"
