@@ -1,4 +1,4 @@
-"""Stage 1 — training pairs.
+"""Training pairs.
 
 - :mod:`~embrecipe.data.pairs`: load, validate and split pairs (BGE JSONL, CSV/TSV/Parquet, ``datasets``
   directories), with ``FILE:LINE`` errors;

@@ -1,4 +1,4 @@
-"""Stage 2 — the model family and the fine-tuning methods.
+"""The model family and the fine-tuning methods.
 
 - :mod:`~embrecipe.models.family`: members of a decoder family, their shapes (introspection), family files;
 - :mod:`~embrecipe.models.methods`: the method registry (full, freeze, bias, LoRA): cost per token, trainable

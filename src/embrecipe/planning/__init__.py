@@ -1,4 +1,4 @@
-"""Stage 8 — the planner: budget → recipe.
+"""The planner: budget → recipe.
 
 - :mod:`~embrecipe.planning.planner`: :class:`PlanRequest` → :func:`plan_request` / :func:`plan` (enumerate,
   predict, choose by expected loss over the bootstrap draws, notes);

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from embrecipe.planning.planner import Candidate, Plan, RecipeTable
+# This module reads the planner's Plan, Candidate and RecipeTable but does not import them: planner.py imports it
+# (Plan.format, RecipeTable.format), and even a typing-only import back would make an import cycle. The tests
+# in tests/planning pin the text.
+Plan = Any
+Candidate = Any
+RecipeTable = Any
 
 
 def format_plan(p: Plan, top: int = 10) -> str:

@@ -1,4 +1,4 @@
-"""Stage 9 — the study report: Figure 1, residuals, the markdown report.
+"""The study report: Figure 1, residuals, the markdown report.
 
 - :mod:`~embrecipe.report.writer`: :func:`write_report`.
 """

@@ -1,4 +1,4 @@
-"""Stage 4 — what one run leaves behind.
+"""What one run leaves behind.
 
 - :mod:`~embrecipe.runs.records`: :class:`RunRecord` / :class:`RunConfig` and the run key (the one record parser);
 - :mod:`~embrecipe.runs.store`: the SQLite run store (claims, heartbeats, schema migration).

@@ -1,4 +1,4 @@
-"""Stage 5 — sweeps: a grid of runs, local, pooled or on Ray, plain or adaptive.
+"""Sweeps: a grid of runs, local, pooled or on Ray, plain or adaptive.
 
 - :mod:`~embrecipe.sweep.grid`: the grid file; :mod:`~embrecipe.sweep.cells`: its cells and data stats;
 - :mod:`~embrecipe.sweep.executors`: sequential, process pool and Ray, with claims and heartbeats;

@@ -1,4 +1,4 @@
-"""Stage 3 — one budget-exact contrastive run.
+"""One budget-exact contrastive run.
 
 - :mod:`~embrecipe.training.trainer`: :func:`train`, the run's phases;
 - :mod:`~embrecipe.training.config`: :class:`TrainConfig` (one dataclass: types, defaults, help);
