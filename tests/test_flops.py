@@ -206,7 +206,9 @@ def test_one_budget_check_refuses_the_same_values_everywhere(bad):
     assert not is_budget(bad)
     with pytest.raises(EmbrecipeError, match="budget must be a positive number of FLOPs"):
         check_budget(bad)
-    with pytest.raises(EmbrecipeError, match="budget must be a positive number of FLOPs"):
+    # a run's target is a budget, epochs or max_steps: no budget at all is "no target", any other bad one this
+    with pytest.raises(EmbrecipeError, match="exactly one training target" if bad is None else
+                       "budget must be a positive number of FLOPs"):
         TrainConfig(model="m", data="d.jsonl", budget=bad).validate()
     with pytest.raises(EmbrecipeError, match="budget must be a positive number of FLOPs"):
         plan(bad, None, [])  # refused before the laws are read

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-CARD = ROOT / "src" / "embrecipe" / "data" / "laws" / "default.json"
+CARD = ROOT / "src" / "embrecipe" / "resources" / "laws" / "default.json"
 DOC = ROOT / "docs" / "study.md"
 SCORES = HERE / "scores.json"
 EMB = HERE / "emb"

@@ -676,7 +676,7 @@ def smoke_data(w: Window, rows: int = 4096) -> str:
     """A small slice of the shipped docstring pairs (in the working tree: the corpus comes with the study call)."""
     import gzip
 
-    src = REPO / "src" / "embrecipe" / "data" / "pairs" / "train.jsonl.gz"
+    src = REPO / "src" / "embrecipe" / "resources" / "pairs" / "train.jsonl.gz"
     dst = Path(w.args.work) / "smoke-pairs.jsonl"
     with gzip.open(src, "rt") as f, dst.open("w") as g:
         for i, line in enumerate(f):

@@ -45,7 +45,7 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(smollm_home, tmp_path, monkeypatc
     assert 0 < train["model_flops"] <= 1e11  # the budget is never exceeded
     assert train["final_val_loss"] is not None
     assert [row["model"].split(":")[0] for row in result["eval"]] == ["raw", "trained"]
-    trained = out / "smollm2-L2-full-1e+11"
+    trained = out / "smollm2-L2-full-1e+11-general"
     assert (trained / "run.json").is_file() and (trained / "config_sentence_transformers.json").is_file()
     # a second call reuses the finished run instead of training again
     assert main(argv) == 0

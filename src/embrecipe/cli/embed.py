@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -49,14 +50,23 @@ def read_texts(source: str) -> list[str]:
     return lines
 
 
-def check_prompt_name(model: object, where: str, name: str | None) -> None:
-    """A one-line error when ``name`` is not one of the prompts saved with ``model`` (none asked: nothing to check).
+def saved_prompts(model_dir: str | Path) -> dict[str, str]:
+    """The prompts sentence-transformers saved with the model (``config_sentence_transformers.json``), read without
+    loading the model, so a wrong ``--prompt-name`` fails before any weights load."""
+    try:
+        config = json.loads((Path(model_dir) / "config_sentence_transformers.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in (config.get("prompts") or {}).items() if isinstance(v, str)}
+
+
+def check_prompt_name(prompts: dict[str, str], where: str, name: str | None) -> None:
+    """A one-line error when ``name`` is not one of the model's saved ``prompts`` (none asked: nothing to check).
 
     sentence-transformers gives every model empty ``query`` and ``document`` prompts, so a model whose prompts are
     all empty has none. A prompt saved empty beside a real one is kept: that side was trained without a prompt."""
     if name is None:
         return
-    prompts = {k: v for k, v in (getattr(model, "prompts", None) or {}).items() if isinstance(v, str)}
     if not any(prompts.values()):
         raise InputError(f"--model {where}: no prompt named {name!r}: the model was saved without prompts (train "
                          "with --query-prompt / --doc-prompt to save them)")
@@ -72,11 +82,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--out {out}: use a .npy or .parquet file name")
     if not (Path(args.model) / "modules.json").exists():
         raise InputError(f"--model {args.model}: not a SentenceTransformer directory (no modules.json)")
+    check_prompt_name(saved_prompts(args.model), args.model, args.prompt_name)
     texts = read_texts(args.input)
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(args.model, device=None)
-    check_prompt_name(model, args.model, args.prompt_name)
     emb = model.encode(texts, batch_size=args.batch_size, normalize_embeddings=not args.no_normalize,
                        prompt_name=args.prompt_name, show_progress_bar=len(texts) > 1000,
                        convert_to_numpy=True).astype(np.float32)

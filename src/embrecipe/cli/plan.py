@@ -43,6 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unique-pairs", type=int, default=None,
                    help="training pairs in your data set (default: the card's); plans needing more than one "
                         "epoch are flagged and predicted at the effective data (Muennighoff et al. 2023)")
+    p.add_argument("--query-prompt", default=None,
+                   help="with --data: the query prompt the run will train with (its tokens are metered, so they "
+                        "count in tokens per pair)")
+    p.add_argument("--doc-prompt", default=None, help="with --data: the document prompt the run will train with")
     p.add_argument("--tokens-per-pair", type=float, default=None,
                    help="mean tokens per training pair (default: measured on --data, else the card's)")
     p.add_argument("--variants", default=None, help="comma-separated variants to consider (default: all)")
@@ -87,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     family = Family.load(args.family).members if args.family else None
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     measured = measure_data(args.data, laws, family, max_seq_length=args.seq_len,
-                            tokens_per_pair=args.tokens_per_pair, unique_pairs=args.unique_pairs)
+                            tokens_per_pair=args.tokens_per_pair, unique_pairs=args.unique_pairs,
+                            query_prompt=args.query_prompt, doc_prompt=args.doc_prompt)
     kwargs = dict(batch_size=args.batch_size, level=args.level,
                   variants=variants, embed_tokens=args.embed_tokens, device_memory_gib=args.device_memory,
                   seq_len=args.seq_len, precision=args.precision, memory_overhead_gib=args.memory_overhead,

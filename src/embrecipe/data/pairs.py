@@ -115,6 +115,18 @@ def spread_indices(n: int, sample: int | None = TOKENS_SAMPLE) -> list[int]:
     return [i * n // k for i in range(k)]
 
 
+def with_prompts(columns: Sequence[Sequence[str]], query_prompt: str | None,
+                 doc_prompt: str | None) -> list[list[str]]:
+    """The texts a run trains on: the query prompt prepended to the first column (queries), the document prompt
+    to the others (positives, negatives). The trainer meters these tokens and the planner plans with them.
+
+    >>> with_prompts([["q"], ["p"]], "query: ", None)
+    [['query: q'], ['p']]
+    """
+    prompts = [query_prompt] + [doc_prompt] * (len(columns) - 1)
+    return [[p + t for t in col] if p else list(col) for p, col in zip(prompts, columns, strict=True)]
+
+
 def estimate_tokens_per_pair(pairs: PairData | str | os.PathLike[str] | Sequence[Sequence[str]],
                              tokenizer: Any = None, *, max_seq_length: int = 75, hard_negatives: int = 0,
                              sample: int | None = TOKENS_SAMPLE,

@@ -207,7 +207,8 @@ def _plan(request: RecipeRun) -> _Planned:
     # the plan is made for the data it will train on: its tokens per pair and its size, measured
     measured = measure_data(request.data, laws, family, max_seq_length=seq_len,
                             tokens_per_pair=request.tokens_per_pair, unique_pairs=request.unique_pairs,
-                            val_fraction=request.val_fraction)
+                            val_fraction=request.val_fraction, query_prompt=request.query_prompt,
+                            doc_prompt=request.doc_prompt)
     result = plan(budgets[0], laws, family, batch_size=request.batch_size, variants=variants,
                   device_memory_gib=request.device_memory_gib, embed_tokens=request.embed_tokens,
                   seq_len=seq_len, **measured)

@@ -229,7 +229,7 @@ def _num(x: Any) -> TypeGuard[float]:
 
 def default_benchmark_results() -> Path:
     """``benchmarks/results.json`` of a source checkout (the package does not ship it)."""
-    return Path(__file__).resolve().parents[2] / "benchmarks" / "results.json"
+    return Path(__file__).resolve().parents[3] / "benchmarks" / "results.json"
 
 
 def load_throughput(store: str | os.PathLike[str] | None = None, row: str | None = None, *,

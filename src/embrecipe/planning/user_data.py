@@ -20,16 +20,17 @@ from typing import TYPE_CHECKING, Any
 from embrecipe.errors import InputError
 
 if TYPE_CHECKING:
-    from embrecipe.data.pairs import PairData
     from embrecipe.laws import LawSet
     from embrecipe.models.family import FamilyMember
 
 
 def measure_data(data: str | os.PathLike[str] | None, laws: LawSet, family: Sequence[FamilyMember] | None, *,
                  max_seq_length: int, tokens_per_pair: float | None = None, unique_pairs: int | None = None,
-                 hard_negatives: int = 0, val_fraction: float | None = None) -> dict[str, Any]:
+                 hard_negatives: int = 0, val_fraction: float | None = None, query_prompt: str | None = None,
+                 doc_prompt: str | None = None) -> dict[str, Any]:
     """The plan's data options measured on the user's pairs: ``tokens_per_pair`` (the sampling estimator the
-    sweep uses, with the family's tokenizer), ``unique_pairs`` (the training pairs, after a validation split) and
+    sweep uses, with the family's tokenizer, on the texts as the run will see them: with ``query_prompt`` and
+    ``doc_prompt`` prepended, whose tokens are metered too), ``unique_pairs`` (the training pairs, after a validation split) and
     ``data_fingerprint``; values given by the caller win. Without ``data``: just those values.
 
     When the family's tokenizer is not here, ``tokens_per_pair`` is None and ``data_note`` says why (the planner
@@ -47,14 +48,16 @@ def measure_data(data: str | os.PathLike[str] | None, laws: LawSet, family: Sequ
         split = max(1, round(val_fraction * len(pairs))) if val_fraction else 0
         out["unique_pairs"] = max(1, len(pairs) - split)
     if tokens_per_pair is None:
-        out["tokens_per_pair"], out["data_note"] = _tokens_per_pair(pairs, laws, family, max_seq_length,
-                                                                    hard_negatives)
+        from embrecipe.data.pairs import with_prompts
+
+        texts = with_prompts(pairs.columns(hard_negatives), query_prompt, doc_prompt)
+        out["tokens_per_pair"], out["data_note"] = _tokens_per_pair(texts, laws, family, max_seq_length)
     return out
 
 
-def _tokens_per_pair(pairs: PairData, laws: LawSet, family: Sequence[FamilyMember] | None, max_seq_length: int,
-                     hard_negatives: int) -> tuple[float | None, str | None]:
-    """Mean tokens per pair of ``pairs`` with the family's tokenizer (its smallest member's; a family shares
+def _tokens_per_pair(texts: list[list[str]], laws: LawSet, family: Sequence[FamilyMember] | None,
+                     max_seq_length: int) -> tuple[float | None, str | None]:
+    """Mean tokens per pair of the text columns ``texts`` with the family's tokenizer (its smallest member's; a family shares
     one), or None and why not (the planner then uses the card's value and says so)."""
     from embrecipe.data.pairs import estimate_tokens_per_pair
     from embrecipe.models.refs import resolve_model
@@ -69,6 +72,6 @@ def _tokens_per_pair(pairs: PairData, laws: LawSet, family: Sequence[FamilyMembe
     if not (Path(model).is_dir() or "/" in model):  # neither a local checkpoint nor a hub id: no tokenizer
         return None, f"model {ref}: no checkpoint here to read its tokenizer from"
     try:
-        return estimate_tokens_per_pair(pairs, model, max_seq_length=max_seq_length, hard_negatives=hard_negatives), None
+        return estimate_tokens_per_pair(texts, model, max_seq_length=max_seq_length), None
     except (OSError, ValueError) as exc:
         return None, f"model {ref}: cannot load its tokenizer ({str(exc).splitlines()[0]})"

@@ -142,11 +142,11 @@ def prompted_columns(model: Any, columns: list[list[str]], query_prompt: str | N
     Returns the texts the loss sees (the FLOP meter counts their tokens, prompt included) and, per column, the
     prompt's token count that ``Pooling(include_prompt=False)`` excludes — measured by sentence-transformers
     itself, so training pools exactly the tokens ``encode_query``/``encode_document`` pool later."""
+    from embrecipe.data.pairs import with_prompts
     from embrecipe.models.loading import prompt_length
 
     prompts = [query_prompt] + [doc_prompt] * (len(columns) - 1)
-    texts = [[p + t for t in col] if p else col for p, col in zip(prompts, columns, strict=True)]
-    return texts, [prompt_length(model, p) for p in prompts]
+    return with_prompts(columns, query_prompt, doc_prompt), [prompt_length(model, p) for p in prompts]
 
 
 def add_prompt_lengths(feats: list[dict[str, Any]], prompt_lengths: list[int | None]) -> None:
