@@ -23,8 +23,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from embrecipe.errors import EmbrecipeError, InputError
-from embrecipe.resources import resource_path
+from embrecipe.errors import EmbrecipeError
+from embrecipe.resources import resource_path, shipped_split
 from embrecipe.testbed import corpus
 
 SOURCES = ("bible", "chitchat", "dictionary", "docstrings")
@@ -39,13 +39,7 @@ def shipped_dir() -> Path:
 
 def general_pairs_path(split: str = "train") -> Path:
     """The shipped general-purpose sample file of ``split`` (gzip JSONL: query, pos, source)."""
-    if split not in SPLITS:
-        raise InputError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    path = shipped_dir() / f"{split}.jsonl.gz"
-    if not path.is_file():
-        raise EmbrecipeError(f"shipped sample file {path} is missing; rebuild: embrecipe testbed sample --out "
-                             f"{shipped_dir()}")
-    return path
+    return shipped_split("general", split, what="sample file", rebuild="embrecipe testbed sample")
 
 
 def evenly_spaced(rows: list[Any], n: int) -> list[Any]:

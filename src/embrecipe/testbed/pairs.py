@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from embrecipe.errors import EmbrecipeError, InputError
-from embrecipe.resources import resource_path
+from embrecipe.resources import resource_path, shipped_split
 
 SPLITS = ("train", "validation", "test")
 STDLIB = "python-stdlib"
@@ -436,13 +436,7 @@ def shipped_dir() -> Path:
 
 def testbed_pairs_path(split: str = "train") -> Path:
     """The frozen pairs file of ``split`` shipped with embrecipe (gzip JSONL: query, pos, source)."""
-    if split not in SPLITS:
-        raise InputError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    path = shipped_dir() / f"{split}.jsonl.gz"
-    if not path.is_file():
-        raise EmbrecipeError(f"shipped pairs file {path} is missing; rebuild: embrecipe testbed pairs --out "
-                             f"{shipped_dir()}")
-    return path
+    return shipped_split("pairs", split, what="pairs file", rebuild="embrecipe testbed pairs")
 
 
 def read_pairs(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
