@@ -32,7 +32,7 @@ def main() -> int:
         val = load_pairs(HERE / train["val_data"])
         vsub = val.subset(range(min(len(val), train["val_size_cap"])))
         device = training_device()
-        use_bf16, why = precision_for("auto", device)
+        use_bf16, _why = precision_for("auto", device)
         for model_path in grid["models"]:
             model = load_sentence_transformer(model_path, max_seq_length=train["max_seq_length"])
             model.to(device).eval()

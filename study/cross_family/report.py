@@ -3,7 +3,7 @@ the table (held-out loss per family, budget, model and method; the winner of eac
 per family (the same `fit_laws` as `embrecipe fit`), and asks whether family A's laws rank family B's methods
 in the order of B's measured losses.
 
-    PYTHONPATH=src .venv/bin/python study/cross_family/report.py      # → study/cross_family/report.md
+    PYTHONPATH=src .venv/bin/python study/cross_family/report.py   # → report.md and the tables of docs/cross_family.md
 
 How the cross check reads: for every cell of B (one model, one budget) A's law of each method is evaluated at
 the N and D that B's run of that method had (its own tokens at that budget), and the order of those
@@ -14,6 +14,7 @@ whether the law's *ordering* transfers, not whether its loss levels do (the fami
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections import defaultdict
@@ -30,6 +31,8 @@ from embrecipe.store import RunStore
 HERE = Path(__file__).resolve().parent
 FAMILIES = {"SmolLM2-135M": HERE / "smollm2.sqlite", "Qwen2.5-Coder-0.5B (AWQ→GGUF)": HERE / "qwen.sqlite"}
 GRIDS = {"SmolLM2-135M": HERE / "smollm2.yaml", "Qwen2.5-Coder-0.5B (AWQ→GGUF)": HERE / "qwen.yaml"}
+DOC = HERE.parent.parent / "docs" / "cross_family.md"
+BEGIN, END = "<!-- report.py: begin -->", "<!-- report.py: end -->"
 METHODS = ["full", "freeze-f0.5", "bias", "lora-r8"]
 
 
@@ -80,6 +83,13 @@ def main() -> int:
         lines.append(s)
 
     points = {fam: load(path) for fam, path in FAMILIES.items()}
+    # The untrained models' held-out loss, same pairs/batch/precision as the runs (baselines.py).
+    bl_file = HERE / "baselines.json"
+    baselines = json.loads(bl_file.read_text()) if bl_file.exists() else {}
+    out("Held-out loss: symmetric InfoNCE on the first 256 validation pairs of the general sample, in-batch "
+        "negatives at batch 8 (chance: ln 8 = 2.079); lower is better. 'untrained': the ladder member before "
+        "any training (baselines.py). In brackets: the tokens the run trained on.")
+    out()
     laws: dict[str, Any] = {}
     for fam, pts in points.items():
         done, planned = len(pts), planned_cells(GRIDS[fam])
@@ -89,8 +99,8 @@ def main() -> int:
             out("(no runs yet)")
             out()
             continue
-        out("| budget (FLOPs) | model | N (non-emb.) | " + " | ".join(METHODS) + " | winner |")
-        out("|---|---|---|" + "---|" * len(METHODS) + "---|")
+        out("| budget (FLOPs) | model | N (non-emb.) | untrained | " + " | ".join(METHODS) + " | winner |")
+        out("|---|---|---|---|" + "---|" * len(METHODS) + "---|")
         for (budget, model), by in sorted(cells(pts).items()):
             row = []
             for m in METHODS:
@@ -103,7 +113,10 @@ def main() -> int:
                     row.append("pending")
             winner = min(by, key=lambda v: by[v].loss) if len(by) > 1 else "—"
             n = next(iter(by.values())).N
-            out(f"| {budget:.2g} | {short_model(model)} | {n / 1e6:.1f}M | " + " | ".join(row) + f" | {winner} |")
+            raw = baselines.get(model, {}).get("raw_val_loss")
+            raw_s = "?" if raw is None else f"{raw:.4f}"
+            out(f"| {budget:.2g} | {short_model(model)} | {n / 1e6:.1f}M | {raw_s} | " + " | ".join(row)
+                + f" | {winner} |")
         out()
         best: dict[float, tuple[str, str, float]] = {}
         for (budget, model), by in cells(pts).items():
@@ -156,8 +169,22 @@ def main() -> int:
         mean_tau = f"{sum(taus) / len(taus):+.2f}" if taus else "n/a"
         out(f"- {a.split()[0]} law on {b.split()[0]} cells ({kind}): same winner in "
             f"{sum(s for _, s in rows)} of {len(rows)} cells, mean Kendall tau {mean_tau}")
-    (HERE / "report.md").write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    (HERE / "report.md").write_text(text)
+    splice(DOC, text)
     return 0
+
+
+def splice(doc: Path, text: str) -> None:
+    """Put the generated tables between the page's markers, so the page and the stores cannot disagree."""
+    if not doc.exists():
+        return
+    page = doc.read_text()
+    head, sep, rest = page.partition(BEGIN)
+    _, sep2, tail = rest.partition(END)
+    if not (sep and sep2):
+        raise SystemExit(f"{doc}: markers {BEGIN} / {END} not found")
+    doc.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
 
 
 def load_records(store: Path) -> list[Any]:
