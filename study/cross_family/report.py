@@ -24,9 +24,13 @@ from typing import Any
 from scipy.stats import kendalltau
 
 from embrecipe.errors import InputError
-from embrecipe.laws import fit_laws
+from embrecipe.laws.fit import fit_laws
 from embrecipe.laws.points import finite_records, run_point
-from embrecipe.store import RunStore
+
+try:  # the stage-folder layout (embrecipe.runs, ...); the flat layout before it
+    from embrecipe.runs.store import RunStore
+except ImportError:
+    from embrecipe.store import RunStore  # type: ignore[no-redef]
 
 HERE = Path(__file__).resolve().parent
 FAMILIES = {"SmolLM2-135M": HERE / "smollm2.sqlite", "Qwen2.5-Coder-0.5B (AWQ→GGUF)": HERE / "qwen.sqlite"}
@@ -88,7 +92,8 @@ def main() -> int:
     baselines = json.loads(bl_file.read_text()) if bl_file.exists() else {}
     out("Held-out loss: symmetric InfoNCE on the first 256 validation pairs of the general sample, in-batch "
         "negatives at batch 8 (chance: ln 8 = 2.079); lower is better. 'untrained': the ladder member before "
-        "any training (baselines.py). In brackets: the tokens the run trained on.")
+        "any training (baselines.py). In brackets: the tokens the run trained on. Losses are recorded at bf16 "
+        "resolution (about 3 significant digits).")
     out()
     laws: dict[str, Any] = {}
     for fam, pts in points.items():
@@ -111,11 +116,13 @@ def main() -> int:
                     row.append(f"{p.loss:.4f} ({p.D / 1e3:.1f}k tok)")
                 else:
                     row.append("pending")
-            winner = min(by, key=lambda v: by[v].loss) if len(by) > 1 else "—"
+            ranked = sorted(by, key=lambda v: by[v].loss)
+            ties = [v for v in ranked if by[v].loss == by[ranked[0]].loss]
+            winner = "—" if len(by) < 2 else (" = ".join(ties) + " (tie)" if len(ties) > 1 else ranked[0])
             n = next(iter(by.values())).N
             raw = baselines.get(model, {}).get("raw_val_loss")
             raw_s = "?" if raw is None else f"{raw:.4f}"
-            out(f"| {budget:.2g} | {short_model(model)} | {n / 1e6:.1f}M | {raw_s} | " + " | ".join(row)
+            out(f"| {budget:.3g} | {short_model(model)} | {n / 1e6:.1f}M | {raw_s} | " + " | ".join(row)
                 + f" | {winner} |")
         out()
         best: dict[float, tuple[str, str, float]] = {}
@@ -124,7 +131,7 @@ def main() -> int:
                 if budget not in best or p.loss < best[budget][2]:
                     best[budget] = (v, short_model(model), p.loss)
         out("Best (method, model) per budget, over both models: " + "; ".join(
-            f"{b:.2g}: {v} on {m} ({loss:.4f})" for b, (v, m, loss) in sorted(best.items())))
+            f"{b:.3g}: {v} on {m} ({loss:.4f})" for b, (v, m, loss) in sorted(best.items())))
         out()
         try:
             laws[fam] = fit_laws([p for p in load_records(FAMILIES[fam])], bootstrap=0, validate=False,
@@ -154,13 +161,13 @@ def main() -> int:
                 common = [v for v in by if v in ls.laws]
                 if len(common) < 2:
                     continue
-                pred = {v: float(ls.predict(v, by[v].N, by[v].D)[0]) for v in common}
+                pred = {v: float(ls.predict(v, by[v].N, by[v].D)) for v in common}
                 meas = {v: by[v].loss for v in common}
                 tau, same = ranking_agreement(pred, meas)
                 summary[(a, b)].append((tau, same))
                 order = lambda d: " < ".join(sorted(d, key=d.__getitem__))  # noqa: E731
                 tau_s = "n/a" if math.isnan(tau) else f"{tau:+.2f}"
-                out(f"| {a.split()[0]} | {b.split()[0]} | {budget:.2g} | {short_model(model)} | {len(common)} "
+                out(f"| {a.split()[0]} | {b.split()[0]} | {budget:.3g} | {short_model(model)} | {len(common)} "
                     f"| {order(pred)} | {order(meas)} | {tau_s} | {'yes' if same else 'no'} |")
     out()
     for (a, b), rows in summary.items():
@@ -169,6 +176,25 @@ def main() -> int:
         mean_tau = f"{sum(taus) / len(taus):+.2f}" if taus else "n/a"
         out(f"- {a.split()[0]} law on {b.split()[0]} cells ({kind}): same winner in "
             f"{sum(s for _, s in rows)} of {len(rows)} cells, mean Kendall tau {mean_tau}")
+    out()
+    out("Law-free comparison: the measured order of the methods both families have (full, freeze-f0.5, lora-r8), "
+        "rung against rung (the i-th budget of each grid) and smaller member against smaller member:")
+    out()
+    out("| rung | member | SmolLM2 measured order | Qwen measured order | Kendall tau | same winner |")
+    out("|---|---|---|---|---|---|")
+    fams = list(points)
+    by_pos = [positions(points[f]) for f in fams]
+    for pos in sorted(set(by_pos[0]) & set(by_pos[1])):
+        a_by, b_by = by_pos[0][pos], by_pos[1][pos]
+        common = sorted(set(a_by) & set(b_by))
+        if len(common) < 2:
+            continue
+        a_loss = {v: a_by[v].loss for v in common}
+        b_loss = {v: b_by[v].loss for v in common}
+        tau, same = ranking_agreement(a_loss, b_loss)
+        order = lambda d: " < ".join(sorted(d, key=d.__getitem__))  # noqa: E731
+        out(f"| {pos[0] + 1} | L{'2' if pos[1] == 0 else '4'} | {order(a_loss)} | {order(b_loss)} | "
+            f"{'n/a' if math.isnan(tau) else f'{tau:+.2f}'} | {'yes' if same else 'no'} |")
     text = "\n".join(lines) + "\n"
     (HERE / "report.md").write_text(text)
     splice(DOC, text)
@@ -185,6 +211,16 @@ def splice(doc: Path, text: str) -> None:
     if not (sep and sep2):
         raise SystemExit(f"{doc}: markers {BEGIN} / {END} not found")
     doc.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+
+
+def positions(points: list[Any]) -> dict[tuple[int, int], dict[str, Any]]:
+    """(budget rung index, member index by size) → {variant: point}: lines the two grids up rung by rung."""
+    budgets = sorted({p.budget for p in points})
+    sizes = sorted({p.N for p in points})
+    out: dict[tuple[int, int], dict[str, Any]] = defaultdict(dict)
+    for p in points:
+        out[(budgets.index(p.budget), sizes.index(p.N))][p.variant] = p
+    return out
 
 
 def load_records(store: Path) -> list[Any]:
