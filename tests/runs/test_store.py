@@ -271,7 +271,8 @@ def test_operational_settings_do_not_enter_the_run_key():
 
 
 @pytest.mark.parametrize("store_path", ["study/full/study.sqlite", "study/full/check.sqlite",
-                                        "study/mini/mini.sqlite"])
+                                        "study/mini/mini.sqlite", "study/cross_family/smollm2.sqlite",
+                                        "study/cross_family/qwen.sqlite"])
 def test_committed_stores_keep_their_keys(store_path):
     """Nothing re-trains: every stored config still hashes to its stored key under today's run_key."""
     from pathlib import Path
@@ -286,7 +287,8 @@ def test_committed_stores_keep_their_keys(store_path):
 
 COMMITTED_STORES = ["study/full/study.sqlite", "study/full/check.sqlite", "study/lrcheck/lrcheck.sqlite",
                     "study/lrcheck/lrcheck-check.sqlite", "study/lrcheck/lrcheck75.sqlite",
-                    "study/lrcheck/lrcheck75-check.sqlite", "study/mini/mini.sqlite"]
+                    "study/lrcheck/lrcheck75-check.sqlite", "study/mini/mini.sqlite",
+                    "study/cross_family/smollm2.sqlite", "study/cross_family/qwen.sqlite"]
 
 
 @pytest.mark.parametrize("store_path", COMMITTED_STORES)
