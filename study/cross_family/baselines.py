@@ -15,18 +15,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from embrecipe.data import load_pairs
-
-try:  # the stage-folder layout (embrecipe.training, embrecipe.models); the flat layout before it
-    from embrecipe.models.loading import load_sentence_transformer
-    from embrecipe.training.device import precision_for
-    from embrecipe.training.loss import heldout_loss
-    from embrecipe.training.runtime import training_device
-except ImportError:
-    from embrecipe.device import precision_for  # type: ignore[no-redef]
-    from embrecipe.loss import heldout_loss  # type: ignore[no-redef]
-    from embrecipe.modeling import load_sentence_transformer  # type: ignore[no-redef]
-    from embrecipe.runtime import training_device  # type: ignore[no-redef]
+from embrecipe.data.pairs import load_pairs
+from embrecipe.models.loading import load_sentence_transformer
+from embrecipe.training.device import precision_for
+from embrecipe.training.loss import heldout_loss
+from embrecipe.training.runtime import training_device
 
 HERE = Path(__file__).resolve().parent
 

@@ -26,11 +26,7 @@ from scipy.stats import kendalltau
 from embrecipe.errors import InputError
 from embrecipe.laws.fit import fit_laws
 from embrecipe.laws.points import finite_records, run_point
-
-try:  # the stage-folder layout (embrecipe.runs, ...); the flat layout before it
-    from embrecipe.runs.store import RunStore
-except ImportError:
-    from embrecipe.store import RunStore  # type: ignore[no-redef]
+from embrecipe.runs.store import RunStore
 
 HERE = Path(__file__).resolve().parent
 FAMILIES = {"SmolLM2-135M": HERE / "smollm2.sqlite", "Qwen2.5-Coder-0.5B (AWQ→GGUF)": HERE / "qwen.sqlite"}
