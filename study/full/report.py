@@ -395,6 +395,13 @@ def main(argv: list[str] | None = None) -> int:
     with RunStore(HERE / "study.sqlite") as st:
         newest = max(float(r["updated_at"]) for r in st.rows("completed"))
     laws.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(newest))
+    # The runs record the models' shapes, not their builds: keep the content hashes the committed card gives its
+    # testbed members (a card names a model by name, shape and content hash: embrecipe.models.refs).
+    if CARD.is_file():
+        known = {m.get("name"): m.get("content_hash") for m in json.loads(CARD.read_text()).get("family", [])}
+        for member in laws.family:
+            if known.get(member.get("name")) and not member.get("content_hash"):
+                member["content_hash"] = known[member["name"]]
     paths = write_report(records, report_dir, laws=laws)
     card_path.parent.mkdir(parents=True, exist_ok=True)
     laws.save(card_path)
