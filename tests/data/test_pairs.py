@@ -96,3 +96,25 @@ def test_duplicate_fraction():
     assert duplicate_fraction(PairData(["a", "b", "c"], ["x", "y", "z"])) == 0.0
     assert duplicate_fraction(PairData(["a", "a", "a", "b"], ["x", "x", "y", "x"])) == 0.25
     assert duplicate_fraction(PairData(["q"] * 10, ["d"] * 10)) == 0.9
+
+
+def test_tokens_per_pair_and_model_shape_resolve_a_testbed_name_under_embrecipe_home(tmp_path, monkeypatch,
+                                                                                  tiny_pairs_file):
+    """A grid may name a testbed member (``smollm2-L2``): the sweep's token estimate and shape must load it from
+    $EMBRECIPE_HOME/testbed, not ask the Hub for a repo of that name."""
+    from embrecipe.data.pairs import estimate_tokens_per_pair
+    from embrecipe.models.family import shape_of_checkpoint
+    from embrecipe.models.refs import MANIFEST
+    from embrecipe.testing import make_tiny_decoder
+
+    member = tmp_path / "home" / "testbed" / "smollm2-L2"
+    make_tiny_decoder(member, "llama", layers=2)
+    files = sorted(p.name for p in member.iterdir())
+    (member / MANIFEST).write_text(json.dumps({"layers": 2, "files": files}))
+    monkeypatch.setenv("EMBRECIPE_HOME", str(tmp_path / "home"))
+    by_name = estimate_tokens_per_pair(tiny_pairs_file, "smollm2-L2", max_seq_length=32)
+    assert by_name == estimate_tokens_per_pair(tiny_pairs_file, str(member), max_seq_length=32) > 0
+    assert shape_of_checkpoint("smollm2-L2").num_blocks == 2
+    monkeypatch.setenv("EMBRECIPE_HOME", str(tmp_path / "elsewhere"))
+    with pytest.raises(InputError, match="embrecipe testbed models --layers 2"):
+        shape_of_checkpoint("smollm2-L2")

@@ -402,3 +402,16 @@ def test_grid_files_naming_the_trainers_by_their_old_module_paths_still_load():
     old = grid_from_dict({"models": ["toy-h64-l2"], "methods": {"full": {}}, "budgets": [1e12],
                           "trainer": "embrecipe.synthetic:synthetic_train"})
     assert resolve_train_fn(old.trainer) is current_synthetic
+
+
+def test_grid_paths_expand_environment_variables_and_refuse_unset_ones(tmp_path, monkeypatch, tiny_pairs_file):
+    monkeypatch.setenv("EMBRECIPE_TEST_DATA_DIR", str(Path(tiny_pairs_file).parent))
+    monkeypatch.setenv("EMBRECIPE_TEST_OUT", str(tmp_path / "outside"))
+    grid = load_grid(write_grid(tmp_path, store="$EMBRECIPE_TEST_OUT/runs.sqlite", out="${EMBRECIPE_TEST_OUT}/runs",
+                                train={"batch_size": 32, "data": f"$EMBRECIPE_TEST_DATA_DIR/{Path(tiny_pairs_file).name}"}))
+    assert grid.train["data"] == tiny_pairs_file
+    assert grid.store == str(tmp_path / "outside" / "runs.sqlite")
+    assert grid.out == str(tmp_path / "outside" / "runs")
+    monkeypatch.delenv("EMBRECIPE_TEST_OUT")
+    with pytest.raises(InputError, match=r"unset environment variable\(s\) EMBRECIPE_TEST_OUT"):
+        load_grid(write_grid(tmp_path, out="$EMBRECIPE_TEST_OUT/runs"))

@@ -281,6 +281,28 @@ def test_tokenization_cache_reuses_only_identical_inputs(tiny_models):
     assert batching.tokenize(tok, texts[::-1], 75) == first[::-1]
 
 
+def test_truncation_count_is_kept_per_worker_and_equals_the_uncounted_one(tiny_models, monkeypatch):
+    """A sweep worker counts the truncated texts of a corpus once, not once per cell (it re-tokenizes every text
+    that fills max_len: ~12 s per cell on the testbed corpus at max_len 32)."""
+    from transformers import AutoTokenizer
+
+    from embrecipe.training import batching
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_models["llama"]))
+    texts = ["return the sum of two arrays and a third one", "load", "a model from a local directory on disk"]
+    fp = batching.tokenizer_fingerprint(tok)
+    ids = batching.tokenize(tok, texts, 4, fp)
+    batching._TRUNCATED_CACHE.clear()
+    expected = batching.count_truncated(tok, texts, ids, 4)
+    assert expected == sum(len(x) > 4 for x in batching.tokenize_uncached(tok, texts, 64)) == 2
+    assert batching.count_truncated(tok, texts, ids, 4, fp) == expected
+    calls = []
+    monkeypatch.setattr(batching, "tokenize_uncached", lambda *a: calls.append(a) or [])
+    assert batching.count_truncated(tok, list(texts), ids, 4, fp) == expected  # a hit: nothing re-tokenized
+    assert calls == []
+    assert batching.count_truncated(tok, texts, ids, 4) == 0 and len(calls) == 1  # without fingerprint: counted
+
+
 # --------------------------------------------------------------------------------------- hardening (issue 13)
 
 

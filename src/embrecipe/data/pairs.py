@@ -148,7 +148,9 @@ def estimate_tokens_per_pair(pairs: PairData | str | os.PathLike[str] | Sequence
         if isinstance(tokenizer, (str, os.PathLike)):
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+            from embrecipe.models.refs import resolve_model
+
+            tokenizer = AutoTokenizer.from_pretrained(resolve_model(str(tokenizer)))
         tok = tokenizer
 
         def tokenize(texts: list[str]) -> Sequence[Sequence[int]]:

@@ -125,9 +125,12 @@ def shape_of_checkpoint(name_or_path: str, *, gguf_file: str | None = None, name
     import torch
     from transformers import AutoConfig, AutoModel
 
+    from embrecipe.models.refs import resolve_model
+
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+        # a testbed name is the member under $EMBRECIPE_HOME/testbed, never a hub id to fetch
+        config = AutoConfig.from_pretrained(resolve_model(name_or_path), **kwargs)
     except (OSError, ValueError) as exc:
         raise InputError(f"model {name_or_path!r}: cannot read its config ({str(exc).splitlines()[0]})") from exc
     with torch.device("meta"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,10 +145,22 @@ def expand_methods(spec: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _expand(value: str) -> Path:
+    """``value`` with ``$VARS`` and ``~`` expanded; an unset variable is an error, not a literal folder name."""
+    expanded = os.path.expandvars(value)
+    if "$" in value and "$" in expanded:
+        unset = sorted(set(re.findall(r"\$\{?(\w+)", expanded)))
+        if unset:
+            raise InputError(f"grid path {value!r} uses the unset environment variable(s) {', '.join(unset)}")
+    return Path(expanded).expanduser()
+
+
 def _resolve(base: Path, value: Any) -> Any:
+    """A path the grid names: ``$VARS`` and ``~`` expanded, then relative to the grid file's folder when that
+    exists there (a hub id or a testbed name is returned as written)."""
     if not isinstance(value, str) or not value:
         return value
-    p = Path(value).expanduser()
+    p = _expand(value)
     if p.is_absolute():
         return str(p)
     cand = base / p
@@ -194,8 +207,8 @@ def grid_from_dict(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] =
         allow_repeat=bool(raw.get("allow_repeat", False)),
         tokens_per_pair=None if raw.get("tokens_per_pair") is None else float(raw["tokens_per_pair"]),
         dataset_pairs=None if raw.get("dataset_pairs") is None else int(raw["dataset_pairs"]),
-        store=None if raw.get("store") is None else str(base / str(raw["store"])),
-        out=None if raw.get("out") is None else str(base / str(raw["out"])),
+        store=None if raw.get("store") is None else str(base / _expand(str(raw["store"]))),
+        out=None if raw.get("out") is None else str(base / _expand(str(raw["out"]))),
         trainer=trainer,
         heartbeat_s=float(raw.get("heartbeat_s", 60.0)),
         ray=dict(raw.get("ray") or {}),

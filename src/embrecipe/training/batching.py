@@ -89,6 +89,7 @@ def packed_batch(seqs: list[list[int]], row_length: int, pad_id: int, device: An
 # shares it); tokenizing ~57k texts costs seconds per run, so a worker keeps the last few results.
 _TOKEN_CACHE: dict[tuple[str, int, str], list[list[int]]] = {}
 _TOKEN_CACHE_MAX = 4
+_TRUNCATED_CACHE: dict[tuple[str, int, str], int] = {}  # count_truncated's counts, kept alike
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -125,14 +126,25 @@ def tokenize_uncached(tokenizer: Any, texts: list[str], max_len: int) -> list[li
     return out
 
 
-def count_truncated(tokenizer: Any, texts: list[str], ids: list[list[int]], max_len: int) -> int:
+def count_truncated(tokenizer: Any, texts: list[str], ids: list[list[int]], max_len: int,
+                    fingerprint: str | None = None) -> int:
     """How many of ``texts`` are longer than ``max_len`` tokens (``ids``: their tokens, truncated to ``max_len``).
 
-    Only a text that fills ``max_len`` can have been cut, so only those are tokenized again, one token longer."""
+    Only a text that fills ``max_len`` can have been cut, so only those are tokenized again, one token longer.
+    With ``fingerprint`` (:func:`tokenizer_fingerprint`) the count is kept like :func:`tokenize`'s ids: on a
+    large corpus with short ``max_len`` most texts fill it, and recounting cost a sweep worker ~12 s per cell."""
+    key = None
+    if fingerprint is not None:
+        key = (fingerprint, int(max_len), hashlib.sha1("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest())
+        if key in _TRUNCATED_CACHE:
+            return _TRUNCATED_CACHE[key]
     full = [t for t, x in zip(texts, ids, strict=True) if len(x) >= max_len]
-    if not full:
-        return 0
-    return sum(len(x) > max_len for x in tokenize_uncached(tokenizer, full, max_len + 1))
+    count = sum(len(x) > max_len for x in tokenize_uncached(tokenizer, full, max_len + 1)) if full else 0
+    if key is not None:
+        if len(_TRUNCATED_CACHE) >= _TOKEN_CACHE_MAX:
+            _TRUNCATED_CACHE.pop(next(iter(_TRUNCATED_CACHE)))
+        _TRUNCATED_CACHE[key] = count
+    return count
 
 
 def prompted_columns(model: Any, columns: list[list[str]], query_prompt: str | None,

@@ -271,7 +271,7 @@ def _set_up_meter(config: TrainConfig, data: PairData, model: Any, device: Any, 
     columns, prompt_lengths = prompted_columns(model, data.columns(config.hard_negatives), config.query_prompt,
                                                config.doc_prompt)
     tok_cols = [tokenize(tokenizer, col, config.max_seq_length, fingerprint) for col in columns]
-    truncated = sum(count_truncated(tokenizer, col, ids, config.max_seq_length)
+    truncated = sum(count_truncated(tokenizer, col, ids, config.max_seq_length, fingerprint)
                     for col, ids in zip(columns, tok_cols, strict=True))
     pair_tokens = [sum(len(c[i]) for c in tok_cols) for i in range(len(data))]
     per_token = flops_per_token(config.method.name, info.n_params, info.n_trainable)
