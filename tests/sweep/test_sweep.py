@@ -345,6 +345,15 @@ def test_a_grid_too_small_to_fit_says_so_before_training_and_report_writes_nothi
     # the full BASE grid (2 sizes x 3 budgets per variant) is fittable: no warning
     assert main(["sweep", str(write_grid(tmp_path)), "--dry-run", "--no-progress"]) == 0
     assert "fittable" not in capsys.readouterr().out
+    # ... and so is it with an LR search: the upper rungs wait for the search but will run (they used to be
+    # left out of the count, and every LR-search grid was warned about)
+    assert main(["sweep", str(write_grid(tmp_path, lr_search={"factors": [0.3162, 1, 3.162]})), "--dry-run",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "waits for the LR search" in out and "fittable" not in out
+    assert main(["sweep", str(write_grid(tmp_path, lr_search={"factors": [0.3162, 1, 3.162]}, budgets=[1e12])),
+                 "--dry-run", "--no-progress"]) == 0
+    assert "cannot produce a fittable law" in capsys.readouterr().out
 
 
 def _slow_train(config):

@@ -183,7 +183,7 @@ def run_sweep(
     if not cells:
         raise InputError("every cell of the grid was skipped (see the reasons above)")
     check_cells(cells, fn, grid.source)
-    for line in fit_shortfalls(cells):
+    for line in fit_shortfalls(cells, waiting=[s for s in skipped if s.reason == WAITS_FOR_LR]):
         log(line)  # before a single run is paid for (dry run and real start alike)
     t0 = time.time()
     if dry_run and not Path(location).exists():
@@ -218,13 +218,19 @@ FIT_MIN_RUNS = 6
 FIT_MIN_SIZES = 2
 
 
-def fit_shortfalls(cells: Sequence[Cell], min_runs: int = FIT_MIN_RUNS, min_sizes: int = FIT_MIN_SIZES) -> list[str]:
+def fit_shortfalls(cells: Sequence[Cell], min_runs: int = FIT_MIN_RUNS, min_sizes: int = FIT_MIN_SIZES, *,
+                   waiting: Sequence[Skipped] = ()) -> list[str]:
     """Warnings, one line each, for the variants whose cells, all completed, still cannot be fitted: fewer than
     ``min_runs`` runs, fewer than ``min_sizes`` model sizes, or one budget only. LR candidates of one (model,
-    budget, seed) count once: only the chosen LR's runs are fitted. Empty when every variant can be fitted."""
+    budget, seed) count once: only the chosen LR's runs are fitted. ``waiting``: the upper-rung cells that wait
+    for the LR search (they will run, at the chosen LR). Empty when every variant can be fitted."""
     runs: dict[str, set[tuple[int, float, Any]]] = {}
     for c in cells:
         runs.setdefault(c.variant, set()).add((c.n_params, c.budget, c.config.get("seed")))
+    n_of = {c.model: c.n_params for c in cells}
+    for w in waiting:
+        if w.model in n_of:  # a waiting cell's model has its search cells among ``cells``
+            runs.setdefault(w.variant, set()).add((n_of[w.model], w.budget, None))
     short = {}
     for variant, points in runs.items():
         sizes, budgets = {n for n, _, _ in points}, {b for _, b, _ in points}
