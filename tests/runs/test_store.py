@@ -335,3 +335,33 @@ def test_records_are_stored_as_strict_json(tmp_path):
     (text,) = sqlite3.connect(path).execute("SELECT record FROM runs").fetchone()
     rec = json.loads(text, parse_constant=lambda t: pytest.fail(f"non-strict token {t}"))
     assert rec["final_val_loss"] is None and rec["loss_curve"] == [[1, None]]
+
+
+def test_validation_data_enters_the_run_key_by_content_and_old_keys_move_without_retraining(tmp_path):
+    """A run's validation file is part of what it measures, by content: the same file in another folder is the
+    same run. Stores written when the path was in the key keep their runs: RunStore.rekey moves them once."""
+    from embrecipe.runs.records import legacy_run_key, run_identity
+
+    config = {"model": "m", "method": {"name": "full"}, "budget": 1e12, "seed": 0, "val_data": "/a/val.jsonl"}
+    moved = {**config, "val_data": "/elsewhere/copy-of-val.jsonl"}
+    ident, key = run_identity(config, "fp", "valfp")
+    assert "val_data" not in ident and ident["val_data_fingerprint"] == "valfp"
+    assert run_identity(moved, "fp", "valfp")[1] == key  # moved file, same content: the same run
+    assert run_identity(config, "fp", "other")[1] != key  # other content: another run
+    assert legacy_run_key(config, "fp") == run_identity(config, "fp")[1] != key
+    assert legacy_run_key(moved, "fp") != legacy_run_key(config, "fp")  # what the path-key got wrong
+    assert legacy_run_key({k: v for k, v in config.items() if k != "val_data"}, "fp") is None
+
+    legacy_ident, legacy = run_identity(config, "fp")
+    with RunStore(tmp_path / "old.sqlite") as st:
+        st.add_pending([legacy_ident])
+        assert st.claim(legacy)
+        st.complete(legacy, {"config": legacy_ident, "model": "m", "method": "full", "final_val_loss": 1.5})
+        st.add_pending([run_identity({**config, "seed": 1}, "fp")[0]])  # a pending legacy row stays put
+        assert not st.rekey(run_identity({**config, "seed": 1}, "fp")[1], "x", {})
+        assert st.rekey(legacy, key, ident)
+        assert st.status(legacy) is None and st.status(key) == "completed"
+        rec = st.record(key)
+        assert rec.loss() == 1.5 and rec.key == key and rec.details["rekeyed_from"] == legacy
+        assert [r.key for r in st.records()] == [key]  # moved, not copied: a fit sees it once
+        assert not st.rekey(legacy, key, ident)  # nothing left to move

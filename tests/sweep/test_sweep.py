@@ -424,3 +424,34 @@ def test_grid_paths_expand_environment_variables_and_refuse_unset_ones(tmp_path,
     monkeypatch.delenv("EMBRECIPE_TEST_OUT")
     with pytest.raises(InputError, match=r"unset environment variable\(s\) EMBRECIPE_TEST_OUT"):
         load_grid(write_grid(tmp_path, out="$EMBRECIPE_TEST_OUT/runs"))
+
+
+def test_a_store_keyed_by_the_validation_files_path_resumes_without_retraining(tmp_path, tiny_pairs_file):
+    """Stores written before val_data entered the run keys by content hold the path-keyed runs; the sweep moves
+    them to the new keys and trains nothing. A validation file moved to another folder is the same data."""
+    import shutil
+
+    from embrecipe.runs.records import run_identity
+
+    val = tmp_path / "val.jsonl"
+    shutil.copy(tiny_pairs_file, val)
+    path = write_grid(tmp_path, train={"batch_size": 32, "seed": 0, "val_data": str(val)})
+    store = tmp_path / "runs.sqlite"
+    first = run_sweep(load_grid(path), store=store, progress=False, log=lambda s: None)
+    assert len(first.ran) == 18
+    with RunStore(store) as st:  # make it the store an older embrecipe wrote: every key from the path
+        for rec in st.records():
+            ident = {k: v for k, v in st.get(rec.key)["config"].items() if k != "val_data_fingerprint"}
+            old_ident, old_key = run_identity({**ident, "val_data": str(val)}, ident["data_fingerprint"])
+            assert st.rekey(rec.key, old_key, old_ident)
+    lines: list[str] = []
+    again = run_sweep(load_grid(path), store=store, progress=False, log=lines.append)
+    assert again.ran == [] and again.already_done == 18 and any("18 completed run(s) of this store moved" in x for x in lines)
+    elsewhere = tmp_path / "moved"
+    elsewhere.mkdir()
+    shutil.move(val, elsewhere / "val.jsonl")
+    moved = run_sweep(load_grid(write_grid(tmp_path, train={"batch_size": 32, "seed": 0,
+                                                           "val_data": str(elsewhere / "val.jsonl")})),
+                      store=store, progress=False, log=lambda s: None)
+    assert moved.ran == [] and moved.already_done == 18
+    assert len(RunStore(store).records()) == 18

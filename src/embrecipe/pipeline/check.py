@@ -40,7 +40,7 @@ from embrecipe.errors import InputError
 from embrecipe.flops import check_budget
 from embrecipe.jsonio import write_text_atomic
 from embrecipe.models.refs import portable
-from embrecipe.runs.records import NON_IDENTITY_KEYS, RunRecord, run_identity
+from embrecipe.runs.records import NON_IDENTITY_KEYS, RunRecord, legacy_run_key, run_identity
 
 if TYPE_CHECKING:
     from embrecipe.sweep.cells import Cell
@@ -350,20 +350,36 @@ def _check_jobs(chosen: Sequence[tuple[CheckedConfig, Any]], fit: _FitWithoutBud
                 config["lr"] = c.lr
             if "progress" in _config_keys(fn):
                 config["progress"] = False
-            key_config, key = run_identity(config, fit.laws.data_fingerprint)
+            key_config, key = run_identity(config, fit.laws.data_fingerprint, _val_fingerprint(config))
+            legacy = legacy_run_key(config, fit.laws.data_fingerprint)
             if export_dir is not None:  # a trained model per run: only when asked (100s of MB)
                 config["out"] = str(Path(export_dir) / key)
             cell = Cell(model=c.model, path=c.path, method=config["method"], variant=c.variant, budget=budget,
                         n_params=cand.n_params, n_trainable=cand.n_trainable,
                         flops_per_token=cand.flops_per_token, planned_tokens=cand.tokens,
-                        planned_steps=cand.steps, config=config, key_config=key_config, key=key)
+                        planned_steps=cand.steps, config=config, key_config=key_config, key=key,
+                        legacy_key=legacy if legacy != key else None)
             jobs.append(_CheckJob(entry=c, seed=s, cell=cell))
     return jobs
+
+
+def _val_fingerprint(config: Mapping[str, Any]) -> str | None:
+    """The content fingerprint of a run's validation file (it enters the run key instead of the path); None
+    when the run has none, or the file is not here (the run key then keeps the path, as before)."""
+    path = config.get("val_data")
+    if not isinstance(path, str) or not Path(path).exists():
+        return None
+    from embrecipe.data.pairs import load_pairs
+
+    return load_pairs(path).fingerprint()
 
 
 def _train_missing(st: Any, jobs: list[_CheckJob], fn: TrainFn, workers: int, budget: float,
                    log: Callable[[str], None]) -> None:
     """Phase 3b: register every job in the check store and train those not completed yet."""
+    from embrecipe.sweep.orchestration import adopt_legacy_runs
+
+    adopt_legacy_runs(st, [j.cell for j in jobs], log)
     st.add_pending(j.cell.key_config for j in jobs)
     todo = [j for j in jobs if st.status(j.cell.key) != "completed"]
     for j in todo:

@@ -116,19 +116,36 @@ def run_key(config: Mapping[str, Any]) -> str:
 _LOCATION_KEYS = ("data", "out", "report_to")
 
 
-def run_identity(config: Mapping[str, Any], data_fingerprint: str) -> tuple[dict[str, Any], str]:
+def run_identity(config: Mapping[str, Any], data_fingerprint: str,
+                 val_fingerprint: str | None = None) -> tuple[dict[str, Any], str]:
     """The identity of a run the sweep or the recipe check trains (its store row) and its :func:`run_key`.
 
     The trainer config without where its data and outputs live, plus the data's *content* fingerprint (a moved
     or renamed file is the same run) and the embrecipe version (a new version is a new run). The one builder of
     a run's identity: the sweep's cells and the check's runs call it, so the same run gets the same row.
+
+    ``val_fingerprint``: the content fingerprint of the config's ``val_data`` file, which then replaces its path
+    (a validation file moved to another folder or machine is the same run). Without it the path stays, as in
+    the identities of stores written before: :func:`legacy_run_key` is that older key, which
+    :meth:`embrecipe.runs.store.RunStore.rekey` moves a stored run from.
     """
     from embrecipe import __version__
 
     ident = {k: v for k, v in config.items() if k not in _LOCATION_KEYS}
     ident["data_fingerprint"] = data_fingerprint
+    if val_fingerprint is not None and isinstance(config.get("val_data"), str):
+        del ident["val_data"]
+        ident["val_data_fingerprint"] = val_fingerprint
     ident["code_version"] = __version__
     return ident, run_key(ident)
+
+
+def legacy_run_key(config: Mapping[str, Any], data_fingerprint: str) -> str | None:
+    """The key the same run had when a validation file entered its identity by path (before
+    ``val_data_fingerprint``); None when the config has no validation file (its key never changed)."""
+    if not isinstance(config.get("val_data"), str):
+        return None
+    return run_identity(config, data_fingerprint)[1]
 
 
 def variant_of(method: Any) -> str | None:

@@ -397,6 +397,24 @@ class RunStore:
                           (now, k))
         return released
 
+    def rekey(self, old: str, new: str, config: Mapping[str, Any]) -> bool:
+        """Move the completed run ``old`` to key ``new`` with identity ``config``, when the run's identity changed
+        its form but not its meaning (a validation file named by content instead of path: ``legacy_run_key``).
+        Nothing happens (False) unless ``old`` is completed and ``new`` is not in the store; the run is never
+        duplicated, so a fit sees it once."""
+        with self._tx() as c:
+            row = c.execute("SELECT status, record FROM runs WHERE key = ?", (old,)).fetchone()
+            if row is None or row["status"] != "completed" or \
+                    c.execute("SELECT 1 FROM runs WHERE key = ?", (new,)).fetchone() is not None:
+                return False
+            record = json.loads(row["record"]) if row["record"] else None
+            if isinstance(record, dict):
+                record["key"] = new
+                record["rekeyed_from"] = old
+            c.execute("UPDATE runs SET key = ?, config = ?, record = ?, updated_at = ? WHERE key = ?",
+                      (new, _dumps(dict(config)), None if record is None else _dumps(record), time.time(), old))
+        return True
+
     def put(self, record: RunRecord | Mapping[str, Any]) -> str:
         """Insert or replace a completed run from its record alone (key from the record's config)."""
         rec = as_record(record)

@@ -34,17 +34,24 @@ class DataStats:
     fingerprint: str
     pairs: int | None
     tokens_per_pair: float | None
+    val_fingerprint: str | None = None  # of train.val_data, which enters the run keys by content, not path
 
 
 def data_stats(grid: Grid) -> DataStats:
     """Fingerprint, train pairs and mean tokens per pair of the grid's data (grid values win)."""
-    data_path = grid.train.get("data")
+    from embrecipe.data.pairs import estimate_tokens_per_pair, load_pairs
+
+    data_path, val_path = grid.train.get("data"), grid.train.get("val_data")
     pairs, tpp = grid.dataset_pairs, grid.tokens_per_pair
+    val_fingerprint = None
+    if isinstance(val_path, str):
+        if not Path(val_path).exists():
+            raise InputError(f"grid: val_data {val_path} does not exist")
+        val_fingerprint = load_pairs(val_path).fingerprint()
     if not data_path:
-        return DataStats(fingerprint="none", pairs=pairs, tokens_per_pair=tpp)
+        return DataStats(fingerprint="none", pairs=pairs, tokens_per_pair=tpp, val_fingerprint=val_fingerprint)
     if not Path(str(data_path)).exists():
         raise InputError(f"grid: data {data_path} does not exist")
-    from embrecipe.data.pairs import estimate_tokens_per_pair, load_pairs
 
     data = load_pairs(data_path)
     fingerprint = data.fingerprint()
@@ -59,7 +66,7 @@ def data_stats(grid: Grid) -> DataStats:
         tpp = estimate_tokens_per_pair(data, grid.models[0]["path"],
                                        max_seq_length=int(grid.train.get("max_seq_length", 75)),
                                        hard_negatives=int(grid.train.get("hard_negatives", 0)))
-    return DataStats(fingerprint=fingerprint, pairs=pairs, tokens_per_pair=tpp)
+    return DataStats(fingerprint=fingerprint, pairs=pairs, tokens_per_pair=tpp, val_fingerprint=val_fingerprint)
 
 
 def model_shape(model: Mapping[str, Any]) -> ModelShape:
@@ -94,6 +101,7 @@ class Cell:
     config: dict[str, Any]  # what the trainer receives
     key_config: dict[str, Any]  # what identifies the run
     key: str
+    legacy_key: str | None = None  # the same run's key in stores that named val_data by path (RunStore.rekey)
 
 
 WAITS_FOR_LR = "waits for the LR search at the lowest rung(s) (trains at the LR chosen there)"
@@ -154,11 +162,12 @@ def expand(grid: Grid, stats: DataStats | None = None,
                     skipped.append(Skipped(model["name"], method.key, budget, WAITS_FOR_LR))
                     continue
                 for lr in lrs:
-                    config, key_config, key = _cell_configs(grid, stats, model, mdict, method.key, budget, lr)
+                    config, key_config, key, legacy = _cell_configs(grid, stats, model, mdict, method.key,
+                                                                    budget, lr)
                     cells.append(Cell(model=model["name"], path=str(model["path"]), method=mdict,
                                       variant=method.key, budget=budget, n_params=n, n_trainable=n_t,
                                       flops_per_token=cost, planned_tokens=tokens, planned_steps=steps,
-                                      config=config, key_config=key_config, key=key))
+                                      config=config, key_config=key_config, key=key, legacy_key=legacy))
     return cells, skipped
 
 
@@ -176,20 +185,21 @@ def _cell_lrs(grid: Grid, model_path: str, variant: str, search_rung: bool,
 
 
 def _cell_configs(grid: Grid, stats: DataStats, model: Mapping[str, Any], mdict: dict[str, Any], variant: str,
-                  budget: float, lr: float | None) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """A cell's trainer config, its identity config and the run key of that identity."""
-    from embrecipe.runs.records import run_identity
+                  budget: float, lr: float | None) -> tuple[dict[str, Any], dict[str, Any], str, str | None]:
+    """A cell's trainer config, its identity config, the run key of that identity and its legacy key."""
+    from embrecipe.runs.records import legacy_run_key, run_identity
 
     config = {**grid.train, "model": model["path"], "method": mdict, "budget": budget}
     if lr is not None:
         config["lr"] = lr
-    key_config, key = run_identity(config, stats.fingerprint)
+    key_config, key = run_identity(config, stats.fingerprint, stats.val_fingerprint)
+    legacy = legacy_run_key(config, stats.fingerprint)
     if grid.out:
         config["out"] = str(Path(grid.out) / key)
         # A retried cell (failed, or killed before its export) reuses its own folder.
         config["overwrite"] = True
     config.update(_tracking_settings(grid, model["name"], variant, budget, key))
-    return config, key_config, key
+    return config, key_config, key, (legacy if legacy != key else None)
 
 
 def _tracking_settings(grid: Grid, model_name: str, variant: str, budget: float, key: str) -> dict[str, Any]:

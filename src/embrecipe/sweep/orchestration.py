@@ -193,6 +193,8 @@ def run_sweep(
 
     stale_after = STALE_AFTER_BEATS * grid.heartbeat_s if grid.heartbeat_s > 0 else 6 * 3600.0
     st = RunStore(location, stale_after=stale_after)
+    if not dry_run:  # a dry run writes nothing: it lists such runs as to run
+        adopt_legacy_runs(st, design_cells(grid, stats, cells), log)
     ctx = _SweepContext(store=st, train_fn=fn, grid=grid, log=log, progress=progress, location=location,
                         executor=ExecutorSettings(kind=executor, workers=workers, ray_address=ray_address))
     try:
@@ -211,6 +213,17 @@ def run_sweep(
         return _run_grid(ctx, cells, skipped, spec=spec, dry_run=dry_run, t0=t0)
     finally:
         st.close()
+
+
+def adopt_legacy_runs(store: Any, cells: Sequence[Cell], log: Callable[[str], None] | None = None) -> int:
+    """Move the completed runs a store holds under the cells' legacy keys (val_data named by path) to their
+    keys (val_data named by content): a store written by an older embrecipe resumes without training them
+    again. Returns how many moved."""
+    moved = sum(store.rekey(c.legacy_key, c.key, c.key_config) for c in cells if c.legacy_key)
+    if moved and log is not None:
+        log(f"{moved} completed run(s) of this store moved to their new keys (the validation data now enters "
+            f"a run's key by content, not path); nothing is retrained")
+    return moved
 
 
 # What `fit`, `plan --laws STORE`, `report` and `check` need per variant (embrecipe.laws: ScalingLaw's checks).
