@@ -25,17 +25,27 @@ import yaml
 
 from embrecipe.recipe import select_lrs
 from embrecipe.runs.store import RunStore
-from embrecipe.sweep.adaptive import AdaptiveSpec, config_id, read_trace, record_flops, recommend, replay_adaptive
+from embrecipe.sweep.adaptive import (
+    AdaptiveSpec,
+    config_id,
+    read_trace,
+    recommend,
+    record_flops,
+    replay_adaptive,
+)
 
 HERE = Path(__file__).resolve().parent
 
 
-def store_path(name: str) -> Path:
-    """``<name>.sqlite`` here; when only the committed ``<name>.sqlite.xz`` is, it is unpacked beside it first
-    (the stores are committed compressed: the GPU window carries the working tree within 64 MiB)."""
+def store_path(name: str, work: Path = HERE) -> Path:
+    """``<name>.sqlite`` here; when only the committed ``<name>.sqlite.xz`` is, it is unpacked into ``work``
+    first (the stores are committed compressed: the GPU window carries the working tree within 64 MiB)."""
     path = HERE / f"{name}.sqlite"
     packed = path.with_name(path.name + ".xz")
-    if not path.exists() and packed.exists():
+    if path.exists() or not packed.exists():
+        return path
+    path = Path(work) / path.name
+    if not path.exists():
         with lzma.open(packed) as src, open(path.with_suffix(".tmp"), "wb") as dst:
             shutil.copyfileobj(src, dst)
         os.replace(path.with_suffix(".tmp"), path)
@@ -55,12 +65,12 @@ def _name(config: tuple[str, str] | None) -> str:
     return "none" if config is None else f"{config[1]} on {_short(config[0])}"
 
 
-def summarise() -> dict:
+def summarise(work: Path = HERE) -> dict:
     # the grid's design settings (its paths need $EMBRECIPE_HOME; its adaptive key does not)
     spec = AdaptiveSpec.from_value(yaml.safe_load((HERE / "grid.yaml").read_text())["adaptive"])
     assert spec is not None and spec.targets
     target = spec.targets[0]
-    full, adaptive = _completed(store_path("full")), _completed(store_path("adaptive"))
+    full, adaptive = _completed(store_path("full", work)), _completed(store_path("adaptive", work))
     trace = read_trace(HERE / "adaptive.sqlite") or {}
     # the chosen LR per configuration (the LR search's rule, on the full grid's runs)
     chosen = select_lrs([(*config_id(r), r.budget, r.lr, r.loss()) for r in full])
@@ -132,7 +142,7 @@ def markdown(res: dict) -> str:
         if a["p_optimal"] is not None else "| how sure | — | — |",
         f"| stopped | — | {a['stop']} |",
     ]
-    lines = rows + [""]
+    lines = [*rows, ""]
     bm, gr = g["best_measured_at_target"], g["recipe_fitted"]
 
     def versus(loss: float | None, regret: float | None) -> str:
@@ -157,8 +167,9 @@ def markdown(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="fail when results.md differs from the stores")
+    ap.add_argument("--work", type=Path, default=HERE, help="where to unpack the committed stores (default: here)")
     args = ap.parse_args(argv)
-    res = summarise()
+    res = summarise(args.work)
     md = markdown(res)
     if args.check:
         ok = (HERE / "results.md").read_text() == md
