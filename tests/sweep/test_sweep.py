@@ -368,9 +368,12 @@ def _slow_train(config):
     return synthetic_train(config)
 
 
-def test_dead_heartbeat_is_logged_and_stops_the_cell(tmp_path, monkeypatch):
+@pytest.mark.parametrize("sigint", ["python", "ignored"])
+def test_dead_heartbeat_is_logged_and_stops_the_cell(tmp_path, monkeypatch, sigint):
     """A heartbeat that keeps failing used to be swallowed silently, so another host could take a live claim:
-    now each failure is logged, and before the claim could go stale the cell is stopped and handed back."""
+    now each failure is logged, and before the claim could go stale the cell is stopped and handed back. Also in
+    a process that inherited SIGINT ignored (started with ``cmd &`` by a script: interrupt_main did nothing)."""
+    import signal
     import sqlite3
 
     from embrecipe.errors import ClaimLost
@@ -387,10 +390,16 @@ def test_dead_heartbeat_is_logged_and_stops_the_cell(tmp_path, monkeypatch):
     store = RunStore(tmp_path / "runs.sqlite")
     monkeypatch.setattr(RunStore, "heartbeat", broken)
     logs: list[str] = []
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN if sigint == "ignored" else signal.default_int_handler)
     t0 = time.time()
-    with pytest.raises(ClaimLost, match=r"heartbeat .* failed 2 times"):
-        make_executor(ExecutorSettings(), store, _slow_train, grid, logs.append).run(
-            cells, on_result=lambda c, r: None, on_busy=lambda c: None)
+    try:
+        with pytest.raises(ClaimLost, match=r"heartbeat .* failed 2 times"):
+            make_executor(ExecutorSettings(), store, _slow_train, grid, logs.append).run(
+                cells, on_result=lambda c, r: None, on_busy=lambda c: None)
+        assert signal.getsignal(signal.SIGINT) is (signal.SIG_IGN if sigint == "ignored"
+                                                   else signal.default_int_handler)  # restored
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert time.time() - t0 < 10  # stopped, not trained to the end
     assert sum("heartbeat to" in line and "database is locked" in line for line in logs) == 2
     assert store.status(cells[0].key) == "pending"  # handed back: the next run starts it at once

@@ -73,6 +73,25 @@ def call_train(train_fn: TrainFn, config: dict[str, Any]) -> dict[str, Any]:
 
 
 
+@contextmanager
+def _interruptible_main() -> Iterator[None]:
+    """Let ``_thread.interrupt_main`` reach the main thread while cells run. It does nothing when SIGINT is not
+    handled by Python, and a process started in the background by a non-interactive shell (``cmd &``, as GPU
+    window scripts and CI runners do) inherits SIGINT ignored: a dead heartbeat then could not stop its cell,
+    nor a deadline's SIGINT the sweep. The default handler is installed for the run and the old one restored."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread() or \
+            callable(signal.getsignal(signal.SIGINT)):
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 class _Heartbeat:
     """Refresh a claim while a long run trains, so other hosts do not take it over as stale.
 
@@ -102,11 +121,15 @@ class _Heartbeat:
     def _loop(self) -> None:
         from embrecipe.runs.store import RunStore
 
-        store = RunStore(self.location)  # its own connection: sqlite connections are not shared across threads
+        # Its own connection (sqlite connections are not shared across threads), opened inside the retried
+        # block: opening can meet a busy store too, and a thread that died there left the claims to go stale.
+        store = None
         failures = 0
         try:
             while not self._stop.wait(self.every):
                 try:
+                    if store is None:
+                        store = RunStore(self.location)
                     for key in list(self.keys):
                         store.heartbeat(key)
                     failures = 0
@@ -120,7 +143,8 @@ class _Heartbeat:
                         self.on_dead()
                         return
         finally:
-            store.close()
+            if store is not None:
+                store.close()
 
 
 class _GpuPlacer:
@@ -299,8 +323,8 @@ class Executor:
         running: dict[Any, Cell] = {}
         # A dead heartbeat interrupts the driver (its cells: in this process, or waited for here), which hands the
         # claims back below and says why.
-        with self._session(), _Heartbeat(self.store.location, set(), self.grid.heartbeat_s, self.log,
-                                         _thread.interrupt_main) as beat:
+        with self._session(), _interruptible_main(), _Heartbeat(self.store.location, set(), self.grid.heartbeat_s,
+                                                                self.log, _thread.interrupt_main) as beat:
             try:
                 while queue or running:
                     while queue and len(running) < self.capacity:
