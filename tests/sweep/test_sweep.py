@@ -431,8 +431,13 @@ def test_grid_paths_expand_environment_variables_and_refuse_unset_ones(tmp_path,
     assert grid.store == str(tmp_path / "outside" / "runs.sqlite")
     assert grid.out == str(tmp_path / "outside" / "runs")
     monkeypatch.delenv("EMBRECIPE_TEST_OUT")
-    with pytest.raises(InputError, match=r"unset environment variable\(s\) EMBRECIPE_TEST_OUT"):
+    with pytest.raises(InputError, match=r"grid\.yaml: path '\$EMBRECIPE_TEST_OUT/runs' uses the unset environment "
+                                         r"variable\(s\) EMBRECIPE_TEST_OUT"):
         load_grid(write_grid(tmp_path, out="$EMBRECIPE_TEST_OUT/runs"))
+    missing = write_grid(tmp_path, train={"batch_size": 32, "val_data": str(tmp_path / "no-such-val.jsonl")})
+    with pytest.raises(InputError, match=r"grid\.yaml: train\.val_data .*no-such-val\.jsonl does not exist"):
+        run_sweep(load_grid(missing), store=tmp_path / "s.sqlite", progress=False, log=lambda s: None)
+    assert not (tmp_path / "s.sqlite").exists()  # refused before the store is made
 
 
 def test_a_store_keyed_by_the_validation_files_path_resumes_without_retraining(tmp_path, tiny_pairs_file):

@@ -46,12 +46,12 @@ def data_stats(grid: Grid) -> DataStats:
     val_fingerprint = None
     if isinstance(val_path, str):
         if not Path(val_path).exists():
-            raise InputError(f"grid: val_data {val_path} does not exist")
+            raise InputError(f"{grid.source}: train.val_data {val_path} does not exist")
         val_fingerprint = load_pairs(val_path).fingerprint()
     if not data_path:
         return DataStats(fingerprint="none", pairs=pairs, tokens_per_pair=tpp, val_fingerprint=val_fingerprint)
     if not Path(str(data_path)).exists():
-        raise InputError(f"grid: data {data_path} does not exist")
+        raise InputError(f"{grid.source}: train.data {data_path} does not exist")
 
     data = load_pairs(data_path)
     fingerprint = data.fingerprint()

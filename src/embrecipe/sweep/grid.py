@@ -145,22 +145,22 @@ def expand_methods(spec: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _expand(value: str) -> Path:
+def _expand(value: str, source: str = "grid") -> Path:
     """``value`` with ``$VARS`` and ``~`` expanded; an unset variable is an error, not a literal folder name."""
     expanded = os.path.expandvars(value)
     if "$" in value and "$" in expanded:
         unset = sorted(set(re.findall(r"\$\{?(\w+)", expanded)))
         if unset:
-            raise InputError(f"grid path {value!r} uses the unset environment variable(s) {', '.join(unset)}")
+            raise InputError(f"{source}: path {value!r} uses the unset environment variable(s) {', '.join(unset)}")
     return Path(expanded).expanduser()
 
 
-def _resolve(base: Path, value: Any) -> Any:
+def _resolve(base: Path, value: Any, source: str = "grid") -> Any:
     """A path the grid names: ``$VARS`` and ``~`` expanded, then relative to the grid file's folder when that
     exists there (a hub id or a testbed name is returned as written)."""
     if not isinstance(value, str) or not value:
         return value
-    p = _expand(value)
+    p = _expand(value, source)
     if p.is_absolute():
         return str(p)
     cand = base / p
@@ -195,7 +195,7 @@ def grid_from_dict(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] =
             raise InputError(f"{source}: train.{k} is set per cell by the sweep; remove it from 'train'")
     for k in ("data", "val_data"):
         if k in train:
-            train[k] = _resolve(base, train[k])
+            train[k] = _resolve(base, train[k], source)
     trainer = str(raw.get("trainer") or DEFAULT_TRAIN_FN)
     trainer = LEGACY_TRAIN_FNS.get(trainer, trainer)
     name = str(raw.get("name") or "sweep")
@@ -207,8 +207,8 @@ def grid_from_dict(raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] =
         allow_repeat=bool(raw.get("allow_repeat", False)),
         tokens_per_pair=None if raw.get("tokens_per_pair") is None else float(raw["tokens_per_pair"]),
         dataset_pairs=None if raw.get("dataset_pairs") is None else int(raw["dataset_pairs"]),
-        store=None if raw.get("store") is None else str(base / _expand(str(raw["store"]))),
-        out=None if raw.get("out") is None else str(base / _expand(str(raw["out"]))),
+        store=None if raw.get("store") is None else str(base / _expand(str(raw["store"]), source)),
+        out=None if raw.get("out") is None else str(base / _expand(str(raw["out"]), source)),
         trainer=trainer,
         heartbeat_s=float(raw.get("heartbeat_s", 60.0)),
         ray=dict(raw.get("ray") or {}),
@@ -226,11 +226,11 @@ def _grid_models(raw: Mapping[str, Any], base: Path, source: str) -> list[dict[s
     if raw.get("family"):
         from embrecipe.models.family import Family
 
-        for m in Family.load(_resolve(base, raw["family"])).members:
+        for m in Family.load(_resolve(base, raw["family"], source)).members:
             models.append({"name": m.name, "path": m.path, "shape": m.shape})
     for i, m in enumerate(_as_list(raw.get("models") or [])):
         if isinstance(m, str):
-            models.append({"name": Path(m).name or m, "path": _resolve(base, m), "shape": None})
+            models.append({"name": Path(m).name or m, "path": _resolve(base, m, source), "shape": None})
         elif isinstance(m, Mapping) and "path" in m:
             if m.get("name") is not None:
                 check_name(str(m["name"]), f"{source}: models[{i}].name")
@@ -238,7 +238,7 @@ def _grid_models(raw: Mapping[str, Any], base: Path, source: str) -> list[dict[s
                 shape = ModelShape.from_dict(m["shape"]) if m.get("shape") else None
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise InputError(f"{source}: models[{i}].shape is malformed ({type(exc).__name__}: {exc})") from None
-            models.append({"name": str(m.get("name") or Path(str(m["path"])).name), "path": _resolve(base, m["path"]),
+            models.append({"name": str(m.get("name") or Path(str(m["path"])).name), "path": _resolve(base, m["path"], source),
                            "shape": shape})
         else:
             raise InputError(f"{source}: models[{i}] must be a path/hub id or {{path: ..., shape: ...}}")
