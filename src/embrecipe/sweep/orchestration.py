@@ -219,7 +219,9 @@ def adopt_legacy_runs(store: Any, cells: Sequence[Cell], log: Callable[[str], No
     """Move the completed runs a store holds under the cells' legacy keys (val_data named by path) to their
     keys (val_data named by content): a store written by an older embrecipe resumes without training them
     again. Returns how many moved."""
-    moved = sum(store.rekey(c.legacy_key, c.key, c.key_config) for c in cells if c.legacy_key)
+    # a read first: most cells have nothing under their legacy key, and a rekey is a write transaction
+    moved = sum(store.rekey(c.legacy_key, c.key, c.key_config) for c in cells
+                if c.legacy_key and store.status(c.legacy_key) == "completed")
     if moved and log is not None:
         log(f"{moved} completed run(s) of this store moved to their new keys (the validation data now enters "
             f"a run's key by content, not path); nothing is retrained")
