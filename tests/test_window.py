@@ -142,11 +142,12 @@ def test_window_rehearsal_synthetic(tmp_path):
     (assets / "whl").mkdir(parents=True)
     make_wheel(assets / "whl", "carried-a", "1.0", ["numpy"])
     spec = tmp_path / "spec.yaml"
-    spec.write_text(SYNTHETIC_SPEC.replace("SLEEP", "1"))
+    spec.write_text(SYNTHETIC_SPEC.replace("SLEEP", "1.5"))
     committed = tmp_path / "repo" / "study.sqlite"  # the repository's study/v2/study.sqlite
 
-    # window 1: 18 s of wall time for the whole call; cells take 1 s each, 2 at a time (23 cells: >= 12 s of
-    # study), so the deadline falls mid-study
+    # window 1: 18 s of wall time for the whole call, 3 of them reserved; cells take 1.5 s each, 2 at a time
+    # (23 cells: >= 17 s of study), so the deadline falls mid-study however fast the set-up is (with 1 s cells
+    # an idle machine finished all 23 before it)
     proc, out = window_call(tmp_path, "all", 18, assets, spec, committed, "--reserve-s", "3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "site" / "carried_a" / "__init__.py").is_file()  # installed from the carried wheel
