@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -369,6 +370,13 @@ def _val_fingerprint(config: Mapping[str, Any]) -> str | None:
     path = config.get("val_data")
     if not isinstance(path, str) or not Path(path).exists():
         return None
+    st = os.stat(path)
+    return _file_fingerprint(path, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_fingerprint(path: str, mtime_ns: int, size: int) -> str:
+    """Read once per check, not once per (configuration, seed) job; an edited file is read again."""
     from embrecipe.data.pairs import load_pairs
 
     return load_pairs(path).fingerprint()

@@ -103,19 +103,27 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha1(f"{type(tokenizer).__name__}|{text}".encode()).hexdigest()
 
 
+def _cache_key(fingerprint: str, texts: list[str], max_len: int) -> tuple[str, int, str]:
+    """What a worker's caches key ``texts`` by: the tokenizer, the length and the texts' content."""
+    return fingerprint, int(max_len), hashlib.sha1("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> Any:
+    """Keep ``value`` under ``key``, the oldest entry out when the cache holds :data:`_TOKEN_CACHE_MAX`."""
+    if len(cache) >= _TOKEN_CACHE_MAX:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
+    return value
+
+
 def tokenize(tokenizer: Any, texts: list[str], max_len: int, fingerprint: str | None = None) -> list[list[int]]:
     """``texts`` → token ids (truncated to ``max_len``), from the cache when this worker has seen them.
     ``fingerprint``: :func:`tokenizer_fingerprint` of ``tokenizer`` when the caller already has it (~0.4 s)."""
-    key = (fingerprint or tokenizer_fingerprint(tokenizer), int(max_len),
-           hashlib.sha1("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest())
+    key = _cache_key(fingerprint or tokenizer_fingerprint(tokenizer), texts, max_len)
     hit = _TOKEN_CACHE.get(key)
     if hit is not None:
         return hit
-    out = tokenize_uncached(tokenizer, texts, max_len)
-    if len(_TOKEN_CACHE) >= _TOKEN_CACHE_MAX:
-        _TOKEN_CACHE.pop(next(iter(_TOKEN_CACHE)))
-    _TOKEN_CACHE[key] = out
-    return out
+    return _remember(_TOKEN_CACHE, key, tokenize_uncached(tokenizer, texts, max_len))
 
 
 def tokenize_uncached(tokenizer: Any, texts: list[str], max_len: int) -> list[list[int]]:
@@ -133,18 +141,12 @@ def count_truncated(tokenizer: Any, texts: list[str], ids: list[list[int]], max_
     Only a text that fills ``max_len`` can have been cut, so only those are tokenized again, one token longer.
     With ``fingerprint`` (:func:`tokenizer_fingerprint`) the count is kept like :func:`tokenize`'s ids: on a
     large corpus with short ``max_len`` most texts fill it, and recounting cost a sweep worker ~12 s per cell."""
-    key = None
-    if fingerprint is not None:
-        key = (fingerprint, int(max_len), hashlib.sha1("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest())
-        if key in _TRUNCATED_CACHE:
-            return _TRUNCATED_CACHE[key]
+    key = None if fingerprint is None else _cache_key(fingerprint, texts, max_len)
+    if key in _TRUNCATED_CACHE:
+        return _TRUNCATED_CACHE[key]
     full = [t for t, x in zip(texts, ids, strict=True) if len(x) >= max_len]
     count = sum(len(x) > max_len for x in tokenize_uncached(tokenizer, full, max_len + 1)) if full else 0
-    if key is not None:
-        if len(_TRUNCATED_CACHE) >= _TOKEN_CACHE_MAX:
-            _TRUNCATED_CACHE.pop(next(iter(_TRUNCATED_CACHE)))
-        _TRUNCATED_CACHE[key] = count
-    return count
+    return count if key is None else _remember(_TRUNCATED_CACHE, key, count)
 
 
 def prompted_columns(model: Any, columns: list[list[str]], query_prompt: str | None,
